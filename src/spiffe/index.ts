@@ -1,0 +1,2 @@
+export * from './spiffe-id.js';
+export * from './selector.js';
