@@ -1,0 +1,170 @@
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../common/logger.js';
+import type { AuditSink } from '../common/audit-sink.js';
+import type { Actor } from '../common/actor.js';
+import { describeActor } from '../common/actor.js';
+import { invalidArgument, permissionDenied } from '../common/errors.js';
+import { toGrpcError } from '../common/grpc-errors.js';
+import type { RegistrationEntry, Revocation, TaskRecord, TaskState } from '../datastore/types.js';
+import type { EntryService } from '../entries/service.js';
+import type { EntryInput } from '../entries/validate.js';
+import type { TaskService } from '../tasks/service.js';
+import type { Revoker } from '../tasks/revocations.js';
+import type { PeerRegistry } from '../workload/peers.js';
+import { actorForUid, type RoleConfig } from './roles.js';
+
+export interface AdminDeps {
+  peers: PeerRegistry;
+  roles: RoleConfig;
+  entries: EntryService;
+  tasks: TaskService;
+  revoker: Revoker;
+  /** Live X.509 serials and issuance count of a SPIFFE ID, for `task show`. */
+  issuanceSummary: (spiffeId: string) => { liveSerials: string[]; count: number };
+  audit: AuditSink;
+  logger: Logger;
+}
+
+const seconds = (ms: number | null) => (ms === null ? 0 : Math.floor(ms / 1000));
+const TASK_STATES: ReadonlySet<string> = new Set(['active', 'ended', 'revoked', 'expired']);
+
+export function entryToWire(e: RegistrationEntry) {
+  return {
+    id: e.id,
+    spiffe_id: e.spiffeId,
+    selectors: e.selectors.map((s) => `${s.type}:${s.value}`),
+    x509_ttl_seconds: seconds(e.x509TtlMs),
+    jwt_ttl_seconds: seconds(e.jwtTtlMs),
+    hint: e.hint,
+    dns_names: e.dnsNames,
+    federates_with: e.federatesWith,
+    expires_at: seconds(e.expiresAt),
+    created_at: seconds(e.createdAt),
+    updated_at: seconds(e.updatedAt),
+    revision: e.revision,
+  };
+}
+
+interface WireEntryInput {
+  spiffe_id: string;
+  selectors: string[];
+  x509_ttl_seconds: number;
+  jwt_ttl_seconds: number;
+  hint: string;
+  dns_names: string[];
+  federates_with: string[];
+  expires_at: number;
+}
+
+function entryFromWire(w: WireEntryInput | null | undefined): EntryInput {
+  if (!w) throw invalidArgument('entry: missing');
+  return {
+    spiffeId: w.spiffe_id,
+    selectors: w.selectors,
+    x509TtlMs: w.x509_ttl_seconds > 0 ? w.x509_ttl_seconds * 1000 : undefined,
+    jwtTtlMs: w.jwt_ttl_seconds > 0 ? w.jwt_ttl_seconds * 1000 : undefined,
+    hint: w.hint,
+    dnsNames: w.dns_names,
+    federatesWith: w.federates_with,
+    expiresAt: w.expires_at > 0 ? w.expires_at * 1000 : null,
+  };
+}
+
+export function revocationToWire(r: Revocation) {
+  return { spiffe_id: r.spiffeId, reason: r.reason, revoked_at: seconds(r.revokedAt), revoked_by: r.revokedBy, keep_until: seconds(r.keepUntil) };
+}
+
+/** gRPC handlers of agentid.admin.v1.AgentIdAdmin. Every call is authorized by the caller's peer uid. */
+export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementation {
+  const taskToWire = (t: TaskRecord) => {
+    const summary = deps.issuanceSummary(t.spiffeId);
+    return {
+      agent: t.agent,
+      id: t.id,
+      spiffe_id: t.spiffeId,
+      state: t.state,
+      binding_kind: t.binding.kind,
+      pid: t.binding.kind === 'process' ? t.binding.pid : 0,
+      start_time: t.binding.kind === 'process' ? t.binding.startTime : '',
+      descendants: t.binding.kind === 'process' ? t.binding.descendants : false,
+      cgroup: t.binding.kind === 'cgroup' ? t.binding.path : '',
+      metadata: t.metadata,
+      created_at: seconds(t.createdAt),
+      expires_at: seconds(t.expiresAt),
+      ended_at: seconds(t.endedAt),
+      end_reason: t.endReason ?? '',
+      created_by: t.createdBy,
+      live_serials: summary.liveSerials,
+      issuance_count: summary.count,
+    };
+  };
+
+  function actorOf(call: { getPeer(): string }, method: string): Actor {
+    const peer = deps.peers.lookup(call.getPeer());
+    const actor = peer ? actorForUid(peer.uid, deps.roles) : undefined;
+    if (!actor) {
+      deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: { uid: peer?.uid }, action: method, reason: 'caller has no admin role' });
+      throw permissionDenied(`${method}: caller has no role on the admin API`);
+    }
+    return actor;
+  }
+
+  function adminOnly(actor: Actor, method: string): void {
+    if (actor.role !== 'admin') {
+      deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: { uid: actor.uid, role: actor.role }, action: method, reason: 'admin role required' });
+      throw permissionDenied(`${method}: requires the admin role (caller is ${describeActor(actor)})`);
+    }
+  }
+
+  type Handler = (req: any, actor: Actor) => unknown | Promise<unknown>;
+  const unary = (method: string, handler: Handler): grpc.handleUnaryCall<unknown, unknown> =>
+    (call, callback) => {
+      (async () => handler(call.request, actorOf(call, method)))().then(
+        (res) => callback(null, res),
+        (err) => callback(toGrpcError(err, deps.logger, { method })),
+      );
+    };
+  const admin = (method: string, handler: Handler) =>
+    unary(method, (req, actor) => {
+      adminOnly(actor, method);
+      return handler(req, actor);
+    });
+
+  const taskRef = (req: { agent: string; id: string }) => ({ agent: req.agent || undefined, id: req.id });
+
+  return {
+    CreateEntry: admin('CreateEntry', (req, actor) => entryToWire(deps.entries.create(entryFromWire(req.entry), actor))),
+    UpdateEntry: admin('UpdateEntry', (req, actor) =>
+      entryToWire(deps.entries.update(req.id, entryFromWire(req.entry), actor, req.expected_revision > 0 ? req.expected_revision : undefined))),
+    DeleteEntry: admin('DeleteEntry', (req, actor) => entryToWire(deps.entries.delete(req.id, actor))),
+    GetEntry: admin('GetEntry', (req) => entryToWire(deps.entries.get(req.id))),
+    ListEntries: admin('ListEntries', () => ({ entries: deps.entries.list().map(entryToWire) })),
+
+    StartTask: unary('StartTask', async (req, actor) =>
+      taskToWire(
+        await deps.tasks.start(
+          {
+            agent: req.agent,
+            id: req.id,
+            pid: req.pid > 0 ? req.pid : undefined,
+            cgroup: req.cgroup || undefined,
+            descendants: req.descendants,
+            ttlMs: req.ttl_seconds > 0 ? req.ttl_seconds * 1000 : undefined,
+            metadata: req.metadata,
+          },
+          actor,
+        ),
+      )),
+    EndTask: unary('EndTask', (req, actor) => taskToWire(deps.tasks.end(taskRef(req), req.reason, actor))),
+    RevokeTask: unary('RevokeTask', (req, actor) => taskToWire(deps.tasks.revoke(taskRef(req), req.reason, actor))),
+    GetTask: unary('GetTask', (req, actor) => taskToWire(deps.tasks.get(taskRef(req), actor))),
+    ListTasks: unary('ListTasks', (req, actor) => {
+      if (req.state && !TASK_STATES.has(req.state)) throw invalidArgument(`task list: state must be one of ${[...TASK_STATES].join(', ')}`);
+      const tasks = deps.tasks.list({ agent: req.agent || undefined, state: (req.state || undefined) as TaskState | undefined }, actor);
+      return { tasks: tasks.map(taskToWire) };
+    }),
+
+    ListRevocations: admin('ListRevocations', () => ({ revocations: deps.revoker.list().map(revocationToWire) })),
+    WhoAmI: unary('WhoAmI', (_req, actor) => ({ role: actor.role, agents: actor.agents, caller: describeActor(actor) })),
+  };
+}

@@ -1,0 +1,222 @@
+import { readlink, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { permissionDenied } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { normalizeSelectors, parseSelector, type Selector } from '../spiffe/selector.js';
+import { AccountNames } from './accounts.js';
+import { ExecutableHasher } from './exe-hash.js';
+import { pidfdIsAlive, type PeerCredentials } from './peercred.js';
+import {
+  DEFAULT_PROC_ROOT,
+  isGoneError,
+  parseCgroupV2,
+  parseStatusGroups,
+  readProcFile,
+  readProcessRef,
+  readStat,
+  type ProcessRef,
+  type ProcStat,
+} from './proc.js';
+
+export type { PeerCredentials } from './peercred.js';
+export type { ProcessRef } from './proc.js';
+export { isAlive, readProcessRef } from './proc.js';
+
+export interface Attestation {
+  peer: PeerCredentials;
+  process: ProcessRef;
+  /** type "unix", normalized (sorted, de-duplicated). */
+  selectors: Selector[];
+  /** cgroup v2 path, null on a v1-only host. */
+  cgroup: string | null;
+  /** Parent chain, nearest first, up to pid 1 (or the edge of this PID namespace). */
+  ancestors: ProcessRef[];
+}
+
+export interface AttestorOptions {
+  /** Default /proc; tests point it at a fixture tree. */
+  procRoot?: string;
+  /** Default /etc; where passwd and group are read for user:/group: selectors. */
+  etcRoot?: string;
+  /** Executables larger than this get no sha256 selector (logged). Default 256 MiB. */
+  sha256MaxBytes?: number;
+  logger: Logger;
+}
+
+const DELETED_SUFFIX = ' (deleted)';
+const MAX_ANCESTORS = 256;
+
+function processGone(pid: number) {
+  return permissionDenied(`workload attestation: peer process ${pid} exited or its PID was reused during attestation`);
+}
+
+/**
+ * Turns kernel-vouched peer credentials into selectors from /proc.
+ *
+ * Identity comes only from the kernel: uid/gid are the SO_PEERCRED values (fixed at connect
+ * time), never the /proc view, which the process may have changed since with setuid(2).
+ * Supplementary groups, the executable and the cgroup are read from /proc now.
+ *
+ * PID reuse. The sequence is: read the start time, read everything else, read the start time
+ * again, and if we hold a pidfd check that its process has not exited. A pidfd that is still
+ * live at the end proves PID was the same process for the whole window (a PID is only freed
+ * after its process exits), so every /proc read was about the connecting process. Remaining
+ * races, stated plainly:
+ *  - Without a pidfd (kernel < 6.5) the connecting process could exit and its PID be reused
+ *    between connect() and our first read; we would attest the newcomer. The start-time
+ *    re-check only covers reuse during attestation.
+ *  - The selectors describe the process as it is now. A process that connects, hands the
+ *    socket to a child, then execve()s a different binary is attested as the new binary, and
+ *    the child holding the socket receives that identity. SO_PEERCRED names the connector,
+ *    not whoever holds the fd later. This is the same limitation SPIRE's unix attestor has.
+ */
+export class Attestor {
+  private readonly procRoot: string;
+  private readonly logger: Logger;
+  private readonly accounts: AccountNames;
+  private readonly hasher: ExecutableHasher;
+
+  constructor(opts: AttestorOptions) {
+    this.procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
+    this.logger = opts.logger;
+    this.accounts = new AccountNames({ etcRoot: opts.etcRoot, logger: opts.logger });
+    this.hasher = new ExecutableHasher({ maxBytes: opts.sha256MaxBytes, logger: opts.logger });
+  }
+
+  async attest(peer: PeerCredentials, opts: { withSha256: boolean }): Promise<Attestation> {
+    const { pid } = peer;
+    if (!Number.isSafeInteger(pid) || pid <= 0) {
+      throw permissionDenied('workload attestation: peer has no process ID visible to this server');
+    }
+    const before = await readStat(pid, this.procRoot);
+    if (!before || !this.pidfdLive(peer)) throw processGone(pid);
+
+    const [status, exePath, cgroupText, ancestors, userName, groupName, sha256] = await Promise.all([
+      readProcFile(this.procRoot, pid, 'status'),
+      this.executablePath(pid),
+      readProcFile(this.procRoot, pid, 'cgroup'),
+      this.ancestors(before),
+      this.accounts.userName(peer.uid),
+      this.accounts.groupName(peer.gid),
+      opts.withSha256 ? this.executableSha256(pid) : Promise.resolve(undefined),
+    ]);
+
+    const after = await readProcessRef(pid, this.procRoot);
+    if (!after || after.startTime !== before.startTime || !this.pidfdLive(peer)) throw processGone(pid);
+    if (status === undefined || cgroupText === undefined) throw processGone(pid);
+
+    let groups: number[];
+    try {
+      groups = parseStatusGroups(status);
+    } catch {
+      throw permissionDenied(`workload attestation: /proc/${pid}/status has no readable Groups line`);
+    }
+    const cgroup = parseCgroupV2(cgroupText);
+
+    const values: string[] = [`uid:${peer.uid}`, `gid:${peer.gid}`];
+    if (userName !== undefined) values.push(`user:${userName}`);
+    if (groupName !== undefined) values.push(`group:${groupName}`);
+    for (const g of groups) {
+      values.push(`supplementary_gid:${g}`);
+      const name = await this.accounts.groupName(g);
+      if (name !== undefined) values.push(`supplementary_group:${name}`);
+    }
+    if (exePath !== undefined) values.push(`path:${exePath}`);
+    if (sha256 !== undefined) values.push(`sha256:${sha256}`);
+    if (cgroup !== null) values.push(`cgroup:${cgroup}`);
+
+    return {
+      peer,
+      process: { pid, startTime: before.startTime },
+      selectors: normalizeSelectors(values.flatMap((v) => this.selector(pid, v))),
+      cgroup,
+      ancestors,
+    };
+  }
+
+  /** Whether `ref` still names a running process (and, given its pidfd, that process has not exited). */
+  async isSameProcess(ref: ProcessRef, pidfd?: number): Promise<boolean> {
+    if (pidfd !== undefined && !pidfdIsAlive(pidfd)) return false;
+    const now = await readProcessRef(ref.pid, this.procRoot);
+    return now !== undefined && now.startTime === ref.startTime;
+  }
+
+  private pidfdLive(peer: PeerCredentials): boolean {
+    return peer.pidfd === undefined || pidfdIsAlive(peer.pidfd);
+  }
+
+  /**
+   * A value that cannot be a selector (a path with a newline, an over-long name) is left out,
+   * not mangled: a mangled value could equal some other process's real selector.
+   */
+  private selector(pid: number, value: string): Selector[] {
+    try {
+      return [parseSelector(`unix:${value}`)];
+    } catch {
+      this.logger.warn({ pid, kind: value.slice(0, value.indexOf(':')) }, 'attest: value is not a valid selector; omitted');
+      return [];
+    }
+  }
+
+  /**
+   * readlink(/proc/PID/exe). The kernel appends " (deleted)" when the binary was unlinked or
+   * replaced (package upgrade); the path then names a file the process is not running, so no
+   * path selector. A file may really be called "x (deleted)": the suffix is trusted only when
+   * the named file is not the running inode.
+   */
+  private async executablePath(pid: number): Promise<string | undefined> {
+    const link = join(this.procRoot, String(pid), 'exe');
+    let target: string;
+    try {
+      target = await readlink(link);
+    } catch (err) {
+      if (!isGoneError(err)) this.logger.warn({ pid, err: (err as Error).message }, 'attest: cannot read executable path; path selector omitted');
+      return undefined;
+    }
+    if (!target.startsWith('/')) return undefined;
+    if (target.endsWith(DELETED_SUFFIX)) {
+      const [running, named] = await Promise.all([
+        stat(link, { bigint: true }).catch(() => undefined),
+        stat(target, { bigint: true }).catch(() => undefined),
+      ]);
+      if (!running || !named || running.dev !== named.dev || running.ino !== named.ino) {
+        this.logger.info({ pid }, 'attest: executable was deleted or replaced since exec; path selector omitted');
+        return undefined;
+      }
+    }
+    return target;
+  }
+
+  private async executableSha256(pid: number): Promise<string | undefined> {
+    try {
+      return await this.hasher.hash(join(this.procRoot, String(pid), 'exe'));
+    } catch (err) {
+      if (!isGoneError(err)) this.logger.warn({ pid, err: (err as Error).message }, 'attest: cannot hash executable; sha256 selector omitted');
+      return undefined;
+    }
+  }
+
+  /**
+   * Walks PPid links. A parent that started after its child cannot be the real parent: its
+   * PID was reused after the real one exited, so the chain stops there rather than name a
+   * stranger. Each entry carries its start time so callers can re-check it with isAlive().
+   */
+  private async ancestors(start: ProcStat): Promise<ProcessRef[]> {
+    const chain: ProcessRef[] = [];
+    let child = start;
+    while (child.ppid > 0 && chain.length < MAX_ANCESTORS) {
+      let parent: ProcStat | undefined;
+      try {
+        parent = await readStat(child.ppid, this.procRoot);
+      } catch (err) {
+        this.logger.warn({ pid: child.ppid, err: (err as Error).message }, 'attest: cannot read ancestor; chain truncated');
+        break;
+      }
+      if (!parent || BigInt(parent.startTime) > BigInt(child.startTime)) break;
+      chain.push({ pid: parent.pid, startTime: parent.startTime });
+      if (parent.pid === 1) break;
+      child = parent;
+    }
+    return chain;
+  }
+}

@@ -1,0 +1,194 @@
+import type { TaskBinding } from '../datastore/types.js';
+
+/*
+ * Audit events as written to the audit file. Field names are snake_case because they are the
+ * on-disk format that operators grep and other tools parse; times inside events are milliseconds
+ * in the input and ISO-8601 strings in the file (see AuditRecord).
+ */
+
+export type AuditRole = 'admin' | 'orchestrator' | 'workload' | 'server';
+export type AuditOutcome = 'ok' | 'denied' | 'error';
+
+export interface AuditActor {
+  /** Peer uid from SO_PEERCRED (Unix socket callers). */
+  uid?: number;
+  /** Peer SPIFFE ID (mTLS callers on the TCP admin listener). */
+  spiffe_id?: string;
+  role: AuditRole;
+}
+
+interface Common {
+  actor?: AuditActor;
+  outcome?: AuditOutcome;
+}
+
+export interface AttestationRefusedEvent extends Common {
+  type: 'attestation.refused';
+  pid: number;
+  uid: number;
+  reason: string;
+}
+
+interface SvidCommon extends Common {
+  spiffe_id: string;
+  /** Task ID (the last path segment of a task identity); absent for registration-entry identities. */
+  task?: string;
+  agent?: string;
+  pid: number;
+  uid: number;
+  /** The selectors that made the entry or task match, formatted "type:value". */
+  selectors: string[];
+  /** Milliseconds since the epoch; written as an ISO-8601 string. */
+  not_after: number;
+}
+
+export type SvidIssuedEvent =
+  | (SvidCommon & { type: 'svid.issued'; kind: 'x509'; /** lowercase hex */ serial: string })
+  | (SvidCommon & { type: 'svid.issued'; kind: 'jwt'; jti: string; audience: string[] });
+
+export interface SvidRotatedEvent extends Common {
+  type: 'svid.rotated';
+  kind: 'x509';
+  spiffe_id: string;
+  serial: string;
+  previous_serial?: string;
+  /** Why it was re-minted: half_life, entry_changed, ca_rotated, bundle_changed... */
+  reason: string;
+  task?: string;
+  agent?: string;
+  not_after: number;
+}
+
+export interface TaskStartedEvent extends Common {
+  type: 'task.started';
+  agent: string;
+  task: string;
+  spiffe_id: string;
+  binding: TaskBinding;
+  ttl_ms: number;
+  /** Milliseconds since the epoch; written as an ISO-8601 string. */
+  expires_at: number;
+  /** Capped: see AUDIT_METADATA_LIMITS. */
+  metadata: Record<string, string>;
+  /** "uid:1000 (orchestrator)" */
+  by: string;
+  role: AuditRole;
+}
+
+export interface TaskEndedEvent extends Common {
+  type: 'task.ended';
+  agent: string;
+  task: string;
+  spiffe_id: string;
+  /** ended, expired, process_exited... */
+  reason: string;
+}
+
+export interface TaskRevokedEvent extends Common {
+  type: 'task.revoked';
+  agent: string;
+  task: string;
+  spiffe_id: string;
+  reason: string;
+  by: string;
+}
+
+export interface RevocationAddedEvent extends Common {
+  type: 'revocation.added';
+  spiffe_id: string;
+  reason: string;
+  by: string;
+  /** Milliseconds since the epoch; written as an ISO-8601 string. */
+  keep_until: number;
+}
+
+export interface EntryEvent extends Common {
+  type: 'entry.created' | 'entry.updated' | 'entry.deleted';
+  entry_id: string;
+  spiffe_id: string;
+  /** Formatted "type:value"; absent for deletions. */
+  selectors?: string[];
+  revision?: number;
+  by: string;
+}
+
+export interface AdminDeniedEvent extends Common {
+  type: 'admin.denied';
+  /** "uid:1000" or a SPIFFE ID. */
+  who: string;
+  /** The role the caller has, "none" when it has no role at all. */
+  role: AuditRole | 'none';
+  /** The admin method, e.g. "CreateEntry". */
+  action: string;
+  reason: string;
+}
+
+export interface CaRotatedEvent extends Common {
+  type: 'ca.rotated';
+  kind: 'x509' | 'jwt';
+  /** prepared, active or retired: the state the new key moved into. */
+  phase: 'prepared' | 'active' | 'retired';
+  /** CA or JWT key ID that entered `phase`. */
+  key_id: string;
+  previous_key_id?: string;
+  not_after: number;
+}
+
+export interface ServerStartedEvent extends Common {
+  type: 'server.started';
+  version: string;
+  trust_domain: string;
+  pid: number;
+}
+
+export type AuditEventInput =
+  | AttestationRefusedEvent
+  | SvidIssuedEvent
+  | SvidRotatedEvent
+  | TaskStartedEvent
+  | TaskEndedEvent
+  | TaskRevokedEvent
+  | RevocationAddedEvent
+  | EntryEvent
+  | AdminDeniedEvent
+  | CaRotatedEvent
+  | ServerStartedEvent;
+
+export type AuditEventType = AuditEventInput['type'];
+
+/** Event fields that hold a time: milliseconds on input, ISO-8601 strings in the file. */
+export const AUDIT_TIME_FIELDS = ['not_after', 'expires_at', 'keep_until'] as const;
+type TimeField = (typeof AUDIT_TIME_FIELDS)[number];
+
+type Stored<E> = E extends unknown ? { [K in keyof E]: K extends TimeField ? string : E[K] } : never;
+
+/** One line of the audit file, as written and as read back. */
+export type AuditRecord = Stored<AuditEventInput> & {
+  /** 1 for the first record of a file, then +1 per line. */
+  seq: number;
+  /** ISO-8601 time of the append, from the injected clock. */
+  time: string;
+  /** Hash of the previous record; GENESIS_HASH for the first. */
+  prev: string;
+  /** SHA-256 (hex) of prev + canonical JSON of this record without `hash`. */
+  hash: string;
+};
+
+/**
+ * Events that are fsynced before append() returns: an acknowledged revocation, task change,
+ * entry change, CA rotation or refused admin call must survive a power loss. Issuance and
+ * attestation refusals are high-volume (and the latter can be provoked by any local user), so
+ * they are written at once but fsynced in batches; see AuditLog.
+ */
+export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEventType>([
+  'task.started',
+  'task.ended',
+  'task.revoked',
+  'revocation.added',
+  'entry.created',
+  'entry.updated',
+  'entry.deleted',
+  'admin.denied',
+  'ca.rotated',
+  'server.started',
+]);

@@ -1,0 +1,5 @@
+export * from './events.js';
+export { AuditLog, type AuditLogOptions } from './audit-log.js';
+export { canonicalJson, recordHash, GENESIS_HASH } from './canonical.js';
+export { verifyAuditFile, readAuditEvents, type AuditFilter, type AuditVerification } from './read.js';
+export { assertAuditSafe, AUDIT_METADATA_LIMITS, AUDIT_MAX_STRING_LENGTH } from './redaction.js';

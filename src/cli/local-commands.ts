@@ -1,0 +1,152 @@
+import { existsSync, mkdirSync, writeFileSync, chmodSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { systemClock } from '../common/system-clock.js';
+import { createLogger, silentLogger } from '../common/logger.js';
+import { parseDuration } from '../common/duration.js';
+import { failedPrecondition, invalidArgument } from '../common/errors.js';
+import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
+import { configWarnings, type Config } from '../config/index.js';
+import { CertificateAuthority } from '../ca/authority.js';
+import { verifyAuditFile, readAuditEvents } from '../audit/index.js';
+import { toPem } from '../client/der.js';
+import { startServer } from '../server.js';
+import { configFrom, withConfigOptions, withJson, type CommonFlags } from './common-options.js';
+import { emit } from './output.js';
+
+async function openLocalCa(config: Config, create: boolean): Promise<CertificateAuthority> {
+  if (!create && !existsSync(join(config.dataDir, 'ca'))) {
+    throw failedPrecondition(`no CA in ${config.dataDir}: start the server once (agentid server) or mint with agentid x509 mint`);
+  }
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  return CertificateAuthority.open({
+    dataDir: config.dataDir,
+    trustDomain: TrustDomain.parse(config.trustDomain),
+    clock: systemClock,
+    logger: silentLogger(),
+    keyType: config.ca.keyType,
+    caTtlMs: config.ca.ttlMs,
+    rootTtlMs: config.ca.rootTtlMs,
+    jwtKeyType: config.jwt.keyType,
+    jwtKeyTtlMs: config.jwt.keyTtlMs,
+    maxJwtTtlMs: config.svid.maxJwtTtlMs,
+    jwtIssuer: config.jwt.issuer,
+    upstream: config.ca.upstream ?? undefined,
+  });
+}
+
+function writeSecretFile(path: string, data: string | Buffer): void {
+  writeFileSync(path, data, { mode: 0o600 });
+  chmodSync(path, 0o600);
+}
+
+export function registerLocalCommands(program: Command): void {
+  withConfigOptions(program.command('server'))
+    .description('run the agentid server in the foreground (Workload API + admin API); stops on SIGINT/SIGTERM')
+    .option('--socket <path>', 'Workload API socket (default <data-dir>/workload.sock)')
+    .option('--admin-socket <path>', 'admin API socket (default <data-dir>/admin.sock)')
+    .option('--log-level <level>', 'log level (trace, debug, info, warn, error)')
+    .option('--log-format <format>', 'json or pretty')
+    .action(async (flags: CommonFlags) => {
+      const config = configFrom(flags);
+      const logger = createLogger({ level: config.log.level, pretty: config.log.format === 'pretty' });
+      for (const warning of configWarnings(config)) logger.warn({ warning }, 'configuration warning');
+      const server = await startServer(config, { clock: systemClock, logger });
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string) => {
+          logger.info({ signal }, 'stopping');
+          server.stop().then(resolve, resolve);
+        };
+        process.once('SIGINT', () => stop('SIGINT'));
+        process.once('SIGTERM', () => stop('SIGTERM'));
+      });
+    });
+
+  const ca = program.command('ca').description('certificate authority (reads the data directory)');
+  withJson(withConfigOptions(ca.command('show')))
+    .description('show the root CA, signing CAs and JWT keys (no secrets)')
+    .action(async (flags: CommonFlags) => {
+      const authority = await openLocalCa(configFrom(flags), false);
+      const info = authority.describe();
+      emit(!!flags.json, info, () => JSON.stringify(info, null, 2));
+    });
+
+  const bundle = program.command('bundle').description('trust bundles');
+  withJson(withConfigOptions(bundle.command('show')))
+    .description('print the trust bundle of the local CA')
+    .option('--format <format>', 'pem or jwks', 'pem')
+    .action(async (flags: CommonFlags & { format: string }) => {
+      if (flags.format !== 'pem' && flags.format !== 'jwks') throw invalidArgument(`--format must be pem or jwks, not "${flags.format}"`);
+      const authority = await openLocalCa(configFrom(flags), false);
+      if (flags.format === 'pem') {
+        const pem = toPem(authority.x509Bundle(), 'CERTIFICATE');
+        emit(!!flags.json, { format: 'pem', pem }, () => pem.trimEnd());
+      } else {
+        const jwks = { keys: authority.jwtKeys() };
+        emit(true, jwks, () => '');
+      }
+    });
+
+  const x509 = program.command('x509').description('offline X.509-SVID tools (development and tests)');
+  withJson(withConfigOptions(x509.command('mint')))
+    .description('mint an X.509-SVID from the local CA and write svid.pem, svid.key (0600) and bundle.pem')
+    .requiredOption('--spiffe-id <id>', 'SPIFFE ID in the trust domain')
+    .option('--ttl <duration>', 'lifetime', '15m')
+    .option('--dns-name <name...>', 'DNS SANs')
+    .requiredOption('--out <dir>', 'output directory')
+    .action(async (flags: CommonFlags & { spiffeId: string; ttl: string; out: string; dnsName?: string[] }) => {
+      const config = configFrom(flags);
+      const id = SpiffeId.parse(flags.spiffeId);
+      const ttlMs = parseDuration(flags.ttl, '--ttl');
+      if (!id.isMemberOf(TrustDomain.parse(config.trustDomain))) throw invalidArgument(`--spiffe-id must be in trust domain ${config.trustDomain}`);
+      const authority = await openLocalCa(config, true);
+      const svid = authority.mintX509Svid({ spiffeId: id, ttlMs, dnsNames: flags.dnsName ?? [] });
+      mkdirSync(flags.out, { recursive: true, mode: 0o700 });
+      writeFileSync(join(flags.out, 'svid.pem'), toPem(svid.chainDer, 'CERTIFICATE'));
+      writeSecretFile(join(flags.out, 'svid.key'), toPem(svid.privateKeyPkcs8.reveal(), 'PRIVATE KEY'));
+      writeFileSync(join(flags.out, 'bundle.pem'), toPem(authority.x509Bundle(), 'CERTIFICATE'));
+      const out = { spiffe_id: svid.spiffeId, serial: svid.serial, not_after: new Date(svid.notAfter).toISOString(), dir: flags.out };
+      emit(!!flags.json, out, () => `wrote ${flags.out}/svid.pem, svid.key, bundle.pem for ${svid.spiffeId} (serial ${svid.serial}, expires ${out.not_after})`);
+    });
+
+  const jwt = program.commands.find((c) => c.name() === 'jwt') ?? program.command('jwt').description('JWT-SVID tools');
+  withJson(withConfigOptions(jwt.command('mint')))
+    .description('mint a JWT-SVID from the local CA (development and tests); prints the token')
+    .requiredOption('--spiffe-id <id>', 'SPIFFE ID in the trust domain')
+    .requiredOption('--audience <aud...>', 'audience(s)')
+    .option('--ttl <duration>', 'lifetime', '5m')
+    .action(async (flags: CommonFlags & { spiffeId: string; audience: string[]; ttl: string }) => {
+      const config = configFrom(flags);
+      const id = SpiffeId.parse(flags.spiffeId);
+      const ttlMs = parseDuration(flags.ttl, '--ttl');
+      if (!id.isMemberOf(TrustDomain.parse(config.trustDomain))) throw invalidArgument(`--spiffe-id must be in trust domain ${config.trustDomain}`);
+      const authority = await openLocalCa(config, true);
+      const svid = authority.mintJwtSvid({ spiffeId: id, audience: flags.audience, ttlMs });
+      emit(!!flags.json, { spiffe_id: svid.spiffeId, token: svid.token.reveal(), jti: svid.jti, expires_at: new Date(svid.expiresAt).toISOString() }, () => svid.token.reveal());
+    });
+
+  const audit = program.command('audit').description('the hash-chained audit trail');
+  withJson(withConfigOptions(audit.command('verify')))
+    .description('check the hash chain; names the first edited, removed or reordered line')
+    .argument('[file]', 'audit file (default <data-dir>/audit.log)')
+    .action((file: string | undefined, flags: CommonFlags) => {
+      const path = file ?? configFrom(flags).audit.file;
+      const result = verifyAuditFile(path);
+      emit(!!flags.json, result, () => (result.ok ? `ok: ${result.count} records, chain intact` : `BROKEN at line ${result.line}: ${result.reason}`));
+      if (!result.ok) process.exitCode = 1;
+    });
+  withJson(withConfigOptions(audit.command('show')))
+    .description('print audit events, optionally filtered')
+    .option('--task <task>', 'task ID')
+    .option('--agent <agent>', 'agent name')
+    .option('--spiffe-id <id>', 'SPIFFE ID')
+    .option('--type <type>', 'event type, e.g. svid.issued')
+    .option('--since <duration>', 'only events newer than this, e.g. 1h')
+    .option('--file <file>', 'audit file (default <data-dir>/audit.log)')
+    .action((flags: CommonFlags & { task?: string; agent?: string; spiffeId?: string; type?: string; since?: string; file?: string }) => {
+      const path = flags.file ?? configFrom(flags).audit.file;
+      const since = flags.since ? systemClock.now() - parseDuration(flags.since, '--since') : undefined;
+      const events = readAuditEvents(path, { task: flags.task, agent: flags.agent, spiffeId: flags.spiffeId, type: flags.type, since });
+      emit(!!flags.json, events, () => events.map((e) => JSON.stringify(e)).join('\n'));
+    });
+}

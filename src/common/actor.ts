@@ -1,0 +1,20 @@
+/** Who performs an action, as recorded in the audit trail and task records. */
+export type Role = 'admin' | 'orchestrator';
+
+export interface Actor {
+  role: Role;
+  /** Peer uid on the admin socket, or undefined for mTLS callers. */
+  uid?: number;
+  /** SPIFFE ID of an mTLS caller. */
+  spiffeId?: string;
+  /** Agent namespaces an orchestrator may act in. */
+  agents: string[];
+}
+
+export function describeActor(actor: Actor): string {
+  const who = actor.uid !== undefined ? `uid:${actor.uid}` : (actor.spiffeId ?? 'unknown');
+  return `${who} (${actor.role})`;
+}
+
+/** The local server itself (maintenance: expiry, liveness). */
+export const SYSTEM_ACTOR: Actor = { role: 'admin', agents: [], spiffeId: 'agentid:system' };

@@ -1,0 +1,114 @@
+/*
+ * The defaults table, in the file's own shape (snake_case keys, durations as strings). It is the
+ * documentation of every option: agentid.example.yaml mirrors it and a test keeps them equal.
+ * null marks a value derived at load time (the comment says from what) or an optional block
+ * that is off unless configured.
+ * Precedence: flags > environment > file > these defaults.
+ */
+
+export function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const member of Object.values(value)) deepFreeze(member);
+  }
+  return value;
+}
+
+export const DEFAULTS = deepFreeze({
+  /** Trust domain of every SPIFFE ID issued. The default is for development: set your own. env AGENTID_TRUST_DOMAIN, flag --trust-domain. */
+  trust_domain: 'agentid.dev',
+  /** Keys, datastore, sockets and audit file. null: $XDG_DATA_HOME/agentid, else ~/.local/share/agentid. env AGENTID_DATA_DIR, flag --data-dir. */
+  data_dir: null as string | null,
+  /** Workload API socket. null: <data_dir>/workload.sock. env SPIFFE_ENDPOINT_SOCKET (unix:///path, unix:/path or a path), flag --socket. */
+  workload_socket: null as string | null,
+  /** Admin API socket (0600 plus uid checks). null: <data_dir>/admin.sock. env AGENTID_ADMIN_SOCKET, flag --admin-socket. */
+  admin_socket: null as string | null,
+  log: {
+    /** fatal, error, warn, info, debug, trace or silent. env AGENTID_LOG_LEVEL, flag --log-level. */
+    level: 'info',
+    /** json (one object per line) or pretty (for a terminal). env AGENTID_LOG_FORMAT, flag --log-format. */
+    format: 'json',
+  },
+  ca: {
+    /** Key type of the root and signing CAs: ec-p256 or ec-p384. */
+    key_type: 'ec-p256',
+    /** Lifetime of a signing CA; it is rotated well before it expires, and no SVID outlives it. */
+    ttl: '24h',
+    /** Lifetime of the self-signed root (unused with an upstream CA). */
+    root_ttl: '8760h',
+    /** Chain to an existing PKI instead of a self-signed root: { cert_file, key_file, bundle_file? }. */
+    upstream: null as { cert_file: string; key_file: string; bundle_file?: string } | null,
+  },
+  jwt: {
+    /** JWT-SVID signing algorithm: ES256 or ES384. */
+    key_type: 'ES256',
+    /** Lifetime of a JWT signing key before rotation. */
+    key_ttl: '24h',
+    /** OIDC issuer (iss claim, discovery document). null: https://<trust_domain>. */
+    issuer: null as string | null,
+  },
+  svid: {
+    /** X.509-SVID lifetime unless an entry or task asks for another. */
+    x509_ttl: '15m',
+    /** JWT-SVID lifetime unless an entry or task asks for another. */
+    jwt_ttl: '5m',
+    /** Upper bound on any requested X.509-SVID lifetime. */
+    max_x509_ttl: '1h',
+    /** Upper bound on any requested JWT-SVID lifetime. */
+    max_jwt_ttl: '1h',
+  },
+  tasks: {
+    /** Task lifetime when the orchestrator does not give one. */
+    default_ttl: '30m',
+    /** Upper bound on a task's lifetime. */
+    max_ttl: '1h',
+    /** Grace after a task's end during which its last SVIDs may still be valid. */
+    buffer: '2m',
+    /** How often bound processes are re-checked (exit, PID reuse). */
+    liveness_interval: '1s',
+  },
+  admin: {
+    /** uids allowed every admin call on the admin socket. null: the uid running the server. */
+    admin_uids: null as number[] | null,
+    /** uids allowed to start and end tasks for the listed agents: [{ uid: 1001, agents: [builder] }]. */
+    orchestrators: [] as { uid: number; agents: string[] }[],
+    /** Admin API over mTLS on TCP: { listen: "127.0.0.1:8444", spiffe_roles: [{ spiffe_id, role: admin|orchestrator, agents }] }. */
+    tcp: null as { listen?: string; spiffe_roles?: { spiffe_id: string; role: string; agents?: string[] }[] } | null,
+  },
+  bundle_endpoint: {
+    /** Serve the SPIFFE bundle, OIDC discovery and JWKS over HTTPS. */
+    enabled: false,
+    /** host:port to listen on. */
+    listen: '127.0.0.1:8443',
+    /** https_spiffe (server authenticates with an SVID) or https_web (with cert_file/key_file). */
+    profile: 'https_spiffe',
+    /** Web PKI certificate chain (PEM); required for https_web. */
+    cert_file: null as string | null,
+    /** Its private key (PEM); required for https_web. */
+    key_file: null as string | null,
+    /** spiffe_refresh_hint published in the bundle. */
+    refresh_hint: '5m',
+  },
+  /**
+   * Foreign trust domains whose bundles are fetched: [{ trust_domain, bundle_endpoint_url (https),
+   * profile, endpoint_spiffe_id (https_spiffe only, required), bootstrap_bundle_file?, ca_file? (https_web only) }].
+   */
+  federation: [] as {
+    trust_domain: string;
+    bundle_endpoint_url: string;
+    profile: string;
+    endpoint_spiffe_id?: string;
+    bootstrap_bundle_file?: string;
+    ca_file?: string;
+  }[],
+  audit: {
+    /** Hash-chained audit trail (JSON lines). null: <data_dir>/audit.log. */
+    file: null as string | null,
+  },
+  attest: {
+    /** Largest executable hashed for a sha256 selector (bytes); bigger ones get no sha256 selector. */
+    sha256_max_bytes: 268_435_456,
+  },
+});
+
+export type ConfigDefaults = typeof DEFAULTS;

@@ -1,0 +1,91 @@
+/*
+ * The validated configuration: camelCase, durations in milliseconds (fields end in Ms), paths
+ * absolute, every optional block either fully present or null. Deeply frozen by loadConfig.
+ */
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+export type LogFormat = 'json' | 'pretty';
+export type CaKeyType = 'ec-p256' | 'ec-p384';
+export type JwtKeyType = 'ES256' | 'ES384';
+export type BundleProfile = 'https_web' | 'https_spiffe';
+export type AdminRole = 'admin' | 'orchestrator';
+
+export interface HostPort {
+  /** IPv6 addresses without brackets. */
+  readonly host: string;
+  /** 0 asks the OS for a free port. */
+  readonly port: number;
+}
+
+export interface Config {
+  readonly trustDomain: string;
+  readonly dataDir: string;
+  readonly workloadSocket: string;
+  readonly adminSocket: string;
+  readonly log: { readonly level: LogLevel; readonly format: LogFormat };
+  readonly ca: {
+    readonly keyType: CaKeyType;
+    readonly ttlMs: number;
+    readonly rootTtlMs: number;
+    readonly upstream: {
+      readonly certFile: string;
+      readonly keyFile: string;
+      /** Roots to publish in the bundle; null: the upstream certificate chain's last certificate. */
+      readonly bundleFile: string | null;
+    } | null;
+  };
+  readonly jwt: { readonly keyType: JwtKeyType; readonly keyTtlMs: number; readonly issuer: string };
+  readonly svid: {
+    readonly x509TtlMs: number;
+    readonly jwtTtlMs: number;
+    readonly maxX509TtlMs: number;
+    readonly maxJwtTtlMs: number;
+  };
+  readonly tasks: {
+    readonly defaultTtlMs: number;
+    readonly maxTtlMs: number;
+    readonly bufferMs: number;
+    readonly livenessIntervalMs: number;
+  };
+  readonly admin: {
+    readonly adminUids: readonly number[];
+    readonly orchestrators: readonly { readonly uid: number; readonly agents: readonly string[] }[];
+    readonly tcp: {
+      readonly listen: HostPort;
+      readonly spiffeRoles: readonly {
+        readonly spiffeId: string;
+        readonly role: AdminRole;
+        /** Empty for role admin. */
+        readonly agents: readonly string[];
+      }[];
+    } | null;
+  };
+  readonly bundleEndpoint: {
+    readonly enabled: boolean;
+    readonly listen: HostPort;
+    readonly profile: BundleProfile;
+    readonly certFile: string | null;
+    readonly keyFile: string | null;
+    readonly refreshHintMs: number;
+  };
+  readonly federation: readonly {
+    readonly trustDomain: string;
+    readonly bundleEndpointUrl: string;
+    readonly profile: BundleProfile;
+    readonly endpointSpiffeId: string | null;
+    readonly bootstrapBundleFile: string | null;
+    readonly caFile: string | null;
+  }[];
+  readonly audit: { readonly file: string };
+  readonly attest: { readonly sha256MaxBytes: number };
+}
+
+/** Command-line flags that override the file and the environment. */
+export interface FlagValues {
+  trustDomain: string;
+  dataDir: string;
+  socket: string;
+  adminSocket: string;
+  logLevel: string;
+  logFormat: string;
+}

@@ -1,0 +1,7 @@
+import { datastoreConformance } from './conformance.js';
+import { createMemoryDatastore } from './memory.js';
+
+datastoreConformance('memory', () => {
+  const ds = createMemoryDatastore();
+  return { ds, cleanup: () => ds.close() };
+});

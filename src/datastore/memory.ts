@@ -1,0 +1,294 @@
+import { alreadyExists, failedPrecondition, internal, invalidArgument, notFound } from '../common/errors.js';
+import { normalizeSelectors } from '../spiffe/selector.js';
+import {
+  FINAL_TASK_STATES,
+  compareEntries,
+  compareIssuances,
+  compareRevocations,
+  compareTasks,
+  isExpiredAt,
+  isThenable,
+  mergeRevocation,
+  selectorSetHash,
+} from './rules.js';
+import type {
+  Datastore,
+  EntryStore,
+  IssuanceRecord,
+  IssuanceStore,
+  NewRegistrationEntry,
+  RegistrationEntry,
+  Revocation,
+  RevocationStore,
+  TaskRecord,
+  TaskState,
+  TaskStore,
+} from './types.js';
+
+/*
+ * In-memory Datastore for tests and single-process development. Behaves like the SQLite store
+ * (same errors, same ordering, atomic transactions) so the conformance suite holds for both.
+ * Records go in and come out through structuredClone: callers never share objects with the store.
+ */
+
+const copy = <T>(value: T): T => structuredClone(value);
+const taskKey = (agent: string, id: string) => `${agent}\u0000${id}`;
+const issuanceKey = (kind: string, serial: string) => `${kind}\u0000${serial}`;
+
+class State {
+  readonly entries = new Map<string, RegistrationEntry>();
+  readonly tasks = new Map<string, TaskRecord>();
+  readonly revocations = new Map<string, Revocation>();
+  readonly issuances = new Map<string, IssuanceRecord>();
+  /** Undo actions of the open transaction(s), newest last; null outside any transaction. */
+  undo: Array<() => void> | null = null;
+  closed = false;
+
+  check(): void {
+    if (this.closed) throw failedPrecondition('datastore: closed');
+  }
+
+  set<K, V>(map: Map<K, V>, key: K, value: V): void {
+    if (this.undo) {
+      const had = map.has(key);
+      const previous = map.get(key);
+      this.undo.push(() => (had ? map.set(key, previous as V) : map.delete(key)));
+    }
+    map.set(key, value);
+  }
+
+  delete<K, V>(map: Map<K, V>, key: K): void {
+    if (!map.has(key)) return;
+    if (this.undo) {
+      const previous = map.get(key) as V;
+      this.undo.push(() => map.set(key, previous));
+    }
+    map.delete(key);
+  }
+}
+
+class MemoryEntryStore implements EntryStore {
+  constructor(private readonly s: State) {}
+
+  create(entry: NewRegistrationEntry, now: number): RegistrationEntry {
+    this.s.check();
+    if (this.s.entries.has(entry.id)) throw alreadyExists(`entry ${entry.id} already exists`);
+    const record: RegistrationEntry = {
+      ...copy(entry),
+      selectors: normalizeSelectors(entry.selectors).map((s) => ({ ...s })),
+      createdAt: now,
+      updatedAt: now,
+      revision: 1,
+    };
+    this.checkUnique(record);
+    this.s.set(this.s.entries, record.id, record);
+    return copy(record);
+  }
+
+  update(entry: NewRegistrationEntry, now: number, expectedRevision?: number): RegistrationEntry {
+    this.s.check();
+    const current = this.s.entries.get(entry.id);
+    if (!current) throw notFound(`entry ${entry.id} not found`);
+    if (expectedRevision !== undefined && expectedRevision !== current.revision) {
+      throw failedPrecondition(
+        `entry ${entry.id}: revision ${expectedRevision} is stale (current revision ${current.revision})`,
+      );
+    }
+    const record: RegistrationEntry = {
+      ...copy(entry),
+      selectors: normalizeSelectors(entry.selectors).map((s) => ({ ...s })),
+      createdAt: current.createdAt,
+      updatedAt: now,
+      revision: current.revision + 1,
+    };
+    this.checkUnique(record);
+    this.s.set(this.s.entries, record.id, record);
+    return copy(record);
+  }
+
+  delete(id: string): RegistrationEntry {
+    this.s.check();
+    const current = this.s.entries.get(id);
+    if (!current) throw notFound(`entry ${id} not found`);
+    this.s.delete(this.s.entries, id);
+    return copy(current);
+  }
+
+  get(id: string): RegistrationEntry | undefined {
+    this.s.check();
+    const e = this.s.entries.get(id);
+    return e && copy(e);
+  }
+
+  list(): RegistrationEntry[] {
+    this.s.check();
+    return [...this.s.entries.values()].sort(compareEntries).map(copy);
+  }
+
+  private checkUnique(record: RegistrationEntry): void {
+    const hash = selectorSetHash(record.selectors);
+    for (const other of this.s.entries.values()) {
+      if (other.id !== record.id && other.spiffeId === record.spiffeId && selectorSetHash(other.selectors) === hash) {
+        throw alreadyExists(
+          `entry: an entry with spiffe_id ${record.spiffeId} and the same selectors already exists (${other.id})`,
+        );
+      }
+    }
+  }
+}
+
+class MemoryTaskStore implements TaskStore {
+  constructor(private readonly s: State) {}
+
+  create(task: TaskRecord): TaskRecord {
+    this.s.check();
+    const key = taskKey(task.agent, task.id);
+    if (this.s.tasks.has(key)) throw alreadyExists(`task ${task.agent}/${task.id} already exists`);
+    const record = copy(task);
+    this.s.set(this.s.tasks, key, record);
+    return copy(record);
+  }
+
+  get(agent: string, id: string): TaskRecord | undefined {
+    this.s.check();
+    const t = this.s.tasks.get(taskKey(agent, id));
+    return t && copy(t);
+  }
+
+  list(filter: { agent?: string; state?: TaskState } = {}): TaskRecord[] {
+    this.s.check();
+    return [...this.s.tasks.values()]
+      .filter((t) => (filter.agent === undefined || t.agent === filter.agent) && (filter.state === undefined || t.state === filter.state))
+      .sort(compareTasks)
+      .map(copy);
+  }
+
+  finish(agent: string, id: string, state: Exclude<TaskState, 'active'>, at: number, reason: string): TaskRecord {
+    this.s.check();
+    if (!FINAL_TASK_STATES.has(state)) throw invalidArgument(`task: final state must be ended, revoked or expired, not ${String(state)}`);
+    const key = taskKey(agent, id);
+    const current = this.s.tasks.get(key);
+    if (!current) throw notFound(`task ${agent}/${id} not found`);
+    if (current.state !== 'active') throw failedPrecondition(`task ${agent}/${id} is ${current.state}, not active`);
+    const record: TaskRecord = { ...copy(current), state, endedAt: at, endReason: reason };
+    this.s.set(this.s.tasks, key, record);
+    return copy(record);
+  }
+}
+
+class MemoryRevocationStore implements RevocationStore {
+  constructor(private readonly s: State) {}
+
+  add(revocation: Revocation): Revocation {
+    this.s.check();
+    const merged = mergeRevocation(this.s.revocations.get(revocation.spiffeId), revocation);
+    this.s.set(this.s.revocations, merged.spiffeId, merged);
+    return copy(merged);
+  }
+
+  get(spiffeId: string): Revocation | undefined {
+    this.s.check();
+    const r = this.s.revocations.get(spiffeId);
+    return r && copy(r);
+  }
+
+  list(): Revocation[] {
+    this.s.check();
+    return [...this.s.revocations.values()].sort(compareRevocations).map(copy);
+  }
+
+  prune(now: number): number {
+    this.s.check();
+    let n = 0;
+    for (const [key, r] of [...this.s.revocations]) {
+      if (isExpiredAt(r.keepUntil, now)) {
+        this.s.delete(this.s.revocations, key);
+        n++;
+      }
+    }
+    return n;
+  }
+}
+
+class MemoryIssuanceStore implements IssuanceStore {
+  constructor(private readonly s: State) {}
+
+  record(issuance: IssuanceRecord): void {
+    this.s.check();
+    const key = issuanceKey(issuance.kind, issuance.serial);
+    if (this.s.issuances.has(key)) throw alreadyExists(`issuance: ${issuance.kind} serial ${issuance.serial} already recorded`);
+    this.s.set(this.s.issuances, key, copy(issuance));
+  }
+
+  listForSpiffeId(spiffeId: string): IssuanceRecord[] {
+    this.s.check();
+    return this.forId(spiffeId).sort(compareIssuances).map(copy);
+  }
+
+  latestNotAfter(spiffeId: string): number | undefined {
+    this.s.check();
+    let latest: number | undefined;
+    for (const i of this.forId(spiffeId)) if (latest === undefined || i.notAfter > latest) latest = i.notAfter;
+    return latest;
+  }
+
+  listRevokedUnexpired(now: number): IssuanceRecord[] {
+    this.s.check();
+    return [...this.s.issuances.values()]
+      .filter((i) => i.kind === 'x509' && !isExpiredAt(i.notAfter, now) && this.s.revocations.has(i.spiffeId))
+      .sort(compareIssuances)
+      .map(copy);
+  }
+
+  countForSpiffeId(spiffeId: string): number {
+    this.s.check();
+    return this.forId(spiffeId).length;
+  }
+
+  prune(now: number): number {
+    this.s.check();
+    let n = 0;
+    for (const [key, i] of [...this.s.issuances]) {
+      if (isExpiredAt(i.notAfter, now)) {
+        this.s.delete(this.s.issuances, key);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  private forId(spiffeId: string): IssuanceRecord[] {
+    return [...this.s.issuances.values()].filter((i) => i.spiffeId === spiffeId);
+  }
+}
+
+export function createMemoryDatastore(): Datastore {
+  const s = new State();
+  return {
+    entries: new MemoryEntryStore(s),
+    tasks: new MemoryTaskStore(s),
+    revocations: new MemoryRevocationStore(s),
+    issuances: new MemoryIssuanceStore(s),
+    transaction<T>(fn: () => T): T {
+      s.check();
+      const outermost = s.undo === null;
+      if (outermost) s.undo = [];
+      const undo = s.undo!;
+      const mark = undo.length;
+      try {
+        const result = fn();
+        // A promise would let the "transaction" commit before its work is done.
+        if (isThenable(result)) throw internal('datastore: transaction function must be synchronous');
+        if (outermost) s.undo = null;
+        return result;
+      } catch (err) {
+        while (undo.length > mark) undo.pop()!();
+        if (outermost) s.undo = null;
+        throw err;
+      }
+    },
+    close(): void {
+      s.closed = true;
+    },
+  };
+}

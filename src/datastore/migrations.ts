@@ -1,0 +1,142 @@
+import type { Database } from 'better-sqlite3';
+import { failedPrecondition, internal } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+
+/*
+ * Versioned schema migrations. Rules:
+ *  - append only: never edit a migration that has shipped; add the next version instead;
+ *  - each migration runs in its own transaction together with the row that records it, so a
+ *    crash leaves the schema either before or after a migration, never half-way;
+ *  - a database whose recorded version is newer than the code knows is refused: older code
+ *    writing into a newer schema could silently drop data it does not understand.
+ * The version lives in a table rather than PRAGMA user_version so that a PostgreSQL
+ * implementation can keep the same scheme. Types are portable: BIGINT for milliseconds (SQLite
+ * gives it INTEGER affinity), TEXT for JSON.
+ */
+
+export interface Migration {
+  version: number;
+  description: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: 'entries, tasks, revocations, issuances',
+    sql: `
+      CREATE TABLE registration_entries (
+        id             TEXT    NOT NULL PRIMARY KEY,
+        spiffe_id      TEXT    NOT NULL,
+        selectors      TEXT    NOT NULL,  -- JSON array of {"type","value"}, canonical order
+        selectors_hash TEXT    NOT NULL,  -- sha256 of the canonical selector set (uniqueness)
+        x509_ttl_ms    BIGINT  NOT NULL,
+        jwt_ttl_ms     BIGINT  NOT NULL,
+        hint           TEXT    NOT NULL,
+        dns_names      TEXT    NOT NULL,  -- JSON array of strings
+        federates_with TEXT    NOT NULL,  -- JSON array of trust domain names
+        expires_at     BIGINT,
+        created_at     BIGINT  NOT NULL,
+        updated_at     BIGINT  NOT NULL,
+        revision       BIGINT  NOT NULL,
+        CONSTRAINT registration_entries_identity UNIQUE (spiffe_id, selectors_hash)
+      );
+
+      CREATE TABLE tasks (
+        agent       TEXT   NOT NULL,
+        id          TEXT   NOT NULL,
+        spiffe_id   TEXT   NOT NULL,
+        binding     TEXT   NOT NULL,  -- JSON TaskBinding
+        metadata    TEXT   NOT NULL,  -- JSON object of strings
+        state       TEXT   NOT NULL CHECK (state IN ('active', 'ended', 'revoked', 'expired')),
+        x509_ttl_ms BIGINT NOT NULL,
+        jwt_ttl_ms  BIGINT NOT NULL,
+        created_at  BIGINT NOT NULL,
+        expires_at  BIGINT NOT NULL,
+        ended_at    BIGINT,
+        end_reason  TEXT,
+        created_by  TEXT   NOT NULL,
+        PRIMARY KEY (agent, id)
+      );
+      CREATE INDEX tasks_state ON tasks (state);
+
+      CREATE TABLE revocations (
+        spiffe_id  TEXT   NOT NULL PRIMARY KEY,
+        reason     TEXT   NOT NULL,
+        revoked_at BIGINT NOT NULL,
+        revoked_by TEXT   NOT NULL,
+        keep_until BIGINT NOT NULL
+      );
+      CREATE INDEX revocations_keep_until ON revocations (keep_until);
+
+      -- Append + prune only: one row per SVID minted, never updated; rows go when they expire.
+      CREATE TABLE issuances (
+        kind      TEXT   NOT NULL CHECK (kind IN ('x509', 'jwt')),
+        serial    TEXT   NOT NULL,
+        spiffe_id TEXT   NOT NULL,
+        issuer_id TEXT   NOT NULL,
+        issued_at BIGINT NOT NULL,
+        not_after BIGINT NOT NULL,
+        task      TEXT,
+        PRIMARY KEY (kind, serial)
+      );
+      CREATE INDEX issuances_spiffe_id ON issuances (spiffe_id, not_after);
+      CREATE INDEX issuances_not_after ON issuances (not_after);
+    `,
+  },
+];
+
+/** The schema version this code writes. */
+export const SCHEMA_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0;
+
+const VERSION_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
+  version     BIGINT NOT NULL PRIMARY KEY,
+  description TEXT   NOT NULL
+)`;
+
+export function currentSchemaVersion(db: Database): number {
+  db.exec(VERSION_TABLE);
+  const row = db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
+  return row.v ?? 0;
+}
+
+function checkOrder(migrations: readonly Migration[]): void {
+  migrations.forEach((m, i) => {
+    if (m.version !== i + 1) throw internal(`datastore: migration #${i} has version ${m.version}, expected ${i + 1}`);
+  });
+}
+
+function refuseNewer(found: number, known: number): never {
+  throw failedPrecondition(
+    `datastore: database schema version ${found} is newer than this agentid supports (${known}); ` +
+      'run a newer agentid or restore a backup taken before the upgrade',
+  );
+}
+
+/**
+ * Brings the database to the latest known version. Each step takes the write lock first
+ * (BEGIN IMMEDIATE) and re-reads the version, so two processes opening the same file at once
+ * apply each migration exactly once.
+ */
+export function applyMigrations(
+  db: Database,
+  options: { migrations?: readonly Migration[]; logger?: Logger } = {},
+): { from: number; to: number } {
+  const migrations = options.migrations ?? MIGRATIONS;
+  checkOrder(migrations);
+  const known = migrations.length;
+  const from = currentSchemaVersion(db);
+  if (from > known) refuseNewer(from, known);
+  const record = db.prepare('INSERT INTO schema_migrations (version, description) VALUES (?, ?)');
+  for (const m of migrations) {
+    db.transaction(() => {
+      const current = currentSchemaVersion(db);
+      if (current > known) refuseNewer(current, known);
+      if (current >= m.version) return;
+      db.exec(m.sql);
+      record.run(m.version, m.description);
+      options.logger?.info({ version: m.version, description: m.description }, 'datastore: applied migration');
+    }).immediate();
+  }
+  return { from, to: currentSchemaVersion(db) };
+}

@@ -1,0 +1,198 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import BetterSqlite3 from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  datastoreConformance,
+  entryFixture,
+  expectCode,
+  issuanceFixture,
+  revocationFixture,
+  taskFixture,
+} from './conformance.js';
+import { applyMigrations, MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
+import { openSqliteDatastore } from './sqlite.js';
+import type { Datastore } from './types.js';
+
+const T0 = Date.UTC(2026, 0, 1);
+
+for (const durableIssuances of [false, true]) {
+  datastoreConformance(`sqlite${durableIssuances ? ' (durable issuances)' : ''}`, () => {
+    const dir = mkdtempSync(join(tmpdir(), 'agentid-ds-'));
+    const file = join(dir, 'agentid.db');
+    let ds = openSqliteDatastore(file, { durableIssuances });
+    return {
+      ds,
+      reopen: () => {
+        ds.close();
+        ds = openSqliteDatastore(file, { durableIssuances });
+        return ds;
+      },
+      cleanup: () => {
+        ds.close();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  });
+}
+
+describe('sqlite datastore', () => {
+  let dir: string;
+  let file: string;
+  const open: Datastore[] = [];
+  const openDs = () => {
+    const ds = openSqliteDatastore(file);
+    open.push(ds);
+    return ds;
+  };
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'agentid-ds-'));
+    file = join(dir, 'agentid.db');
+  });
+  afterEach(() => {
+    for (const ds of open.splice(0)) ds.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function writeEverything(ds: Datastore): void {
+    ds.entries.create(entryFixture({ dnsNames: ['a1.example.org'], expiresAt: T0 + 1000 }), T0);
+    ds.tasks.create(taskFixture());
+    ds.tasks.create(taskFixture({ id: 't2', binding: { kind: 'cgroup', path: '/agents/a1/t2' } }));
+    ds.tasks.finish('a1', 't2', 'revoked', T0 + 5, 'compromised');
+    ds.revocations.add(revocationFixture());
+    ds.issuances.record(issuanceFixture());
+  }
+
+  function snapshot(ds: Datastore) {
+    return {
+      entries: ds.entries.list(),
+      tasks: ds.tasks.list(),
+      revocations: ds.revocations.list(),
+      issuances: ds.issuances.listForSpiffeId(issuanceFixture().spiffeId),
+    };
+  }
+
+  it('keeps everything across close and reopen', () => {
+    const first = openDs();
+    writeEverything(first);
+    const before = snapshot(first);
+    first.close();
+    const after = snapshot(openDs());
+    expect(after).toEqual(before);
+    expect(after.entries).toHaveLength(1);
+    expect(after.tasks.map((t) => t.state)).toEqual(['active', 'revoked']);
+  });
+
+  it('creates the database and its WAL owner-only (0600), even with a permissive umask', () => {
+    const old = process.umask(0);
+    try {
+      const ds = openDs();
+      ds.entries.create(entryFixture(), T0);
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      expect(statSync(`${file}-wal`).mode & 0o777).toBe(0o600);
+    } finally {
+      process.umask(old);
+    }
+  });
+
+  it('tightens a pre-existing world-readable database file to 0600', () => {
+    writeFileSync(file, '', { mode: 0o644 });
+    openDs();
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+  });
+
+  it('applies migrations to an empty database once; re-applying is a no-op', () => {
+    const db = new BetterSqlite3(file);
+    try {
+      expect(applyMigrations(db)).toEqual({ from: 0, to: SCHEMA_VERSION });
+      expect(applyMigrations(db)).toEqual({ from: SCHEMA_VERSION, to: SCHEMA_VERSION });
+      const rows = db.prepare('SELECT version, description FROM schema_migrations ORDER BY version').all();
+      expect(rows).toEqual(MIGRATIONS.map((m) => ({ version: m.version, description: m.description })));
+      const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all();
+      expect(tables).toEqual(['issuances', 'registration_entries', 'revocations', 'schema_migrations', 'tasks']);
+    } finally {
+      db.close();
+    }
+    // And the datastore opens the already migrated file.
+    expect(openDs().entries.list()).toEqual([]);
+  });
+
+  it('refuses a database written by a newer schema version, naming both versions', () => {
+    openDs().close();
+    const db = new BetterSqlite3(file);
+    db.prepare('INSERT INTO schema_migrations (version, description) VALUES (?, ?)').run(SCHEMA_VERSION + 1, 'from the future');
+    db.close();
+    expectCode(
+      () => openDs(),
+      'failed_precondition',
+      new RegExp(`schema version ${SCHEMA_VERSION + 1} is newer than this agentid supports \\(${SCHEMA_VERSION}\\)`),
+    );
+  });
+
+  it('a failing migration leaves neither its tables nor its version behind', () => {
+    const db = new BetterSqlite3(file);
+    try {
+      const broken = [
+        ...MIGRATIONS,
+        { version: MIGRATIONS.length + 1, description: 'half-broken', sql: 'CREATE TABLE extra (x TEXT); SELECT * FROM missing_table;' },
+      ];
+      expect(() => applyMigrations(db, { migrations: broken })).toThrow(/missing_table/);
+      const tables = db.prepare("SELECT name FROM sqlite_master WHERE name = 'extra'").all();
+      expect(tables).toEqual([]);
+      expect(applyMigrations(db)).toEqual({ from: SCHEMA_VERSION, to: SCHEMA_VERSION });
+    } finally {
+      db.close();
+    }
+  });
+
+  it('refuses a migration list with a gap in its versions', () => {
+    const db = new BetterSqlite3(':memory:');
+    try {
+      const gap = [MIGRATIONS[0]!, { version: 3, description: 'skips 2', sql: 'SELECT 1' }];
+      expect(() => applyMigrations(db, { migrations: gap })).toThrow(/version 3, expected 2/);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('loses nothing when the writing process is SIGKILLed right after the calls return', async () => {
+    const sqliteModule = fileURLToPath(new URL('./sqlite.ts', import.meta.url));
+    // conformance.ts imports vitest; the child only needs the fixtures, so it is given them as JSON.
+    const fixtures = JSON.stringify({
+      entry: entryFixture(),
+      task: taskFixture(),
+      revocation: revocationFixture(),
+      issuance: issuanceFixture(),
+    });
+    const script = `
+      import { openSqliteDatastore } from ${JSON.stringify(sqliteModule)};
+      const f = JSON.parse(process.env.FIXTURES);
+      const ds = openSqliteDatastore(process.env.DB_FILE);
+      ds.entries.create(f.entry, ${T0});
+      ds.tasks.create(f.task);
+      ds.tasks.finish(f.task.agent, f.task.id, 'ended', ${T0 + 1}, 'done');
+      ds.revocations.add(f.revocation);
+      ds.issuances.record(f.issuance);
+      process.kill(process.pid, 'SIGKILL');
+    `;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      env: { ...process.env, DB_FILE: file, FIXTURES: fixtures },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
+    expect(signal, stderr).toBe('SIGKILL');
+    // The process never closed the database: the rows live only in the WAL, not yet checkpointed.
+    expect(statSync(`${file}-wal`).size).toBeGreaterThan(0);
+
+    const ds = openDs();
+    expect(ds.entries.list()).toEqual([{ ...entryFixture(), createdAt: T0, updatedAt: T0, revision: 1 }]);
+    expect(ds.tasks.list()).toEqual([{ ...taskFixture(), state: 'ended', endedAt: T0 + 1, endReason: 'done' }]);
+    expect(ds.revocations.list()).toEqual([revocationFixture()]);
+    expect(ds.issuances.listForSpiffeId(issuanceFixture().spiffeId)).toEqual([issuanceFixture()]);
+  });
+});

@@ -1,0 +1,117 @@
+import { SpiffeId } from '../spiffe/spiffe-id.js';
+import { formatSelector, type Selector } from '../spiffe/selector.js';
+import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
+
+/**
+ * What a caller is entitled to: one identity per registration entry or task that matches it.
+ * Pure data; the issuer turns identities into SVIDs.
+ */
+export interface Identity {
+  /** Cache key: "entry:<id>" or "task:<agent>/<task>". One SVID per key is shared by every matching caller. */
+  key: string;
+  spiffeId: SpiffeId;
+  x509TtlMs: number;
+  jwtTtlMs: number;
+  hint: string;
+  dnsNames: string[];
+  federatesWith: string[];
+  /** SVIDs for this identity never outlive this time (task end plus buffer). */
+  notAfterCap: number | null;
+  task: { agent: string; id: string } | null;
+  entryId: string | null;
+  /** The caller's selectors that made the match, for the audit trail. */
+  matchedSelectors: string[];
+}
+
+/** The kernel facts about a caller that identity resolution uses (a subset of the attestation). */
+export interface CallerFacts {
+  pid: number;
+  startTime: string;
+  ancestors: { pid: number; startTime: string }[];
+  cgroup: string | null;
+  selectors: Selector[];
+}
+
+export function taskKey(agent: string, id: string): string {
+  return `task:${agent}/${id}`;
+}
+
+/** True when the task's binding covers the caller: the exact process, a descendant (if allowed), or its cgroup subtree. */
+export function taskBindingMatches(task: TaskRecord, caller: CallerFacts): boolean {
+  const b = task.binding;
+  if (b.kind === 'process') {
+    if (caller.pid === b.pid && caller.startTime === b.startTime) return true;
+    return b.descendants && caller.ancestors.some((a) => a.pid === b.pid && a.startTime === b.startTime);
+  }
+  if (caller.cgroup === null) return false;
+  return caller.cgroup === b.path || caller.cgroup.startsWith(b.path === '/' ? '/' : `${b.path}/`);
+}
+
+export function taskIsLive(task: TaskRecord, now: number): boolean {
+  return task.state === 'active' && now < task.expiresAt;
+}
+
+export interface ResolveInput {
+  caller: CallerFacts;
+  /** Entries already matched against the caller's selectors, in their stable order. */
+  matchedEntries: RegistrationEntry[];
+  /** Active tasks (any agent); those bound to the caller become identities. */
+  tasks: TaskRecord[];
+  isRevoked: (spiffeId: string) => boolean;
+  now: number;
+  taskBufferMs: number;
+}
+
+/**
+ * Orders identities so that svids[0] (the default identity) is stable and meaningful:
+ * task identities first (oldest task first) because a process bound to a task acts as that task,
+ * then registration entries in the entry index's order (oldest first). Revoked IDs and
+ * duplicates of an ID already listed are dropped.
+ */
+export function resolveIdentities(input: ResolveInput): Identity[] {
+  const out: Identity[] = [];
+  const seen = new Set<string>();
+  const add = (identity: Identity) => {
+    const id = identity.spiffeId.toString();
+    if (seen.has(id) || input.isRevoked(id)) return;
+    seen.add(id);
+    out.push(identity);
+  };
+
+  const boundTasks = input.tasks
+    .filter((t) => taskIsLive(t, input.now) && taskBindingMatches(t, input.caller))
+    .sort((a, b) => a.createdAt - b.createdAt || a.agent.localeCompare(b.agent) || a.id.localeCompare(b.id));
+  for (const task of boundTasks) {
+    add({
+      key: taskKey(task.agent, task.id),
+      spiffeId: SpiffeId.parse(task.spiffeId),
+      x509TtlMs: task.x509TtlMs,
+      jwtTtlMs: task.jwtTtlMs,
+      hint: `task:${task.agent}/${task.id}`,
+      dnsNames: [],
+      federatesWith: [],
+      notAfterCap: task.expiresAt + input.taskBufferMs,
+      task: { agent: task.agent, id: task.id },
+      entryId: null,
+      matchedSelectors:
+        task.binding.kind === 'process' ? [`task:pid:${task.binding.pid}`] : [`task:cgroup:${task.binding.path}`],
+    });
+  }
+
+  for (const entry of input.matchedEntries) {
+    add({
+      key: `entry:${entry.id}`,
+      spiffeId: SpiffeId.parse(entry.spiffeId),
+      x509TtlMs: entry.x509TtlMs,
+      jwtTtlMs: entry.jwtTtlMs,
+      hint: entry.hint,
+      dnsNames: entry.dnsNames,
+      federatesWith: entry.federatesWith,
+      notAfterCap: entry.expiresAt,
+      task: null,
+      entryId: entry.id,
+      matchedSelectors: entry.selectors.map(formatSelector),
+    });
+  }
+  return out;
+}

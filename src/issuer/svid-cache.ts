@@ -1,0 +1,163 @@
+import type { Clock } from '../common/clock.js';
+import type { Logger } from '../common/logger.js';
+import type { Secret } from '../common/secret.js';
+import type { SpiffeId } from '../spiffe/spiffe-id.js';
+import type { IssuanceRecord } from '../datastore/types.js';
+import type { Identity } from './identity.js';
+import { cappedTtl, renewalTime } from './renewal.js';
+
+/** The CA operations the issuer needs (ca/authority.ts provides them). */
+export interface SvidMinter {
+  mintX509Svid(req: { spiffeId: SpiffeId; ttlMs: number; dnsNames?: string[] }): MintedX509;
+  mintJwtSvid(req: { spiffeId: SpiffeId; audience: string[]; ttlMs: number }): MintedJwt;
+}
+
+export interface MintedX509 {
+  spiffeId: string;
+  certDer: Buffer;
+  chainDer: Buffer[];
+  privateKeyPkcs8: Secret<Buffer>;
+  serial: string;
+  notBefore: number;
+  notAfter: number;
+  issuerId: string;
+}
+
+export interface MintedJwt {
+  spiffeId: string;
+  token: Secret<string>;
+  jti: string;
+  kid: string;
+  issuedAt: number;
+  expiresAt: number;
+}
+
+/** Who caused a mint, for the audit trail. */
+export interface MintCause {
+  pid: number;
+  uid: number;
+}
+
+export interface IssuanceEvents {
+  issued(kind: 'x509' | 'jwt', identity: Identity, serial: string, notAfter: number, cause: MintCause, rotation: boolean, audience?: string[]): void;
+}
+
+interface CachedX509 {
+  fingerprint: string;
+  svid: MintedX509;
+  renewAt: number;
+}
+
+interface CachedJwt {
+  svid: MintedJwt;
+  renewAt: number;
+}
+
+export interface SvidCacheDeps {
+  minter: SvidMinter;
+  recordIssuance: (record: IssuanceRecord) => void;
+  events: IssuanceEvents;
+  clock: Clock;
+  logger: Logger;
+  /** In [0, 1); injectable so rotation timing is reproducible in tests. */
+  random?: () => number;
+}
+
+/**
+ * One X.509-SVID per identity, shared by every caller entitled to it (as SPIRE's agent does), so a
+ * rotation costs one signature per identity, not per stream. JWT-SVIDs are cached per identity and
+ * audience set until their half-life.
+ */
+export class SvidCache {
+  private readonly x509 = new Map<string, CachedX509>();
+  private readonly jwt = new Map<string, CachedJwt>();
+  private generation = 0;
+  private readonly random: () => number;
+
+  constructor(private readonly deps: SvidCacheDeps) {
+    this.random = deps.random ?? Math.random;
+  }
+
+  /** Returns the identity's current SVID, minting a new one when absent, due for renewal, or stale. */
+  x509For(identity: Identity, cause: MintCause): MintedX509 {
+    const now = this.deps.clock.now();
+    const fingerprint = this.fingerprint(identity);
+    const cached = this.x509.get(identity.key);
+    if (cached && cached.fingerprint === fingerprint && now < cached.renewAt && now < cached.svid.notAfter) {
+      return cached.svid;
+    }
+    const ttlMs = cappedTtl(now, identity.x509TtlMs, identity.notAfterCap);
+    const svid = this.deps.minter.mintX509Svid({ spiffeId: identity.spiffeId, ttlMs, dnsNames: identity.dnsNames });
+    this.deps.recordIssuance({
+      kind: 'x509',
+      serial: svid.serial,
+      spiffeId: svid.spiffeId,
+      issuerId: svid.issuerId,
+      issuedAt: now,
+      notAfter: svid.notAfter,
+      task: identity.task ? `${identity.task.agent}/${identity.task.id}` : null,
+    });
+    this.deps.events.issued('x509', identity, svid.serial, svid.notAfter, cause, cached !== undefined);
+    this.x509.set(identity.key, { fingerprint, svid, renewAt: renewalTime(svid.notBefore, svid.notAfter, this.random()) });
+    return svid;
+  }
+
+  jwtFor(identity: Identity, audience: string[], cause: MintCause): MintedJwt {
+    const now = this.deps.clock.now();
+    const key = `${this.fingerprint(identity)}|${[...audience].sort().join('\u0000')}`;
+    const cached = this.jwt.get(key);
+    if (cached && now < cached.renewAt) return cached.svid;
+    const ttlMs = cappedTtl(now, identity.jwtTtlMs, identity.notAfterCap);
+    const svid = this.deps.minter.mintJwtSvid({ spiffeId: identity.spiffeId, audience, ttlMs });
+    this.deps.recordIssuance({
+      kind: 'jwt',
+      serial: svid.jti,
+      spiffeId: svid.spiffeId,
+      issuerId: svid.kid,
+      issuedAt: now,
+      notAfter: svid.expiresAt,
+      task: identity.task ? `${identity.task.agent}/${identity.task.id}` : null,
+    });
+    this.deps.events.issued('jwt', identity, svid.jti, svid.expiresAt, cause, cached !== undefined, audience);
+    this.jwt.set(key, { svid, renewAt: renewalTime(svid.issuedAt, svid.expiresAt, this.random()) });
+    return svid;
+  }
+
+  /** Earliest renewal among cached X.509-SVIDs; the rotation loop wakes then. */
+  nextRenewalAt(): number | undefined {
+    let next: number | undefined;
+    for (const c of this.x509.values()) if (next === undefined || c.renewAt < next) next = c.renewAt;
+    return next;
+  }
+
+  /** A new signing CA (or key) is active: every SVID is re-minted on next use. */
+  invalidateAll(): void {
+    this.generation++;
+    this.jwt.clear();
+  }
+
+  /** Drops cached SVIDs of a SPIFFE ID (revoked), so nothing cached is ever served again. */
+  forgetSpiffeId(spiffeId: string): void {
+    for (const [key, c] of this.x509) if (c.svid.spiffeId === spiffeId) this.x509.delete(key);
+    for (const [key, c] of this.jwt) if (c.svid.spiffeId === spiffeId) this.jwt.delete(key);
+  }
+
+  /** Keeps only identities still in use by some stream, plus JWTs that are not yet expired. */
+  retain(keys: Set<string>): void {
+    for (const key of this.x509.keys()) if (!keys.has(key)) this.x509.delete(key);
+    const now = this.deps.clock.now();
+    for (const [key, c] of this.jwt) if (c.svid.expiresAt <= now) this.jwt.delete(key);
+  }
+
+  private fingerprint(identity: Identity): string {
+    return [
+      this.generation,
+      identity.key,
+      identity.spiffeId.toString(),
+      identity.x509TtlMs,
+      identity.jwtTtlMs,
+      identity.notAfterCap ?? '',
+      identity.dnsNames.join(','),
+    ].join('|');
+  }
+}

@@ -1,0 +1,94 @@
+import type { Clock } from './common/clock.js';
+import type { Logger } from './common/logger.js';
+
+/** The timed work of a running server; each step reports when it next needs to run. */
+export interface ScheduledWork {
+  /** Rotates CA slots when due; returns the next time a rotation check is needed. */
+  rotateCa(): number;
+  /** Ends expired tasks; returns the next task expiry, if any. */
+  expireTasks(): number | undefined;
+  /** Ends tasks whose bound process or cgroup is gone. */
+  endOrphanedTasks(): Promise<void>;
+  /** Prunes expired revocations and issuance records. */
+  prune(): void;
+  /** Re-mints SVIDs that reached their renewal time and pushes them; returns the next renewal. */
+  renew(): number | undefined;
+  /** Rebuilds CRLs before they go stale; returns when next. */
+  refreshCrls(): number;
+}
+
+const PRUNE_EVERY_MS = 60_000;
+
+/**
+ * The one timer loop. Sleeps on the injected clock until the earliest due item (at most one liveness
+ * interval, so a dead task process is noticed within it), and never lets one failing step stop the rest.
+ */
+export class Scheduler {
+  private readonly controller = new AbortController();
+  private wake: AbortController | undefined;
+  private running: Promise<void> | undefined;
+  private lastPrune = -Infinity;
+
+  constructor(
+    private readonly work: ScheduledWork,
+    private readonly deps: { clock: Clock; logger: Logger; livenessIntervalMs: number },
+  ) {}
+
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  /** Re-plans now (something changed that may move the next due time earlier). */
+  poke(): void {
+    this.wake?.abort();
+  }
+
+  async stop(): Promise<void> {
+    this.controller.abort();
+    this.wake?.abort();
+    await this.running;
+  }
+
+  /** One pass over all the work; exported for tests that drive time by hand. */
+  async tick(): Promise<number> {
+    const { clock, logger } = this.deps;
+    const step = <T>(name: string, f: () => T): T | undefined => {
+      try {
+        return f();
+      } catch (err) {
+        logger.error({ err, step: name }, 'scheduled step failed');
+        return undefined;
+      }
+    };
+    const now = clock.now();
+    const times: (number | undefined)[] = [now + this.deps.livenessIntervalMs];
+    times.push(step('rotate-ca', () => this.work.rotateCa()));
+    times.push(step('expire-tasks', () => this.work.expireTasks()));
+    try {
+      await this.work.endOrphanedTasks();
+    } catch (err) {
+      logger.error({ err, step: 'end-orphaned-tasks' }, 'scheduled step failed');
+    }
+    if (now - this.lastPrune >= PRUNE_EVERY_MS) {
+      this.lastPrune = now;
+      step('prune', () => this.work.prune());
+    }
+    times.push(step('refresh-crls', () => this.work.refreshCrls()));
+    times.push(step('renew', () => this.work.renew()));
+    return Math.min(...times.filter((t): t is number => t !== undefined));
+  }
+
+  private async loop(): Promise<void> {
+    const { clock } = this.deps;
+    while (!this.controller.signal.aborted) {
+      const next = await this.tick();
+      this.wake = new AbortController();
+      const signal = AbortSignal.any([this.controller.signal, this.wake.signal]);
+      try {
+        await clock.sleep(Math.max(10, next - clock.now()), signal);
+      } catch {
+        // Woken early: plan again.
+      }
+    }
+  }
+}

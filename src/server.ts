@@ -1,0 +1,328 @@
+import { mkdirSync, chmodSync, statSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type { Clock } from './common/clock.js';
+import type { Logger } from './common/logger.js';
+import { SYSTEM_ACTOR } from './common/actor.js';
+import { failedPrecondition, unavailable } from './common/errors.js';
+import { loadProto, workloadService } from './common/proto.js';
+import { TrustDomain } from './spiffe/spiffe-id.js';
+import type { Config } from './config/index.js';
+import { CertificateAuthority } from './ca/authority.js';
+import { openSqliteDatastore } from './datastore/sqlite.js';
+import { EntryIndex } from './entries/match.js';
+import { EntryService } from './entries/service.js';
+import { Attestor, isAlive, readProcessRef } from './attest/index.js';
+import { AuditLog } from './audit/index.js';
+import { resolveIdentities } from './issuer/identity.js';
+import { SvidCache } from './issuer/svid-cache.js';
+import { StreamHub } from './issuer/hub.js';
+import { TrustState } from './issuer/trust-state.js';
+import { Revoker } from './tasks/revocations.js';
+import { TaskService, type ProcessInspector } from './tasks/service.js';
+import { Scheduler } from './scheduler.js';
+import { PeerRegistry } from './workload/peers.js';
+import { listenUnixWithPeerCreds } from './workload/listener.js';
+import { workloadHandlers } from './workload/service.js';
+import { adminHandlers } from './admin/service.js';
+import { verifyJwtSvid, JwtBundle, BundleSet } from './verify/index.js';
+
+export interface RunningServer {
+  workloadSocket: string;
+  adminSocket: string;
+  ca: CertificateAuthority;
+  stop(): Promise<void>;
+}
+
+const CRL_REFRESH_MS = 10 * 60_000;
+
+/** Reads uid and start time of a process from /proc. */
+const processes: ProcessInspector = {
+  async inspect(pid) {
+    const ref = await readProcessRef(pid);
+    if (!ref) return undefined;
+    try {
+      const st = await stat(`/proc/${pid}`);
+      return { pid, startTime: ref.startTime, uid: st.uid };
+    } catch {
+      return undefined;
+    }
+  },
+  isAlive: (ref) => isAlive(ref),
+  async cgroupExists(path) {
+    try {
+      return (await stat(join('/sys/fs/cgroup', path))).isDirectory();
+    } catch {
+      return false;
+    }
+  },
+};
+
+function ensureDataDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = statSync(dir);
+  if (st.uid !== process.getuid!()) throw failedPrecondition(`data directory ${dir} is owned by uid ${st.uid}, not by the server's uid`);
+  if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+}
+
+/**
+ * The composition root: the only place that builds the datastore, CA, audit log and services and
+ * wires them together. Data flows one way: socket -> attest -> match -> mint -> push.
+ */
+export async function startServer(config: Config, deps: { clock: Clock; logger: Logger }): Promise<RunningServer> {
+  const { clock, logger } = deps;
+  const trustDomain = TrustDomain.parse(config.trustDomain);
+  ensureDataDir(config.dataDir);
+
+  const datastore = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
+  const audit = AuditLog.open({ file: config.audit.file, clock, logger });
+  const ca = await CertificateAuthority.open({
+    dataDir: config.dataDir,
+    trustDomain,
+    clock,
+    logger,
+    keyType: config.ca.keyType,
+    caTtlMs: config.ca.ttlMs,
+    rootTtlMs: config.ca.rootTtlMs,
+    jwtKeyType: config.jwt.keyType,
+    jwtKeyTtlMs: config.jwt.keyTtlMs,
+    maxJwtTtlMs: config.svid.maxJwtTtlMs,
+    jwtIssuer: config.jwt.issuer,
+    upstream: config.ca.upstream ?? undefined,
+  });
+
+  const attestor = new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes });
+  const index = new EntryIndex();
+  let hub: StreamHub | undefined;
+  let scheduler: Scheduler | undefined;
+  const changed = () => {
+    hub?.refresh();
+    scheduler?.poke();
+  };
+
+  const trust: TrustState = new TrustState({
+    ca,
+    issuances: datastore.issuances,
+    clock,
+    revokedAt: (id) => datastore.revocations.get(id)?.revokedAt,
+  });
+  const cache = new SvidCache({
+    minter: ca,
+    recordIssuance: (r) => datastore.issuances.record(r),
+    clock,
+    logger,
+    events: {
+      issued(kind, identity, serial, notAfter, cause, rotation, audience) {
+        audit.append({
+          type: rotation ? 'svid.rotated' : 'svid.issued',
+          outcome: 'ok',
+          kind,
+          spiffe_id: identity.spiffeId.toString(),
+          serial,
+          agent: identity.task?.agent,
+          task: identity.task?.id,
+          entry_id: identity.entryId ?? undefined,
+          pid: cause.pid,
+          uid: cause.uid,
+          selectors: identity.matchedSelectors,
+          not_after: new Date(notAfter).toISOString(),
+          audience,
+        });
+      },
+    },
+  });
+  const revoker = new Revoker({
+    datastore,
+    maxSvidTtlMs: Math.max(config.svid.maxX509TtlMs, config.svid.maxJwtTtlMs, config.tasks.maxTtlMs),
+    clock,
+    audit,
+    onRevoked(spiffeId) {
+      cache.forgetSpiffeId(spiffeId);
+      trust.invalidate();
+    },
+  });
+  const tasks = new TaskService({
+    trustDomain,
+    datastore,
+    revoker,
+    processes,
+    policy: {
+      defaultTtlMs: config.tasks.defaultTtlMs,
+      maxTtlMs: config.tasks.maxTtlMs,
+      x509TtlMs: config.svid.x509TtlMs,
+      jwtTtlMs: config.svid.jwtTtlMs,
+    },
+    clock,
+    audit,
+    onChange: () => {
+      // Active tasks are resolved per stream refresh from this snapshot, re-read on every task change.
+      activeTasks = tasks.activeTasks();
+      changed();
+    },
+  });
+  let activeTasks = tasks.activeTasks();
+  const entries = new EntryService({
+    datastore,
+    index,
+    policy: {
+      trustDomain,
+      defaultX509TtlMs: config.svid.x509TtlMs,
+      defaultJwtTtlMs: config.svid.jwtTtlMs,
+      maxX509TtlMs: config.svid.maxX509TtlMs,
+      maxJwtTtlMs: config.svid.maxJwtTtlMs,
+    },
+    clock,
+    audit,
+    isRevoked: (id) => revoker.isRevoked(id),
+    revoke: (id, reason, actor) => revoker.revoke(id, reason, actor),
+    onChange: changed,
+  });
+
+  hub = new StreamHub({
+    identitiesFor: (caller, now) =>
+      resolveIdentities({
+        caller,
+        matchedEntries: index.match(caller.selectors, now),
+        tasks: activeTasks,
+        isRevoked: (id) => revoker.isRevoked(id),
+        now,
+        taskBufferMs: config.tasks.bufferMs,
+      }),
+    cache,
+    trust,
+    clock,
+    logger,
+  });
+
+  let nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
+  scheduler = new Scheduler(
+    {
+      rotateCa() {
+        const result = ca.rotate();
+        if (result.changed) {
+          for (const event of result.events) audit.append({ type: 'ca.rotated', outcome: 'ok', event });
+          cache.invalidateAll();
+          trust.invalidate();
+          hub!.refresh();
+        }
+        return ca.nextRotationAt();
+      },
+      expireTasks: () => tasks.expireDue(SYSTEM_ACTOR),
+      endOrphanedTasks: () => tasks.endOrphaned(SYSTEM_ACTOR),
+      prune: () => revoker.prune(),
+      renew() {
+        const due = cache.nextRenewalAt();
+        if (due !== undefined && due <= clock.now()) hub!.refresh();
+        return cache.nextRenewalAt();
+      },
+      refreshCrls() {
+        if (clock.now() >= nextCrlRefresh) {
+          nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
+          trust.invalidate();
+          hub!.refresh();
+        }
+        return nextCrlRefresh;
+      },
+    },
+    { clock, logger, livenessIntervalMs: config.tasks.livenessIntervalMs },
+  );
+
+  const validateJwt = (token: string, audience: string) => {
+    const bundles = new BundleSet();
+    bundles.add(JwtBundle.fromJwkSet(trustDomain, trust.ownJwtBundle()));
+    const result = verifyJwtSvid(token, bundles, {
+      audience,
+      now: clock.now(),
+      revoked: (id: string) => revoker.isRevoked(id),
+    });
+    return { spiffeId: result.spiffeId.toString(), claims: result.claims as Record<string, unknown> };
+  };
+
+  // Workload API: any local user may connect; attestation decides what they get.
+  const peers = new PeerRegistry();
+  const workloadServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
+  workloadServer.addService(
+    workloadService().service,
+    workloadHandlers({
+      peers,
+      attest: (peer) => attestor.attest(peer, { withSha256: index.requiredSelectorTypes().has('sha256') }),
+      hub,
+      cache,
+      trust,
+      validateJwt,
+      onRefused(peer, method, reason) {
+        audit.append({ type: 'attestation.refused', outcome: 'denied', pid: peer?.pid, uid: peer?.uid, method, reason });
+      },
+      logger: logger.child({ api: 'workload' }),
+    }),
+  );
+  const workloadInjector = workloadServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const workloadListener = await listenUnixWithPeerCreds(config.workloadSocket, {
+    mode: 0o666,
+    logger,
+    onConnection(socket, creds) {
+      peers.register(socket, creds);
+      workloadInjector.injectConnection(socket);
+    },
+  });
+
+  const adminServer = new grpc.Server();
+  const adminProto = loadProto('agentid/admin/v1/admin.proto') as any;
+  adminServer.addService(
+    adminProto.agentid.admin.v1.AgentIdAdmin.service,
+    adminHandlers({
+      peers,
+      roles: config.admin,
+      entries,
+      tasks,
+      revoker,
+      issuanceSummary(spiffeId) {
+        const now = clock.now();
+        const records = datastore.issuances.listForSpiffeId(spiffeId);
+        return {
+          liveSerials: records.filter((r) => r.kind === 'x509' && r.notAfter > now).map((r) => r.serial),
+          count: records.length,
+        };
+      },
+      audit,
+      logger: logger.child({ api: 'admin' }),
+    }),
+  );
+  const adminInjector = adminServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  // Only admins can reach a 0600 socket; orchestrators with other uids need it open, and roles decide.
+  const adminMode = config.admin.orchestrators.length > 0 ? 0o666 : 0o600;
+  const adminListener = await listenUnixWithPeerCreds(config.adminSocket, {
+    mode: adminMode,
+    logger,
+    onConnection(socket, creds) {
+      peers.register(socket, creds);
+      adminInjector.injectConnection(socket);
+    },
+  });
+
+  scheduler.start();
+  audit.append({ type: 'server.started', outcome: 'ok', trust_domain: trustDomain.name, workload_socket: config.workloadSocket });
+  logger.info({ trustDomain: trustDomain.name, workloadSocket: config.workloadSocket, adminSocket: config.adminSocket }, 'agentid server started');
+
+  let stopped = false;
+  return {
+    workloadSocket: config.workloadSocket,
+    adminSocket: config.adminSocket,
+    ca,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await scheduler!.stop();
+      await Promise.all([workloadListener.close(), adminListener.close()]);
+      hub!.closeAll(unavailable('server shutting down'));
+      workloadInjector.destroy();
+      adminInjector.destroy();
+      workloadServer.forceShutdown();
+      adminServer.forceShutdown();
+      datastore.close();
+      audit.close?.();
+      logger.info('agentid server stopped');
+    },
+  };
+}

@@ -1,0 +1,238 @@
+import type { Clock } from '../common/clock.js';
+import type { AuditSink } from '../common/audit-sink.js';
+import { describeActor, type Actor } from '../common/actor.js';
+import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFound, permissionDenied } from '../common/errors.js';
+import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
+import type { Datastore, TaskBinding, TaskRecord, TaskState } from '../datastore/types.js';
+import type { Revoker } from './revocations.js';
+
+export interface TaskPolicy {
+  defaultTtlMs: number;
+  maxTtlMs: number;
+  x509TtlMs: number;
+  jwtTtlMs: number;
+}
+
+export interface ProcessInspector {
+  /** Start time and owner of a live process, or undefined when there is no such process. */
+  inspect(pid: number): Promise<{ pid: number; startTime: string; uid: number } | undefined>;
+  isAlive(ref: { pid: number; startTime: string }): Promise<boolean>;
+  cgroupExists(path: string): Promise<boolean>;
+}
+
+export interface StartTaskInput {
+  agent: string;
+  id: string;
+  pid?: number;
+  cgroup?: string;
+  descendants?: boolean;
+  ttlMs?: number;
+  metadata?: Record<string, string>;
+}
+
+export interface TaskServiceDeps {
+  trustDomain: TrustDomain;
+  datastore: Pick<Datastore, 'tasks' | 'issuances' | 'transaction'>;
+  revoker: Revoker;
+  processes: ProcessInspector;
+  policy: TaskPolicy;
+  clock: Clock;
+  audit: AuditSink;
+  /** Called after any task change so open streams pick it up. */
+  onChange: () => void;
+}
+
+const SEGMENT = /^[a-zA-Z0-9._-]+$/;
+const META_KEY = /^[a-zA-Z0-9._-]{1,64}$/;
+const MAX_META_PAIRS = 32;
+const MAX_META_VALUE = 256;
+
+function auditActor(actor: Actor) {
+  return { uid: actor.uid, role: actor.role, spiffe_id: actor.spiffeId };
+}
+
+/** Orchestrators act only inside their own agents' namespaces; admins anywhere. */
+export function mayActOnAgent(actor: Actor, agent: string): boolean {
+  return actor.role === 'admin' || actor.agents.includes(agent);
+}
+
+/**
+ * Task lifecycle: start (bound to a process or a cgroup), end, revoke, expire. Every end puts the
+ * task's SPIFFE ID on the deny list, so a task identity is never issued again once its task is over.
+ */
+export class TaskService {
+  constructor(private readonly deps: TaskServiceDeps) {}
+
+  async start(input: StartTaskInput, actor: Actor): Promise<TaskRecord> {
+    const { policy, clock } = this.deps;
+    const problems = new ProblemList();
+    if (!SEGMENT.test(input.agent) || input.agent === '.' || input.agent === '..') problems.add(`agent "${input.agent}" must be a SPIFFE ID path segment (letters, digits, ".", "_", "-")`);
+    if (!SEGMENT.test(input.id) || input.id === '.' || input.id === '..') problems.add(`task "${input.id}" must be a SPIFFE ID path segment (letters, digits, ".", "_", "-")`);
+    if ((input.pid === undefined) === (input.cgroup === undefined)) problems.add('exactly one of pid or cgroup is required');
+    if (input.pid !== undefined && (!Number.isInteger(input.pid) || input.pid <= 1)) problems.add(`pid ${input.pid} is not a valid process ID`);
+    if (input.cgroup !== undefined && (!input.cgroup.startsWith('/') || input.cgroup.split('/').some((s) => s === '.' || s === '..') || input.cgroup === '/')) {
+      problems.add(`cgroup "${input.cgroup}" must be an absolute cgroup v2 path below the root, without "." or ".."`);
+    }
+    if (input.cgroup !== undefined && input.descendants) problems.add('descendants applies to pid bindings only (a cgroup binding covers its members)');
+    const ttlMs = input.ttlMs ?? policy.defaultTtlMs;
+    if (!(ttlMs > 0)) problems.add('ttl must be greater than zero');
+    if (ttlMs > policy.maxTtlMs) problems.add(`ttl ${Math.round(ttlMs / 1000)}s exceeds the task policy cap of ${Math.round(policy.maxTtlMs / 1000)}s`);
+    const metadata = input.metadata ?? {};
+    const pairs = Object.entries(metadata);
+    if (pairs.length > MAX_META_PAIRS) problems.add(`at most ${MAX_META_PAIRS} metadata pairs`);
+    for (const [k, v] of pairs) {
+      if (!META_KEY.test(k)) problems.add(`metadata key "${k.slice(0, 70)}" must be 1-64 of letters, digits, ".", "_", "-"`);
+      if (v.length > MAX_META_VALUE) problems.add(`metadata "${k}" is longer than ${MAX_META_VALUE} characters`);
+      if (/[\u0000-\u001f\u007f]/.test(v)) problems.add(`metadata "${k}" contains a control character`);
+    }
+    problems.throwIfAny('task');
+
+    if (!mayActOnAgent(actor, input.agent)) {
+      this.deny(actor, 'task.start', `not allowed to start tasks for agent "${input.agent}"`, input.agent, input.id);
+    }
+    const spiffeId = taskSpiffeId(this.deps.trustDomain, input.agent, input.id).toString();
+    if (this.findById(input.id)) throw alreadyExists(`task "${input.id}" already exists (task IDs are never reused)`);
+    if (this.deps.revoker.isRevoked(spiffeId)) throw failedPrecondition(`task: ${spiffeId} is revoked and cannot be issued again`);
+
+    let binding: TaskBinding;
+    if (input.pid !== undefined) {
+      const proc = await this.deps.processes.inspect(input.pid);
+      if (!proc) throw failedPrecondition(`task: process ${input.pid} does not exist`);
+      // An orchestrator may hand its agent's identity only to its own processes.
+      if (actor.role !== 'admin' && actor.uid !== undefined && proc.uid !== actor.uid) {
+        this.deny(actor, 'task.start', `process ${input.pid} belongs to uid ${proc.uid}, not to the caller`, input.agent, input.id);
+      }
+      binding = { kind: 'process', pid: proc.pid, startTime: proc.startTime, descendants: input.descendants ?? false };
+    } else {
+      if (!(await this.deps.processes.cgroupExists(input.cgroup!))) throw failedPrecondition(`task: cgroup ${input.cgroup} does not exist`);
+      binding = { kind: 'cgroup', path: input.cgroup! };
+    }
+
+    const now = clock.now();
+    const task = this.deps.datastore.tasks.create({
+      id: input.id,
+      agent: input.agent,
+      spiffeId,
+      binding,
+      metadata: { ...metadata },
+      state: 'active',
+      x509TtlMs: Math.min(policy.x509TtlMs, ttlMs),
+      jwtTtlMs: Math.min(policy.jwtTtlMs, ttlMs),
+      createdAt: now,
+      expiresAt: now + ttlMs,
+      endedAt: null,
+      endReason: null,
+      createdBy: describeActor(actor),
+    });
+    this.deps.audit.append({
+      type: 'task.started',
+      outcome: 'ok',
+      actor: auditActor(actor),
+      agent: task.agent,
+      task: task.id,
+      spiffe_id: spiffeId,
+      binding: binding.kind === 'process' ? `pid:${binding.pid}${binding.descendants ? '+descendants' : ''}` : `cgroup:${binding.path}`,
+      ttl_seconds: Math.round(ttlMs / 1000),
+      metadata: task.metadata,
+    });
+    this.deps.onChange();
+    return task;
+  }
+
+  end(ref: { agent?: string; id: string }, reason: string, actor: Actor): TaskRecord {
+    return this.finish(ref, 'ended', reason || 'ended', actor);
+  }
+
+  revoke(ref: { agent?: string; id: string }, reason: string, actor: Actor): TaskRecord {
+    if (actor.role !== 'admin') {
+      this.deny(actor, 'task.revoke', 'only admins may revoke', ref.agent ?? '', ref.id);
+    }
+    if (!reason.trim()) throw invalidArgument('task revoke: a reason is required');
+    return this.finish(ref, 'revoked', reason, actor);
+  }
+
+  get(ref: { agent?: string; id: string }, actor: Actor): TaskRecord {
+    const task = this.resolve(ref);
+    if (!mayActOnAgent(actor, task.agent)) this.deny(actor, 'task.show', `not allowed to see tasks of agent "${task.agent}"`, task.agent, task.id);
+    return task;
+  }
+
+  list(filter: { agent?: string; state?: TaskState }, actor: Actor): TaskRecord[] {
+    if (filter.agent !== undefined && !mayActOnAgent(actor, filter.agent)) {
+      this.deny(actor, 'task.list', `not allowed to list tasks of agent "${filter.agent}"`, filter.agent, '');
+    }
+    return this.deps.datastore.tasks.list(filter).filter((t) => mayActOnAgent(actor, t.agent));
+  }
+
+  activeTasks(): TaskRecord[] {
+    return this.deps.datastore.tasks.list({ state: 'active' });
+  }
+
+  /** Ends tasks past their expiry. Returns the earliest expiry still ahead, for the scheduler. */
+  expireDue(actor: Actor): number | undefined {
+    const now = this.deps.clock.now();
+    let next: number | undefined;
+    for (const t of this.activeTasks()) {
+      if (t.expiresAt <= now) this.finish(t, 'expired', 'task lifetime reached', actor);
+      else if (next === undefined || t.expiresAt < next) next = t.expiresAt;
+    }
+    return next;
+  }
+
+  /** Ends tasks whose bound process is gone (a PID that was reused by another process counts as gone). */
+  async endOrphaned(actor: Actor): Promise<void> {
+    for (const t of this.activeTasks()) {
+      const b = t.binding;
+      const alive = b.kind === 'process'
+        ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })
+        : await this.deps.processes.cgroupExists(b.path);
+      if (!alive) {
+        try {
+          this.finish(t, 'ended', b.kind === 'process' ? 'bound process exited' : 'bound cgroup removed', actor);
+        } catch {
+          // Ended concurrently by an admin call: nothing left to do.
+        }
+      }
+    }
+  }
+
+  private finish(ref: { agent?: string; id: string }, state: Exclude<TaskState, 'active'>, reason: string, actor: Actor): TaskRecord {
+    const task = this.resolve(ref);
+    if (!mayActOnAgent(actor, task.agent)) this.deny(actor, `task.${state === 'revoked' ? 'revoke' : 'end'}`, `not allowed to act on tasks of agent "${task.agent}"`, task.agent, task.id);
+    let finished = task;
+    if (task.state === 'active') {
+      finished = this.deps.datastore.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
+      this.deps.audit.append({
+        type: state === 'revoked' ? 'task.revoked' : 'task.ended',
+        outcome: 'ok',
+        actor: auditActor(actor),
+        agent: task.agent,
+        task: task.id,
+        spiffe_id: task.spiffeId,
+        state,
+        reason,
+      });
+    } else if (state !== 'revoked') {
+      throw failedPrecondition(`task "${task.id}" is already ${task.state}`);
+    }
+    // Revoking an ended task still matters: its SVIDs may not have expired yet.
+    this.deps.revoker.revoke(task.spiffeId, `task ${state}: ${reason}`, actor);
+    this.deps.onChange();
+    return finished;
+  }
+
+  private findById(id: string): TaskRecord | undefined {
+    return this.deps.datastore.tasks.list().find((t) => t.id === id);
+  }
+
+  private resolve(ref: { agent?: string; id: string }): TaskRecord {
+    const task = ref.agent ? this.deps.datastore.tasks.get(ref.agent, ref.id) : this.findById(ref.id);
+    if (!task) throw notFound(`task "${ref.agent ? `${ref.agent}/` : ''}${ref.id}" not found`);
+    return task;
+  }
+
+  private deny(actor: Actor, action: string, reason: string, agent: string, task: string): never {
+    this.deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), action, reason, agent, task });
+    throw permissionDenied(`${action}: ${reason}`);
+  }
+}

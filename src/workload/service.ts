@@ -1,0 +1,175 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../common/logger.js';
+import { AgentIdError, invalidArgument, permissionDenied, unavailable } from '../common/errors.js';
+import { toGrpcError } from '../common/grpc-errors.js';
+import { SpiffeId } from '../spiffe/spiffe-id.js';
+import { formatSelector, type Selector } from '../spiffe/selector.js';
+import type { Caller, StreamHub } from '../issuer/hub.js';
+import type { SvidCache } from '../issuer/svid-cache.js';
+import type { TrustMaterial } from '../issuer/trust.js';
+import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
+import { LatestWinsWriter } from './latest-writer.js';
+import { encodeJwtBundlesResponse, encodeX509BundlesResponse, encodeX509SvidResponse, toStruct } from './encode.js';
+
+export interface AttestationResult {
+  peer: PeerCredentialsLike;
+  process: { pid: number; startTime: string };
+  selectors: Selector[];
+  cgroup: string | null;
+  ancestors: { pid: number; startTime: string }[];
+}
+
+export interface WorkloadDeps {
+  peers: PeerRegistry;
+  attest: (peer: PeerCredentialsLike) => Promise<AttestationResult>;
+  hub: StreamHub;
+  cache: SvidCache;
+  trust: TrustMaterial;
+  validateJwt: (token: string, audience: string) => { spiffeId: string; claims: Record<string, unknown> };
+  onRefused: (peer: { pid: number; uid: number } | undefined, method: string, reason: string) => void;
+  logger: Logger;
+}
+
+const SECURITY_HEADER = 'workload.spiffe.io';
+
+/** SPIRE's rule: exactly one value, exactly "true"; checked before anything else happens. */
+function checkSecurityHeader(metadata: grpc.Metadata): void {
+  const values = metadata.get(SECURITY_HEADER);
+  if (values.length !== 1 || values[0] !== 'true') throw invalidArgument('security header missing from request');
+}
+
+/** Handlers of /SpiffeWorkloadAPI/*. WIT methods have no handler, so grpc-js answers UNIMPLEMENTED. */
+export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImplementation {
+  const { hub, logger } = deps;
+
+  async function attestCaller(call: { getPeer(): string }, method: string): Promise<Caller> {
+    const peer = deps.peers.lookup(call.getPeer());
+    if (!peer) {
+      deps.onRefused(undefined, method, 'no peer credentials');
+      throw unavailable('workload attestation failed');
+    }
+    try {
+      const a = await deps.attest(peer);
+      return {
+        pid: a.process.pid,
+        uid: a.peer.uid,
+        startTime: a.process.startTime,
+        ancestors: a.ancestors,
+        cgroup: a.cgroup,
+        selectors: a.selectors,
+      };
+    } catch (err) {
+      deps.onRefused(peer, method, err instanceof AgentIdError ? err.message : 'attestation error');
+      logger.warn({ err, pid: peer.pid, uid: peer.uid }, 'attestation failed');
+      throw unavailable('workload attestation failed');
+    }
+  }
+
+  function refuseNoIdentity(caller: Caller, method: string): never {
+    deps.onRefused(caller, method, `no identity for selectors ${caller.selectors.map(formatSelector).join(' ')}`);
+    throw permissionDenied('no identity issued');
+  }
+
+  function stream<K extends 'x509' | 'x509-bundles' | 'jwt-bundles'>(
+    kind: K,
+    method: string,
+    encode: (state: never) => unknown,
+  ): grpc.handleServerStreamingCall<unknown, unknown> {
+    return (call) => {
+      let unsubscribe: (() => void) | undefined;
+      let done = false;
+      const writer = new LatestWinsWriter(call, encode as (s: unknown) => unknown);
+      const finish = (err?: unknown) => {
+        if (done) return;
+        done = true;
+        unsubscribe?.();
+        writer.close();
+        if (err !== undefined) call.emit('error', toGrpcError(err, logger, { method }));
+      };
+      call.on('cancelled', () => finish());
+      call.on('close', () => finish());
+      (async () => {
+        checkSecurityHeader(call.metadata);
+        const caller = await attestCaller(call, method);
+        if (done) return;
+        try {
+          unsubscribe = hub.subscribe(kind, caller, (state) => writer.write(state), (err) => finish(err));
+        } catch (err) {
+          if (err instanceof AgentIdError && err.code === 'permission_denied') refuseNoIdentity(caller, method);
+          throw err;
+        }
+        if (done) unsubscribe();
+      })().catch(finish);
+    };
+  }
+
+  return {
+    FetchX509SVID: stream('x509', 'FetchX509SVID', ((state: Parameters<typeof encodeX509SvidResponse>[0]) =>
+      encodeX509SvidResponse(state, deps.trust.ownX509Bundle())) as (s: never) => unknown),
+    FetchX509Bundles: stream('x509-bundles', 'FetchX509Bundles', encodeX509BundlesResponse as (s: never) => unknown),
+    FetchJWTBundles: stream('jwt-bundles', 'FetchJWTBundles', encodeJwtBundlesResponse as (s: never) => unknown),
+
+    FetchJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string[]; spiffe_id: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      (async () => {
+        checkSecurityHeader(call.metadata);
+        const audience = call.request.audience.filter((a) => a.length > 0);
+        if (audience.length === 0) throw invalidArgument('audience must be specified');
+        let wanted: string | undefined;
+        if (call.request.spiffe_id) {
+          try {
+            wanted = SpiffeId.parse(call.request.spiffe_id).toString();
+          } catch (err) {
+            throw invalidArgument(`invalid requested SPIFFE ID: ${(err as Error).message}`);
+          }
+        }
+        const caller = await attestCaller(call, 'FetchJWTSVID');
+        let identities;
+        try {
+          identities = hub.identities(caller);
+        } catch {
+          refuseNoIdentity(caller, 'FetchJWTSVID');
+        }
+        if (wanted !== undefined) {
+          identities = identities.filter((i) => i.spiffeId.toString() === wanted);
+          if (identities.length === 0) {
+            deps.onRefused(caller, 'FetchJWTSVID', `not entitled to ${wanted}`);
+            throw permissionDenied(`no identity issued for ${wanted}`);
+          }
+        }
+        const svids = identities.map((identity) => {
+          const jwt = deps.cache.jwtFor(identity, audience, caller);
+          return { spiffe_id: jwt.spiffeId, svid: jwt.token.reveal(), hint: identity.hint };
+        });
+        return { svids };
+      })().then(
+        (res) => callback(null, res),
+        (err) => callback(toGrpcError(err, logger, { method: 'FetchJWTSVID' })),
+      );
+    }) as grpc.handleUnaryCall<unknown, unknown>,
+
+    ValidateJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string; svid: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      (async () => {
+        checkSecurityHeader(call.metadata);
+        if (!call.request.audience) throw invalidArgument('audience must be specified');
+        if (!call.request.svid) throw invalidArgument('svid must be specified');
+        const caller = await attestCaller(call, 'ValidateJWTSVID');
+        try {
+          hub.identities(caller);
+        } catch {
+          refuseNoIdentity(caller, 'ValidateJWTSVID');
+        }
+        let result;
+        try {
+          result = deps.validateJwt(call.request.svid, call.request.audience);
+        } catch (err) {
+          // As SPIRE does: any token that fails validation is the caller's bad argument.
+          throw invalidArgument(err instanceof AgentIdError ? err.message : 'JWT-SVID is not valid');
+        }
+        return { spiffe_id: result.spiffeId, claims: toStruct(result.claims) };
+      })().then(
+        (res) => callback(null, res),
+        (err) => callback(toGrpcError(err, logger, { method: 'ValidateJWTSVID' })),
+      );
+    }) as grpc.handleUnaryCall<unknown, unknown>,
+  };
+}
