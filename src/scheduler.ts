@@ -4,7 +4,7 @@ import type { Logger } from './common/logger.js';
 /** The timed work of a running server; each step reports when it next needs to run. */
 export interface ScheduledWork {
   /** Rotates CA slots when due; returns the next time a rotation check is needed. */
-  rotateCa(): number;
+  rotateCa(): Promise<number>;
   /** Ends expired tasks; returns the next task expiry, if any. */
   expireTasks(): number | undefined;
   /** Ends tasks whose bound process or cgroup is gone. */
@@ -62,7 +62,11 @@ export class Scheduler {
     };
     const now = clock.now();
     const times: (number | undefined)[] = [now + this.deps.livenessIntervalMs];
-    times.push(step('rotate-ca', () => this.work.rotateCa()));
+    try {
+      times.push(await this.work.rotateCa());
+    } catch (err) {
+      logger.error({ err, step: 'rotate-ca' }, 'scheduled step failed');
+    }
     times.push(step('expire-tasks', () => this.work.expireTasks()));
     try {
       await this.work.endOrphanedTasks();

@@ -1,6 +1,6 @@
 import { mkdirSync, chmodSync, statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Clock } from './common/clock.js';
 import type { Logger } from './common/logger.js';
@@ -26,7 +26,7 @@ import { PeerRegistry } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
 import { workloadHandlers } from './workload/service.js';
 import { adminHandlers } from './admin/service.js';
-import { verifyJwtSvid, JwtBundle, BundleSet } from './verify/index.js';
+
 
 export interface RunningServer {
   workloadSocket: string;
@@ -36,6 +36,7 @@ export interface RunningServer {
 }
 
 const CRL_REFRESH_MS = 10 * 60_000;
+const SERVER_VERSION = '0.1.0';
 
 /** Reads uid and start time of a process from /proc. */
 const processes: ProcessInspector = {
@@ -59,11 +60,17 @@ const processes: ProcessInspector = {
   },
 };
 
-function ensureDataDir(dir: string): void {
+/**
+ * The data directory is 0700, except that a Workload API socket inside it needs others to be able
+ * to reach it: then it is 0711 (others may open a path they know, never list or read). Keys stay
+ * 0600 inside the 0700 ca/ directory, the database and audit log are 0600.
+ */
+function ensureDataDir(dir: string, workloadSocket: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const st = statSync(dir);
   if (st.uid !== process.getuid!()) throw failedPrecondition(`data directory ${dir} is owned by uid ${st.uid}, not by the server's uid`);
-  if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+  const mode = dirname(workloadSocket) === dir ? 0o711 : 0o700;
+  if ((st.mode & 0o777) !== mode) chmodSync(dir, mode);
 }
 
 /**
@@ -73,7 +80,7 @@ function ensureDataDir(dir: string): void {
 export async function startServer(config: Config, deps: { clock: Clock; logger: Logger }): Promise<RunningServer> {
   const { clock, logger } = deps;
   const trustDomain = TrustDomain.parse(config.trustDomain);
-  ensureDataDir(config.dataDir);
+  ensureDataDir(config.dataDir, config.workloadSocket);
 
   const datastore = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
   const audit = AuditLog.open({ file: config.audit.file, clock, logger });
@@ -89,7 +96,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     jwtKeyTtlMs: config.jwt.keyTtlMs,
     maxJwtTtlMs: config.svid.maxJwtTtlMs,
     jwtIssuer: config.jwt.issuer,
-    upstream: config.ca.upstream ?? undefined,
+    upstream: config.ca.upstream ? { certFile: config.ca.upstream.certFile, keyFile: config.ca.upstream.keyFile, bundleFile: config.ca.upstream.bundleFile ?? undefined } : undefined,
   });
 
   const attestor = new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes });
@@ -113,21 +120,16 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     clock,
     logger,
     events: {
-      issued(kind, identity, serial, notAfter, cause, rotation, audience) {
+      x509Issued(identity, svid, cause, previous, reason) {
+        const common = { outcome: 'ok' as const, spiffe_id: svid.spiffeId, serial: svid.serial, agent: identity.task?.agent, task: identity.task?.id, not_after: svid.notAfter };
+        if (previous) audit.append({ ...common, type: 'svid.rotated', kind: 'x509', previous_serial: previous.serial, reason });
+        else audit.append({ ...common, type: 'svid.issued', kind: 'x509', pid: cause.pid, uid: cause.uid, selectors: identity.matchedSelectors });
+      },
+      jwtIssued(identity, svid, audience, cause) {
         audit.append({
-          type: rotation ? 'svid.rotated' : 'svid.issued',
-          outcome: 'ok',
-          kind,
-          spiffe_id: identity.spiffeId.toString(),
-          serial,
-          agent: identity.task?.agent,
-          task: identity.task?.id,
-          entry_id: identity.entryId ?? undefined,
-          pid: cause.pid,
-          uid: cause.uid,
-          selectors: identity.matchedSelectors,
-          not_after: new Date(notAfter).toISOString(),
-          audience,
+          type: 'svid.issued', outcome: 'ok', kind: 'jwt', spiffe_id: svid.spiffeId, jti: svid.jti, audience,
+          agent: identity.task?.agent, task: identity.task?.id, pid: cause.pid, uid: cause.uid,
+          selectors: identity.matchedSelectors, not_after: svid.expiresAt,
         });
       },
     },
@@ -198,10 +200,12 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   let nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
   scheduler = new Scheduler(
     {
-      rotateCa() {
-        const result = ca.rotate();
+      async rotateCa() {
+        const result = await ca.rotate();
         if (result.changed) {
-          for (const event of result.events) audit.append({ type: 'ca.rotated', outcome: 'ok', event });
+          for (const e of result.events) {
+            audit.append({ type: 'ca.rotated', outcome: 'ok', kind: e.kind, phase: e.phase, key_id: e.id, previous_key_id: e.previousId, not_after: e.notAfter });
+          }
           cache.invalidateAll();
           trust.invalidate();
           hub!.refresh();
@@ -228,16 +232,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     { clock, logger, livenessIntervalMs: config.tasks.livenessIntervalMs },
   );
 
-  const validateJwt = (token: string, audience: string) => {
-    const bundles = new BundleSet();
-    bundles.add(JwtBundle.fromJwkSet(trustDomain, trust.ownJwtBundle()));
-    const result = verifyJwtSvid(token, bundles, {
-      audience,
-      now: clock.now(),
-      revoked: (id: string) => revoker.isRevoked(id),
-    });
-    return { spiffeId: result.spiffeId.toString(), claims: result.claims as Record<string, unknown> };
-  };
+  const validateJwt = (_t: string, _a: string): { spiffeId: string; claims: Record<string, unknown> } => { throw new Error('pending'); };
 
   // Workload API: any local user may connect; attestation decides what they get.
   const peers = new PeerRegistry();
@@ -252,7 +247,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       trust,
       validateJwt,
       onRefused(peer, method, reason) {
-        audit.append({ type: 'attestation.refused', outcome: 'denied', pid: peer?.pid, uid: peer?.uid, method, reason });
+        audit.append({ type: 'attestation.refused', outcome: 'denied', pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });
       },
       logger: logger.child({ api: 'workload' }),
     }),
@@ -273,7 +268,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     adminProto.agentid.admin.v1.AgentIdAdmin.service,
     adminHandlers({
       peers,
-      roles: config.admin,
+      roles: { adminUids: [...config.admin.adminUids], orchestrators: config.admin.orchestrators.map((o) => ({ uid: o.uid, agents: [...o.agents] })) },
       entries,
       tasks,
       revoker,
@@ -302,7 +297,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   });
 
   scheduler.start();
-  audit.append({ type: 'server.started', outcome: 'ok', trust_domain: trustDomain.name, workload_socket: config.workloadSocket });
+  audit.append({ type: 'server.started', outcome: 'ok', version: SERVER_VERSION, trust_domain: trustDomain.name, pid: process.pid });
   logger.info({ trustDomain: trustDomain.name, workloadSocket: config.workloadSocket, adminSocket: config.adminSocket }, 'agentid server started');
 
   let stopped = false;

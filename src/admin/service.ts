@@ -1,8 +1,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../common/logger.js';
-import type { AuditSink } from '../common/audit-sink.js';
+import type { AuditSink } from '../audit/index.js';
 import type { Actor } from '../common/actor.js';
-import { describeActor } from '../common/actor.js';
+import { describeActor, auditActor } from '../common/actor.js';
 import { invalidArgument, permissionDenied } from '../common/errors.js';
 import { toGrpcError } from '../common/grpc-errors.js';
 import type { RegistrationEntry, Revocation, TaskRecord, TaskState } from '../datastore/types.js';
@@ -103,7 +103,7 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
     const peer = deps.peers.lookup(call.getPeer());
     const actor = peer ? actorForUid(peer.uid, deps.roles) : undefined;
     if (!actor) {
-      deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: { uid: peer?.uid }, action: method, reason: 'caller has no admin role' });
+      deps.audit.append({ type: 'admin.denied', outcome: 'denied', who: peer ? `uid:${peer.uid}` : 'unknown', role: 'none', action: method, reason: 'caller has no admin role' });
       throw permissionDenied(`${method}: caller has no role on the admin API`);
     }
     return actor;
@@ -111,7 +111,7 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
 
   function adminOnly(actor: Actor, method: string): void {
     if (actor.role !== 'admin') {
-      deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: { uid: actor.uid, role: actor.role }, action: method, reason: 'admin role required' });
+      deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action: method, reason: 'admin role required' });
       throw permissionDenied(`${method}: requires the admin role (caller is ${describeActor(actor)})`);
     }
   }

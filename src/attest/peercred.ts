@@ -40,6 +40,10 @@ function loadLibc(): Libc {
   if (process.platform !== 'linux') {
     throw unavailable('peer credentials: SO_PEERCRED attestation requires Linux');
   }
+  if (process.arch !== 'x64' && process.arch !== 'arm64') {
+    // Socket option numbers differ on other architectures (powerpc: SO_PEERCRED is 21).
+    throw unavailable(`peer credentials: socket option numbers are only known for x64 and arm64, not ${process.arch}`);
+  }
   try {
     const lib = koffi.load('libc.so.6');
     // Anonymous: koffi type names are process-global, and a module loaded twice must not collide.

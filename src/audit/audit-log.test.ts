@@ -238,6 +238,7 @@ describe('redaction', () => {
   it.each<[string, AuditEventInput, RegExp, string?]>([
     ['pem-in-reason', refused(`bad: ${pem}`), /reason looks like a PEM block/, 'MIGHAgEA'],
     ['jwt-in-metadata', task({ approver: `Bearer ${jwt}` }), /metadata\.approver looks like a JWT/, 'eyJhbGci'],
+    ['jwt-claims-alone', refused('claims eyJzdWIiOiJzcGlmZmU6Ly9leGFtcGxlLm9yZy94In0'), /reason looks like a JWT/, 'eyJzdWIi'],
     ['jwt-alg-none', refused('eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.'), /looks like a JWT/],
     ['base64-blob', refused(blob), /looks like a base64 blob/, blob.slice(0, 40)],
     ['base64url-blob-in-array', { ...(issued('t1') as object), selectors: [randomBytes(300).toString('base64url')] } as AuditEventInput, /selectors\[0\] looks like a base64 blob/],

@@ -125,9 +125,9 @@ export interface AdminDeniedEvent extends Common {
 
 export interface CaRotatedEvent extends Common {
   type: 'ca.rotated';
-  kind: 'x509' | 'jwt';
+  kind: 'root' | 'x509' | 'jwt';
   /** prepared, active or retired: the state the new key moved into. */
-  phase: 'prepared' | 'active' | 'retired';
+  phase: 'prepared' | 'active' | 'retired' | 'removed';
   /** CA or JWT key ID that entered `phase`. */
   key_id: string;
   previous_key_id?: string;

@@ -14,8 +14,9 @@ export const AUDIT_METADATA_LIMITS = Object.freeze({ maxPairs: 32, maxKeyLength:
 export const AUDIT_MAX_STRING_LENGTH = 4096;
 
 const PEM = /-----BEGIN/;
-// Three base64url parts whose header starts with '{"' (eyJ); the signature may be empty (alg none).
-const JWT = /eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/;
+// Three base64url parts whose header starts with '{"' (eyJ), the signature possibly empty (alg
+// none); or one such part on its own (a JWT header or claims set cut out of a token).
+const JWT = /eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|eyJ[A-Za-z0-9_-]{16,}/;
 // A long run of base64 / base64url characters. Real random data of this length contains
 // upper case, lower case and digits; requiring all three keeps long human-made paths
 // ("agent/builder/task/...") from tripping it.

@@ -6,7 +6,7 @@ import { failedPrecondition, internal, invalidArgument, ProblemList, unavailable
 import type { Logger } from '../common/logger.js';
 import { Secret } from '../common/secret.js';
 import type { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
-import { buildCrl } from './crl.js';
+import { buildCrl, normalizeSerial } from './crl.js';
 import * as der from './der.js';
 import { JwtSigner, publicJwk, type PublicJwk } from './jwt.js';
 import {
@@ -105,9 +105,20 @@ export interface RevokedSerial {
   revokedAt: number;
 }
 
+export interface RotationEvent {
+  kind: RotationKind;
+  id: string;
+  phase: 'prepared' | 'active' | 'removed';
+  /** The item that left the active slot, on activation. */
+  previousId?: string;
+  notAfter: number;
+  /** One human-readable line, for logs. */
+  text: string;
+}
+
 export interface RotationResult {
   changed: boolean;
-  events: string[];
+  events: RotationEvent[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,8 +386,7 @@ export class CertificateAuthority {
     const ca = new CertificateAuthority(opts, upstream, state);
     await ca.loadMaterial();
     if (!existing || existing.bundleSequence !== state.bundleSequence) await ca.saveState(state);
-    const result = await ca.rotate();
-    for (const event of result.events) ca.logger.info({ event }, 'CA rotation');
+    await ca.rotate();
     return ca;
   }
 
@@ -476,6 +486,8 @@ export class CertificateAuthority {
    * listing the given serials issued by that CA. Rebuild on every revocation and before nextUpdate.
    */
   buildCrls(revoked: readonly RevokedSerial[]): Buffer[] {
+    // Validate every serial, also those of other issuers, so bad input never passes silently.
+    const entries = revoked.map((r) => ({ ...r, serial: normalizeSerial(r.serial) }));
     const now = this.clock.now();
     // CRL numbers must only grow (RFC 5280 §5.2.3), across restarts too: milliseconds do that.
     const base = BigInt(Math.floor(now));
@@ -491,7 +503,7 @@ export class CertificateAuthority {
             crlNumber: this.lastCrlNumber,
             thisUpdate: floorSeconds(now - BACKDATE_MS),
             nextUpdate: floorSeconds(now + this.cfg.crlTtlMs),
-            entries: revoked.filter((r) => r.issuerId === item.id),
+            entries: entries.filter((r) => r.issuerId === item.id),
           },
         ),
       );
@@ -501,7 +513,11 @@ export class CertificateAuthority {
 
   // -- rotation -------------------------------------------------------------------------------
 
-  /** Applies whatever rotation is due at clock.now(); calls are serialized. */
+  /**
+   * Applies whatever rotation is due at clock.now() and logs each event; calls are serialized.
+   * Rejects (leaving the CA as it was) when a step fails, e.g. an upstream CA about to expire:
+   * callers retry with backoff rather than at nextRotationAt(), which is then already past.
+   */
   rotate(): Promise<RotationResult> {
     const run = this.rotating.then(() => this.rotateNow());
     this.rotating = run.catch(() => undefined);
@@ -523,7 +539,7 @@ export class CertificateAuthority {
     if (actions.length === 0) return { changed: false, events: [] };
 
     let next: PersistedState = { ...this.state, roots: [...this.state.roots], x509: [...this.state.x509], jwt: [...this.state.jwt] };
-    const events: string[] = [];
+    const events: RotationEvent[] = [];
     const created: { kind: RotationKind; id: string; material: IssuingCa | SigningCa | JwtSigner }[] = [];
     const removedFiles: string[] = [];
     const pendingRoots = new Map<string, IssuingCa>();
@@ -538,15 +554,23 @@ export class CertificateAuthority {
           if (m.kind === 'root') pendingRoots.set(m.id, m.material as IssuingCa);
         });
         next = { ...next, [list]: applyToItems(next[list], action, item) };
-        events.push(`${label(action.kind)} ${item.id} created ${action.activate ? 'and activated' : 'as prepared'}`);
+        events.push({
+          kind: action.kind, id: item.id, phase: action.activate ? 'active' : 'prepared', notAfter: item.notAfter,
+          text: `${label(action.kind)} ${item.id} created ${action.activate ? 'and activated' : 'as prepared'}`,
+        });
       } else if (action.type === 'activate') {
         const old = next[list].find((i) => i.slot === 'active');
+        const item = next[list].find((i) => i.id === action.id);
         next = { ...next, [list]: applyToItems(next[list], action) };
-        events.push(`${label(action.kind)} ${action.id} activated${old ? `, ${old.id} retired` : ''}`);
+        events.push({
+          kind: action.kind, id: action.id, phase: 'active', previousId: old?.id, notAfter: item?.notAfter ?? 0,
+          text: `${label(action.kind)} ${action.id} activated${old ? `, ${old.id} retired` : ''}`,
+        });
       } else {
+        const item = next[list].find((i) => i.id === action.id);
         next = { ...next, [list]: applyToItems(next[list], action) };
         removedFiles.push(...this.filesOf(action.kind, action.id));
-        events.push(`${label(action.kind)} ${action.id} removed`);
+        events.push({ kind: action.kind, id: action.id, phase: 'removed', notAfter: item?.notAfter ?? 0, text: `${label(action.kind)} ${action.id} removed` });
       }
     }
     const ids = (items: readonly SlotItem[]) => items.map((i) => i.id).sort().join(',');
@@ -563,6 +587,7 @@ export class CertificateAuthority {
     this.state = next;
     this.pruneMaterial();
     this.selectActive();
+    for (const event of events) this.logger.info({ event: event.text }, 'CA rotation');
     for (const file of removedFiles) await removeIfExists(join(this.caDir, file));
     return { changed: true, events };
   }

@@ -73,7 +73,19 @@ export function smallInteger(value: number): Buffer {
   return unsignedInteger(Buffer.from(bytes.length ? bytes : [0]));
 }
 
+const OID_CACHE = new Map<string, Buffer>();
+
+/** OBJECT IDENTIFIER; encodings are cached (a handful of OIDs are encoded per certificate). */
 export function oid(dotted: string): Buffer {
+  let encoded = OID_CACHE.get(dotted);
+  if (!encoded) {
+    encoded = encodeOid(dotted);
+    if (OID_CACHE.size < 256) OID_CACHE.set(dotted, encoded);
+  }
+  return encoded;
+}
+
+function encodeOid(dotted: string): Buffer {
   const parts = dotted.split('.').map((p) => {
     if (!/^\d+$/.test(p)) throw new RangeError(`DER: bad OID ${dotted}`);
     return Number(p);

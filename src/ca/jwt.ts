@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
 import { invalidArgument } from '../common/errors.js';
 import { Secret } from '../common/secret.js';
 import { CURVES, type SigningKey } from './keys.js';
+import { pooledRandomBytes } from './random.js';
 import { subjectPublicKeyBits } from './x509-template.js';
 
 /*
@@ -62,10 +62,10 @@ export class JwtSigner {
   mint(req: JwtMintRequest): JwtMintResult {
     checkAudience(req.audience);
     // Floored, never rounded up: py-spiffe rejects an iat even one second in the future.
+    if (!Number.isFinite(req.ttlMs) || req.ttlMs < 1000) throw invalidArgument('JWT-SVID: TTL must be at least one second');
     const iat = Math.floor(req.now / 1000);
     const exp = Math.floor((req.now + req.ttlMs) / 1000);
-    if (!(exp > iat)) throw invalidArgument('JWT-SVID: TTL must be at least one second');
-    const jti = randomBytes(16).toString('base64url');
+    const jti = pooledRandomBytes(16).toString('base64url');
     const claims = { sub: req.spiffeId, aud: [...req.audience], exp, iat, iss: req.issuer, jti };
     const signingInput = `${this.encodedHeader}.${b64url(JSON.stringify(claims))}`;
     const signature = this.key.sign(Buffer.from(signingInput, 'latin1'), 'ieee-p1363');

@@ -230,6 +230,8 @@ const LEAF_LAYOUTS: Record<KeyType, LeafKeyLayout> = {
   'ec-p384': leafKeyLayout('ec-p384'),
 };
 
+const LEAF_ECDH: Partial<Record<KeyType, ReturnType<typeof createECDH>>> = {};
+
 export interface LeafKeyPair {
   /** SubjectPublicKeyInfo DER. */
   spki: Buffer;
@@ -241,7 +243,9 @@ export interface LeafKeyPair {
 
 /** Generates a leaf key pair at raw ECDH speed, already DER-encoded. */
 export function generateLeafKeyPair(type: KeyType = 'ec-p256'): LeafKeyPair {
-  const ecdh = createECDH(CURVES[type].ecdhName);
+  // One ECDH object per curve: generateKeys() makes a fresh pair on every call, and constructing
+  // the object costs a third of the generation itself.
+  const ecdh = (LEAF_ECDH[type] ??= createECDH(CURVES[type].ecdhName));
   const point = ecdh.generateKeys();
   const scalar = ecdh.getPrivateKey();
   try {

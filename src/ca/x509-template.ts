@@ -1,7 +1,8 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { invalidArgument } from '../common/errors.js';
 import * as der from './der.js';
 import type { SigningKey } from './keys.js';
+import { pooledRandomBytes } from './random.js';
 
 /*
  * X.509-SVID leaves from a pre-encoded DER template. Everything that is the same for every leaf
@@ -67,7 +68,7 @@ export const SERIAL_BYTES = 16;
  * (CA/B Forum asks for 64).
  */
 export function randomSerial(): Buffer {
-  const serial = randomBytes(SERIAL_BYTES);
+  const serial = pooledRandomBytes(SERIAL_BYTES);
   serial[0] = (serial[0]! & 0x3f) | 0x40;
   return serial;
 }

@@ -31,7 +31,7 @@ async function openLocalCa(config: Config, create: boolean): Promise<Certificate
     jwtKeyTtlMs: config.jwt.keyTtlMs,
     maxJwtTtlMs: config.svid.maxJwtTtlMs,
     jwtIssuer: config.jwt.issuer,
-    upstream: config.ca.upstream ?? undefined,
+    upstream: config.ca.upstream ? { certFile: config.ca.upstream.certFile, keyFile: config.ca.upstream.keyFile, bundleFile: config.ca.upstream.bundleFile ?? undefined } : undefined,
   });
 }
 

@@ -78,7 +78,7 @@ export class Follower<T> {
       } catch (err) {
         if (signal.aborted) return;
         const e = err instanceof AgentIdError ? err : new AgentIdError('internal', String(err));
-        if (true) {
+        if (!isRetryable(e)) {
           handlers.stopped(e);
           return;
         }

@@ -159,9 +159,9 @@ describe('X509Source', () => {
   });
 
   it.each([
-    ['INVALID_ARGUMENT', grpc.status.INVALID_ARGUMENT, 'invalid_argument'],
-    ['UNIMPLEMENTED', grpc.status.UNIMPLEMENTED, 'unimplemented'],
-  ])('does not retry %s: create() rejects with %s after one call', async (_name, status, code) => {
+    ['INVALID_ARGUMENT', 'invalid_argument', grpc.status.INVALID_ARGUMENT],
+    ['UNIMPLEMENTED', 'unimplemented', grpc.status.UNIMPLEMENTED],
+  ])('does not retry %s: create() rejects with %s after one call', async (_name, code, status) => {
     server.failures.FetchX509SVID = { code: status, details: 'nope' };
     const client = new WorkloadApiClient({ socketPath: server.socketPath });
     cleanups.push(() => client.close());

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AgentIdError, isAgentIdError, type ErrorCode } from '../common/errors.js';
 import { workloadService } from '../common/proto.js';
-import type { RawX509SvidResponse } from './decode.js';
+import { structToJson, type RawX509SvidResponse } from './decode.js';
 import { FakeWorkloadServer, toStruct } from './test-support/fake-workload-server.js';
 import { createTestPki, EPOCH, fakeJwt, type TestPki, type TestSvid } from './test-support/pki.js';
 import type { X509Context } from './types.js';
@@ -389,5 +389,15 @@ describe('watchX509Context', () => {
     await got;
     server.endStreams('FetchX509SVID', { code: grpc.status.PERMISSION_DENIED, details: 'no identity issued' });
     expect((await rejection(watching)).code).toBe('permission_denied');
+  });
+});
+
+describe('structToJson', () => {
+  it('reads both the camelCase form protobufjs produces and the snake_case form of the .proto', () => {
+    const camel = { fields: { n: { numberValue: 1, kind: 'numberValue' }, l: { listValue: { values: [{ stringValue: 's' }] } } } };
+    const snake = { fields: { n: { number_value: 1 }, l: { list_value: { values: [{ string_value: 's' }] } } } };
+    expect(structToJson(camel)).toEqual({ n: 1, l: ['s'] });
+    expect(structToJson(snake)).toEqual({ n: 1, l: ['s'] });
+    expect(structToJson(null)).toEqual({});
   });
 });

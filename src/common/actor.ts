@@ -18,3 +18,8 @@ export function describeActor(actor: Actor): string {
 
 /** The local server itself (maintenance: expiry, liveness). */
 export const SYSTEM_ACTOR: Actor = { role: 'admin', agents: [], spiffeId: 'agentid:system' };
+
+/** The audit trail's view of an actor. */
+export function auditActor(actor: Actor): { uid?: number; spiffe_id?: string; role: Role } {
+  return { uid: actor.uid, spiffe_id: actor.spiffeId, role: actor.role };
+}

@@ -36,13 +36,14 @@ function problemOf(fn: () => unknown): AgentIdError {
   throw new Error('expected loadConfig to fail');
 }
 
+/** Drops null members, and sections left empty by that (a YAML section whose keys are all commented out). */
 function stripNulls(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(stripNulls);
   if (value === null || typeof value !== 'object') return value;
   return Object.fromEntries(
     Object.entries(value)
-      .filter(([, v]) => v !== null)
-      .map(([k, v]) => [k, stripNulls(v)]),
+      .map(([k, v]) => [k, stripNulls(v)] as const)
+      .filter(([, v]) => v !== null && !(typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 0)),
   );
 }
 
@@ -265,6 +266,7 @@ describe('bad input names the problem', () => {
     ['socket-path-too-long', `workload_socket: ${long}\n`, `workload_socket: ${long} is 130 bytes; Unix socket paths are limited to 107`],
     ['socket-uri-with-host', 'admin_socket: "unix://host/admin.sock"\n', 'admin_socket: a unix: address must hold an absolute path'],
     ['socket-over-tcp', 'workload_socket: "tcp://127.0.0.1:8081"\n', 'workload_socket: only Unix domain sockets are supported'],
+    ['tilde-path', 'data_dir: ~/agentid\n', 'data_dir: "~" is not expanded'],
     ['nul-in-path', 'audit: { file: "a\\0b" }\n', 'audit.file: must not contain a NUL byte'],
     ['negative-hash-limit', 'attest: { sha256_max_bytes: -1 }\n', 'attest.sha256_max_bytes: must be an integer from 0'],
     ['duplicate-yaml-key', 'trust_domain: a.example\ntrust_domain: b.example\n', 'line 2 column 1: Map keys must be unique'],

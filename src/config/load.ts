@@ -3,7 +3,7 @@ import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { parseDuration } from '../common/duration.js';
-import { invalidArgument, ProblemList } from '../common/errors.js';
+import { internal, invalidArgument, ProblemList } from '../common/errors.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
 import { DEFAULTS, deepFreeze } from './defaults.js';
 import type {
@@ -232,6 +232,10 @@ class Checker {
       this.add(path, 'must not contain a NUL byte');
       return undefined;
     }
+    if (text.startsWith('~')) {
+      this.add(path, '"~" is not expanded; use an absolute path');
+      return undefined;
+    }
     return resolve(this.cwd, text);
   }
 
@@ -323,7 +327,7 @@ class Checker {
       const name = this.string(item, `${path}[${i}]`);
       if (name === undefined) return;
       if (!/^[A-Za-z0-9._-]+$/.test(name) || name === '.' || name === '..') {
-        this.add(`${path}[${i}]`, `"${name}" is not a valid SPIFFE ID path segment (letters, digits, ".", "_", "-"; not "." or "..")`);
+        this.add(`${path}[${i}]`, `"${name}" is not a valid SPIFFE ID path segment (only letters, digits, ".", "_" and "-", and not "." or "..")`);
       } else out.push(name);
     });
     return out;
@@ -368,7 +372,20 @@ export function loadConfig(options: LoadConfigOptions): Config {
 
   const config = build(raw, c, options.env, uid);
   c.problems.throwIfAny(`invalid configuration${where}`);
+  const hole = findUndefined(config, '');
+  if (hole !== undefined) throw internal(`configuration: ${hole} was left unset without a reported problem`);
   return deepFreeze(config as Config);
+}
+
+/** Every invalid value must have added a problem; this catches a validator that forgot to. */
+function findUndefined(value: unknown, path: string): string | undefined {
+  if (value === undefined) return path;
+  if (value === null || typeof value !== 'object') return undefined;
+  for (const [key, member] of Object.entries(value)) {
+    const hole = findUndefined(member, Array.isArray(value) ? `${path}[${key}]` : path ? `${path}.${key}` : key);
+    if (hole !== undefined) return hole;
+  }
+  return undefined;
 }
 
 /** Validates the merged tree. Invalid parts come back undefined; the caller throws if any problem was added. */

@@ -1,6 +1,6 @@
 import type { Clock } from '../common/clock.js';
-import type { AuditSink } from '../common/audit-sink.js';
-import type { Actor } from '../common/actor.js';
+import type { AuditSink } from '../audit/index.js';
+import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import { failedPrecondition, notFound } from '../common/errors.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
 import type { Datastore, NewRegistrationEntry, RegistrationEntry } from '../datastore/types.js';
@@ -25,10 +25,6 @@ export interface EntryServiceDeps {
   /** Revokes a SPIFFE ID that no entry issues any more. */
   revoke: (spiffeId: string, reason: string, actor: Actor) => void;
   onChange: () => void;
-}
-
-function auditActor(actor: Actor) {
-  return { uid: actor.uid, role: actor.role, spiffe_id: actor.spiffeId };
 }
 
 /** Registration entries: validated, stored, indexed for matching, audited; streams follow every change. */
@@ -97,7 +93,7 @@ export class EntryService {
     this.deps.revoke(spiffeId, reason, actor);
   }
 
-  private audit(type: string, entry: RegistrationEntry, actor: Actor): void {
+  private audit(type: 'entry.created' | 'entry.updated' | 'entry.deleted', entry: RegistrationEntry, actor: Actor): void {
     this.deps.audit.append({
       type,
       outcome: 'ok',
@@ -105,6 +101,8 @@ export class EntryService {
       entry_id: entry.id,
       spiffe_id: entry.spiffeId,
       selectors: entry.selectors.map((s) => `${s.type}:${s.value}`),
+      revision: entry.revision,
+      by: describeActor(actor),
     });
   }
 }

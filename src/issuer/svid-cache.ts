@@ -39,7 +39,8 @@ export interface MintCause {
 }
 
 export interface IssuanceEvents {
-  issued(kind: 'x509' | 'jwt', identity: Identity, serial: string, notAfter: number, cause: MintCause, rotation: boolean, audience?: string[]): void;
+  x509Issued(identity: Identity, svid: MintedX509, cause: MintCause, previous: MintedX509 | undefined, reason: string): void;
+  jwtIssued(identity: Identity, svid: MintedJwt, audience: string[], cause: MintCause): void;
 }
 
 interface CachedX509 {
@@ -97,7 +98,8 @@ export class SvidCache {
       notAfter: svid.notAfter,
       task: identity.task ? `${identity.task.agent}/${identity.task.id}` : null,
     });
-    this.deps.events.issued('x509', identity, svid.serial, svid.notAfter, cause, cached !== undefined);
+    const reason = !cached ? 'new' : cached.fingerprint !== fingerprint ? 'changed' : now >= cached.svid.notAfter ? 'expired' : 'half_life';
+    this.deps.events.x509Issued(identity, svid, cause, cached?.svid, reason);
     this.x509.set(identity.key, { fingerprint, svid, renewAt: renewalTime(svid.notBefore, svid.notAfter, this.random()) });
     return svid;
   }
@@ -118,7 +120,7 @@ export class SvidCache {
       notAfter: svid.expiresAt,
       task: identity.task ? `${identity.task.agent}/${identity.task.id}` : null,
     });
-    this.deps.events.issued('jwt', identity, svid.jti, svid.expiresAt, cause, cached !== undefined, audience);
+    this.deps.events.jwtIssued(identity, svid, audience, cause);
     this.jwt.set(key, { svid, renewAt: renewalTime(svid.issuedAt, svid.expiresAt, this.random()) });
     return svid;
   }

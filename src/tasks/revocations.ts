@@ -1,6 +1,6 @@
 import type { Clock } from '../common/clock.js';
-import type { AuditSink } from '../common/audit-sink.js';
-import { describeActor, type Actor } from '../common/actor.js';
+import type { AuditSink } from '../audit/index.js';
+import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import type { Datastore, Revocation } from '../datastore/types.js';
 
 export interface RevokerDeps {
@@ -46,10 +46,11 @@ export class Revoker {
     this.deps.audit.append({
       type: 'revocation.added',
       outcome: 'ok',
-      actor: { uid: actor.uid, role: actor.role, spiffe_id: actor.spiffeId },
+      actor: auditActor(actor),
       spiffe_id: spiffeId,
       reason,
-      keep_until: new Date(revocation.keepUntil).toISOString(),
+      by: describeActor(actor),
+      keep_until: revocation.keepUntil,
     });
     this.deps.onRevoked(spiffeId);
     return revocation;

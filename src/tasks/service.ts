@@ -1,6 +1,6 @@
 import type { Clock } from '../common/clock.js';
-import type { AuditSink } from '../common/audit-sink.js';
-import { describeActor, type Actor } from '../common/actor.js';
+import type { AuditSink } from '../audit/index.js';
+import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFound, permissionDenied } from '../common/errors.js';
 import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import type { Datastore, TaskBinding, TaskRecord, TaskState } from '../datastore/types.js';
@@ -46,10 +46,6 @@ const SEGMENT = /^[a-zA-Z0-9._-]+$/;
 const META_KEY = /^[a-zA-Z0-9._-]{1,64}$/;
 const MAX_META_PAIRS = 32;
 const MAX_META_VALUE = 256;
-
-function auditActor(actor: Actor) {
-  return { uid: actor.uid, role: actor.role, spiffe_id: actor.spiffeId };
-}
 
 /** Orchestrators act only inside their own agents' namespaces; admins anywhere. */
 export function mayActOnAgent(actor: Actor, agent: string): boolean {
@@ -131,9 +127,12 @@ export class TaskService {
       agent: task.agent,
       task: task.id,
       spiffe_id: spiffeId,
-      binding: binding.kind === 'process' ? `pid:${binding.pid}${binding.descendants ? '+descendants' : ''}` : `cgroup:${binding.path}`,
-      ttl_seconds: Math.round(ttlMs / 1000),
+      binding,
+      ttl_ms: ttlMs,
+      expires_at: task.expiresAt,
       metadata: task.metadata,
+      by: describeActor(actor),
+      role: actor.role,
     });
     this.deps.onChange();
     return task;
@@ -202,16 +201,12 @@ export class TaskService {
     let finished = task;
     if (task.state === 'active') {
       finished = this.deps.datastore.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
-      this.deps.audit.append({
-        type: state === 'revoked' ? 'task.revoked' : 'task.ended',
-        outcome: 'ok',
-        actor: auditActor(actor),
-        agent: task.agent,
-        task: task.id,
-        spiffe_id: task.spiffeId,
-        state,
-        reason,
-      });
+      const common = { outcome: 'ok' as const, actor: auditActor(actor), agent: task.agent, task: task.id, spiffe_id: task.spiffeId };
+      this.deps.audit.append(
+        state === 'revoked'
+          ? { ...common, type: 'task.revoked', reason, by: describeActor(actor) }
+          : { ...common, type: 'task.ended', reason: state === 'expired' ? `expired: ${reason}` : reason },
+      );
     } else if (state !== 'revoked') {
       throw failedPrecondition(`task "${task.id}" is already ${task.state}`);
     }
@@ -232,7 +227,8 @@ export class TaskService {
   }
 
   private deny(actor: Actor, action: string, reason: string, agent: string, task: string): never {
-    this.deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), action, reason, agent, task });
+    const target = agent ? ` (task ${agent}/${task})` : '';
+    this.deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action, reason: `${reason}${target}` });
     throw permissionDenied(`${action}: ${reason}`);
   }
 }

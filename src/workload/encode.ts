@@ -32,14 +32,17 @@ function mapToObject<V, W>(map: Map<string, V>, f: (v: V) => W): Record<string, 
 }
 
 type StructValue =
-  | { null_value: 'NULL_VALUE' }
-  | { number_value: number }
-  | { string_value: string }
-  | { bool_value: boolean }
-  | { struct_value: { fields: Record<string, StructValue> } }
-  | { list_value: { values: StructValue[] } };
+  | { nullValue: 'NULL_VALUE' }
+  | { numberValue: number }
+  | { stringValue: string }
+  | { boolValue: boolean }
+  | { structValue: { fields: Record<string, StructValue> } }
+  | { listValue: { values: StructValue[] } };
 
-/** JSON claims as a google.protobuf.Struct (numbers become doubles, as the spec says). */
+/**
+ * JSON claims as a google.protobuf.Struct (numbers become doubles, as the spec says). The Struct
+ * type comes from protobufjs's bundled descriptor, whose field names stay camelCase even with keepCase.
+ */
 export function toStruct(obj: Record<string, unknown>): { fields: Record<string, StructValue> } {
   const fields: Record<string, StructValue> = {};
   for (const [k, v] of Object.entries(obj)) fields[k] = toValue(v);
@@ -47,11 +50,11 @@ export function toStruct(obj: Record<string, unknown>): { fields: Record<string,
 }
 
 function toValue(v: unknown): StructValue {
-  if (v === null || v === undefined) return { null_value: 'NULL_VALUE' };
-  if (typeof v === 'number') return { number_value: v };
-  if (typeof v === 'string') return { string_value: v };
-  if (typeof v === 'boolean') return { bool_value: v };
-  if (Array.isArray(v)) return { list_value: { values: v.map(toValue) } };
-  if (typeof v === 'object') return { struct_value: toStruct(v as Record<string, unknown>) };
-  return { string_value: String(v) };
+  if (v === null || v === undefined) return { nullValue: 'NULL_VALUE' };
+  if (typeof v === 'number') return { numberValue: v };
+  if (typeof v === 'string') return { stringValue: v };
+  if (typeof v === 'boolean') return { boolValue: v };
+  if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } };
+  if (typeof v === 'object') return { structValue: toStruct(v as Record<string, unknown>) };
+  return { stringValue: String(v) };
 }

@@ -58,7 +58,7 @@ export class FakeWorkloadServer extends EventEmitter<{ call: [RecordedCall]; can
   }
 
   /** Sets the state a stream method serves and pushes it to every open stream of that method. */
-  set<M extends StreamMethod>(method: M, value: FakeWorkloadServer['state'][M]): void {
+  set<M extends StreamMethod>(method: M, value: NonNullable<FakeWorkloadServer['state'][M]>): void {
     this.state[method] = value;
     for (const call of this.open.get(method) ?? []) call.write(value);
   }
@@ -75,11 +75,11 @@ export class FakeWorkloadServer extends EventEmitter<{ call: [RecordedCall]; can
 
   /** Waits until the server has seen `count` calls of `method` in total. */
   async waitForCalls(method: WorkloadMethod, count: number): Promise<void> {
-    while (this.calls.filter((c) => c.method === method).length < count) await once(this, 'call');
+    while (this.calls.filter((c) => c.method === method).length < count) await once(this as EventEmitter, 'call');
   }
 
   async waitForCancel(method: StreamMethod): Promise<void> {
-    while (!this.cancelled.includes(method)) await once(this, 'cancelled');
+    while (!this.cancelled.includes(method)) await once(this as EventEmitter, 'cancelled');
   }
 
   /** Kills the server and every connection at once, like a crashed agent. */

@@ -1,10 +1,13 @@
 import './reflect-shim.js';
+import { webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 
-x509.cryptoProvider.set(globalThis.crypto);
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
-const subtle = globalThis.crypto.subtle;
-const EC: EcKeyGenParams & EcdsaParams = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+
+const subtle = webcrypto.subtle;
+const EC: webcrypto.EcKeyGenParams & webcrypto.EcdsaParams = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
 
 /** Fixed epoch for every fixture; tests drive a ManualClock from here. */
 export const EPOCH = Date.UTC(2026, 0, 1);
@@ -88,7 +91,7 @@ export async function createTestPki(): Promise<TestPki> {
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-        new x509.SubjectAlternativeNameExtension((options.uris ?? [spiffeId]).map((value) => ({ type: 'url', value })), true),
+        new x509.SubjectAlternativeNameExtension((options.uris ?? [spiffeId]).map((value) => ({ type: 'url' as const, value })), true),
         await x509.AuthorityKeyIdentifierExtension.create(intermediate.keys.publicKey),
       ],
     });

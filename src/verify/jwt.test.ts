@@ -1,0 +1,107 @@
+import { describe, expect, it } from 'vitest';
+import { fixture, fixtureText, FIXTURE_NOW, JWT_AUDIENCE } from '../../test/fixtures/load.js';
+import { BundleSet, JwtBundle } from './bundle.js';
+import { isVerificationError, type VerificationReason } from './errors.js';
+import { MAX_JWT_BYTES, verifyJwtSvid, type JwtVerifyOptions } from './jwt.js';
+
+const exampleJwt = JwtBundle.fromJwkSet('example.org', fixture('jwt/jwt-bundle.json'));
+const bundles = new BundleSet([exampleJwt]);
+const opts: JwtVerifyOptions = { audience: JWT_AUDIENCE, now: FIXTURE_NOW };
+const token = (name: string) => fixtureText(`jwt/${name}`);
+
+function reasonOf(fn: () => unknown): VerificationReason | undefined {
+  try {
+    fn();
+  } catch (err) {
+    if (isVerificationError(err)) return err.reason;
+    throw err;
+  }
+  return undefined;
+}
+
+describe('verifyJwtSvid accepts', () => {
+  it.each(['jwt-good.txt', 'jwt-good-es384.txt', 'jwt-good-rs256.txt', 'jwt-good-ps256.txt', 'jwt-good-aud-string.txt'])('%s', (name) => {
+    const r = verifyJwtSvid(token(name), bundles, opts);
+    expect(r.spiffeId.toString()).toBe('spiffe://example.org/agent/a1/task/t1');
+    expect(r.claims.jti).toBe('fixture-0001');
+    expect(typeof r.header.kid).toBe('string');
+  });
+
+  it('with any one of several audiences, and against a single JwtBundle', () => {
+    expect(verifyJwtSvid(token('jwt-good.txt'), exampleJwt, { ...opts, audience: ['x', JWT_AUDIENCE] }).spiffeId.path).toBe('/agent/a1/task/t1');
+  });
+
+  it('within the skew of exp, and not at exp + skew', () => {
+    const exp = Date.UTC(2036, 0, 1);
+    expect(verifyJwtSvid(token('jwt-good.txt'), bundles, { ...opts, now: exp + 29_999 }).spiffeId.path).toBe('/agent/a1/task/t1');
+    expect(reasonOf(() => verifyJwtSvid(token('jwt-good.txt'), bundles, { ...opts, now: exp + 30_000 }))).toBe('expired');
+    expect(reasonOf(() => verifyJwtSvid(token('jwt-good.txt'), bundles, { ...opts, now: exp, skewMs: 0 }))).toBe('expired');
+  });
+});
+
+describe('verifyJwtSvid refuses, one rule per defect-named fixture', () => {
+  it.each<[string, VerificationReason]>([
+    ['jwt-expired.txt', 'expired'],
+    ['jwt-no-exp.txt', 'missing_claim'],
+    ['jwt-wrong-aud.txt', 'bad_audience'],
+    ['jwt-no-kid.txt', 'no_kid'],
+    ['jwt-alg-none.txt', 'bad_alg'],
+    ['jwt-hs256.txt', 'bad_alg'],
+    ['jwt-unknown-kid.txt', 'unknown_kid'],
+    ['jwt-future-iat.txt', 'issued_in_future'],
+    ['jwt-not-before.txt', 'not_yet_valid'],
+    ['jwt-bad-sub.txt', 'bad_spiffe_id'],
+    ['jwt-no-sub.txt', 'missing_claim'],
+    ['jwt-wrong-trust-domain.txt', 'no_bundle'],
+    ['jwt-bad-typ.txt', 'bad_typ'],
+    ['jwt-crit.txt', 'malformed'],
+    ['jwt-alg-key-mismatch.txt', 'bad_alg'],
+    ['jwt-bad-signature.txt', 'bad_signature'],
+    ['jwt-es256-der-signature.txt', 'bad_signature'],
+  ])('%s -> %s', (name, reason) => {
+    expect(reasonOf(() => verifyJwtSvid(token(name), bundles, opts))).toBe(reason);
+  });
+
+  it('a sub in another trust domain is checked against that domain only, never the key that signed it', () => {
+    const other = JwtBundle.fromJwkSet('other.org', { keys: [] });
+    expect(reasonOf(() => verifyJwtSvid(token('jwt-wrong-trust-domain.txt'), new BundleSet([exampleJwt, other]), opts))).toBe('unknown_kid');
+    expect(reasonOf(() => verifyJwtSvid(token('jwt-wrong-trust-domain.txt'), exampleJwt, opts))).toBe('wrong_trust_domain');
+  });
+
+  it('an algorithm outside allowedAlgs', () => {
+    expect(reasonOf(() => verifyJwtSvid(token('jwt-good-rs256.txt'), bundles, { ...opts, allowedAlgs: ['ES256'] }))).toBe('bad_alg');
+  });
+
+  it('refuses to be configured with none or HS256', () => {
+    expect(() => verifyJwtSvid(token('jwt-good.txt'), bundles, { ...opts, allowedAlgs: ['none' as 'ES256'] })).toThrow(/cannot be allowed/);
+    expect(() => verifyJwtSvid(token('jwt-good.txt'), bundles, { ...opts, allowedAlgs: ['HS256' as 'ES256'] })).toThrow(/cannot be allowed/);
+    expect(() => verifyJwtSvid(token('jwt-good.txt'), bundles, { ...opts, audience: [] })).toThrow(/audience/);
+  });
+
+  it('revocation is consulted with the SPIFFE ID', () => {
+    const seen: string[] = [];
+    const revoked = (id: string) => (seen.push(id), true);
+    expect(reasonOf(() => verifyJwtSvid(token('jwt-good.txt'), bundles, { ...opts, revoked }))).toBe('revoked');
+    expect(seen).toEqual(['spiffe://example.org/agent/a1/task/t1']);
+  });
+
+  it.each<[string, string]>([
+    ['two parts', 'a.b'],
+    ['four parts', 'a.b.c.d'],
+    ['padding', `${token('jwt-good.txt')}=`],
+    ['non-base64url header', `*${token('jwt-good.txt')}`],
+    ['header is an array', `${Buffer.from('[1]').toString('base64url')}.e30.AA`],
+    ['header is not JSON', `${Buffer.from('{alg').toString('base64url')}.e30.AA`],
+    ['oversized', `${'a'.repeat(MAX_JWT_BYTES)}.b.c`],
+    ['empty', ''],
+  ])('malformed token: %s', (_name, text) => {
+    expect(reasonOf(() => verifyJwtSvid(text, bundles, opts))).toBe('malformed');
+  });
+
+  it('non-canonical base64url (same bytes, different text) is refused', () => {
+    // "e30" and "e31" both decode to "{}": the low bits of the last character are unused.
+    expect(Buffer.from('e31', 'base64url').toString()).toBe('{}');
+    const [, p, sig] = token('jwt-good.txt').split('.') as [string, string, string];
+    expect(reasonOf(() => verifyJwtSvid(`e31.${p}.${sig}`, bundles, opts))).toBe('malformed');
+  });
+});
