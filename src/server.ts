@@ -26,7 +26,7 @@ import { PeerRegistry } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
 import { workloadHandlers } from './workload/service.js';
 import { adminHandlers } from './admin/service.js';
-
+import { verifyJwtSvid, JwtBundle, BundleSet } from './verify/index.js';
 
 export interface RunningServer {
   workloadSocket: string;
@@ -232,7 +232,16 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     { clock, logger, livenessIntervalMs: config.tasks.livenessIntervalMs },
   );
 
-  const validateJwt = (_t: string, _a: string): { spiffeId: string; claims: Record<string, unknown> } => { throw new Error('pending'); };
+  const validateJwt = (token: string, audience: string) => {
+    const bundles = new BundleSet();
+    bundles.add(JwtBundle.fromJwkSet(trustDomain, trust.ownJwtBundle()));
+    const result = verifyJwtSvid(token, bundles, {
+      audience,
+      now: clock.now(),
+      revoked: (id: string) => revoker.isRevoked(id),
+    });
+    return { spiffeId: result.spiffeId.toString(), claims: result.claims as Record<string, unknown> };
+  };
 
   // Workload API: any local user may connect; attestation decides what they get.
   const peers = new PeerRegistry();
