@@ -9,7 +9,7 @@ import { failedPrecondition, unavailable } from './common/errors.js';
 import { loadProto, workloadService } from './common/proto.js';
 import { TrustDomain } from './spiffe/spiffe-id.js';
 import type { Config } from './config/index.js';
-import { CertificateAuthority } from './ca/authority.js';
+import { CertificateAuthority, type CaOptions } from './ca/authority.js';
 import { openSqliteDatastore } from './datastore/sqlite.js';
 import { EntryIndex } from './entries/match.js';
 import { EntryService } from './entries/service.js';
@@ -73,22 +73,14 @@ function ensureDataDir(dir: string, workloadSocket: string): void {
   if ((st.mode & 0o777) !== mode) chmodSync(dir, mode);
 }
 
-/**
- * The composition root: the only place that builds the datastore, CA, audit log and services and
- * wires them together. Data flows one way: socket -> attest -> match -> mint -> push.
- */
-export async function startServer(config: Config, deps: { clock: Clock; logger: Logger }): Promise<RunningServer> {
-  const { clock, logger } = deps;
-  const trustDomain = TrustDomain.parse(config.trustDomain);
-  ensureDataDir(config.dataDir, config.workloadSocket);
-
-  const datastore = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
-  const audit = AuditLog.open({ file: config.audit.file, clock, logger });
-  const ca = await CertificateAuthority.open({
+/** The CA settings of a validated config; the server and the offline CLI commands open the CA alike. */
+export function caOptionsFrom(config: Config, deps: { clock: Clock; logger: Logger }): CaOptions {
+  const upstream = config.ca.upstream;
+  return {
     dataDir: config.dataDir,
-    trustDomain,
-    clock,
-    logger,
+    trustDomain: TrustDomain.parse(config.trustDomain),
+    clock: deps.clock,
+    logger: deps.logger,
     keyType: config.ca.keyType,
     caTtlMs: config.ca.ttlMs,
     rootTtlMs: config.ca.rootTtlMs,
@@ -96,8 +88,29 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     jwtKeyTtlMs: config.jwt.keyTtlMs,
     maxJwtTtlMs: config.svid.maxJwtTtlMs,
     jwtIssuer: config.jwt.issuer,
-    upstream: config.ca.upstream ? { certFile: config.ca.upstream.certFile, keyFile: config.ca.upstream.keyFile, bundleFile: config.ca.upstream.bundleFile ?? undefined } : undefined,
-  });
+    upstream: upstream ? { certFile: upstream.certFile, keyFile: upstream.keyFile, bundleFile: upstream.bundleFile ?? undefined } : undefined,
+  };
+}
+
+/**
+ * The composition root: the only place that builds the datastore, CA, audit log and services and
+ * wires them together. Data flows one way: socket -> attest -> match -> mint -> push.
+ */
+export async function startServer(config: Config, deps: { clock: Clock; logger: Logger }): Promise<RunningServer> {
+  const { clock, logger } = deps;
+  const trustDomain = TrustDomain.parse(config.trustDomain);
+  // Parsed and validated, but not served yet: refuse rather than silently ignore them.
+  const notYet = [
+    config.admin.tcp ? 'admin.tcp (mTLS admin listener)' : '',
+    config.bundleEndpoint.enabled ? 'bundle_endpoint' : '',
+    config.federation.length > 0 ? 'federation' : '',
+  ].filter(Boolean);
+  if (notYet.length > 0) throw failedPrecondition(`not implemented in this version: ${notYet.join(', ')}; remove them from the configuration`);
+  ensureDataDir(config.dataDir, config.workloadSocket);
+
+  const datastore = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
+  const audit = AuditLog.open({ file: config.audit.file, clock, logger });
+  const ca = await CertificateAuthority.open(caOptionsFrom(config, { clock, logger }));
 
   const attestor = new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes });
   const index = new EntryIndex();

@@ -10,7 +10,7 @@ import { configWarnings, type Config } from '../config/index.js';
 import { CertificateAuthority } from '../ca/authority.js';
 import { verifyAuditFile, readAuditEvents } from '../audit/index.js';
 import { toPem } from '../client/der.js';
-import { startServer } from '../server.js';
+import { caOptionsFrom, startServer } from '../server.js';
 import { configFrom, withConfigOptions, withJson, type CommonFlags } from './common-options.js';
 import { emit } from './output.js';
 
@@ -19,20 +19,7 @@ async function openLocalCa(config: Config, create: boolean): Promise<Certificate
     throw failedPrecondition(`no CA in ${config.dataDir}: start the server once (agentid server) or mint with agentid x509 mint`);
   }
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  return CertificateAuthority.open({
-    dataDir: config.dataDir,
-    trustDomain: TrustDomain.parse(config.trustDomain),
-    clock: systemClock,
-    logger: silentLogger(),
-    keyType: config.ca.keyType,
-    caTtlMs: config.ca.ttlMs,
-    rootTtlMs: config.ca.rootTtlMs,
-    jwtKeyType: config.jwt.keyType,
-    jwtKeyTtlMs: config.jwt.keyTtlMs,
-    maxJwtTtlMs: config.svid.maxJwtTtlMs,
-    jwtIssuer: config.jwt.issuer,
-    upstream: config.ca.upstream ? { certFile: config.ca.upstream.certFile, keyFile: config.ca.upstream.keyFile, bundleFile: config.ca.upstream.bundleFile ?? undefined } : undefined,
-  });
+  return CertificateAuthority.open(caOptionsFrom(config, { clock: systemClock, logger: silentLogger() }));
 }
 
 function writeSecretFile(path: string, data: string | Buffer): void {
