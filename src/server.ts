@@ -1,4 +1,4 @@
-import { mkdirSync, chmodSync, statSync } from 'node:fs';
+import { mkdirSync, chmodSync, statSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -7,10 +7,15 @@ import type { Logger } from './common/logger.js';
 import { SYSTEM_ACTOR } from './common/actor.js';
 import { failedPrecondition, unavailable } from './common/errors.js';
 import { loadProto, workloadService } from './common/proto.js';
-import { TrustDomain } from './spiffe/spiffe-id.js';
+import { SpiffeId, TrustDomain } from './spiffe/spiffe-id.js';
+import { ServerSvidSource } from './issuer/server-svid.js';
+import { startBundleEndpoint } from './bundle-endpoint/index.js';
+import { Federation } from './federation/index.js';
 import type { Config } from './config/index.js';
 import { CertificateAuthority, type CaOptions } from './ca/authority.js';
 import { openSqliteDatastore } from './datastore/sqlite.js';
+import { BatchedIssuances } from './datastore/batched-issuances.js';
+import type { Datastore } from './datastore/types.js';
 import { EntryIndex } from './entries/match.js';
 import { EntryService } from './entries/service.js';
 import { Attestor, isAlive, readProcessRef } from './attest/index.js';
@@ -26,11 +31,17 @@ import { PeerRegistry } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
 import { workloadHandlers } from './workload/service.js';
 import { adminHandlers } from './admin/service.js';
+import { startAdminTcpListener } from './admin/tcp.js';
+import { validateSpiffeRoles } from './admin/roles.js';
 import { verifyJwtSvid, JwtBundle, BundleSet } from './verify/index.js';
 
 export interface RunningServer {
   workloadSocket: string;
   adminSocket: string;
+  /** https://host:port of the bundle endpoint, when enabled. */
+  bundleEndpointUrl: string | undefined;
+  /** Port of the mTLS admin listener, when enabled. */
+  adminTcpPort: number | undefined;
   ca: CertificateAuthority;
   stop(): Promise<void>;
 }
@@ -73,6 +84,20 @@ function ensureDataDir(dir: string, workloadSocket: string): void {
   if ((st.mode & 0o777) !== mode) chmodSync(dir, mode);
 }
 
+const LOCK_FILE = 'server.pid';
+
+/** The pid of a live agentid server using this data directory, if any. */
+export function runningServerPid(dataDir: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(join(dataDir, LOCK_FILE), 'utf8').trim());
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
+    process.kill(pid, 0);
+    return pid;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The CA settings of a validated config; the server and the offline CLI commands open the CA alike. */
 export function caOptionsFrom(config: Config, deps: { clock: Clock; logger: Logger }): CaOptions {
   const upstream = config.ca.upstream;
@@ -100,15 +125,26 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const { clock, logger } = deps;
   const trustDomain = TrustDomain.parse(config.trustDomain);
   // Parsed and validated, but not served yet: refuse rather than silently ignore them.
-  const notYet = [
-    config.admin.tcp ? 'admin.tcp (mTLS admin listener)' : '',
-    config.bundleEndpoint.enabled ? 'bundle_endpoint' : '',
-    config.federation.length > 0 ? 'federation' : '',
-  ].filter(Boolean);
-  if (notYet.length > 0) throw failedPrecondition(`not implemented in this version: ${notYet.join(', ')}; remove them from the configuration`);
+  const tcpRoles = config.admin.tcp?.spiffeRoles.map((r) => ({ spiffeId: r.spiffeId, role: r.role, agents: [...r.agents] })) ?? [];
+  if (config.admin.tcp) validateSpiffeRoles(tcpRoles, trustDomain);
   ensureDataDir(config.dataDir, config.workloadSocket);
+  const other = runningServerPid(config.dataDir);
+  if (other !== undefined) throw failedPrecondition(`another agentid server (pid ${other}) is using ${config.dataDir}`);
+  writeFileSync(join(config.dataDir, LOCK_FILE), `${process.pid}\n`, { mode: 0o600 });
 
-  const datastore = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
+  const sqlite = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
+  const issuances = new BatchedIssuances(sqlite, logger);
+  const datastore: Datastore = {
+    entries: sqlite.entries,
+    tasks: sqlite.tasks,
+    revocations: sqlite.revocations,
+    issuances,
+    transaction: (fn) => sqlite.transaction(fn),
+    close: () => {
+      issuances.flush();
+      sqlite.close();
+    },
+  };
   const audit = AuditLog.open({ file: config.audit.file, clock, logger });
   const ca = await CertificateAuthority.open(caOptionsFrom(config, { clock, logger }));
 
@@ -121,10 +157,20 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     scheduler?.poke();
   };
 
+  // Foreign trust domains' bundles; a change re-renders every stream through the trust version.
+  const federation = new Federation({
+    relationships: config.federation,
+    ownTrustDomain: trustDomain,
+    clock,
+    logger: logger.child({ module: 'federation' }),
+    stateFile: join(config.dataDir, 'federation.json'),
+    onChange: () => changed(),
+  });
   const trust: TrustState = new TrustState({
     ca,
     issuances: datastore.issuances,
     clock,
+    federation,
     revokedAt: (id) => datastore.revocations.get(id)?.revokedAt,
   });
   const cache = new SvidCache({
@@ -210,6 +256,15 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     logger,
   });
 
+  // agentid's own SVID, for the TLS listeners it serves itself.
+  const serverSvid = new ServerSvidSource({
+    spiffeId: SpiffeId.fromSegments(trustDomain, 'agentid', 'server'),
+    ttlMs: config.svid.x509TtlMs,
+    minter: ca,
+    trust,
+    clock,
+  });
+
   let nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
   scheduler = new Scheduler(
     {
@@ -221,6 +276,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
           }
           cache.invalidateAll();
           trust.invalidate();
+          serverSvid.renew(true);
           hub!.refresh();
         }
         return ca.nextRotationAt();
@@ -231,12 +287,14 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       renew() {
         const due = cache.nextRenewalAt();
         if (due !== undefined && due <= clock.now()) hub!.refresh();
-        return cache.nextRenewalAt();
+        const own = serverSvid.renew();
+        return Math.min(own, cache.nextRenewalAt() ?? own);
       },
       refreshCrls() {
         if (clock.now() >= nextCrlRefresh) {
           nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
           trust.invalidate();
+          serverSvid.trustChanged();
           hub!.refresh();
         }
         return nextCrlRefresh;
@@ -248,6 +306,11 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const validateJwt = (token: string, audience: string) => {
     const bundles = new BundleSet();
     bundles.add(JwtBundle.fromJwkSet(trustDomain, trust.ownJwtBundle()));
+    // Tokens of federated trust domains validate against that domain's bundle only.
+    for (const rel of config.federation) {
+      const set = federation.jwt(rel.trustDomain);
+      if (set) bundles.add(JwtBundle.fromJwkSet(rel.trustDomain, set));
+    }
     const result = verifyJwtSvid(token, bundles, {
       audience,
       now: clock.now(),
@@ -286,24 +349,27 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
 
   const adminServer = new grpc.Server();
   const adminProto = loadProto('agentid/admin/v1/admin.proto') as any;
+  const adminDeps = {
+    entries,
+    tasks,
+    revoker,
+    issuanceSummary(spiffeId: string) {
+      const now = clock.now();
+      const records = datastore.issuances.listForSpiffeId(spiffeId);
+      return {
+        liveSerials: records.filter((r) => r.kind === 'x509' && r.notAfter > now).map((r) => r.serial),
+        count: records.length,
+      };
+    },
+    audit,
+    logger: logger.child({ api: 'admin' }),
+  };
   adminServer.addService(
     adminProto.agentid.admin.v1.AgentIdAdmin.service,
     adminHandlers({
+      ...adminDeps,
       peers,
       roles: { adminUids: [...config.admin.adminUids], orchestrators: config.admin.orchestrators.map((o) => ({ uid: o.uid, agents: [...o.agents] })) },
-      entries,
-      tasks,
-      revoker,
-      issuanceSummary(spiffeId) {
-        const now = clock.now();
-        const records = datastore.issuances.listForSpiffeId(spiffeId);
-        return {
-          liveSerials: records.filter((r) => r.kind === 'x509' && r.notAfter > now).map((r) => r.serial),
-          count: records.length,
-        };
-      },
-      audit,
-      logger: logger.child({ api: 'admin' }),
     }),
   );
   const adminInjector = adminServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
@@ -318,7 +384,44 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     },
   });
 
+  const bundleEndpoint = config.bundleEndpoint.enabled
+    ? await startBundleEndpoint({
+        trustDomain,
+        listen: config.bundleEndpoint.listen,
+        profile: config.bundleEndpoint.profile,
+        certFile: config.bundleEndpoint.certFile,
+        keyFile: config.bundleEndpoint.keyFile,
+        serverSvid,
+        trust: {
+          x509Authorities: () => ca.x509Bundle(),
+          jwtKeys: () => ca.jwtKeys(),
+          crls: () => trust.crls(),
+          // Both versions are persisted and only grow, so their sum grows with every change.
+          sequence: () => ca.x509BundleVersion() + ca.jwtKeysVersion(),
+        },
+        refreshHintMs: config.bundleEndpoint.refreshHintMs,
+        jwtIssuer: config.jwt.issuer,
+        logger: logger.child({ api: 'bundle-endpoint' }),
+        clock,
+      })
+    : undefined;
+
+  // Optional mTLS admin API: callers are mapped to roles by their SVID (never a per-task one).
+  const adminTcp = config.admin.tcp
+    ? await startAdminTcpListener({
+        listen: config.admin.tcp.listen,
+        source: serverSvid,
+        trustDomain,
+        roles: tcpRoles,
+        handlers: (callerOf) => adminHandlers({ ...adminDeps, callerOf }),
+        crls: () => trust.crls(),
+        clock,
+        logger: logger.child({ api: 'admin-tcp' }),
+      })
+    : undefined;
+
   scheduler.start();
+  federation.start();
   audit.append({ type: 'server.started', outcome: 'ok', version: SERVER_VERSION, trust_domain: trustDomain.name, pid: process.pid });
   logger.info({ trustDomain: trustDomain.name, workloadSocket: config.workloadSocket, adminSocket: config.adminSocket }, 'agentid server started');
 
@@ -326,19 +429,23 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   return {
     workloadSocket: config.workloadSocket,
     adminSocket: config.adminSocket,
+    bundleEndpointUrl: bundleEndpoint?.url,
+    adminTcpPort: adminTcp?.port,
     ca,
     async stop() {
       if (stopped) return;
       stopped = true;
       await scheduler!.stop();
-      await Promise.all([workloadListener.close(), adminListener.close()]);
+      await federation.stop();
+      await Promise.all([workloadListener.close(), adminListener.close(), bundleEndpoint?.close(), adminTcp?.close()]);
       hub!.closeAll(unavailable('server shutting down'));
       workloadInjector.destroy();
       adminInjector.destroy();
       workloadServer.forceShutdown();
       adminServer.forceShutdown();
       datastore.close();
-      audit.close?.();
+      audit.close();
+      rmSync(join(config.dataDir, LOCK_FILE), { force: true });
       logger.info('agentid server stopped');
     },
   };

@@ -13,9 +13,30 @@ import type { Revoker } from '../tasks/revocations.js';
 import type { PeerRegistry } from '../workload/peers.js';
 import { actorForUid, type RoleConfig } from './roles.js';
 
-export interface AdminDeps {
-  peers: PeerRegistry;
-  roles: RoleConfig;
+/**
+ * Who is calling: the role the caller holds, or, when it holds none, how to name it in the audit
+ * trail and why it was refused. Each transport proves the caller its own way (Unix socket: kernel
+ * uid; mTLS listener: verified client SVID) and maps it here.
+ */
+export type AdminCaller = { actor: Actor } | { actor?: undefined; who: string; reason: string };
+export type CallerOf = (call: { getPeer(): string }) => AdminCaller;
+
+/** The Unix admin socket's caller: the peer uid read at accept (PeerRegistry), mapped by RoleConfig. */
+export function uidCallerOf(peers: PeerRegistry, roles: RoleConfig): CallerOf {
+  return (call) => {
+    const peer = peers.lookup(call.getPeer());
+    if (!peer) return { who: 'unknown', reason: 'connection has no peer credentials' };
+    const actor = actorForUid(peer.uid, roles);
+    return actor ? { actor } : { who: `uid:${peer.uid}`, reason: 'caller has no admin role' };
+  };
+}
+
+/** Either a caller function, or the Unix socket's peer registry and uid roles (the original form). */
+export type AdminCallerDeps = { callerOf: CallerOf } | { peers: PeerRegistry; roles: RoleConfig };
+
+export type AdminDeps = AdminCallerDeps & AdminServiceDeps;
+
+export interface AdminServiceDeps {
   entries: EntryService;
   tasks: TaskService;
   revoker: Revoker;
@@ -74,8 +95,9 @@ export function revocationToWire(r: Revocation) {
   return { spiffe_id: r.spiffeId, reason: r.reason, revoked_at: seconds(r.revokedAt), revoked_by: r.revokedBy, keep_until: seconds(r.keepUntil) };
 }
 
-/** gRPC handlers of agentid.admin.v1.AgentIdAdmin. Every call is authorized by the caller's peer uid. */
+/** gRPC handlers of agentid.admin.v1.AgentIdAdmin. Every call is authorized by the role `callerOf` maps its caller to. */
 export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementation {
+  const callerOf = 'callerOf' in deps ? deps.callerOf : uidCallerOf(deps.peers, deps.roles);
   const taskToWire = (t: TaskRecord) => {
     const summary = deps.issuanceSummary(t.spiffeId);
     return {
@@ -100,13 +122,12 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
   };
 
   function actorOf(call: { getPeer(): string }, method: string): Actor {
-    const peer = deps.peers.lookup(call.getPeer());
-    const actor = peer ? actorForUid(peer.uid, deps.roles) : undefined;
-    if (!actor) {
-      deps.audit.append({ type: 'admin.denied', outcome: 'denied', who: peer ? `uid:${peer.uid}` : 'unknown', role: 'none', action: method, reason: 'caller has no admin role' });
+    const caller = callerOf(call);
+    if (!caller.actor) {
+      deps.audit.append({ type: 'admin.denied', outcome: 'denied', who: caller.who, role: 'none', action: method, reason: caller.reason });
       throw permissionDenied(`${method}: caller has no role on the admin API`);
     }
-    return actor;
+    return caller.actor;
   }
 
   function adminOnly(actor: Actor, method: string): void {

@@ -72,6 +72,8 @@ export interface CaOptions {
   crlTtlMs?: number;
   /** An organisation's CA (root or intermediate) to issue signing CAs under, instead of a self-managed root. */
   upstream?: { certFile: string; keyFile: string; bundleFile?: string };
+  /** false: load only (another process, the server, owns rotation). Default true. */
+  rotateOnOpen?: boolean;
 }
 
 export interface MintedX509Svid {
@@ -305,7 +307,7 @@ export class CertificateAuthority {
   private readonly clock: Clock;
   private readonly logger: Logger;
   private readonly caDir: string;
-  private readonly cfg: Required<Omit<CaOptions, 'upstream' | 'dataDir' | 'trustDomain' | 'clock' | 'logger'>>;
+  private readonly cfg: Required<Omit<CaOptions, 'upstream' | 'dataDir' | 'trustDomain' | 'clock' | 'logger' | 'rotateOnOpen'>>;
   private readonly upstream: Upstream | undefined;
 
   private state: PersistedState;
@@ -386,7 +388,8 @@ export class CertificateAuthority {
     const ca = new CertificateAuthority(opts, upstream, state);
     await ca.loadMaterial();
     if (!existing || existing.bundleSequence !== state.bundleSequence) await ca.saveState(state);
-    await ca.rotate();
+    // A reader next to a running server (offline CLI) must not rotate: the server owns the state.
+    if (opts.rotateOnOpen !== false || !existing) await ca.rotate();
     return ca;
   }
 

@@ -10,7 +10,7 @@ import { configWarnings, type Config } from '../config/index.js';
 import { CertificateAuthority } from '../ca/authority.js';
 import { verifyAuditFile, readAuditEvents } from '../audit/index.js';
 import { toPem } from '../client/der.js';
-import { caOptionsFrom, startServer } from '../server.js';
+import { caOptionsFrom, runningServerPid, startServer } from '../server.js';
 import { configFrom, withConfigOptions, withJson, type CommonFlags } from './common-options.js';
 import { emit } from './output.js';
 
@@ -19,7 +19,9 @@ async function openLocalCa(config: Config, create: boolean): Promise<Certificate
     throw failedPrecondition(`no CA in ${config.dataDir}: start the server once (agentid server) or mint with agentid x509 mint`);
   }
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  return CertificateAuthority.open(caOptionsFrom(config, { clock: systemClock, logger: silentLogger() }));
+  // Next to a running server, only read: the server owns CA rotation.
+  const rotateOnOpen = runningServerPid(config.dataDir) === undefined;
+  return CertificateAuthority.open({ ...caOptionsFrom(config, { clock: systemClock, logger: silentLogger() }), rotateOnOpen });
 }
 
 function writeSecretFile(path: string, data: string | Buffer): void {

@@ -170,8 +170,9 @@ export class X509Source extends StreamSource<X509Context> {
   }
 
   /**
-   * The picked SVID (default svids[0]). Refuses an expired one: if updates stopped arriving
-   * (agent down, identity revoked) a stale key must not keep serving TLS.
+   * The picked SVID (default svids[0]). Refuses an expired one: if updates stop arriving (server
+   * down) a stale key must not keep serving TLS. Like go-spiffe, the last SVID is kept while the
+   * stream is retried, also after PERMISSION_DENIED; a revoked SVID is refused by verifiers (CRLs).
    */
   getX509Svid(): X509Svid {
     const ctx = this.getX509Context();

@@ -94,8 +94,12 @@ export class TaskService {
     if (input.pid !== undefined) {
       const proc = await this.deps.processes.inspect(input.pid);
       if (!proc) throw failedPrecondition(`task: process ${input.pid} does not exist`);
-      // An orchestrator may hand its agent's identity only to its own processes.
-      if (actor.role !== 'admin' && actor.uid !== undefined && proc.uid !== actor.uid) {
+      // An orchestrator may hand its agent's identity only to its own processes. One calling over
+      // mTLS has no uid to compare, so it may bind cgroups (which its runtime created) only.
+      if (actor.role !== 'admin' && actor.uid === undefined) {
+        this.deny(actor, 'task.start', 'a caller without a Unix uid may bind tasks to cgroups only', input.agent, input.id);
+      }
+      if (actor.role !== 'admin' && proc.uid !== actor.uid) {
         this.deny(actor, 'task.start', `process ${input.pid} belongs to uid ${proc.uid}, not to the caller`, input.agent, input.id);
       }
       binding = { kind: 'process', pid: proc.pid, startTime: proc.startTime, descendants: input.descendants ?? false };

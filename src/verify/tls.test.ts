@@ -137,7 +137,8 @@ describe('SPIFFE mTLS over node https on 127.0.0.1', () => {
     expect(await get(server.port, revokedClient)).toBe('hello spiffe://example.org/svc/api');
     serverSource.set({ crls: [fixture('x509/revoked.crl')] });
     await expect(get(server.port, revokedClient)).rejects.toThrow();
-    expect(server.logged.map((l) => l.reason)).toEqual(['revoked']);
+    // The open keep-alive connection of the first request is closed on the update too, so 'revoked' may be logged twice.
+    expect(new Set(server.logged.map((l) => l.reason))).toEqual(new Set(['revoked']));
     // A forged CRL never revokes.
     serverSource.set({ crls: [fixture('x509/crl-bad-signature.crl')] });
     expect(await get(server.port, revokedClient)).toBe('hello spiffe://example.org/svc/api');

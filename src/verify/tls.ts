@@ -36,6 +36,9 @@ export interface SpiffeTlsConfig {
   logger?: Pick<Logger, 'warn'>;
 }
 
+/** The peer chain each verified socket presented at its handshake. */
+const handshakeChains = new WeakMap<tls.TLSSocket, Buffer[]>();
+
 /** What a connection's peer proved, kept per socket for request handlers. */
 const identities = new WeakMap<tls.TLSSocket, VerifiedX509Svid>();
 
@@ -113,13 +116,16 @@ class SpiffeTlsState {
 
   /** Verifies and authorizes the peer of a finished handshake. Throws VerificationError. */
   verify(socket: tls.TLSSocket, authorize: Authorizer): VerifiedX509Svid {
-    const chain = peerChainDer(socket);
+    // A re-check of an open connection uses the chain seen at its handshake: a closing socket
+    // may no longer report its peer certificate.
+    const chain = handshakeChains.get(socket) ?? peerChainDer(socket);
     if (chain.length === 0) throw refuse('malformed', 'SPIFFE TLS: the peer presented no certificate');
     const m = this.current();
     const result = verifyX509Svid(chain, m.bundles, { now: this.clock.now(), crls: m.crls });
     const decision = authorize(result.spiffeId);
     if (!decision.ok) throw refuse('unauthorized', `SPIFFE TLS: peer ${result.spiffeId} is not authorized: ${decision.reason}`);
     identities.set(socket, result);
+    handshakeChains.set(socket, chain);
     return result;
   }
 
@@ -148,7 +154,8 @@ export interface SpiffeServerTls {
   readonly options: tls.TlsOptions;
   /**
    * Verifies every client on 'secureConnection' (prepended, so it runs before the HTTP layer
-   * sees the socket) and swaps in the new certificate on each source update. Returns the server.
+   * sees the socket); on each source update swaps in the new certificate and re-checks every open
+   * connection, closing those now refused (revoked, expired). Returns the server.
    */
   attach<S extends tls.Server>(server: S): S;
   /** Verifies one already-handshaken socket (custom servers); throws VerificationError. */
@@ -172,8 +179,19 @@ export function serverTlsOptions(config: SpiffeTlsConfig): SpiffeServerTls {
   return {
     options: { ...contextOptions(), requestCert: true, rejectUnauthorized: false },
     attach<S extends tls.Server>(server: S): S {
-      server.prependListener('secureConnection', (socket: tls.TLSSocket) => state.guard(socket, config.authorize, 'server'));
-      state.onChange(() => server.setSecureContext(contextOptions()));
+      // Open connections are re-checked on every update (new CRLs, bundles): a keep-alive or HTTP/2
+      // connection of a peer revoked after its handshake is closed, not served until it hangs up.
+      const live = new Set<tls.TLSSocket>();
+      server.prependListener('secureConnection', (socket: tls.TLSSocket) => {
+        state.guard(socket, config.authorize, 'server');
+        if (socket.destroyed) return;
+        live.add(socket);
+        socket.once('close', () => live.delete(socket));
+      });
+      state.onChange(() => {
+        server.setSecureContext(contextOptions());
+        for (const socket of live) state.guard(socket, config.authorize, 'server');
+      });
       return server;
     },
     verifyPeer: (socket) => state.verify(socket, config.authorize),
