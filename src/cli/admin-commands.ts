@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { parseDuration } from '../common/duration.js';
-import { invalidArgument } from '../common/errors.js';
+import { invalidArgument, isAgentIdError } from '../common/errors.js';
+import { constants } from 'node:os';
 import { parseSelector } from '../spiffe/selector.js';
 import { AdminClient, ADMIN_SOCKET_ENV } from './admin-client.js';
 import { collect, configFrom, withAdminSocket, withJson, type CommonFlags } from './common-options.js';
@@ -277,8 +278,11 @@ async function runTask(command: string[], flags: CommonFlags & { agent: string; 
     try {
       await client.call('EndTask', { agent: flags.agent, id: flags.task, reason: signal ? `command killed by ${signal}` : `command exited with ${code}` });
     } catch (err) {
-      process.stderr.write(`agentid: could not end task ${flags.agent}/${flags.task}: ${(err as Error).message}\n`);
+      // The server's liveness check may have ended it first, when the command exited.
+      if (!isAgentIdError(err, 'failed_precondition')) {
+        process.stderr.write(`agentid: could not end task ${flags.agent}/${flags.task}: ${(err as Error).message}\n`);
+      }
     }
-    process.exitCode = code ?? 128 + 9;
+    process.exitCode = code ?? 128 + (signal ? (constants.signals[signal] ?? 9) : 9);
   });
 }
