@@ -12,7 +12,7 @@ import { Attestor, type Attestation } from './attestor.js';
 import { ExecutableHasher } from './exe-hash.js';
 import { closePidfd, readPeerCredentials, type PeerCredentials } from './peercred.js';
 import { readProcessRef } from './proc.js';
-import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser } from './testing.js';
+import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser, killAll } from './testing.js';
 
 const [major = 0, minor = 0] = release().split('.').map((n) => parseInt(n, 10));
 const kernelHasPeerPidfd = major > 6 || (major === 6 && minor >= 5);
@@ -29,12 +29,7 @@ beforeAll(async () => {
 });
 
 afterEach(async () => {
-  for (const c of children.splice(0)) {
-    if (c.exitCode === null && c.signalCode === null) {
-      c.kill('SIGKILL');
-      await once(c, 'exit');
-    }
-  }
+  await killAll(children);
 });
 
 afterAll(async () => {

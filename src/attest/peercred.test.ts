@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isAgentIdError } from '../common/errors.js';
 import { closePidfd, pidfdIsAlive, readPeerCredentials, type PeerCredentials } from './peercred.js';
-import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser } from './testing.js';
+import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser, killAll } from './testing.js';
 
 const [major = 0, minor = 0] = release().split('.').map((n) => parseInt(n, 10));
 const kernelHasPeerPidfd = major > 6 || (major === 6 && minor >= 5);
@@ -47,12 +47,7 @@ beforeAll(async () => {
 });
 
 afterEach(async () => {
-  for (const c of children.splice(0)) {
-    if (c.exitCode === null && c.signalCode === null) {
-      c.kill('SIGKILL');
-      await once(c, 'exit');
-    }
-  }
+  await killAll(children);
   for (const fd of pidfds.splice(0)) closePidfd(fd);
 });
 

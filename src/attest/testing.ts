@@ -80,3 +80,13 @@ export function firstLine(child: ChildProcess): Promise<string> {
     child.once('exit', (code) => reject(new Error(`child exited (${String(code)}) before printing a line`)));
   });
 }
+
+/** SIGKILLs every child that is still running and waits for each to exit; empties the list. */
+export async function killAll(children: ChildProcess[]): Promise<void> {
+  for (const c of children.splice(0)) {
+    if (c.exitCode === null && c.signalCode === null) {
+      c.kill('SIGKILL');
+      await new Promise((resolve) => c.once('exit', resolve));
+    }
+  }
+}

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Clock } from '../common/clock.js';
 import { failedPrecondition, invalidArgument, permissionDenied, unavailable } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { BundleProfile } from '../config/types.js';
+import type { BundleProfile, Config } from '../config/types.js';
 import type { FederatedBundles } from '../issuer/trust-state.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
 import { JwtBundle, parseSpiffeBundle, X509Bundle } from '../verify/bundle.js';
@@ -12,18 +12,8 @@ import { verifyX509Svid } from '../verify/x509.js';
 import { httpsFetch, type BundleFetcher } from './fetch.js';
 import { readState, writeState, type StoredBundle } from './state-file.js';
 
-/** One federation relationship; structurally the same as an entry of Config['federation']. */
-export interface FederationRelationship {
-  readonly trustDomain: string;
-  readonly bundleEndpointUrl: string;
-  readonly profile: BundleProfile;
-  /** Required with https_spiffe: the SPIFFE ID the endpoint's X.509-SVID must carry. */
-  readonly endpointSpiffeId: string | null;
-  /** PEM certificates or a SPIFFE bundle document: the trust held before the first fetch. */
-  readonly bootstrapBundleFile: string | null;
-  /** https_web only: PEM roots instead of the system ones. */
-  readonly caFile: string | null;
-}
+/** One federation relationship, as configured. */
+export type FederationRelationship = Config['federation'][number];
 
 export type BundleSource = 'bootstrap' | 'state' | 'endpoint';
 

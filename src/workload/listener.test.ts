@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isAgentIdError } from '../common/errors.js';
 import { silentLogger } from '../common/logger.js';
 import type { PeerCredentials } from '../attest/peercred.js';
-import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser } from '../attest/testing.js';
+import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser, killAll } from '../attest/testing.js';
 import { listenUnixWithPeerCreds, type UnixListener } from './listener.js';
 
 const [major = 0, minor = 0] = release().split('.').map((n) => parseInt(n, 10));
@@ -27,12 +27,7 @@ beforeAll(async () => {
 });
 
 afterEach(async () => {
-  for (const c of children.splice(0)) {
-    if (c.exitCode === null && c.signalCode === null) {
-      c.kill('SIGKILL');
-      await once(c, 'exit');
-    }
-  }
+  await killAll(children);
   for (const l of listeners.splice(0)) await l.close();
 });
 
