@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { ensureTestUser, type TestUser } from '../src/attest/testing.js';
 import { readAuditEvents } from '../src/audit/index.js';
 import { startTestServer, type TestServer } from './support/server.js';
-import { REPO, runCli } from './support/cli.js';
+import { REPO, cliArgv, runCli } from './support/cli.js';
+import { WorkloadApiClient } from '../src/client/workload-client.js';
 
 const FETCH_CLIENT = join(import.meta.dirname, 'support', 'fetch-client.ts');
 const td = 'tasks.example';
@@ -60,6 +61,19 @@ describe('tasks', () => {
     expect(task.state).toBe('ended');
     expect(task.issuance_count).toBeGreaterThan(0);
     expect(task.metadata).toEqual({ ticket: 'SEC-1' });
+  });
+
+  it('refuses a task\'s JWT-SVID in ValidateJWTSVID once the task has ended', async () => {
+    const run = await runCli(['run', '--agent', 'coder', '--task', 't-jwt', '--', ...cliArgv('jwt', 'fetch', '--audience', 'https://svc.example')], { env: env() });
+    expect(run.stderr).toBe('');
+    const token = run.stdout.trim().split('\n').pop()!;
+    expect(token.split('.')).toHaveLength(3);
+    const client = new WorkloadApiClient({ socketPath: t.config.workloadSocket });
+    try {
+      await expect(client.validateJwtSvid(token, 'https://svc.example')).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringMatching(/revoked/) });
+    } finally {
+      client.close();
+    }
   });
 
   it('agentid run exits with the command\'s exit code', async () => {

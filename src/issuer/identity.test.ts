@@ -1,0 +1,106 @@
+import { describe, expect, it } from 'vitest';
+import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
+import { resolveIdentities, taskBindingMatches, type CallerFacts } from './identity.js';
+import { cappedTtl, renewalTime } from './renewal.js';
+
+const NOW = Date.UTC(2026, 5, 1);
+const caller = (over: Partial<CallerFacts> = {}): CallerFacts => ({
+  pid: 100,
+  startTime: '5000',
+  ancestors: [{ pid: 50, startTime: '4000' }, { pid: 1, startTime: '1' }],
+  cgroup: '/agents/coder/t1/worker',
+  selectors: [{ type: 'unix', value: 'uid:1000' }],
+  ...over,
+});
+
+const task = (over: Partial<TaskRecord> = {}): TaskRecord => ({
+  id: 't1',
+  agent: 'coder',
+  spiffeId: 'spiffe://td.example/agent/coder/task/t1',
+  binding: { kind: 'process', pid: 100, startTime: '5000', descendants: false },
+  metadata: {},
+  state: 'active',
+  x509TtlMs: 900_000,
+  jwtTtlMs: 300_000,
+  createdAt: NOW - 1000,
+  expiresAt: NOW + 3_600_000,
+  endedAt: null,
+  endReason: null,
+  createdBy: 'uid:0 (admin)',
+  ...over,
+});
+
+const entry = (id: string, spiffeId: string, createdAt = NOW - 5000): RegistrationEntry => ({
+  id,
+  spiffeId,
+  selectors: [{ type: 'unix', value: 'uid:1000' }],
+  x509TtlMs: 900_000,
+  jwtTtlMs: 300_000,
+  hint: '',
+  dnsNames: [],
+  federatesWith: [],
+  expiresAt: null,
+  createdAt,
+  updatedAt: createdAt,
+  revision: 1,
+});
+
+describe('taskBindingMatches', () => {
+  const cases: [string, TaskRecord['binding'], Partial<CallerFacts>, boolean][] = [
+    ['the bound process', { kind: 'process', pid: 100, startTime: '5000', descendants: false }, {}, true],
+    ['same pid, other start time (PID reused)', { kind: 'process', pid: 100, startTime: '4999', descendants: false }, {}, false],
+    ['a descendant, descendants off', { kind: 'process', pid: 50, startTime: '4000', descendants: false }, {}, false],
+    ['a descendant, descendants on', { kind: 'process', pid: 50, startTime: '4000', descendants: true }, {}, true],
+    ['an ancestor pid with another start time', { kind: 'process', pid: 50, startTime: '3999', descendants: true }, {}, false],
+    ['the cgroup itself', { kind: 'cgroup', path: '/agents/coder/t1/worker' }, {}, true],
+    ['a sub-cgroup of the bound cgroup', { kind: 'cgroup', path: '/agents/coder/t1' }, {}, true],
+    ['a sibling cgroup sharing a prefix', { kind: 'cgroup', path: '/agents/coder/t' }, {}, false],
+    ['a caller without cgroup', { kind: 'cgroup', path: '/agents' }, { cgroup: null }, false],
+  ];
+  it.each(cases)('%s', (_name, binding, over, expected) => {
+    expect(taskBindingMatches(task({ binding }), caller(over))).toBe(expected);
+  });
+});
+
+describe('resolveIdentities', () => {
+  const base = { caller: caller(), now: NOW, taskBufferMs: 120_000, isRevoked: () => false };
+
+  it('puts task identities first, then entries in their order, with the task cap', () => {
+    const ids = resolveIdentities({
+      ...base,
+      matchedEntries: [entry('e1', 'spiffe://td.example/a'), entry('e2', 'spiffe://td.example/b')],
+      tasks: [task()],
+    });
+    expect(ids.map((i) => i.spiffeId.toString())).toEqual([
+      'spiffe://td.example/agent/coder/task/t1',
+      'spiffe://td.example/a',
+      'spiffe://td.example/b',
+    ]);
+    expect(ids[0]!.notAfterCap).toBe(NOW + 3_600_000 + 120_000);
+    expect(ids[0]!.task).toEqual({ agent: 'coder', id: 't1' });
+  });
+
+  it('drops revoked IDs, ended and expired tasks, and duplicate SPIFFE IDs', () => {
+    const ids = resolveIdentities({
+      ...base,
+      isRevoked: (id) => id === 'spiffe://td.example/revoked',
+      matchedEntries: [entry('e1', 'spiffe://td.example/a'), entry('e2', 'spiffe://td.example/a'), entry('e3', 'spiffe://td.example/revoked')],
+      tasks: [task({ state: 'ended' }), task({ id: 't2', spiffeId: 'spiffe://td.example/agent/coder/task/t2', expiresAt: NOW })],
+    });
+    expect(ids.map((i) => i.key)).toEqual(['entry:e1']);
+  });
+});
+
+describe('renewal', () => {
+  it('renews at half-life, earlier by at most the jitter fraction', () => {
+    expect(renewalTime(0, 1000, 0)).toBe(500);
+    expect(renewalTime(0, 1000, 0.999)).toBe(400);
+    expect(renewalTime(1000, 1000, 0.5)).toBe(1000);
+  });
+
+  it('caps a TTL at the identity\'s end, never below zero', () => {
+    expect(cappedTtl(NOW, 900_000, null)).toBe(900_000);
+    expect(cappedTtl(NOW, 900_000, NOW + 60_000)).toBe(60_000);
+    expect(cappedTtl(NOW, 900_000, NOW - 1)).toBe(0);
+  });
+});
