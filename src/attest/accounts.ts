@@ -1,4 +1,5 @@
-import { readFile, stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../common/logger.js';
 
@@ -53,7 +54,9 @@ class IdFile {
   private async current(): Promise<Loaded | undefined> {
     let identity: string;
     try {
-      const st = await stat(this.path, { bigint: true });
+      // One stat per lookup, synchronous: a local file's metadata is cached by the kernel, and a
+      // thread-pool hop per selector name dominated attestation time.
+      const st = statSync(this.path, { bigint: true });
       identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     } catch (err) {
       this.logger.warn({ path: this.path, err: (err as Error).message }, 'attest: account database unreadable; name selectors omitted');

@@ -1,3 +1,4 @@
+import { readlinkSync } from 'node:fs';
 import { readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { permissionDenied } from '../common/errors.js';
@@ -168,7 +169,7 @@ export class Attestor {
     const link = join(this.procRoot, String(pid), 'exe');
     let target: string;
     try {
-      target = await readlink(link);
+      target = this.procRoot === DEFAULT_PROC_ROOT ? readlinkSync(link) : await readlink(link); // see readProcFile
     } catch (err) {
       if (!isGoneError(err)) this.logger.warn({ pid, err: (err as Error).message }, 'attest: cannot read executable path; path selector omitted');
       return undefined;
