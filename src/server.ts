@@ -283,7 +283,11 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       },
       expireTasks: () => tasks.expireDue(SYSTEM_ACTOR),
       endOrphanedTasks: () => tasks.endOrphaned(SYSTEM_ACTOR),
-      prune: () => revoker.prune(),
+      prune() {
+        revoker.prune();
+        // An outside reference point for the audit chain (truncation leaves a valid shorter chain).
+        logger.info({ auditSeq: audit.head.seq, auditHash: audit.head.hash }, 'audit log head');
+      },
       renew() {
         const due = cache.nextRenewalAt();
         if (due !== undefined && due <= clock.now()) hub!.refresh();
@@ -423,6 +427,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   scheduler.start();
   federation.start();
   audit.append({ type: 'server.started', outcome: 'ok', version: SERVER_VERSION, trust_domain: trustDomain.name, pid: process.pid });
+  const auditStartSeq = audit.head.seq;
   logger.info({ trustDomain: trustDomain.name, workloadSocket: config.workloadSocket, adminSocket: config.adminSocket }, 'agentid server started');
 
   let stopped = false;
@@ -444,6 +449,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       workloadServer.forceShutdown();
       adminServer.forceShutdown();
       datastore.close();
+      audit.append({ type: 'server.stopped', outcome: 'ok', pid: process.pid, records: audit.head.seq - auditStartSeq + 2 });
+      // The chain cannot show a cut-off tail by itself; the operational log keeps the last head.
+      logger.info({ auditSeq: audit.head.seq, auditHash: audit.head.hash }, 'audit log head');
       audit.close();
       rmSync(join(config.dataDir, LOCK_FILE), { force: true });
       logger.info('agentid server stopped');

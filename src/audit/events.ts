@@ -141,6 +141,14 @@ export interface ServerStartedEvent extends Common {
   pid: number;
 }
 
+/** A clean shutdown; with server.started it brackets a run, so a missing tail is visible. */
+export interface ServerStoppedEvent extends Common {
+  type: 'server.stopped';
+  pid: number;
+  /** Records this run appended, this one included. */
+  records: number;
+}
+
 export type AuditEventInput =
   | AttestationRefusedEvent
   | SvidIssuedEvent
@@ -152,7 +160,8 @@ export type AuditEventInput =
   | EntryEvent
   | AdminDeniedEvent
   | CaRotatedEvent
-  | ServerStartedEvent;
+  | ServerStartedEvent
+  | ServerStoppedEvent;
 
 export type AuditEventType = AuditEventInput['type'];
 
@@ -191,4 +200,5 @@ export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEve
   'admin.denied',
   'ca.rotated',
   'server.started',
+  'server.stopped',
 ]);
