@@ -1,64 +1,7 @@
 import { invalidArgument } from '../common/errors.js';
+import { readTlv, type Tlv } from '../common/der.js';
 
-/*
- * Just enough DER to split concatenated certificates and to reach the signed part of a
- * certificate or CRL. Everything else is parsed by @peculiar/x509 or node:crypto.
- */
-
-export interface Tlv {
-  tag: number;
-  /** Offset of the tag byte. */
-  start: number;
-  /** Offset of the first content byte. */
-  contentStart: number;
-  /** Offset one past the last content byte. */
-  end: number;
-}
-
-/** Reads one definite-length TLV at `offset`; throws on truncation or non-minimal lengths. */
-export function readTlv(data: Uint8Array, offset: number, what: string): Tlv {
-  const start = offset;
-  const tag = data[offset];
-  if (tag === undefined) throw invalidArgument(`${what}: truncated DER`);
-  // High-tag-number form never appears in the structures we read.
-  if ((tag & 0x1f) === 0x1f) throw invalidArgument(`${what}: unsupported DER tag`);
-  offset += 1;
-  const first = data[offset];
-  if (first === undefined) throw invalidArgument(`${what}: truncated DER`);
-  offset += 1;
-  let length: number;
-  if (first < 0x80) {
-    length = first;
-  } else if (first === 0x80) {
-    throw invalidArgument(`${what}: indefinite length is not DER`);
-  } else {
-    const count = first & 0x7f;
-    if (count > 4) throw invalidArgument(`${what}: DER length field too large`);
-    if (offset + count > data.length) throw invalidArgument(`${what}: truncated DER`);
-    length = 0;
-    for (let i = 0; i < count; i++) length = length * 256 + data[offset + i]!;
-    if (data[offset] === 0 || length < 0x80) throw invalidArgument(`${what}: non-minimal DER length`);
-    offset += count;
-  }
-  if (offset + length > data.length) throw invalidArgument(`${what}: truncated DER`);
-  return { tag, start, contentStart: offset, end: offset + length };
-}
-
-/**
- * Splits concatenated DER SEQUENCEs (the Workload API's chain and bundle encoding). Trailing
- * garbage rejects the whole input: a silently shortened bundle changes what is trusted.
- */
-export function splitDer(data: Uint8Array, what: string): Buffer[] {
-  const out: Buffer[] = [];
-  let offset = 0;
-  while (offset < data.length) {
-    const tlv = readTlv(data, offset, `${what}: element ${out.length}`);
-    if (tlv.tag !== 0x30) throw invalidArgument(`${what}: element ${out.length} is not a DER SEQUENCE`);
-    out.push(Buffer.from(data.subarray(tlv.start, tlv.end)));
-    offset = tlv.end;
-  }
-  return out;
-}
+export { readTlv, splitDer, pemBlocks, toPem, type Tlv } from '../common/der.js';
 
 export interface SignedParts {
   /** The to-be-signed SEQUENCE, tag and length included. */
@@ -94,26 +37,4 @@ export function signedParts(der: Uint8Array, what: string): SignedParts {
     innerAlgorithm: slice(inner),
     signature: Buffer.from(der.subarray(sig.contentStart + 1, sig.end)),
   };
-}
-
-const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
-
-/** Every PEM block with the given label; anything else in the text is ignored. */
-export function pemBlocks(text: string, label: string): Buffer[] {
-  const out: Buffer[] = [];
-  for (const m of text.matchAll(PEM_BLOCK)) {
-    if (m[1] !== label) continue;
-    const body = m[2]!.replace(/\s+/g, '');
-    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(body) || body.length % 4 !== 0) {
-      throw invalidArgument(`PEM ${label}: body is not base64`);
-    }
-    out.push(Buffer.from(body, 'base64'));
-  }
-  return out;
-}
-
-export function toPem(der: Uint8Array, label: string): string {
-  const b64 = Buffer.from(der).toString('base64');
-  const lines = b64.match(/.{1,64}/g) ?? [];
-  return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`;
 }
