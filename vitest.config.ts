@@ -6,7 +6,8 @@ export default defineConfig({
     // Integration tests start real servers and child processes; two cores, so keep parallelism modest.
     pool: 'forks',
     maxWorkers: 2,
-    testTimeout: 30_000,
+    // End-to-end tests spawn several tsx processes (about a second each on a loaded 2-core machine).
+    testTimeout: 60_000,
     hookTimeout: 60_000,
   },
 });

@@ -158,8 +158,13 @@ describe('tasks', () => {
       const entry = await runCli(['entry', 'create', '--spiffe-id', `spiffe://${td}/x`, '--selector', 'unix:uid:5'], { env: env(), wrap: asOrch });
       expect(entry.code).toBe(1);
 
-      const denied = readAuditEvents(t.config.audit.file, { type: 'admin.denied' });
-      expect(denied.length).toBeGreaterThanOrEqual(4);
+      const denied = readAuditEvents(t.config.audit.file, { type: 'admin.denied' }) as { action: string; reason: string; who: string }[];
+      const orch = denied.filter((d) => d.who === `uid:${orchestrator.uid} (orchestrator)`);
+      expect(orch.some((d) => d.action === 'task.start' && /agent "coder"/.test(d.reason))).toBe(true);
+      expect(orch.some((d) => d.action === 'task.start' && /policy cap/.test(d.reason))).toBe(true);
+      expect(orch.some((d) => d.action === 'task.revoke')).toBe(true);
+      expect(orch.some((d) => d.action === 'task.list')).toBe(true);
+      expect(orch.some((d) => d.action === 'CreateEntry')).toBe(true);
     } finally {
       own.kill();
     }

@@ -81,7 +81,20 @@ export class TaskService {
       if (v.length > MAX_META_VALUE) problems.add(`metadata "${k}" is longer than ${MAX_META_VALUE} characters`);
       if (/[\u0000-\u001f\u007f]/.test(v)) problems.add(`metadata "${k}" contains a control character`);
     }
-    problems.throwIfAny('task');
+    try {
+      problems.throwIfAny('task');
+    } catch (err) {
+      // A refused start is a refusal like any other: it lands in the audit trail (who, what, why).
+      const denied = (reason: string) =>
+        this.deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action: 'task.start', reason });
+      try {
+        denied((err as Error).message.slice(0, 1000));
+      } catch {
+        // The message quotes caller input the audit log refuses (it looks like a secret): record the refusal without it.
+        denied('invalid task start request (details withheld: the input looked like key material or a token)');
+      }
+      throw err;
+    }
 
     if (!mayActOnAgent(actor, input.agent)) {
       this.deny(actor, 'task.start', `not allowed to start tasks for agent "${input.agent}"`, input.agent, input.id);
