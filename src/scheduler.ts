@@ -7,6 +7,8 @@ export interface ScheduledWork {
   rotateCa(): Promise<number>;
   /** Ends expired tasks; returns the next task expiry, if any. */
   expireTasks(): number | undefined;
+  /** Drops registration entries that reached their expiry from open streams; returns the next one. */
+  expireEntries(): number | undefined;
   /** Ends tasks whose bound process or cgroup is gone. */
   endOrphanedTasks(): Promise<void>;
   /** Prunes expired revocations and issuance records. */
@@ -68,6 +70,7 @@ export class Scheduler {
       logger.error({ err, step: 'rotate-ca' }, 'scheduled step failed');
     }
     times.push(step('expire-tasks', () => this.work.expireTasks()));
+    times.push(step('expire-entries', () => this.work.expireEntries()));
     try {
       await this.work.endOrphanedTasks();
     } catch (err) {

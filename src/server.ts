@@ -20,7 +20,7 @@ import { EntryIndex } from './entries/match.js';
 import { EntryService } from './entries/service.js';
 import { Attestor, isAlive, readProcessRef } from './attest/index.js';
 import { AuditLog } from './audit/index.js';
-import { resolveIdentities } from './issuer/identity.js';
+import { MIN_REMAINING_MS, resolveIdentities } from './issuer/identity.js';
 import { SvidCache } from './issuer/svid-cache.js';
 import { StreamHub } from './issuer/hub.js';
 import { TrustState } from './issuer/trust-state.js';
@@ -266,6 +266,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   });
 
   let nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
+  let lastEntryExpiryCheck = clock.now();
   scheduler = new Scheduler(
     {
       async rotateCa() {
@@ -282,6 +283,15 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         return ca.nextRotationAt();
       },
       expireTasks: () => tasks.expireDue(SYSTEM_ACTOR),
+      expireEntries() {
+        // Streams stop offering an entry MIN_REMAINING_MS before it expires (identity.ts); refresh then.
+        const now = clock.now();
+        const ends = index.expiryTimes().map((t) => t - MIN_REMAINING_MS);
+        if (ends.some((t) => t <= now && t > lastEntryExpiryCheck)) hub!.refresh();
+        lastEntryExpiryCheck = now;
+        const next = ends.filter((t) => t > now);
+        return next.length > 0 ? Math.min(...next) : undefined;
+      },
       endOrphanedTasks: () => tasks.endOrphaned(SYSTEM_ACTOR),
       prune() {
         revoker.prune();

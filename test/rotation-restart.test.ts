@@ -50,6 +50,32 @@ describe('rotation', () => {
   });
 });
 
+describe('entry expiry', () => {
+  let t: TestServer | undefined;
+  afterAll(async () => t?.cleanup());
+
+  it('drops an expiring entry from an open stream when it expires, never minting past its expiry', async () => {
+    const clock = new ManualClock(Date.now());
+    t = await startTestServer({ trustDomain: td, clock });
+    const expiresAt = Math.floor(clock.now() / 1000) + 120;
+    await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/stays`, selectors: ['unix:uid:0'] } });
+    await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/expires`, selectors: ['unix:uid:0'], expires_at: expiresAt } });
+    const source = await X509Source.create({ socketPath: t.config.workloadSocket });
+    try {
+      const ids = () => source.getX509Context().svids.map((s) => s.spiffeId);
+      // Both created at the same (manual) instant, so their order is by entry ID: compare as sets.
+      expect([...ids()].sort()).toEqual([`spiffe://${td}/expires`, `spiffe://${td}/stays`]);
+      const expiring = source.getX509Context().svids.find((s) => s.spiffeId.endsWith('/expires'))!;
+      expect(expiring.notAfter).toBeLessThanOrEqual(expiresAt * 1000);
+      await clock.advance(121_000);
+      await waitFor(() => !ids().includes(`spiffe://${td}/expires`), 3000, 'the expired entry to leave the stream');
+      expect(ids()).toEqual([`spiffe://${td}/stays`]);
+    } finally {
+      await source.close();
+    }
+  });
+});
+
 describe('restart', () => {
   it('keeps entries across a restart of the real server process, and clients reconnect by themselves', async () => {
     const dir = makeTempDir('agentid-restart-');

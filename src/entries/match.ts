@@ -79,6 +79,13 @@ export class EntryIndex {
     return this.entries.size;
   }
 
+  /** Expiry times of the entries that have one (the scheduler refreshes streams when one passes). */
+  expiryTimes(): number[] {
+    const out: number[] = [];
+    for (const { entry } of this.entries.values()) if (entry.expiresAt !== null) out.push(entry.expiresAt);
+    return out;
+  }
+
   get(id: string): RegistrationEntry | undefined {
     return this.entries.get(id)?.entry;
   }

@@ -80,6 +80,12 @@ describe('resolveIdentities', () => {
     expect(ids[0]!.task).toEqual({ agent: 'coder', id: 't1' });
   });
 
+  it('stops offering an identity less than a second before its end', () => {
+    const e = { ...entry('e1', 'spiffe://td.example/a'), expiresAt: NOW + 999 };
+    expect(resolveIdentities({ ...base, matchedEntries: [e], tasks: [] })).toEqual([]);
+    expect(resolveIdentities({ ...base, matchedEntries: [{ ...e, expiresAt: NOW + 1000 }], tasks: [] })).toHaveLength(1);
+  });
+
   it('drops revoked IDs, ended and expired tasks, and duplicate SPIFFE IDs', () => {
     const ids = resolveIdentities({
       ...base,

@@ -32,6 +32,12 @@ export interface CallerFacts {
   selectors: Selector[];
 }
 
+/**
+ * An identity whose end (entry expiry, task end plus buffer) is closer than this is no longer
+ * offered: an SVID of less than a second, in whole seconds, would already be expired.
+ */
+export const MIN_REMAINING_MS = 1000;
+
 export function taskKey(agent: string, id: string): string {
   return `task:${agent}/${id}`;
 }
@@ -74,6 +80,7 @@ export function resolveIdentities(input: ResolveInput): Identity[] {
   const add = (identity: Identity) => {
     const id = identity.spiffeId.toString();
     if (seen.has(id) || input.isRevoked(id)) return;
+    if (identity.notAfterCap !== null && identity.notAfterCap - input.now < MIN_REMAINING_MS) return;
     seen.add(id);
     out.push(identity);
   };
