@@ -124,13 +124,12 @@ export function caOptionsFrom(config: Config, deps: { clock: Clock; logger: Logg
 export async function startServer(config: Config, deps: { clock: Clock; logger: Logger }): Promise<RunningServer> {
   const { clock, logger } = deps;
   const trustDomain = TrustDomain.parse(config.trustDomain);
-  // Parsed and validated, but not served yet: refuse rather than silently ignore them.
+  // Per-task identities can never hold an admin role, whatever the config says.
   const tcpRoles = config.admin.tcp?.spiffeRoles.map((r) => ({ spiffeId: r.spiffeId, role: r.role, agents: [...r.agents] })) ?? [];
   if (config.admin.tcp) validateSpiffeRoles(tcpRoles, trustDomain);
   ensureDataDir(config.dataDir, config.workloadSocket);
   const other = runningServerPid(config.dataDir);
   if (other !== undefined) throw failedPrecondition(`another agentid server (pid ${other}) is using ${config.dataDir}`);
-  writeFileSync(join(config.dataDir, LOCK_FILE), `${process.pid}\n`, { mode: 0o600 });
 
   const sqlite = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
   const issuances = new BatchedIssuances(sqlite, logger);
@@ -150,11 +149,11 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
 
   const attestor = new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes });
   const index = new EntryIndex();
-  let hub: StreamHub | undefined;
-  let scheduler: Scheduler | undefined;
+  // Every change re-enters at mint/push. `hub` and `scheduler` are built below; nothing calls this
+  // before startup completes (admin calls, federation updates and timers all start afterwards).
   const changed = () => {
-    hub?.refresh();
-    scheduler?.poke();
+    hub.refresh();
+    scheduler.poke();
   };
 
   // Foreign trust domains' bundles; a change re-renders every stream through the trust version.
@@ -240,7 +239,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     onChange: changed,
   });
 
-  hub = new StreamHub({
+  const hub = new StreamHub({
     identitiesFor: (caller, now) =>
       resolveIdentities({
         caller,
@@ -267,7 +266,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
 
   let nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
   let lastEntryExpiryCheck = clock.now();
-  scheduler = new Scheduler(
+  const scheduler = new Scheduler(
     {
       async rotateCa() {
         const result = await ca.rotate();
@@ -278,7 +277,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
           cache.invalidateAll();
           trust.invalidate();
           serverSvid.renew(true);
-          hub!.refresh();
+          hub.refresh();
         }
         return ca.nextRotationAt();
       },
@@ -287,7 +286,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         // Streams stop offering an entry MIN_REMAINING_MS before it expires (identity.ts); refresh then.
         const now = clock.now();
         const ends = index.expiryTimes().map((t) => t - MIN_REMAINING_MS);
-        if (ends.some((t) => t <= now && t > lastEntryExpiryCheck)) hub!.refresh();
+        if (ends.some((t) => t <= now && t > lastEntryExpiryCheck)) hub.refresh();
         lastEntryExpiryCheck = now;
         const next = ends.filter((t) => t > now);
         return next.length > 0 ? Math.min(...next) : undefined;
@@ -300,7 +299,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       },
       renew() {
         const due = cache.nextRenewalAt();
-        if (due !== undefined && due <= clock.now()) hub!.refresh();
+        if (due !== undefined && due <= clock.now()) hub.refresh();
         const own = serverSvid.renew();
         return Math.min(own, cache.nextRenewalAt() ?? own);
       },
@@ -309,7 +308,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
           nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
           trust.invalidate();
           serverSvid.trustChanged();
-          hub!.refresh();
+          hub.refresh();
         }
         return nextCrlRefresh;
       },
@@ -434,6 +433,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       })
     : undefined;
 
+  // Written once the server is up (the live socket already keeps a second server out), so a
+  // failed start leaves no lock behind; offline CLI commands read it to leave CA rotation alone.
+  writeFileSync(join(config.dataDir, LOCK_FILE), `${process.pid}\n`, { mode: 0o600 });
   scheduler.start();
   federation.start();
   audit.append({ type: 'server.started', outcome: 'ok', version: SERVER_VERSION, trust_domain: trustDomain.name, pid: process.pid });
@@ -450,10 +452,10 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     async stop() {
       if (stopped) return;
       stopped = true;
-      await scheduler!.stop();
+      await scheduler.stop();
       await federation.stop();
       await Promise.all([workloadListener.close(), adminListener.close(), bundleEndpoint?.close(), adminTcp?.close()]);
-      hub!.closeAll(unavailable('server shutting down'));
+      hub.closeAll(unavailable('server shutting down'));
       workloadInjector.destroy();
       adminInjector.destroy();
       workloadServer.forceShutdown();
