@@ -4,8 +4,8 @@ import { parseDuration } from '../common/duration.js';
 import { invalidArgument, isAgentIdError } from '../common/errors.js';
 import { constants } from 'node:os';
 import { parseSelector } from '../spiffe/selector.js';
-import { AdminClient, ADMIN_SOCKET_ENV } from './admin-client.js';
-import { collect, configFrom, withAdminSocket, withJson, type CommonFlags } from './common-options.js';
+import { AdminClient, ADMIN_SOCKET_ENV, ADMIN_URL_ENV, fetchCallerSvid, parseAdminUrl } from './admin-client.js';
+import { collect, configFrom, withAdminSocket, withJson, type AdminTransportFlags, type CommonFlags } from './common-options.js';
 import { emit, isoSeconds, table } from './output.js';
 
 function adminSocketPath(flags: CommonFlags): string {
@@ -14,8 +14,39 @@ function adminSocketPath(flags: CommonFlags): string {
   return configFrom(flags).adminSocket;
 }
 
-async function withAdmin<T>(flags: CommonFlags, f: (client: AdminClient) => Promise<T>): Promise<T> {
-  const client = new AdminClient(adminSocketPath(flags));
+/** --socket > SPIFFE_ENDPOINT_SOCKET > the configured server's socket. */
+function workloadSocketPath(flags: CommonFlags): string {
+  return flags.socket ?? process.env.SPIFFE_ENDPOINT_SOCKET ?? configFrom(flags).workloadSocket;
+}
+
+/**
+ * The admin URL, or undefined for the Unix socket. A flag beats the environment; naming both
+ * transports at the same level is a usage error rather than a silent pick.
+ */
+function adminUrl(flags: CommonFlags & AdminTransportFlags): string | undefined {
+  if (flags.adminUrl !== undefined && flags.adminSocket !== undefined) throw invalidArgument('--admin-url and --admin-socket are mutually exclusive');
+  if (flags.adminUrl !== undefined) return flags.adminUrl;
+  if (flags.adminSocket !== undefined) return undefined;
+  const envUrl = process.env[ADMIN_URL_ENV] || undefined;
+  if (envUrl && process.env[ADMIN_SOCKET_ENV]) throw invalidArgument(`${ADMIN_URL_ENV} and ${ADMIN_SOCKET_ENV} are both set; unset one or pass --admin-url or --admin-socket`);
+  return envUrl;
+}
+
+async function adminClient(flags: CommonFlags & AdminTransportFlags): Promise<AdminClient> {
+  const url = adminUrl(flags);
+  if (url === undefined) {
+    for (const [flag, value] of [['--admin-server-id', flags.adminServerId], ['--admin-spiffe-id', flags.adminSpiffeId]] as const) {
+      if (value !== undefined) throw invalidArgument(`${flag} applies only with --admin-url (or ${ADMIN_URL_ENV})`);
+    }
+    return new AdminClient(adminSocketPath(flags));
+  }
+  parseAdminUrl(url); // a usage error before any Workload API call
+  const { svid, crls } = await fetchCallerSvid({ socketPath: workloadSocketPath(flags), spiffeId: flags.adminSpiffeId });
+  return new AdminClient({ url, svid, crls, serverId: flags.adminServerId });
+}
+
+async function withAdmin<T>(flags: CommonFlags & AdminTransportFlags, f: (client: AdminClient) => Promise<T>): Promise<T> {
+  const client = await adminClient(flags);
   try {
     return await f(client);
   } finally {
@@ -240,7 +271,6 @@ export function registerAdminCommands(program: Command): void {
     .option('--ttl <duration>', 'task lifetime')
     .option('--meta <k=v>', 'audit metadata (repeatable)', collect)
     .option('--no-descendants', 'issue to the command\'s own process only, not to its children')
-    .option('--socket <path>', 'Workload API socket to hand to the command')
     .argument('<command...>', 'command and arguments (after --)')
     .action((command: string[], flags: CommonFlags & { agent: string; task: string; ttl?: string; meta?: string[]; descendants: boolean }) =>
       runTask(command, flags));

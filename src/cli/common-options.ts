@@ -23,9 +23,20 @@ export const withJson = (cmd: Command) => cmd.option('--json', 'print JSON');
 export const withSocket = (cmd: Command) =>
   cmd.addOption(new Option('--socket <path>', 'Workload API socket (env SPIFFE_ENDPOINT_SOCKET; default <data-dir>/workload.sock)'));
 
+/** How an admin command reaches the admin API when it does not use the Unix socket. */
+export interface AdminTransportFlags {
+  adminUrl?: string;
+  adminServerId?: string;
+  adminSpiffeId?: string;
+}
+
 export const withAdminSocket = (cmd: Command) =>
   cmd
     .addOption(new Option('--admin-socket <path>', 'admin API socket (env AGENTID_ADMIN_SOCKET; default <data-dir>/admin.sock)'))
+    .addOption(new Option('--admin-url <url>', 'reach the admin API over mTLS at https://HOST:PORT instead, as this process\'s X.509-SVID (env AGENTID_ADMIN_URL)'))
+    .addOption(new Option('--admin-server-id <id>', 'with --admin-url: SPIFFE ID the server must present (default spiffe://<td>/agentid/server)'))
+    .addOption(new Option('--admin-spiffe-id <id>', 'with --admin-url: which of this process\'s SVIDs to authenticate with (default: the first)'))
+    .addOption(new Option('--socket <path>', 'Workload API socket: where --admin-url gets this process\'s SVID, and what `run` hands to its command (env SPIFFE_ENDPOINT_SOCKET; default <data-dir>/workload.sock)'))
     .option('--data-dir <dir>', 'data directory whose admin socket to use (env AGENTID_DATA_DIR)')
     .option('--config <file>', 'YAML config file (env AGENTID_CONFIG)');
 
