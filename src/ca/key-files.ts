@@ -4,6 +4,7 @@ import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { failedPrecondition, internal } from '../common/errors.js';
 import { SigningKey } from './keys.js';
+import { toPem } from '../common/der.js';
 
 /*
  * Key material on disk: directories 0700, key files 0600, every write atomic (temp file in the
@@ -103,10 +104,7 @@ async function fsyncDir(dir: string): Promise<void> {
 /** Writes the key as unencrypted PKCS#8 PEM, mode 0600. */
 export async function writeKeyFile(path: string, key: SigningKey): Promise<void> {
   const pkcs8 = key.exportPkcs8().reveal();
-  const pem = Buffer.from(
-    `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n')}-----END PRIVATE KEY-----\n`,
-    'latin1',
-  );
+  const pem = Buffer.from(toPem(pkcs8, 'PRIVATE KEY'), 'latin1');
   pkcs8.fill(0);
   try {
     await writeFileAtomic(path, pem, KEY_FILE_MODE);
