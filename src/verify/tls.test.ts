@@ -188,3 +188,46 @@ describe('SPIFFE mTLS over node https on 127.0.0.1', () => {
     expect(isVerificationError(err, 'expired')).toBe(true);
   });
 });
+
+describe('SPIFFE mTLS over node http2', () => {
+  it('authenticates the client of an HTTP/2 session and refuses one the authorizer rejects', async () => {
+    const http2 = await import('node:http2');
+    const start = async (authorize: Parameters<typeof serverTlsOptions>[0]['authorize']) => {
+      const spiffe = serverTlsOptions({ source: new FixtureSource('good-leaf'), authorize, clock });
+      const handled: string[] = [];
+      const server = spiffe.attach(
+        http2.createSecureServer({ ...spiffe.options, allowHTTP1: false }, (req, res) => {
+          const id = peerIdentity(req.socket)?.spiffeId.toString() ?? 'none';
+          handled.push(id);
+          res.end(`hello ${id}`);
+        }),
+      );
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise<void>((r) => { spiffe.close(); server.close(() => r()); }));
+      return { port: (server.address() as AddressInfo).port, handled };
+    };
+    const request = (port: number) => {
+      const client = clientTlsOptions({ source: new FixtureSource('good-client'), authorize: authorizeId(SERVER_ID), clock });
+      cleanups.push(() => client.close());
+      return new Promise<string>((resolve, reject) => {
+        const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => client.connect({ host: '127.0.0.1', port, ALPNProtocols: ['h2'] }) });
+        session.on('error', reject);
+        const req = session.request({ ':path': '/' });
+        let body = '';
+        let responded = false;
+        req.on('response', () => (responded = true));
+        req.on('data', (d: Buffer) => (body += d.toString()));
+        // A refused client's session is torn down: the stream closes without any response.
+        req.on('close', () => { session.destroy(); if (responded) resolve(body); else reject(new Error('no response: connection closed')); });
+        req.on('error', () => {});
+        req.end();
+      });
+    };
+    const ok = await start(authorizeTaskOf('example.org', 'a1'));
+    expect(await request(ok.port)).toBe(`hello ${CLIENT_ID}`);
+    expect(ok.handled).toEqual([CLIENT_ID]);
+    const refusing = await start(authorizeId('spiffe://example.org/someone/else'));
+    await expect(request(refusing.port)).rejects.toThrow();
+    expect(refusing.handled).toEqual([]);
+  });
+});

@@ -40,11 +40,14 @@ export interface SpiffeTlsConfig {
 const handshakeChains = new WeakMap<tls.TLSSocket, Buffer[]>();
 
 /** What a connection's peer proved, kept per socket for request handlers. */
-const identities = new WeakMap<tls.TLSSocket, VerifiedX509Svid>();
+// A symbol property rather than a WeakMap: http2 hands request handlers a Proxy of the socket, which
+// forwards property reads to the real socket but is not the same object as a map key.
+const PEER_IDENTITY = Symbol('agentid.peerIdentity');
 
 /** The verified peer identity of a socket that passed SPIFFE verification, else undefined. */
 export function peerIdentity(socket: unknown): VerifiedX509Svid | undefined {
-  return socket instanceof tls.TLSSocket ? identities.get(socket) : undefined;
+  if (typeof socket !== 'object' || socket === null) return undefined;
+  return (socket as { [PEER_IDENTITY]?: VerifiedX509Svid })[PEER_IDENTITY];
 }
 
 const MAX_PEER_CHAIN = 10;
@@ -124,7 +127,7 @@ class SpiffeTlsState {
     const result = verifyX509Svid(chain, m.bundles, { now: this.clock.now(), crls: m.crls });
     const decision = authorize(result.spiffeId);
     if (!decision.ok) throw refuse('unauthorized', `SPIFFE TLS: peer ${result.spiffeId} is not authorized: ${decision.reason}`);
-    identities.set(socket, result);
+    Object.defineProperty(socket, PEER_IDENTITY, { value: result, configurable: true, enumerable: false });
     handshakeChains.set(socket, chain);
     return result;
   }
