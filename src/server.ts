@@ -253,6 +253,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     trust,
     clock,
     logger,
+    around: (fn) => audit.batch(fn),
   });
 
   // agentid's own SVID, for the TLS listeners it serves itself.

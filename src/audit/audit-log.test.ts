@@ -310,3 +310,31 @@ describe('canonicalJson', () => {
     );
   });
 });
+
+describe('batch', () => {
+  it('chains every event at once and writes them in one go when the batch ends', () => {
+    const log = open();
+    log.append(issued('t0'));
+    const before = statSync(file).size;
+    const seqs = log.batch(() => {
+      const inside = [log.append(issued('t1')), log.append(issued('t2')), log.append(revoked)].map((r) => r.seq);
+      expect(statSync(file).size).toBe(before); // nothing written yet
+      return inside;
+    });
+    expect(seqs).toEqual([2, 3, 4]);
+    expect(statSync(file).size).toBeGreaterThan(before);
+    log.close();
+    expect(verifyAuditFile(file)).toEqual({ ok: true, count: 4 });
+    expect(readAuditEvents(file).map((e) => e.type)).toEqual(['svid.issued', 'svid.issued', 'svid.issued', 'revocation.added']);
+  });
+
+  it('still writes what was appended when the batch body throws', () => {
+    const log = open();
+    expect(() => log.batch(() => {
+      log.append(issued('t1'));
+      throw new Error('boom');
+    })).toThrow('boom');
+    log.close();
+    expect(verifyAuditFile(file)).toEqual({ ok: true, count: 1 });
+  });
+});

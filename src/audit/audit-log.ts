@@ -43,6 +43,8 @@ export class AuditLog {
   private syncTimer: AbortController | undefined;
   private closed = false;
   private broken: unknown = undefined;
+  /** Lines appended inside batch(), written when it ends. */
+  private pendingBatch: { lines: Buffer[]; durable: boolean } | undefined;
 
   private constructor(
     private readonly fd: number,
@@ -111,22 +113,51 @@ export class AuditLog {
       prev: this.hash,
     };
     const hash = recordHash(body);
-    const line = `${JSON.stringify({ ...body, hash })}\n`;
+    const record = { ...body, hash };
+    const line = Buffer.from(`${JSON.stringify(record)}\n`, 'utf8');
+    if (this.pendingBatch !== undefined) {
+      // Inside batch(): chained now, written with the rest of the batch in one write.
+      this.pendingBatch.lines.push(line);
+      this.pendingBatch.durable ||= DURABLE_EVENT_TYPES.has(type);
+      this.seq = body.seq;
+      this.hash = hash;
+      return record as unknown as AuditRecord;
+    }
+    this.writeLines([line], DURABLE_EVENT_TYPES.has(type));
+    this.seq = body.seq;
+    this.hash = hash;
+    return record as unknown as AuditRecord;
+  }
+
+  /**
+   * Runs `fn` and writes every event it appends with one write at the end (a rotation storm appends
+   * thousands), still before `batch` returns, so nothing a caller sees can precede its audit line.
+   */
+  batch<T>(fn: () => T): T {
+    if (this.pendingBatch !== undefined) return fn();
+    this.pendingBatch = { lines: [], durable: false };
     try {
-      writeAll(this.fd, Buffer.from(line, 'utf8'));
+      return fn();
+    } finally {
+      const { lines, durable } = this.pendingBatch;
+      this.pendingBatch = undefined;
+      if (lines.length > 0) this.writeLines(lines, durable);
+    }
+  }
+
+  private writeLines(lines: Buffer[], durable: boolean): void {
+    try {
+      writeAll(this.fd, lines.length === 1 ? lines[0]! : Buffer.concat(lines));
     } catch (err) {
       this.broken = err;
       throw internal('audit log write failed', err);
     }
-    this.seq = body.seq;
-    this.hash = hash;
-    this.unsynced++;
-    if (DURABLE_EVENT_TYPES.has(type) || this.unsynced >= this.options.syncBatch) {
+    this.unsynced += lines.length;
+    if (durable || this.unsynced >= this.options.syncBatch) {
       this.sync();
     } else {
       this.scheduleSync();
     }
-    return JSON.parse(line) as AuditRecord;
   }
 
   /** fsyncs everything written so far. */

@@ -41,6 +41,11 @@ export interface HubDeps {
   trust: TrustMaterial;
   clock: Clock;
   logger: Logger;
+  /**
+   * Wraps the minting part of a refresh, so the audit log can write the lines of a whole rotation
+   * storm at once; states are delivered only after it returns (audit before delivery).
+   */
+  around?: <T>(fn: () => T) => T;
 }
 
 export const NO_IDENTITY = 'no identity issued';
@@ -70,7 +75,7 @@ export class StreamHub {
   /** Registers a stream and delivers its first state at once. Returns the unsubscribe function. */
   subscribe<K extends Kind>(kind: K, caller: Caller, deliver: (s: StateOf<K>) => void, end: (e: AgentIdError) => void): () => void {
     const sub: Subscription<K> = { kind, caller, deliver, end, signature: '' };
-    const first = this.compute(sub);
+    const first = this.around(() => this.compute(sub));
     if (first instanceof Error) throw first;
     this.subs.add(sub as unknown as Subscription);
     sub.signature = first.signature;
@@ -83,14 +88,19 @@ export class StreamHub {
   /** Recomputes all streams; pushes changed states; ends streams left without identity. */
   refresh(): void {
     const inUse = new Set<string>();
-    for (const sub of [...this.subs]) {
-      let result: ReturnType<StreamHub['compute']>;
-      try {
-        result = this.compute(sub);
-      } catch (err) {
-        this.deps.logger.error({ err, pid: sub.caller.pid }, 'stream refresh failed');
-        continue;
-      }
+    const computed = this.around(() =>
+      [...this.subs].map((sub) => {
+        try {
+          return { sub, result: this.compute(sub) };
+        } catch (err) {
+          this.deps.logger.error({ err, pid: sub.caller.pid }, 'stream refresh failed');
+          return undefined;
+        }
+      }),
+    );
+    for (const item of computed) {
+      if (item === undefined) continue;
+      const { sub, result } = item;
       if (result instanceof Error) {
         this.subs.delete(sub);
         sub.end(result);
@@ -103,6 +113,10 @@ export class StreamHub {
       }
     }
     this.deps.cache.retain(inUse);
+  }
+
+  private around<T>(fn: () => T): T {
+    return this.deps.around ? this.deps.around(fn) : fn();
   }
 
   closeAll(err: AgentIdError): void {
