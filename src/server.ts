@@ -346,7 +346,13 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       trust,
       validateJwt,
       onRefused(peer, method, reason) {
-        audit.append({ type: 'attestation.refused', outcome: 'denied', pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });
+        const refused = (why: string) => audit.append({ type: 'attestation.refused', outcome: 'denied', pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${why}` });
+        try {
+          refused(reason);
+        } catch {
+          // The reason quotes process facts (an executable path) that look like a secret to the audit log.
+          refused('refused (details withheld: a selector looked like key material or a token)');
+        }
       },
       logger: logger.child({ api: 'workload' }),
     }),

@@ -76,6 +76,23 @@ describe('tasks', () => {
     }
   });
 
+  it('refuses input the audit log would refuse, before storing anything', async () => {
+    const tokenLike = 'eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9'; // a JWT header: never stored, never audited
+    const child = spawn('sleep', ['5']);
+    try {
+      await expect(t.admin.call('StartTask', { agent: tokenLike, id: 't-x', pid: child.pid })).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringMatching(/looks like a JWT/) });
+      await expect(t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/${tokenLike}`, selectors: ['unix:uid:0'] } })).rejects.toMatchObject({ code: 'invalid_argument' });
+    } finally {
+      child.kill();
+    }
+    const { tasks } = await t.admin.call('ListTasks', {});
+    expect(tasks.map((x: any) => x.agent)).not.toContain(tokenLike);
+    const { entries } = await t.admin.call('ListEntries', {});
+    expect(entries.map((e: any) => e.spiffe_id).join(' ')).not.toContain(tokenLike);
+    const denied = readAuditEvents(t.config.audit.file, { type: 'admin.denied' }) as { action: string; reason: string }[];
+    expect(denied.some((d) => d.action === 'task.start' && /looks like a JWT/.test(d.reason))).toBe(true);
+  });
+
   it('agentid run exits with the command\'s exit code', async () => {
     const run = await runCli(['run', '--agent', 'coder', '--task', 't-run-2', '--', '/bin/sh', '-c', 'exit 7'], { env: env() });
     expect(run.code).toBe(7);

@@ -124,7 +124,12 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
   function actorOf(call: { getPeer(): string }, method: string): Actor {
     const caller = callerOf(call);
     if (!caller.actor) {
-      deps.audit.append({ type: 'admin.denied', outcome: 'denied', who: caller.who, role: 'none', action: method, reason: caller.reason });
+      try {
+        deps.audit.append({ type: 'admin.denied', outcome: 'denied', who: caller.who, role: 'none', action: method, reason: caller.reason });
+      } catch {
+        // The caller's identity (a SPIFFE ID path) looks like a secret to the audit log: record the refusal without it.
+        deps.audit.append({ type: 'admin.denied', outcome: 'denied', who: '(withheld)', role: 'none', action: method, reason: 'caller refused; its identity looked like key material or a token' });
+      }
       throw permissionDenied(`${method}: caller has no role on the admin API`);
     }
     return caller.actor;

@@ -1,4 +1,4 @@
-import { internal } from '../common/errors.js';
+import { internal, invalidArgument } from '../common/errors.js';
 
 /*
  * The audit file is read by more people and kept longer than any key, so nothing secret may
@@ -90,4 +90,18 @@ export function assertAuditSafe(event: Record<string, unknown>): void {
   const eventType = typeof event.type === 'string' ? event.type : '(no type)';
   walk(event, '', eventType);
   if ('metadata' in event && event.metadata !== undefined) checkMetadata(event.metadata, eventType);
+}
+
+/**
+ * For services, before they persist anything: caller input that the audit log would refuse (it
+ * looks like a key or token) is the caller's bad argument, refused up front so that nothing is
+ * stored without its audit line.
+ */
+export function assertAuditableInput(event: Record<string, unknown>, what: string): void {
+  try {
+    assertAuditSafe(event);
+  } catch (err) {
+    const rule = err instanceof Error ? err.message.replace(/^audit event [^:]+: /, '').replace(/; secrets never go to the audit log$/, '') : 'is not auditable';
+    throw invalidArgument(`${what}: ${rule} (agentid never stores anything that looks like key material or a token)`);
+  }
 }

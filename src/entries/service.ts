@@ -1,5 +1,5 @@
 import type { Clock } from '../common/clock.js';
-import type { AuditSink } from '../audit/index.js';
+import { assertAuditableInput, type AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import { failedPrecondition, notFound } from '../common/errors.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
@@ -78,6 +78,8 @@ export class EntryService {
       { ...input, x509TtlMs: input.x509TtlMs ?? policy.defaultX509TtlMs, jwtTtlMs: input.jwtTtlMs ?? policy.defaultJwtTtlMs },
       { trustDomain: policy.trustDomain, maxX509TtlMs: policy.maxX509TtlMs, maxJwtTtlMs: policy.maxJwtTtlMs, now: this.deps.clock.now() },
     );
+    // Audited with these values: refuse what the audit log would refuse, before anything is stored.
+    assertAuditableInput({ type: 'entry.created', spiffe_id: entry.spiffeId, selectors: entry.selectors.map((s) => `${s.type}:${s.value}`) }, 'entry');
     if (this.deps.isRevoked(entry.spiffeId)) {
       throw failedPrecondition(`entry: ${entry.spiffeId} is revoked until its last SVID expires (see agentid revocations list)`);
     }

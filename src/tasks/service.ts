@@ -1,5 +1,5 @@
 import type { Clock } from '../common/clock.js';
-import type { AuditSink } from '../audit/index.js';
+import { assertAuditableInput, type AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFound, permissionDenied } from '../common/errors.js';
 import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
@@ -83,16 +83,11 @@ export class TaskService {
     }
     try {
       problems.throwIfAny('task');
+      // Everything below is audited with these values: refuse input the audit log would refuse.
+      assertAuditableInput({ type: 'task.started', agent: input.agent, task: input.id, cgroup: input.cgroup, metadata }, 'task');
     } catch (err) {
       // A refused start is a refusal like any other: it lands in the audit trail (who, what, why).
-      const denied = (reason: string) =>
-        this.deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action: 'task.start', reason });
-      try {
-        denied((err as Error).message.slice(0, 1000));
-      } catch {
-        // The message quotes caller input the audit log refuses (it looks like a secret): record the refusal without it.
-        denied('invalid task start request (details withheld: the input looked like key material or a token)');
-      }
+      this.auditDenied(actor, 'task.start', (err as Error).message.slice(0, 1000));
       throw err;
     }
 
@@ -156,6 +151,7 @@ export class TaskService {
   }
 
   end(ref: { agent?: string; id: string }, reason: string, actor: Actor): TaskRecord {
+    assertAuditableInput({ type: 'task.ended', reason }, 'task end');
     return this.finish(ref, 'ended', reason || 'ended', actor);
   }
 
@@ -164,6 +160,7 @@ export class TaskService {
       this.deny(actor, 'task.revoke', 'only admins may revoke', ref.agent ?? '', ref.id);
     }
     if (!reason.trim()) throw invalidArgument('task revoke: a reason is required');
+    assertAuditableInput({ type: 'task.revoked', reason }, 'task revoke');
     return this.finish(ref, 'revoked', reason, actor);
   }
 
@@ -245,7 +242,18 @@ export class TaskService {
 
   private deny(actor: Actor, action: string, reason: string, agent: string, task: string): never {
     const target = agent ? ` (task ${agent}/${task})` : '';
-    this.deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action, reason: `${reason}${target}` });
+    this.auditDenied(actor, action, `${reason}${target}`);
     throw permissionDenied(`${action}: ${reason}`);
+  }
+
+  /** Audits a refusal; a reason quoting caller input the audit log refuses is recorded without it. */
+  private auditDenied(actor: Actor, action: string, reason: string): void {
+    const append = (r: string) =>
+      this.deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action, reason: r });
+    try {
+      append(reason);
+    } catch {
+      append(`${action} refused (details withheld: the request quoted something that looks like key material or a token)`);
+    }
   }
 }
