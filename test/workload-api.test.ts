@@ -137,6 +137,9 @@ describe('Workload API', () => {
       expect(validated.claims.aud).toEqual(['https://api.example']);
       await expect(client.validateJwtSvid(one.token, 'https://other.example')).rejects.toMatchObject({ code: 'invalid_argument' });
       await expect(client.fetchJwtSvids({ audience: ['a'], spiffeId: `spiffe://${td}/user-workload` })).rejects.toMatchObject({ code: 'permission_denied' });
+      // An audience that looks like a token is refused as a bad argument, before anything is minted.
+      await expect(client.fetchJwtSvids({ audience: ['eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9'] })).rejects.toMatchObject({ code: 'invalid_argument' });
+      await expect(client.fetchJwtSvids({ audience: Array.from({ length: 17 }, (_, i) => `aud-${i}`) })).rejects.toMatchObject({ code: 'invalid_argument' });
     } finally {
       client.close();
     }

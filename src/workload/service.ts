@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../common/logger.js';
 import { AgentIdError, invalidArgument, permissionDenied, unavailable } from '../common/errors.js';
 import { toGrpcError } from '../common/grpc-errors.js';
+import { assertAuditableInput } from '../audit/index.js';
 import { SpiffeId } from '../spiffe/spiffe-id.js';
 import { formatSelector, type Selector } from '../spiffe/selector.js';
 import type { Caller, StreamHub } from '../issuer/hub.js';
@@ -31,6 +32,9 @@ export interface WorkloadDeps {
 }
 
 const SECURITY_HEADER = 'workload.spiffe.io';
+/** Limits on FetchJWTSVID audiences: each becomes part of a token and of an audit line. */
+const MAX_AUDIENCES = 16;
+const MAX_AUDIENCE_LENGTH = 1024;
 
 /** SPIRE's rule: exactly one value, exactly "true"; checked before anything else happens. */
 function checkSecurityHeader(metadata: grpc.Metadata): void {
@@ -114,6 +118,11 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
         checkSecurityHeader(call.metadata);
         const audience = call.request.audience.filter((a) => a.length > 0);
         if (audience.length === 0) throw invalidArgument('audience must be specified');
+        if (audience.length > MAX_AUDIENCES || audience.some((a) => a.length > MAX_AUDIENCE_LENGTH)) {
+          throw invalidArgument(`audience: at most ${MAX_AUDIENCES} values of at most ${MAX_AUDIENCE_LENGTH} characters`);
+        }
+        // Audiences go into the audit trail with the issuance: refuse what it would refuse.
+        assertAuditableInput({ type: 'svid.issued', audience }, 'audience');
         let wanted: string | undefined;
         if (call.request.spiffe_id) {
           try {
