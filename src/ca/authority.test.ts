@@ -5,19 +5,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
 import type { CertificateAuthority } from './authority.js';
-import { openssl, opensslVerify, openTestCa, tempDir, toPem } from './testing.js';
+import { errorOf, openssl, opensslVerify, openTestCa, tempDir, toPem } from './testing.js';
 
 const ID = SpiffeId.parse('spiffe://example.org/agent/a/task/1');
 const H = 3_600_000;
-
-async function errorOf(p: Promise<unknown>): Promise<Error & { code?: string }> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Error & { code?: string };
-  }
-  throw new Error('expected a rejection');
-}
 
 /** Node-level chain check: leaf <- signing CA (<- upstream intermediate) <- one of the bundle's roots, at `now`. */
 function chainVerifies(ca: CertificateAuthority, chain: Buffer[], now: number): boolean {

@@ -4,16 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { isAgentIdError } from '../common/errors.js';
 import { ensurePrivateDir, readKeyFile, writeFileAtomic, writeKeyFile } from './key-files.js';
 import { SigningKey } from './keys.js';
-import { tempDir } from './testing.js';
-
-async function errorOf(p: Promise<unknown>): Promise<Error & { code?: string }> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Error & { code?: string };
-  }
-  throw new Error('expected a rejection');
-}
+import { errorOf, tempDir } from './testing.js';
 
 describe('key files', () => {
   const dir = tempDir();

@@ -75,3 +75,13 @@ export function opensslVerify(
   args.push(f['v-leaf.pem']!);
   return openssl(args);
 }
+
+/** The error a promise rejects with; fails the test when it resolves. */
+export async function errorOf(p: Promise<unknown>): Promise<Error & { code?: string }> {
+  try {
+    await p;
+  } catch (e) {
+    return e as Error & { code?: string };
+  }
+  throw new Error('expected a rejection');
+}

@@ -1,6 +1,6 @@
 import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
-import type { Secret } from '../common/secret.js';
+import type { MintedJwtSvid, MintedX509Svid } from '../ca/authority.js';
 import type { SpiffeId } from '../spiffe/spiffe-id.js';
 import type { IssuanceRecord } from '../datastore/types.js';
 import type { Identity } from './identity.js';
@@ -12,25 +12,9 @@ export interface SvidMinter {
   mintJwtSvid(req: { spiffeId: SpiffeId; audience: string[]; ttlMs: number }): MintedJwt;
 }
 
-export interface MintedX509 {
-  spiffeId: string;
-  certDer: Buffer;
-  chainDer: Buffer[];
-  privateKeyPkcs8: Secret<Buffer>;
-  serial: string;
-  notBefore: number;
-  notAfter: number;
-  issuerId: string;
-}
-
-export interface MintedJwt {
-  spiffeId: string;
-  token: Secret<string>;
-  jti: string;
-  kid: string;
-  issuedAt: number;
-  expiresAt: number;
-}
+/** What the CA returns for one mint (ca/authority.ts defines them). */
+export type MintedX509 = MintedX509Svid;
+export type MintedJwt = MintedJwtSvid;
 
 /** Who caused a mint, for the audit trail. */
 export interface MintCause {

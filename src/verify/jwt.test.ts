@@ -1,23 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { fixture, fixtureText, FIXTURE_NOW, JWT_AUDIENCE } from '../../test/fixtures/load.js';
+import { fixture, fixtureText, FIXTURE_NOW, JWT_AUDIENCE, reasonOf } from '../../test/fixtures/load.js';
 import { BundleSet, JwtBundle } from './bundle.js';
-import { isVerificationError, type VerificationReason } from './errors.js';
+import type { VerificationReason } from './errors.js';
 import { MAX_JWT_BYTES, verifyJwtSvid, type JwtVerifyOptions } from './jwt.js';
 
 const exampleJwt = JwtBundle.fromJwkSet('example.org', fixture('jwt/jwt-bundle.json'));
 const bundles = new BundleSet([exampleJwt]);
 const opts: JwtVerifyOptions = { audience: JWT_AUDIENCE, now: FIXTURE_NOW };
 const token = (name: string) => fixtureText(`jwt/${name}`);
-
-function reasonOf(fn: () => unknown): VerificationReason | undefined {
-  try {
-    fn();
-  } catch (err) {
-    if (isVerificationError(err)) return err.reason;
-    throw err;
-  }
-  return undefined;
-}
 
 describe('verifyJwtSvid accepts', () => {
   it.each(['jwt-good.txt', 'jwt-good-es384.txt', 'jwt-good-rs256.txt', 'jwt-good-ps256.txt', 'jwt-good-aud-string.txt'])('%s', (name) => {

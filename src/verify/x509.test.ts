@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { chainDer, fixture, FIXTURE_NOW } from '../../test/fixtures/load.js';
+import { chainDer, fixture, FIXTURE_NOW, reasonOf } from '../../test/fixtures/load.js';
 import { BundleSet, X509Bundle } from './bundle.js';
 import { Certificate } from './certificate.js';
 import { isVerificationError, type VerificationReason } from './errors.js';
@@ -9,16 +9,6 @@ import { verifyX509Svid } from './x509.js';
 const exampleBundle = X509Bundle.fromPem('example.org', fixture('x509/root.pem').toString());
 const otherBundle = X509Bundle.fromPem('other.org', fixture('x509/other-root.pem').toString());
 const bundles = new BundleSet([exampleBundle, otherBundle]);
-
-function reasonOf(fn: () => unknown): VerificationReason | undefined {
-  try {
-    fn();
-  } catch (err) {
-    if (isVerificationError(err)) return err.reason;
-    throw err;
-  }
-  return undefined;
-}
 
 describe('verifyX509Svid accepts', () => {
   it.each([
