@@ -317,14 +317,23 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     { clock, logger, livenessIntervalMs: config.tasks.livenessIntervalMs },
   );
 
-  const validateJwt = (token: string, audience: string) => {
-    const bundles = new BundleSet();
-    bundles.add(JwtBundle.fromJwkSet(trustDomain, trust.ownJwtBundle()));
-    // Tokens of federated trust domains validate against that domain's bundle only.
-    for (const rel of config.federation) {
-      const set = federation.jwt(rel.trustDomain);
-      if (set) bundles.add(JwtBundle.fromJwkSet(rel.trustDomain, set));
+  // Parsed JWT bundles, rebuilt only when trust material changes (not per ValidateJWTSVID call).
+  let jwtBundles: { version: number; set: BundleSet } | undefined;
+  const currentJwtBundles = (): BundleSet => {
+    if (jwtBundles?.version !== trust.version()) {
+      const set = new BundleSet();
+      set.add(JwtBundle.fromJwkSet(trustDomain, trust.ownJwtBundle()));
+      // Tokens of federated trust domains validate against that domain's bundle only.
+      for (const rel of config.federation) {
+        const jwks = federation.jwt(rel.trustDomain);
+        if (jwks) set.add(JwtBundle.fromJwkSet(rel.trustDomain, jwks));
+      }
+      jwtBundles = { version: trust.version(), set };
     }
+    return jwtBundles.set;
+  };
+  const validateJwt = (token: string, audience: string) => {
+    const bundles = currentJwtBundles();
     const result = verifyJwtSvid(token, bundles, {
       audience,
       now: clock.now(),
