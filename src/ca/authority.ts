@@ -148,6 +148,17 @@ interface PersistedState {
   roots: PersistedItem[];
   x509: PersistedItem[];
   jwt: PersistedItem[];
+  /** Signing CAs revoked by an operator: listed on their root's CRL until they expire. */
+  revokedCas?: RevokedCa[];
+}
+
+interface RevokedCa {
+  id: string;
+  /** Lowercase hex, as on the CRL. */
+  serial: string;
+  issuerId: string;
+  revokedAt: number;
+  notAfter: number;
 }
 
 const rootFiles = (id: string) => ({ cert: `root-${id}.pem`, key: `root-${id}.key` });
@@ -486,7 +497,10 @@ export class CertificateAuthority {
 
   /**
    * One DER CRL per unexpired signing CA (an empty one when nothing it issued is revoked), each
-   * listing the given serials issued by that CA. Rebuild on every revocation and before nextUpdate.
+   * listing the given serials issued by that CA, then one per unexpired self-managed root listing
+   * the signing CAs an operator revoked (usually none). The root CRLs are what OpenSSL's
+   * full-chain check (nginx `ssl_crl`, `-crl_check_all`) needs: a CRL from the issuer of every
+   * certificate in the chain. Rebuild on every revocation and before nextUpdate.
    */
   buildCrls(revoked: readonly RevokedSerial[]): Buffer[] {
     // Validate every serial, also those of other issuers, so bad input never passes silently.
@@ -494,22 +508,22 @@ export class CertificateAuthority {
     const now = this.clock.now();
     // CRL numbers must only grow (RFC 5280 §5.2.3), across restarts too: milliseconds do that.
     const base = BigInt(Math.floor(now));
-    const out: Buffer[] = [];
-    for (const item of this.state.x509) {
-      if (now >= item.notAfter) continue;
-      const ca = this.signingCas.get(item.id)!;
+    const crlOf = (issuer: { key: SigningKey; certDer: Buffer; ski: Buffer }, listed: readonly { serial: string; revokedAt: number }[]) => {
       this.lastCrlNumber = base > this.lastCrlNumber ? base : this.lastCrlNumber + 1n;
-      out.push(
-        buildCrl(
-          { key: ca.key, certDer: ca.certDer, subjectKeyId: ca.ski },
-          {
-            crlNumber: this.lastCrlNumber,
-            thisUpdate: floorSeconds(now - BACKDATE_MS),
-            nextUpdate: floorSeconds(now + this.cfg.crlTtlMs),
-            entries: entries.filter((r) => r.issuerId === item.id),
-          },
-        ),
+      return buildCrl(
+        { key: issuer.key, certDer: issuer.certDer, subjectKeyId: issuer.ski },
+        { crlNumber: this.lastCrlNumber, thisUpdate: floorSeconds(now - BACKDATE_MS), nextUpdate: floorSeconds(now + this.cfg.crlTtlMs), entries: listed },
       );
+    };
+    const out = this.state.x509
+      .filter((item) => now < item.notAfter)
+      .map((item) => crlOf(this.signingCas.get(item.id)!, entries.filter((r) => r.issuerId === item.id)));
+    // An upstream CA belongs to another PKI: its CRL (which must cover everything it issued) is
+    // that PKI's to publish, never one agentid signs in its name listing only our signing CAs.
+    if (this.upstream) return out;
+    const revokedCas = (this.state.revokedCas ?? []).filter((c) => now < c.notAfter);
+    for (const item of this.state.roots) {
+      if (now < item.notAfter) out.push(crlOf(this.roots.get(item.id)!, revokedCas.filter((c) => c.issuerId === item.id)));
     }
     return out;
   }
@@ -861,6 +875,16 @@ function checkState(value: unknown, path: string): PersistedState {
     if (active > 1) throw bad(`${name}: more than one active entry`);
     return list as PersistedItem[];
   };
+  const revokedCas = s.revokedCas === undefined ? [] : s.revokedCas;
+  if (!Array.isArray(revokedCas)) throw bad('revokedCas must be a list');
+  for (const raw of revokedCas as unknown[]) {
+    const c = raw as Record<string, unknown>;
+    if (typeof c !== 'object' || c === null) throw bad('revokedCas: entry is not an object');
+    if (typeof c.id !== 'string' || typeof c.issuerId !== 'string' || typeof c.serial !== 'string' || !/^[0-9a-f]{1,40}$/.test(c.serial)) {
+      throw bad('revokedCas: each entry needs id, issuerId and a lowercase hex serial');
+    }
+    if (!Number.isSafeInteger(c.revokedAt) || !Number.isSafeInteger(c.notAfter)) throw bad(`revokedCas ${c.id}: bad times`);
+  }
   return {
     version: STATE_VERSION,
     trustDomain: s.trustDomain,
@@ -871,6 +895,7 @@ function checkState(value: unknown, path: string): PersistedState {
     roots: items('roots'),
     x509: items('x509'),
     jwt: items('jwt'),
+    revokedCas: revokedCas as RevokedCa[],
   };
 }
 

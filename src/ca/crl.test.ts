@@ -23,7 +23,8 @@ describe('CRLs', () => {
     const revoked = ca.mintX509Svid({ spiffeId: ID, ttlMs: 3_600_000 });
     const good = ca.mintX509Svid({ spiffeId: ID, ttlMs: 3_600_000 });
     const [crl, ...more] = ca.buildCrls([{ serial: revoked.serial, issuerId: revoked.issuerId, revokedAt: clock.now() }]);
-    expect(more).toHaveLength(0);
+    // The rest is the root's CRL of signing CAs.
+    expect(more).toHaveLength(1);
     const f = writeFiles(dir.path, {
       'chain.pem': [...ca.x509Bundle(), revoked.chainDer[1]!].map((c) => toPem(c)).join(''),
       'crl.der': crl!,
@@ -35,6 +36,38 @@ describe('CRLs', () => {
     expect(bad.stdout + bad.stderr).toMatch(/certificate revoked/);
     const ok = opensslVerify(dir.path, { ...base, leaf: good.certDer });
     expect(ok.stdout).toMatch(/: OK/);
+  });
+
+  it('with the root-signed CRL, OpenSSL full-chain checking (-crl_check_all, as nginx ssl_crl does) accepts a good leaf and refuses a revoked one', async () => {
+    const revoked = ca.mintX509Svid({ spiffeId: ID, ttlMs: 3_600_000 });
+    const good = ca.mintX509Svid({ spiffeId: ID, ttlMs: 3_600_000 });
+    const crls = ca.buildCrls([{ serial: revoked.serial, issuerId: revoked.issuerId, revokedAt: clock.now() }]);
+    const root = new x509.X509Certificate(ca.x509Bundle()[0]!);
+    const signingCa = new x509.X509Certificate(good.chainDer[1]!);
+    const parsed = crls.map((c) => new x509.X509Crl(c));
+    expect(parsed.map((c) => c.issuer)).toEqual([signingCa.subject, root.subject]);
+    expect(await parsed[1]!.verify({ publicKey: root })).toBe(true);
+    // Nothing but leaves is revoked, so the root's list of signing CAs is empty.
+    expect(parsed[1]!.entries).toHaveLength(0);
+
+    const f = writeFiles(dir.path, {
+      'all-roots.pem': ca.x509Bundle().map((c) => toPem(c)).join(''),
+      'all-inter.pem': toPem(good.chainDer[1]!),
+      'all-crls.pem': crls.map((c) => toPem(c, 'X509 CRL')).join(''),
+      'only-signing-crl.pem': toPem(crls[0]!, 'X509 CRL'),
+      'good.pem': toPem(good.certDer),
+      'revoked.pem': toPem(revoked.certDer),
+    });
+    const verifyAll = (leaf: string, crlFile: string) =>
+      openssl(['verify', '-x509_strict', '-attime', String(Math.floor(clock.now() / 1000)), '-CAfile', f['all-roots.pem']!,
+        '-untrusted', f['all-inter.pem']!, '-crl_check_all', '-CRLfile', f[crlFile]!, f[leaf]!]);
+    expect(verifyAll('good.pem', 'all-crls.pem').stdout).toMatch(/: OK/);
+    const bad = verifyAll('revoked.pem', 'all-crls.pem');
+    expect(bad.stdout + bad.stderr).toMatch(/certificate revoked/);
+    // What nginx users met before: the signing CA's CRL alone does not satisfy a full-chain check.
+    const partial = verifyAll('good.pem', 'only-signing-crl.pem');
+    expect(partial.status).not.toBe(0);
+    expect(partial.stdout + partial.stderr).toMatch(/unable to get certificate CRL/);
   });
 
   it('parses with @peculiar/x509 as a v2 CRL with AKI, CRL number and the given dates', async () => {
