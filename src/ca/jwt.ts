@@ -40,6 +40,16 @@ export interface JwtMintResult {
 
 const b64url = (data: Buffer | string): string => Buffer.from(data).toString('base64url');
 
+export const JTI_BYTES = 16;
+
+/**
+ * A jti is 128 random bits written as lowercase hex: unique enough, and unable to look like a
+ * token or key to the audit trail's guard (base64url could spell "eyJ..." by chance).
+ */
+export function formatJti(random: Buffer): string {
+  return random.toString('hex');
+}
+
 export function checkAudience(audience: readonly string[]): void {
   if (!Array.isArray(audience) || audience.length === 0) throw invalidArgument('JWT-SVID: audience must not be empty');
   for (const a of audience) {
@@ -65,7 +75,7 @@ export class JwtSigner {
     if (!Number.isFinite(req.ttlMs) || req.ttlMs < 1000) throw invalidArgument('JWT-SVID: TTL must be at least one second');
     const iat = Math.floor(req.now / 1000);
     const exp = Math.floor((req.now + req.ttlMs) / 1000);
-    const jti = pooledRandomBytes(16).toString('base64url');
+    const jti = formatJti(pooledRandomBytes(JTI_BYTES));
     const claims = { sub: req.spiffeId, aud: [...req.audience], exp, iat, iss: req.issuer, jti };
     const signingInput = `${this.encodedHeader}.${b64url(JSON.stringify(claims))}`;
     const signature = this.key.sign(Buffer.from(signingInput, 'latin1'), 'ieee-p1363');

@@ -10,6 +10,8 @@ export type ErrorCode =
   | 'unauthenticated'
   | 'failed_precondition'
   | 'unavailable'
+  /** A limit (connections, streams or requests per uid, descriptors) refuses this call; retry later. */
+  | 'resource_exhausted'
   | 'unimplemented'
   | 'internal';
 
@@ -32,6 +34,7 @@ export const failedPrecondition = (message: string, cause?: unknown) =>
   new AgentIdError('failed_precondition', message, cause === undefined ? undefined : { cause });
 export const unavailable = (message: string, cause?: unknown) =>
   new AgentIdError('unavailable', message, cause === undefined ? undefined : { cause });
+export const resourceExhausted = (message: string) => new AgentIdError('resource_exhausted', message);
 export const internal = (message: string, cause?: unknown) =>
   new AgentIdError('internal', message, cause === undefined ? undefined : { cause });
 

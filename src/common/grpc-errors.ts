@@ -10,6 +10,7 @@ const STATUS_BY_CODE: Record<ErrorCode, status> = {
   unauthenticated: status.UNAUTHENTICATED,
   failed_precondition: status.FAILED_PRECONDITION,
   unavailable: status.UNAVAILABLE,
+  resource_exhausted: status.RESOURCE_EXHAUSTED,
   unimplemented: status.UNIMPLEMENTED,
   internal: status.INTERNAL,
 };
@@ -17,6 +18,8 @@ const STATUS_BY_CODE: Record<ErrorCode, status> = {
 /** Codes whose messages are written for the caller (they name the broken rule, never a secret). */
 const CALLER_FACING: ReadonlySet<ErrorCode> = new Set([
   'invalid_argument', 'not_found', 'already_exists', 'permission_denied', 'failed_precondition', 'unimplemented',
+  // Names the limit that was hit ("too many open streams for this uid"), never another caller's facts.
+  'resource_exhausted',
 ]);
 
 /**
