@@ -30,6 +30,7 @@ import { Scheduler } from './scheduler.js';
 import { PeerRegistry } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
 import { workloadHandlers } from './workload/service.js';
+import { refuseMalformedRequests, strictRequests } from './workload/strict-input.js';
 import { adminHandlers } from './admin/service.js';
 import { startAdminTcpListener } from './admin/tcp.js';
 import { validateSpiffeRoles } from './admin/roles.js';
@@ -344,9 +345,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
 
   // Workload API: any local user may connect; attestation decides what they get.
   const peers = new PeerRegistry();
-  const workloadServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
+  const workloadServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, interceptors: [refuseMalformedRequests] });
   workloadServer.addService(
-    workloadService().service,
+    strictRequests(workloadService().service),
     workloadHandlers({
       peers,
       attest: (peer) => attestor.attest(peer, { withSha256: index.requiredSelectorTypes().has('sha256') }),
