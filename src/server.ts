@@ -18,14 +18,16 @@ import { BatchedIssuances } from './datastore/batched-issuances.js';
 import type { Datastore } from './datastore/types.js';
 import { EntryIndex } from './entries/match.js';
 import { EntryService } from './entries/service.js';
-import { Attestor, isAlive, readProcessRef } from './attest/index.js';
+import { Attestor } from './attest/index.js';
 import { AuditLog } from './audit/index.js';
 import { MIN_REMAINING_MS, resolveIdentities } from './issuer/identity.js';
 import { SvidCache } from './issuer/svid-cache.js';
 import { StreamHub } from './issuer/hub.js';
 import { TrustState } from './issuer/trust-state.js';
 import { Revoker } from './tasks/revocations.js';
-import { TaskService, type ProcessInspector } from './tasks/service.js';
+import { TaskService } from './tasks/service.js';
+import { TaskHolders } from './tasks/holders.js';
+import { systemProcessInspector } from './attest/processes.js';
 import { Scheduler } from './scheduler.js';
 import { PeerRegistry } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
@@ -49,28 +51,6 @@ export interface RunningServer {
 
 const CRL_REFRESH_MS = 10 * 60_000;
 const SERVER_VERSION = '0.1.0';
-
-/** Reads uid and start time of a process from /proc. */
-const processes: ProcessInspector = {
-  async inspect(pid) {
-    const ref = await readProcessRef(pid);
-    if (!ref) return undefined;
-    try {
-      const st = await stat(`/proc/${pid}`);
-      return { pid, startTime: ref.startTime, uid: st.uid };
-    } catch {
-      return undefined;
-    }
-  },
-  isAlive: (ref) => isAlive(ref),
-  async cgroupExists(path) {
-    try {
-      return (await stat(join('/sys/fs/cgroup', path))).isDirectory();
-    } catch {
-      return false;
-    }
-  },
-};
 
 /**
  * The data directory is 0700, except that a Workload API socket inside it needs others to be able
@@ -193,6 +173,8 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       },
     },
   });
+  const processes = systemProcessInspector();
+  const holders = new TaskHolders({ processes });
   const revoker = new Revoker({
     datastore,
     maxSvidTtlMs: Math.max(config.svid.maxX509TtlMs, config.svid.maxJwtTtlMs, config.tasks.maxTtlMs),
@@ -213,16 +195,18 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       maxTtlMs: config.tasks.maxTtlMs,
       x509TtlMs: config.svid.x509TtlMs,
       jwtTtlMs: config.svid.jwtTtlMs,
+      cgroupRoot: config.tasks.cgroupRoot,
     },
     clock,
     audit,
     onChange: () => {
-      // Active tasks are resolved per stream refresh from this snapshot, re-read on every task change.
-      activeTasks = tasks.activeTasks();
+      // Tasks are resolved per stream refresh from this snapshot, re-read on every task change.
+      boundTasks = holders.select(datastore.tasks.list());
       changed();
     },
   });
-  let activeTasks = tasks.activeTasks();
+  // Active tasks and finished ones whose processes may live on (these get nothing: least privilege).
+  let boundTasks = holders.select(datastore.tasks.list());
   const entries = new EntryService({
     datastore,
     index,
@@ -245,7 +229,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       resolveIdentities({
         caller,
         matchedEntries: index.match(caller.selectors, now),
-        tasks: activeTasks,
+        tasks: boundTasks,
         isRevoked: (id) => revoker.isRevoked(id),
         now,
         taskBufferMs: config.tasks.bufferMs,
@@ -293,7 +277,10 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         const next = ends.filter((t) => t > now);
         return next.length > 0 ? Math.min(...next) : undefined;
       },
-      endOrphanedTasks: () => tasks.endOrphaned(SYSTEM_ACTOR),
+      async endOrphanedTasks() {
+        await tasks.endOrphaned(SYSTEM_ACTOR);
+        await holders.prune(datastore.tasks.list());
+      },
       prune() {
         revoker.prune();
         // An outside reference point for the audit chain (truncation leaves a valid shorter chain).

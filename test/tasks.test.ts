@@ -30,8 +30,9 @@ describe('tasks', () => {
       trustDomain: td,
       yaml: ['admin:', '  admin_uids: [0]', '  orchestrators:', `    - uid: ${orchestrator.uid}`, '      agents: [builder]', 'tasks:', '  max_ttl: 1h'].join('\n'),
     });
-    // A baseline identity for root processes, so a stream survives losing its task identity.
-    await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/root`, selectors: ['unix:uid:0'] } });
+    // A baseline identity for root processes, also served to task processes (include_tasks), so a
+    // stream survives losing its task identity.
+    await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/root`, selectors: ['unix:uid:0'], include_tasks: true } });
   });
   afterAll(async () => t?.cleanup());
 

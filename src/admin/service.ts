@@ -59,6 +59,7 @@ export function entryToWire(e: RegistrationEntry) {
     hint: e.hint,
     dns_names: e.dnsNames,
     federates_with: e.federatesWith,
+    include_tasks: e.includeTasks,
     expires_at: seconds(e.expiresAt),
     created_at: seconds(e.createdAt),
     updated_at: seconds(e.updatedAt),
@@ -74,6 +75,7 @@ interface WireEntryInput {
   hint: string;
   dns_names: string[];
   federates_with: string[];
+  include_tasks: boolean;
   expires_at: number;
 }
 
@@ -87,6 +89,7 @@ function entryFromWire(w: WireEntryInput | null | undefined): EntryInput {
     hint: w.hint,
     dnsNames: w.dns_names,
     federatesWith: w.federates_with,
+    includeTasks: w.include_tasks === true,
     expiresAt: w.expires_at > 0 ? w.expires_at * 1000 : null,
   };
 }

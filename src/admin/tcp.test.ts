@@ -143,7 +143,7 @@ beforeAll(async () => {
     trustDomain: TD,
     datastore,
     revoker,
-    processes: { inspect: async () => undefined, isAlive: async () => true, cgroupExists: async () => true },
+    processes: { inspect: async () => undefined, isAlive: async () => true, cgroupExists: async () => true, cgroupProcessOwners: async () => new Set<number>() },
     policy: { defaultTtlMs: 600_000, maxTtlMs: 3_600_000, x509TtlMs: 900_000, jwtTtlMs: 300_000 },
     clock,
     audit: sink,

@@ -75,6 +75,7 @@ interface EntryFlags extends CommonFlags {
   hint?: string;
   dnsName?: string[];
   federatesWith?: string[];
+  includeTasks?: boolean;
   expiresAt?: string;
 }
 
@@ -96,6 +97,7 @@ function entryInput(flags: EntryFlags) {
     hint: flags.hint ?? '',
     dns_names: flags.dnsName ?? [],
     federates_with: flags.federatesWith ?? [],
+    include_tasks: flags.includeTasks === true,
     expires_at: expiresAt,
   };
 }
@@ -109,7 +111,9 @@ const entryOptions = (cmd: Command) =>
     .option('--hint <hint>', 'hint delivered with the SVID')
     .option('--dns-name <name>', 'DNS SAN (repeatable)', collect)
     .option('--federates-with <td>', 'deliver this foreign trust domain\'s bundle (repeatable)', collect)
-    .option('--expires-at <time>', 'ISO 8601 time after which the entry no longer matches');
+    .option('--expires-at <time>', 'ISO 8601 time after which the entry no longer matches')
+    .option('--include-tasks', 'also serve processes bound to a task (by default they receive only their task identity)')
+    .option('--no-include-tasks', 'serve no process bound to a task (the default)');
 
 function entryText(e: any): string {
   return table([
@@ -121,6 +125,7 @@ function entryText(e: any): string {
     ['Hint', e.hint || '-'],
     ['DNS names', e.dns_names.join(' ') || '-'],
     ['Federates with', e.federates_with.join(' ') || '-'],
+    ['Serves tasks', e.include_tasks ? 'yes' : 'no'],
     ['Expires', isoSeconds(e.expires_at)],
     ['Revision', String(e.revision)],
   ]);
@@ -185,6 +190,7 @@ export function registerAdminCommands(program: Command): void {
           hint: flags.hint ?? current.hint,
           dnsName: flags.dnsName ?? current.dns_names,
           federatesWith: flags.federatesWith ?? current.federates_with,
+          includeTasks: flags.includeTasks ?? current.include_tasks,
           x509Ttl: flags.x509Ttl ?? `${current.x509_ttl_seconds}s`,
           jwtTtl: flags.jwtTtl ?? `${current.jwt_ttl_seconds}s`,
           expiresAt: flags.expiresAt ?? (current.expires_at > 0 ? new Date(current.expires_at * 1000).toISOString() : undefined),

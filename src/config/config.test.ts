@@ -58,7 +58,7 @@ describe('defaults', () => {
     expect(c.jwt.issuer).toBe('https://agentid.dev');
     expect(c.admin.adminUids).toEqual([1000]);
     expect(c.svid).toEqual({ x509TtlMs: 900_000, jwtTtlMs: 300_000, maxX509TtlMs: 3_600_000, maxJwtTtlMs: 3_600_000 });
-    expect(c.tasks).toEqual({ defaultTtlMs: 1_800_000, maxTtlMs: 3_600_000, bufferMs: 120_000, livenessIntervalMs: 1000 });
+    expect(c.tasks).toEqual({ defaultTtlMs: 1_800_000, maxTtlMs: 3_600_000, bufferMs: 120_000, livenessIntervalMs: 1000, cgroupRoot: '/' });
     expect(c.ca).toEqual({ keyType: 'ec-p256', ttlMs: 86_400_000, rootTtlMs: 8760 * 3_600_000, upstream: null });
     expect(c.bundleEndpoint.listen).toEqual({ host: '127.0.0.1', port: 8443 });
   });
@@ -226,6 +226,8 @@ describe('bad input names the problem', () => {
     ['empty-trust-domain', 'trust_domain:\n', 'trust_domain: is required'],
     ['duration-without-unit', 'svid:\n  x509_ttl: 15\n', 'svid.x509_ttl: must be a duration string'],
     ['duration-garbage', 'tasks:\n  buffer: soon\n', 'tasks.buffer: "soon" is not a duration'],
+    ['cgroup-root-relative', 'tasks:\n  cgroup_root: agents\n', 'tasks.cgroup_root: "agents" must be an absolute cgroup path'],
+    ['cgroup-root-dotdot', 'tasks:\n  cgroup_root: /agents/../x\n', 'tasks.cgroup_root: "/agents/../x" must be an absolute cgroup path'],
     ['zero-duration', 'tasks:\n  liveness_interval: 0s\n', 'tasks.liveness_interval: must be greater than zero'],
     ['log-format-xml', 'log: { format: xml }\n', 'log.format: must be one of json, pretty'],
     ['section-not-a-mapping', 'log: verbose\n', 'log: must be a mapping'],

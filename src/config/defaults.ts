@@ -66,6 +66,8 @@ export const DEFAULTS = deepFreeze({
     buffer: '2m',
     /** How often bound processes are re-checked (exit, PID reuse). */
     liveness_interval: '1s',
+    /** cgroup v2 subtree (path below the cgroup2 mount) that task cgroup bindings must lie in; "/" allows any. */
+    cgroup_root: '/',
   },
   admin: {
     /** uids allowed every admin call on the admin socket. null: the uid running the server. */

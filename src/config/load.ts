@@ -42,7 +42,7 @@ const SHAPE: Shape = {
   ca: { key_type: true, ttl: true, root_ttl: true, upstream: { cert_file: true, key_file: true, bundle_file: true } },
   jwt: { key_type: true, key_ttl: true, issuer: true },
   svid: { x509_ttl: true, jwt_ttl: true, max_x509_ttl: true, max_jwt_ttl: true },
-  tasks: { default_ttl: true, max_ttl: true, buffer: true, liveness_interval: true },
+  tasks: { default_ttl: true, max_ttl: true, buffer: true, liveness_interval: true, cgroup_root: true },
   admin: {
     admin_uids: true,
     orchestrators: [{ uid: true, agents: true }],
@@ -191,6 +191,18 @@ class Checker {
     if (typeof value === 'string' && value.length > 0) return value;
     this.add(path, value === undefined || value === null ? 'is required' : 'must be a non-empty string');
     return undefined;
+  }
+
+  /** An absolute cgroup v2 path without "." or ".." segments or a trailing "/" ("/" itself is fine). */
+  cgroupPath(value: unknown, path: string): string | undefined {
+    const text = this.string(value, path);
+    if (text === undefined) return undefined;
+    const segments = text.split('/').slice(1);
+    if (!text.startsWith('/') || (text !== '/' && segments.some((s) => s === '' || s === '.' || s === '..'))) {
+      this.add(path, `"${text}" must be an absolute cgroup path without ".", ".." or empty segments`);
+      return undefined;
+    }
+    return text;
   }
 
   oneOf<T extends string>(value: unknown, path: string, allowed: readonly T[]): T | undefined {
@@ -422,6 +434,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     maxTtlMs: c.duration(tasksRaw.max_ttl, 'tasks.max_ttl'),
     bufferMs: c.duration(tasksRaw.buffer, 'tasks.buffer'),
     livenessIntervalMs: c.duration(tasksRaw.liveness_interval, 'tasks.liveness_interval'),
+    cgroupRoot: c.cgroupPath(tasksRaw.cgroup_root, 'tasks.cgroup_root'),
   };
 
   const notLonger = (a: number | undefined, aPath: string, b: number | undefined, bPath: string) => {

@@ -46,6 +46,7 @@ export interface Config {
     readonly maxTtlMs: number;
     readonly bufferMs: number;
     readonly livenessIntervalMs: number;
+    readonly cgroupRoot: string;
   };
   readonly admin: {
     readonly adminUids: readonly number[];

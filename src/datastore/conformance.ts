@@ -33,6 +33,7 @@ export function entryFixture(overrides: Partial<NewRegistrationEntry> = {}): New
     hint: '',
     dnsNames: [],
     federatesWith: [],
+    includeTasks: false,
     expiresAt: null,
     ...overrides,
   };

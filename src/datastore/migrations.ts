@@ -84,6 +84,14 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX issuances_not_after ON issuances (not_after);
     `,
   },
+  {
+    version: 2,
+    description: 'registration_entries.include_tasks',
+    sql: `
+      -- Existing entries keep serving uids and binaries only, never processes bound to a task.
+      ALTER TABLE registration_entries ADD COLUMN include_tasks BOOLEAN NOT NULL DEFAULT FALSE;
+    `,
+  },
 ];
 
 /** The schema version this code writes. */

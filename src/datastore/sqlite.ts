@@ -63,6 +63,7 @@ interface EntryRow {
   hint: string;
   dns_names: string;
   federates_with: string;
+  include_tasks: number;
   expires_at: number | null;
   created_at: number;
   updated_at: number;
@@ -139,6 +140,7 @@ function entryFromRow(r: EntryRow): RegistrationEntry {
     hint: r.hint,
     dnsNames: JSON.parse(r.dns_names) as string[],
     federatesWith: JSON.parse(r.federates_with) as string[],
+    includeTasks: r.include_tasks !== 0,
     expiresAt: r.expires_at,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
@@ -159,6 +161,7 @@ function entryToParams(e: RegistrationEntry) {
     hint: e.hint,
     dns_names: JSON.stringify(e.dnsNames),
     federates_with: JSON.stringify(e.federatesWith),
+    include_tasks: e.includeTasks ? 1 : 0,
     expires_at: e.expiresAt,
     created_at: e.createdAt,
     updated_at: e.updatedAt,
@@ -203,7 +206,7 @@ const issuanceFromRow = (r: IssuanceRow): IssuanceRecord => ({
 });
 
 const ENTRY_COLUMNS =
-  'id, spiffe_id, selectors, x509_ttl_ms, jwt_ttl_ms, hint, dns_names, federates_with, expires_at, created_at, updated_at, revision';
+  'id, spiffe_id, selectors, x509_ttl_ms, jwt_ttl_ms, hint, dns_names, federates_with, include_tasks, expires_at, created_at, updated_at, revision';
 const TASK_COLUMNS =
   'agent, id, spiffe_id, binding, metadata, state, x509_ttl_ms, jwt_ttl_ms, created_at, expires_at, ended_at, end_reason, created_by';
 const ISSUANCE_COLUMNS = 'kind, serial, spiffe_id, issuer_id, issued_at, not_after, task';
@@ -219,13 +222,13 @@ class SqliteEntryStore implements EntryStore {
   constructor(private readonly db: Db) {
     this.insert = db.prepare(
       `INSERT INTO registration_entries (${ENTRY_COLUMNS}, selectors_hash) VALUES
-       (@id, @spiffe_id, @selectors, @x509_ttl_ms, @jwt_ttl_ms, @hint, @dns_names, @federates_with, @expires_at,
+       (@id, @spiffe_id, @selectors, @x509_ttl_ms, @jwt_ttl_ms, @hint, @dns_names, @federates_with, @include_tasks, @expires_at,
         @created_at, @updated_at, @revision, @selectors_hash)`,
     );
     this.replace = db.prepare(
       `UPDATE registration_entries SET spiffe_id = @spiffe_id, selectors = @selectors, selectors_hash = @selectors_hash,
          x509_ttl_ms = @x509_ttl_ms, jwt_ttl_ms = @jwt_ttl_ms, hint = @hint, dns_names = @dns_names,
-         federates_with = @federates_with, expires_at = @expires_at, updated_at = @updated_at, revision = @revision
+         federates_with = @federates_with, include_tasks = @include_tasks, expires_at = @expires_at, updated_at = @updated_at, revision = @revision
        WHERE id = @id`,
     );
     this.remove = db.prepare('DELETE FROM registration_entries WHERE id = ?');

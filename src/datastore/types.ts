@@ -18,6 +18,11 @@ export interface RegistrationEntry {
   dnsNames: string[];
   /** Trust domain names whose bundles this entry's workloads receive. */
   federatesWith: string[];
+  /**
+   * Also serve processes bound to a task. Off by default: a task's process holds only its task's
+   * identity (least privilege), never the entries its uid or binary would otherwise match.
+   */
+  includeTasks: boolean;
   /** The entry stops matching at this time; null for never. */
   expiresAt: number | null;
   createdAt: number;

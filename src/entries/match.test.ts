@@ -15,6 +15,7 @@ function entry(id: string, spiffePath: string, selectors: string[], extra: Parti
     hint: '',
     dnsNames: [],
     federatesWith: [],
+    includeTasks: false,
     expiresAt: null,
     createdAt: NOW,
     updatedAt: NOW,

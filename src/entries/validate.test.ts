@@ -43,6 +43,7 @@ describe('validateEntryInput', () => {
       hint: '',
       dnsNames: [],
       federatesWith: [],
+      includeTasks: false,
       expiresAt: null,
     });
   });
@@ -71,6 +72,7 @@ describe('validateEntryInput', () => {
       hint: 'external',
       dnsNames: ['web.example.org', 'localhost'],
       federatesWith: ['partner.org', 'other.net'],
+      includeTasks: false,
       expiresAt: NOW + 1,
     });
   });

@@ -17,6 +17,8 @@ export interface EntryInput {
   hint?: string;
   dnsNames?: readonly string[];
   federatesWith?: readonly string[];
+  /** Also serve processes bound to a task (default false: they hold only their task's identity). */
+  includeTasks?: boolean;
   /** Null or undefined: never expires. */
   expiresAt?: number | null;
 }
@@ -171,6 +173,7 @@ export function validateEntryInput(input: EntryInput, opts: EntryValidationOptio
     hint,
     dnsNames,
     federatesWith,
+    includeTasks: input.includeTasks === true,
     expiresAt,
   };
 }

@@ -30,7 +30,7 @@ const task = (over: Partial<TaskRecord> = {}): TaskRecord => ({
   ...over,
 });
 
-const entry = (id: string, spiffeId: string, createdAt = NOW - 5000): RegistrationEntry => ({
+const entry = (id: string, spiffeId: string, createdAt = NOW - 5000, includeTasks = false): RegistrationEntry => ({
   id,
   spiffeId,
   selectors: [{ type: 'unix', value: 'uid:1000' }],
@@ -39,6 +39,7 @@ const entry = (id: string, spiffeId: string, createdAt = NOW - 5000): Registrati
   hint: '',
   dnsNames: [],
   federatesWith: [],
+  includeTasks,
   expiresAt: null,
   createdAt,
   updatedAt: createdAt,
@@ -65,10 +66,10 @@ describe('taskBindingMatches', () => {
 describe('resolveIdentities', () => {
   const base = { caller: caller(), now: NOW, taskBufferMs: 120_000, isRevoked: () => false };
 
-  it('puts task identities first, then entries in their order, with the task cap', () => {
+  it('puts task identities first, then entries that serve tasks in their order, with the task cap', () => {
     const ids = resolveIdentities({
       ...base,
-      matchedEntries: [entry('e1', 'spiffe://td.example/a'), entry('e2', 'spiffe://td.example/b')],
+      matchedEntries: [entry('e1', 'spiffe://td.example/a', NOW - 5000, true), entry('e2', 'spiffe://td.example/b', NOW - 5000, true)],
       tasks: [task()],
     });
     expect(ids.map((i) => i.spiffeId.toString())).toEqual([
@@ -86,12 +87,29 @@ describe('resolveIdentities', () => {
     expect(resolveIdentities({ ...base, matchedEntries: [{ ...e, expiresAt: NOW + 1000 }], tasks: [] })).toHaveLength(1);
   });
 
+  it('gives a task process only its task identity, not the entries its uid matches', () => {
+    const matchedEntries = [entry('e1', 'spiffe://td.example/service'), entry('e2', 'spiffe://td.example/shared', NOW - 4000, true)];
+    const keys = (tasks: TaskRecord[], over: Partial<CallerFacts> = {}) =>
+      resolveIdentities({ ...base, caller: caller(over), matchedEntries, tasks }).map((i) => i.key);
+    expect(keys([task()])).toEqual(['task:coder/t1', 'entry:e2']);
+    // Bound through an ancestor (descendants on) or through its cgroup: a task process all the same.
+    expect(keys([task({ binding: { kind: 'process', pid: 50, startTime: '4000', descendants: true } })])).toEqual(['task:coder/t1', 'entry:e2']);
+    expect(keys([task({ binding: { kind: 'cgroup', path: '/agents/coder/t1' } })])).toEqual(['task:coder/t1', 'entry:e2']);
+    // Ended, revoked or expired: still a task process, so only opted-in entries (no fallback to the uid's).
+    for (const state of ['ended', 'revoked', 'expired'] as const) expect(keys([task({ state })])).toEqual(['entry:e2']);
+    expect(keys([task({ expiresAt: NOW - 1 })])).toEqual(['entry:e2']);
+    // Not bound: a descendant of a pid binding without descendants, another cgroup, PID reuse.
+    expect(keys([task({ binding: { kind: 'process', pid: 50, startTime: '4000', descendants: false } })])).toEqual(['entry:e1', 'entry:e2']);
+    expect(keys([task({ binding: { kind: 'cgroup', path: '/agents/other' } })])).toEqual(['entry:e1', 'entry:e2']);
+    expect(keys([task()], { startTime: '5001' })).toEqual(['entry:e1', 'entry:e2']);
+  });
+
   it('drops revoked IDs, ended and expired tasks, and duplicate SPIFFE IDs', () => {
     const ids = resolveIdentities({
       ...base,
       isRevoked: (id) => id === 'spiffe://td.example/revoked',
       matchedEntries: [entry('e1', 'spiffe://td.example/a'), entry('e2', 'spiffe://td.example/a'), entry('e3', 'spiffe://td.example/revoked')],
-      tasks: [task({ state: 'ended' }), task({ id: 't2', spiffeId: 'spiffe://td.example/agent/coder/task/t2', expiresAt: NOW })],
+      tasks: [task({ state: 'ended', binding: { kind: 'process', pid: 7, startTime: '1', descendants: false } }), task({ id: 't2', spiffeId: 'spiffe://td.example/agent/coder/task/t2', expiresAt: NOW, binding: { kind: 'process', pid: 7, startTime: '1', descendants: false } })],
     });
     expect(ids.map((i) => i.key)).toEqual(['entry:e1']);
   });

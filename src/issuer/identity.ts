@@ -61,7 +61,12 @@ export interface ResolveInput {
   caller: CallerFacts;
   /** Entries already matched against the caller's selectors, in their stable order. */
   matchedEntries: RegistrationEntry[];
-  /** Active tasks (any agent); those bound to the caller become identities. */
+  /**
+   * Tasks (any agent) that may still hold processes: active ones, and finished ones whose bound
+   * process or cgroup may still be alive. Live tasks bound to the caller become identities; a
+   * caller bound to any of them (live or finished) is a task process and gets nothing else
+   * but entries that opt in with includeTasks.
+   */
   tasks: TaskRecord[];
   isRevoked: (spiffeId: string) => boolean;
   now: number;
@@ -73,6 +78,12 @@ export interface ResolveInput {
  * task identities first (oldest task first) because a process bound to a task acts as that task,
  * then registration entries in the entry index's order (oldest first). Revoked IDs and
  * duplicates of an ID already listed are dropped.
+ *
+ * Least privilege: a process bound to a task (by pid, as a descendant when the binding says so,
+ * or by cgroup) acts as that task only. Its uid or binary may match entries meant for other
+ * services; those are withheld unless the entry opts in (includeTasks). Once the task ends or is
+ * revoked its process still counts as a task process, so it receives nothing instead of falling
+ * back to what its uid matches.
  */
 export function resolveIdentities(input: ResolveInput): Identity[] {
   const out: Identity[] = [];
@@ -85,8 +96,9 @@ export function resolveIdentities(input: ResolveInput): Identity[] {
     out.push(identity);
   };
 
-  const boundTasks = input.tasks
-    .filter((t) => taskIsLive(t, input.now) && taskBindingMatches(t, input.caller))
+  const holding = input.tasks.filter((t) => taskBindingMatches(t, input.caller));
+  const boundTasks = holding
+    .filter((t) => taskIsLive(t, input.now))
     .sort((a, b) => a.createdAt - b.createdAt || a.agent.localeCompare(b.agent) || a.id.localeCompare(b.id));
   for (const task of boundTasks) {
     add({
@@ -105,7 +117,9 @@ export function resolveIdentities(input: ResolveInput): Identity[] {
     });
   }
 
+  const isTaskProcess = holding.length > 0;
   for (const entry of input.matchedEntries) {
+    if (isTaskProcess && !entry.includeTasks) continue;
     add({
       key: `entry:${entry.id}`,
       spiffeId: SpiffeId.parse(entry.spiffeId),

@@ -5,20 +5,18 @@ import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFou
 import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import type { Datastore, TaskBinding, TaskRecord, TaskState } from '../datastore/types.js';
 import type { Revoker } from './revocations.js';
+import type { ProcessInspector } from '../attest/processes.js';
 
 export interface TaskPolicy {
   defaultTtlMs: number;
   maxTtlMs: number;
   x509TtlMs: number;
   jwtTtlMs: number;
+  /** cgroup v2 subtree that cgroup bindings must lie in (tasks.cgroup_root); "/" allows any. */
+  cgroupRoot?: string;
 }
 
-export interface ProcessInspector {
-  /** Start time and owner of a live process, or undefined when there is no such process. */
-  inspect(pid: number): Promise<{ pid: number; startTime: string; uid: number } | undefined>;
-  isAlive(ref: { pid: number; startTime: string }): Promise<boolean>;
-  cgroupExists(path: string): Promise<boolean>;
-}
+export type { ProcessInspector } from '../attest/processes.js';
 
 export interface StartTaskInput {
   agent: string;
@@ -41,6 +39,10 @@ export interface TaskServiceDeps {
   /** Called after any task change so open streams pick it up. */
   onChange: () => void;
 }
+
+const taskNotFound = (ref: { agent?: string; id: string }) => notFound(`task "${ref.agent ? `${ref.agent}/` : ''}${ref.id}" not found`);
+
+const isUnder = (path: string, root: string) => root === '/' || path === root || path.startsWith(`${root}/`);
 
 const SEGMENT = /^[a-zA-Z0-9._-]+$/;
 const META_KEY = /^[a-zA-Z0-9._-]{1,64}$/;
@@ -69,6 +71,7 @@ export class TaskService {
     if (input.cgroup !== undefined && (!input.cgroup.startsWith('/') || input.cgroup.split('/').some((s) => s === '.' || s === '..') || input.cgroup === '/')) {
       problems.add(`cgroup "${input.cgroup}" must be an absolute cgroup v2 path below the root, without "." or ".."`);
     }
+    if (input.cgroup !== undefined && !isUnder(input.cgroup, policy.cgroupRoot ?? '/')) problems.add(`cgroup "${input.cgroup}" is not below the configured cgroup root ${policy.cgroupRoot}`);
     if (input.cgroup !== undefined && input.descendants) problems.add('descendants applies to pid bindings only (a cgroup binding covers its members)');
     const ttlMs = input.ttlMs ?? policy.defaultTtlMs;
     if (!(ttlMs > 0)) problems.add('ttl must be greater than zero');
@@ -112,7 +115,13 @@ export class TaskService {
       }
       binding = { kind: 'process', pid: proc.pid, startTime: proc.startTime, descendants: input.descendants ?? false };
     } else {
-      if (!(await this.deps.processes.cgroupExists(input.cgroup!))) throw failedPrecondition(`task: cgroup ${input.cgroup} does not exist`);
+      const owners = await this.deps.processes.cgroupProcessOwners(input.cgroup!);
+      if (!owners) throw failedPrecondition(`task: cgroup ${input.cgroup} does not exist`);
+      // Every process in the subtree gets the task identity: an orchestrator may bind only its own
+      // (one without a uid, over mTLS, only a cgroup that is still empty).
+      if (actor.role !== 'admin' && [...owners].some((uid) => uid !== actor.uid)) {
+        this.deny(actor, 'task.start', `cgroup ${input.cgroup} holds processes of other users`, input.agent, input.id);
+      }
       binding = { kind: 'cgroup', path: input.cgroup! };
     }
 
@@ -166,7 +175,7 @@ export class TaskService {
 
   get(ref: { agent?: string; id: string }, actor: Actor): TaskRecord {
     const task = this.resolve(ref);
-    if (!mayActOnAgent(actor, task.agent)) this.deny(actor, 'task.show', `not allowed to see tasks of agent "${task.agent}"`, task.agent, task.id);
+    if (!mayActOnAgent(actor, task.agent)) this.hide(actor, 'task.show', task, ref);
     return task;
   }
 
@@ -211,7 +220,7 @@ export class TaskService {
 
   private finish(ref: { agent?: string; id: string }, state: Exclude<TaskState, 'active'>, reason: string, actor: Actor): TaskRecord {
     const task = this.resolve(ref);
-    if (!mayActOnAgent(actor, task.agent)) this.deny(actor, `task.${state === 'revoked' ? 'revoke' : 'end'}`, `not allowed to act on tasks of agent "${task.agent}"`, task.agent, task.id);
+    if (!mayActOnAgent(actor, task.agent)) this.hide(actor, `task.${state === 'revoked' ? 'revoke' : 'end'}`, task, ref);
     let finished = task;
     if (task.state === 'active') {
       finished = this.deps.datastore.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
@@ -236,8 +245,17 @@ export class TaskService {
 
   private resolve(ref: { agent?: string; id: string }): TaskRecord {
     const task = ref.agent ? this.deps.datastore.tasks.get(ref.agent, ref.id) : this.findById(ref.id);
-    if (!task) throw notFound(`task "${ref.agent ? `${ref.agent}/` : ''}${ref.id}" not found`);
+    if (!task) throw taskNotFound(ref);
     return task;
+  }
+
+  /**
+   * Refuses a task of an agent the caller may not act on exactly as a missing one: an orchestrator
+   * learns neither that the task exists nor which agent holds it. The audit trail has the truth.
+   */
+  private hide(actor: Actor, action: string, task: TaskRecord, ref: { agent?: string; id: string }): never {
+    this.auditDenied(actor, action, `not allowed to act on tasks of agent "${task.agent}" (task ${task.agent}/${task.id})`);
+    throw taskNotFound(ref);
   }
 
   private deny(actor: Actor, action: string, reason: string, agent: string, task: string): never {
