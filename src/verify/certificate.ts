@@ -1,80 +1,97 @@
-import 'reflect-metadata';
 import { X509Certificate as NodeX509, type KeyObject } from 'node:crypto';
-import {
-  AuthorityKeyIdentifierExtension,
-  BasicConstraintsExtension,
-  KeyUsageFlags,
-  KeyUsagesExtension,
-  SubjectAlternativeNameExtension,
-  SubjectKeyIdentifierExtension,
-  X509Certificate as PeculiarX509,
-} from '@peculiar/x509';
 import { invalidArgument } from '../common/errors.js';
 import { splitDer } from './der.js';
+import {
+  authorityKeyIdOf, basicConstraintsOf, certificateFields, keyUsageOf, sanUrisOf, subjectKeyIdOf, type Extension,
+} from './x509-der.js';
 
 const OID_BASIC_CONSTRAINTS = '2.5.29.19';
 const OID_KEY_USAGE = '2.5.29.15';
 const OID_SAN = '2.5.29.17';
+const OID_SKI = '2.5.29.14';
+const OID_AKI = '2.5.29.35';
 /** Critical extensions this verifier understands; any other critical one rejects the certificate (RFC 5280 4.2). */
 export const UNDERSTOOD_CRITICAL_EXTENSIONS: ReadonlySet<string> = new Set([
   OID_BASIC_CONSTRAINTS,
   OID_KEY_USAGE,
   OID_SAN,
   '2.5.29.37', // extended key usage
-  '2.5.29.14', // subject key identifier
-  '2.5.29.35', // authority key identifier
+  OID_SKI,
+  OID_AKI,
 ]);
 
-export { KeyUsageFlags };
+/** keyUsage bits (RFC 5280 4.2.1.3): bit n is 1 << n. */
+export const KeyUsageFlags = Object.freeze({
+  digitalSignature: 1,
+  nonRepudiation: 2,
+  keyEncipherment: 4,
+  dataEncipherment: 8,
+  keyAgreement: 16,
+  keyCertSign: 32,
+  cRLSign: 64,
+  encipherOnly: 128,
+  decipherOnly: 256,
+});
+export type KeyUsageFlags = (typeof KeyUsageFlags)[keyof typeof KeyUsageFlags];
 
 /**
- * One parsed certificate. @peculiar/x509 reads the extensions (node:crypto's `keyUsage` is
- * really the EKU), node:crypto checks signatures synchronously so TLS hooks can use them.
+ * One parsed certificate. The extensions come from our own small DER reader (x509-der.ts;
+ * node:crypto's `keyUsage` is really the EKU); node:crypto checks signatures synchronously so
+ * TLS hooks can use them.
  */
 export class Certificate {
   readonly der: Buffer;
   readonly node: NodeX509;
-  readonly parsed: PeculiarX509;
   readonly notBefore: number;
   readonly notAfter: number;
   /** Lowercase hex without leading zeros, the form CRL lookups compare. */
   readonly serial: string;
+  /** DER Names, compared byte for byte for chaining (RFC 5280 7.1 allows binary comparison). */
+  readonly subjectDer: Buffer;
+  readonly issuerDer: Buffer;
   /** undefined when the extension is absent. */
   readonly basicConstraints: { ca: boolean; pathLength: number | undefined } | undefined;
   /** KeyUsageFlags bits; undefined when the extension is absent. */
   readonly keyUsage: number | undefined;
   readonly uriSans: readonly string[];
   readonly criticalExtensions: readonly string[];
+  readonly subjectKeyId: string | undefined;
+  readonly authorityKeyId: string | undefined;
 
   constructor(der: Uint8Array) {
     this.der = Buffer.from(der);
+    let fields;
     try {
       this.node = new NodeX509(this.der);
-      this.parsed = new PeculiarX509(this.der);
+      fields = certificateFields(this.der);
     } catch (err) {
       throw invalidArgument('certificate: not a parseable DER X.509 certificate', err);
     }
-    const seen = new Set<string>();
-    for (const ext of this.parsed.extensions) {
-      if (seen.has(ext.type)) throw invalidArgument(`certificate: extension ${ext.type} appears twice (RFC 5280 4.2)`);
-      seen.add(ext.type);
+    const byOid = new Map<string, Extension>();
+    for (const ext of fields.extensions) {
+      if (byOid.has(ext.oid)) throw invalidArgument(`certificate: extension ${ext.oid} appears twice (RFC 5280 4.2)`);
+      byOid.set(ext.oid, ext);
     }
-    this.notBefore = this.parsed.notBefore.getTime();
-    this.notAfter = this.parsed.notAfter.getTime();
-    this.serial = normaliseSerial(this.parsed.serialNumber);
-    const bc = this.parsed.getExtension(BasicConstraintsExtension);
-    this.basicConstraints = bc ? { ca: bc.ca, pathLength: bc.pathLength } : undefined;
-    const ku = this.parsed.getExtension(KeyUsagesExtension);
-    this.keyUsage = ku ? ku.usages : undefined;
-    let uris: string[] = [];
-    try {
-      const san = this.parsed.getExtension(SubjectAlternativeNameExtension);
-      uris = san ? san.names.items.filter((n) => n.type === 'url').map((n) => n.value) : [];
-    } catch (err) {
-      throw invalidArgument('certificate: subjectAltName cannot be parsed', err);
-    }
-    this.uriSans = uris;
-    this.criticalExtensions = this.parsed.extensions.filter((e) => e.critical).map((e) => e.type);
+    const read = <T>(oid: string, name: string, f: (v: Buffer) => T): T | undefined => {
+      const ext = byOid.get(oid);
+      if (!ext) return undefined;
+      try {
+        return f(ext.value);
+      } catch (err) {
+        throw invalidArgument(`certificate: ${name} cannot be parsed`, err);
+      }
+    };
+    this.notBefore = fields.notBefore;
+    this.notAfter = fields.notAfter;
+    this.serial = fields.serial;
+    this.subjectDer = fields.subject;
+    this.issuerDer = fields.issuer;
+    this.basicConstraints = read(OID_BASIC_CONSTRAINTS, 'basicConstraints', basicConstraintsOf);
+    this.keyUsage = read(OID_KEY_USAGE, 'keyUsage', keyUsageOf);
+    this.uriSans = read(OID_SAN, 'subjectAltName', sanUrisOf) ?? [];
+    this.subjectKeyId = read(OID_SKI, 'subjectKeyIdentifier', subjectKeyIdOf);
+    this.authorityKeyId = read(OID_AKI, 'authorityKeyIdentifier', authorityKeyIdOf);
+    this.criticalExtensions = fields.extensions.filter((e) => e.critical).map((e) => e.oid);
   }
 
   get publicKey(): KeyObject {
@@ -91,7 +108,7 @@ export class Certificate {
 
   /** Subject and issuer names equal: a self-issued certificate (RFC 5280 6.1, path length counting). */
   get selfIssued(): boolean {
-    return this.node.subject === this.node.issuer && Buffer.compare(subjectDer(this), issuerDer(this)) === 0;
+    return this.subjectDer.equals(this.issuerDer);
   }
 
   /**
@@ -99,10 +116,10 @@ export class Certificate {
    * checkIssued: that also demands keyCertSign, which would hide the real reason for a refusal.
    */
   issuedBy(issuer: Certificate): boolean {
-    if (Buffer.compare(issuerDer(this), subjectDer(issuer)) !== 0) return false;
-    const aki = this.parsed.getExtension(AuthorityKeyIdentifierExtension)?.keyId;
-    const ski = issuer.parsed.getExtension(SubjectKeyIdentifierExtension)?.keyId;
-    return aki === undefined || ski === undefined || aki.toLowerCase() === ski.toLowerCase();
+    if (!this.issuerDer.equals(issuer.subjectDer)) return false;
+    const aki = this.authorityKeyId;
+    const ski = issuer.subjectKeyId;
+    return aki === undefined || ski === undefined || aki === ski;
   }
 
   signedBy(issuer: Certificate): boolean {
@@ -121,13 +138,6 @@ export class Certificate {
   equals(other: Certificate): boolean {
     return this.der.equals(other.der);
   }
-}
-
-function subjectDer(c: Certificate): Buffer {
-  return Buffer.from(c.parsed.subjectName.toArrayBuffer());
-}
-function issuerDer(c: Certificate): Buffer {
-  return Buffer.from(c.parsed.issuerName.toArrayBuffer());
 }
 
 export function normaliseSerial(hex: string): string {

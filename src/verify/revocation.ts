@@ -1,15 +1,14 @@
-import 'reflect-metadata';
 import { verify as cryptoVerify, constants, type KeyObject } from 'node:crypto';
-import { X509Crl } from '@peculiar/x509';
 import { invalidArgument } from '../common/errors.js';
 import { TrustDomain } from '../spiffe/spiffe-id.js';
 import { KeyUsageFlags, normaliseSerial, type Certificate } from './certificate.js';
 import { signedParts, type SignedParts } from './der.js';
+import { crlFields, type CrlFields } from './x509-der.js';
 
 /** One CRL as received: parsed, not yet trusted. */
 class StoredCrl {
   readonly der: Buffer;
-  readonly crl: X509Crl;
+  readonly crl: CrlFields;
   readonly parts: SignedParts;
   readonly revoked: ReadonlySet<string>;
   /** Signature verdict per issuer certificate (base64 DER). */
@@ -19,11 +18,11 @@ class StoredCrl {
     this.der = Buffer.from(der);
     this.parts = signedParts(this.der, 'CRL');
     try {
-      this.crl = new X509Crl(this.der);
+      this.crl = crlFields(this.der);
     } catch (err) {
       throw invalidArgument('CRL: not a parseable DER CRL', err);
     }
-    this.revoked = new Set(this.crl.entries.map((e) => normaliseSerial(e.serialNumber)));
+    this.revoked = new Set(this.crl.revokedSerials);
   }
 
   /** True when `issuer` signed this CRL; cached per issuer certificate. */
@@ -39,41 +38,37 @@ class StoredCrl {
 
   private checkSignature(issuer: Certificate): boolean {
     // The CRL issuer name must be the certificate issuer's subject (RFC 5280 5.1.2.3).
-    if (Buffer.compare(Buffer.from(this.crl.issuerName.toArrayBuffer()), Buffer.from(issuer.parsed.subjectName.toArrayBuffer())) !== 0) {
-      return false;
-    }
+    if (!this.crl.issuer.equals(issuer.subjectDer)) return false;
     // An issuer that states its key usages must allow CRL signing (RFC 5280 4.2.1.3).
     if (issuer.keyUsage !== undefined && !issuer.hasKeyUsage(KeyUsageFlags.cRLSign)) return false;
     if (!this.parts.innerAlgorithm.equals(this.parts.outerAlgorithm)) return false;
-    return verifyWithAlgorithm(this.crl.signatureAlgorithm as unknown as { name: string; hash?: { name: string }; saltLength?: number }, this.parts, issuer.publicKey);
+    return verifyWithAlgorithm(this.crl.algorithm, this.parts, issuer.publicKey);
   }
 }
 
-/** Maps @peculiar's WebCrypto-style algorithm to a synchronous node:crypto verification. */
-function verifyWithAlgorithm(alg: { name: string; hash?: { name: string }; saltLength?: number }, parts: SignedParts, key: KeyObject): boolean {
-  const hash = alg.hash?.name.replace('-', '').toLowerCase(); // "SHA-256" -> "sha256"
+/** Signature algorithms by OID (RFC 5758, RFC 4055, RFC 8410); RSA-PSS, which needs its parameters, is not supported. */
+const ALGORITHMS: Readonly<Record<string, { kind: 'ec' | 'rsa' | 'ed25519'; hash: string | null }>> = {
+  '1.2.840.10045.4.3.2': { kind: 'ec', hash: 'sha256' },
+  '1.2.840.10045.4.3.3': { kind: 'ec', hash: 'sha384' },
+  '1.2.840.10045.4.3.4': { kind: 'ec', hash: 'sha512' },
+  '1.2.840.113549.1.1.11': { kind: 'rsa', hash: 'sha256' },
+  '1.2.840.113549.1.1.12': { kind: 'rsa', hash: 'sha384' },
+  '1.2.840.113549.1.1.13': { kind: 'rsa', hash: 'sha512' },
+  '1.3.101.112': { kind: 'ed25519', hash: null },
+};
+
+/** A synchronous node:crypto verification; an unknown algorithm or a key of another type never verifies. */
+function verifyWithAlgorithm(oid: string, parts: SignedParts, key: KeyObject): boolean {
+  const alg = ALGORITHMS[oid];
+  if (!alg || key.asymmetricKeyType !== alg.kind) return false;
   try {
-    switch (alg.name) {
-      case 'ECDSA':
-        if (key.asymmetricKeyType !== 'ec' || !hash) return false;
-        return cryptoVerify(hash, parts.tbs, { key, dsaEncoding: 'der' }, parts.signature);
-      case 'RSASSA-PKCS1-v1_5':
-        if (key.asymmetricKeyType !== 'rsa' || !hash) return false;
-        return cryptoVerify(hash, parts.tbs, { key, padding: constants.RSA_PKCS1_PADDING }, parts.signature);
-      case 'RSA-PSS':
-        if ((key.asymmetricKeyType !== 'rsa' && key.asymmetricKeyType !== 'rsa-pss') || !hash) return false;
-        return cryptoVerify(
-          hash,
-          parts.tbs,
-          { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: alg.saltLength ?? constants.RSA_PSS_SALTLEN_AUTO },
-          parts.signature,
-        );
-      case 'Ed25519':
-      case 'EdDSA':
-        if (key.asymmetricKeyType !== 'ed25519') return false;
+    switch (alg.kind) {
+      case 'ec':
+        return cryptoVerify(alg.hash, parts.tbs, { key, dsaEncoding: 'der' }, parts.signature);
+      case 'rsa':
+        return cryptoVerify(alg.hash, parts.tbs, { key, padding: constants.RSA_PKCS1_PADDING }, parts.signature);
+      case 'ed25519':
         return cryptoVerify(null, parts.tbs, key, parts.signature);
-      default:
-        return false;
     }
   } catch {
     return false;
