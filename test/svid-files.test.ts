@@ -183,7 +183,8 @@ describe('svid watch --write --exec', () => {
     watch = spawnCli(['svid', 'watch', '--socket', t.config.workloadSocket, '--json', '--write', dir(), '--spiffe-id', A, '--exec', exec], ENV);
     watch.stdout!.on('data', (d) => (stdout += d));
     watch.stderr!.on('data', (d) => (stderr += d));
-    for (let i = 0; i < 300 && !(existsSync(log()) && readFileSync(log(), 'utf8').split('\n').length >= 3); i++) await new Promise((r) => setTimeout(r, 50));
+    // The JSON line is printed once the command has run.
+    for (let i = 0; i < 300 && !stdout.includes('\n'); i++) await new Promise((r) => setTimeout(r, 50));
   }, 30_000);
   afterAll(() => {
     watch?.kill('SIGTERM');
