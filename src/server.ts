@@ -36,6 +36,7 @@ import { refuseMalformedRequests, strictRequests } from './workload/strict-input
 import { adminHandlers } from './admin/service.js';
 import { startAdminTcpListener } from './admin/tcp.js';
 import { validateSpiffeRoles } from './admin/roles.js';
+import { addReflection } from './ops/reflection.js';
 import { verifyJwtSvid, JwtBundle, BundleSet } from './verify/index.js';
 
 export interface RunningServer {
@@ -354,6 +355,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       logger: logger.child({ api: 'workload' }),
     }),
   );
+  addReflection(workloadServer, 'spiffe/workload/workload.proto');
   const workloadInjector = workloadServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const workloadListener = await listenUnixWithPeerCreds(config.workloadSocket, {
     mode: 0o666,
@@ -389,6 +391,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       roles: { adminUids: [...config.admin.adminUids], orchestrators: config.admin.orchestrators.map((o) => ({ uid: o.uid, agents: [...o.agents] })) },
     }),
   );
+  addReflection(adminServer, 'agentid/admin/v1/admin.proto');
   const adminInjector = adminServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   // Only admins can reach a 0600 socket; orchestrators with other uids need it open, and roles decide.
   const adminMode = config.admin.orchestrators.length > 0 ? 0o666 : 0o600;

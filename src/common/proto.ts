@@ -15,12 +15,23 @@ const LOADER_OPTIONS: protoLoader.Options = {
   includeDirs: [PROTO_ROOT],
 };
 
+const definitions = new Map<string, protoLoader.PackageDefinition>();
 const cache = new Map<string, grpc.GrpcObject>();
+
+/** The parsed .proto (descriptors included), as server reflection needs it. */
+export function loadDefinition(relativePath: string): protoLoader.PackageDefinition {
+  let definition = definitions.get(relativePath);
+  if (!definition) {
+    definition = protoLoader.loadSync(relativePath, LOADER_OPTIONS);
+    definitions.set(relativePath, definition);
+  }
+  return definition;
+}
 
 export function loadProto(relativePath: string): grpc.GrpcObject {
   let loaded = cache.get(relativePath);
   if (!loaded) {
-    loaded = grpc.loadPackageDefinition(protoLoader.loadSync(relativePath, LOADER_OPTIONS));
+    loaded = grpc.loadPackageDefinition(loadDefinition(relativePath));
     cache.set(relativePath, loaded);
   }
   return loaded;
