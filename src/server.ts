@@ -34,6 +34,7 @@ import { listenUnixWithPeerCreds } from './workload/listener.js';
 import { workloadHandlers } from './workload/service.js';
 import { refuseMalformedRequests, strictRequests } from './workload/strict-input.js';
 import { adminHandlers } from './admin/service.js';
+import { AuthorityService } from './admin/authorities.js';
 import { startAdminTcpListener } from './admin/tcp.js';
 import { validateSpiffeRoles } from './admin/roles.js';
 import { addReflection } from './ops/reflection.js';
@@ -382,6 +383,18 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     },
     audit,
     logger: logger.child({ api: 'admin' }),
+    authorities: new AuthorityService({
+      ca,
+      audit,
+      countIssuedBy: (ids) => cache.countIssuedBy(ids),
+      onChanged(condemned) {
+        cache.forgetIssuers(condemned);
+        trust.invalidate();
+        serverSvid.renew(true);
+        hub.refresh();
+        scheduler.poke();
+      },
+    }),
   };
   adminServer.addService(
     adminProto.agentid.admin.v1.AgentIdAdmin.service,

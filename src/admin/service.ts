@@ -12,6 +12,7 @@ import type { TaskService } from '../tasks/service.js';
 import type { Revoker } from '../tasks/revocations.js';
 import type { PeerRegistry } from '../workload/peers.js';
 import { actorForUid, type RoleConfig } from './roles.js';
+import { authorityHandlers, type AuthorityService } from './authorities.js';
 
 /**
  * Who is calling: the role the caller holds, or, when it holds none, how to name it in the audit
@@ -44,6 +45,8 @@ export interface AdminServiceDeps {
   issuanceSummary: (spiffeId: string) => { liveSerials: string[]; count: number };
   audit: AuditSink;
   logger: Logger;
+  /** CA and JWT key prepare/activate/taint/revoke (admin/authorities.ts); absent: not offered. */
+  authorities?: AuthorityService;
 }
 
 const seconds = (ms: number | null) => (ms === null ? 0 : Math.floor(ms / 1000));
@@ -195,5 +198,6 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
 
     ListRevocations: admin('ListRevocations', () => ({ revocations: deps.revoker.list().map(revocationToWire) })),
     WhoAmI: unary('WhoAmI', (_req, actor) => ({ role: actor.role, agents: actor.agents, caller: describeActor(actor) })),
+    ...(deps.authorities ? authorityHandlers(deps.authorities, admin) : {}),
   };
 }

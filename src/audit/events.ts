@@ -126,8 +126,8 @@ export interface AdminDeniedEvent extends Common {
 export interface CaRotatedEvent extends Common {
   type: 'ca.rotated';
   kind: 'root' | 'x509' | 'jwt';
-  /** prepared, active or retired: the state the new key moved into. */
-  phase: 'prepared' | 'active' | 'retired' | 'removed';
+  /** The state the key moved into; tainted and revoked are an operator's (`actor` says who). */
+  phase: 'prepared' | 'active' | 'retired' | 'removed' | 'tainted' | 'revoked';
   /** CA or JWT key ID that entered `phase`. */
   key_id: string;
   previous_key_id?: string;

@@ -30,6 +30,7 @@ import {
   type RotationState,
   type SlotItem,
 } from './rotation.js';
+import { condemnedIds, planManual, type ManualRequest } from './manual.js';
 import { BACKDATE_MS, svidValidity } from './validity.js';
 import { x509 } from './x509-lib.js';
 import { randomSerial, subjectPublicKeyBits, X509SvidTemplate } from './x509-template.js';
@@ -110,7 +111,7 @@ export interface RevokedSerial {
 export interface RotationEvent {
   kind: RotationKind;
   id: string;
-  phase: 'prepared' | 'active' | 'removed';
+  phase: 'prepared' | 'active' | 'removed' | 'tainted' | 'revoked';
   /** The item that left the active slot, on activation. */
   previousId?: string;
   notAfter: number;
@@ -550,9 +551,38 @@ export class CertificateAuthority {
     };
   }
 
+  /** Current roots, signing CAs and JWT keys with their slots, for the admin API. */
+  authorities(): { kind: RotationKind; id: string; slot: string; tainted: boolean; notBefore: number; notAfter: number; issuerId?: string }[] {
+    const list = (kind: RotationKind, items: readonly PersistedItem[]) =>
+      items.map((i) => ({ kind, id: i.id, slot: i.slot, tainted: i.tainted === true, notBefore: i.notBefore, notAfter: i.notAfter, ...(i.issuerId ? { issuerId: i.issuerId } : {}) }));
+    return [...list('root', this.state.roots), ...list('x509', this.state.x509), ...list('jwt', this.state.jwt)];
+  }
+
+  /**
+   * An operator's prepare, activate, taint or revoke (ca/manual.ts), serialized with rotation.
+   * `condemned`: the IDs whose signatures must no longer be served (taint, revoke), so the caller
+   * re-mints what they signed; `guard` may refuse the change after seeing them (nothing is written).
+   */
+  manage(req: ManualRequest, guard?: (condemned: ReadonlySet<string>) => void): Promise<RotationResult & { condemned: Set<string> }> {
+    const run = this.rotating.then(async () => {
+      const now = this.clock.now();
+      const state = { ...this.rotationState(), root: this.upstream ? undefined : this.state.roots };
+      const actions = planManual(state, req, now);
+      const target = actions.find((a) => a.type === 'taint' || a.type === 'revoke');
+      const condemned = target ? condemnedIds(state, target.kind, target.id) : new Set<string>();
+      guard?.(condemned);
+      return { ...(await this.applyActions(actions, now)), condemned };
+    });
+    this.rotating = run.catch(() => undefined);
+    return run;
+  }
+
   private async rotateNow(): Promise<RotationResult> {
     const now = this.clock.now();
-    const actions = planRotation(this.rotationState(), now);
+    return this.applyActions(planRotation(this.rotationState(), now), now);
+  }
+
+  private async applyActions(actions: readonly RotationAction[], now: number): Promise<RotationResult> {
     if (actions.length === 0) return { changed: false, events: [] };
 
     let next: PersistedState = { ...this.state, roots: [...this.state.roots], x509: [...this.state.x509], jwt: [...this.state.jwt] };
@@ -583,11 +613,22 @@ export class CertificateAuthority {
           kind: action.kind, id: action.id, phase: 'active', previousId: old?.id, notAfter: item?.notAfter ?? 0,
           text: `${label(action.kind)} ${action.id} activated${old ? `, ${old.id} retired` : ''}`,
         });
+      } else if (action.type === 'taint') {
+        const item = next[list].find((i) => i.id === action.id);
+        next = { ...next, [list]: applyToItems(next[list], action) };
+        events.push({ kind: action.kind, id: action.id, phase: 'tainted', notAfter: item?.notAfter ?? 0, text: `${label(action.kind)} ${action.id} tainted` });
       } else {
         const item = next[list].find((i) => i.id === action.id);
         next = { ...next, [list]: applyToItems(next[list], action) };
         removedFiles.push(...this.filesOf(action.kind, action.id));
-        events.push({ kind: action.kind, id: action.id, phase: 'removed', notAfter: item?.notAfter ?? 0, text: `${label(action.kind)} ${action.id} removed` });
+        const signingCa = action.kind === 'x509' ? this.signingCas.get(action.id) : undefined;
+        if (action.type === 'revoke' && signingCa && item) {
+          // Listed on its root's CRL until it expires, so full-chain CRL checks refuse it too.
+          const serial = normalizeSerial(new NodeX509Certificate(signingCa.certDer).serialNumber);
+          next.revokedCas = [...(next.revokedCas ?? []), { id: item.id, serial, issuerId: signingCa.issuerId, revokedAt: now, notAfter: item.notAfter }];
+        }
+        const phase = action.type === 'revoke' ? 'revoked' : 'removed';
+        events.push({ kind: action.kind, id: action.id, phase, notAfter: item?.notAfter ?? 0, text: `${label(action.kind)} ${action.id} ${phase}` });
       }
     }
     const ids = (items: readonly SlotItem[]) => items.map((i) => i.id).sort().join(',');
@@ -871,6 +912,8 @@ function checkState(value: unknown, path: string): PersistedState {
       if (!Number.isSafeInteger(i.notBefore) || !Number.isSafeInteger(i.notAfter)) throw bad(`${name} ${i.id}: bad validity`);
       if (name === 'x509' && typeof i.issuerId !== 'string') throw bad(`${name} ${i.id}: missing issuerId`);
       if (name === 'jwt' && i.alg !== 'ES256' && i.alg !== 'ES384') throw bad(`${name} ${i.id}: bad alg`);
+      if (i.tainted !== undefined && typeof i.tainted !== 'boolean') throw bad(`${name} ${i.id}: tainted must be true or false`);
+      if (i.tainted === true && i.slot === 'active') throw bad(`${name} ${i.id}: a tainted item cannot be active`);
     }
     if (active > 1) throw bad(`${name}: more than one active entry`);
     return list as PersistedItem[];

@@ -22,6 +22,8 @@ export interface SlotItem {
   slot: Slot;
   notBefore: number;
   notAfter: number;
+  /** Set by an operator after a compromise (see ca/manual.ts): never used again, removed on revoke. */
+  tainted?: boolean;
 }
 
 export interface RotationState {
@@ -38,7 +40,10 @@ export type RotationAction =
   | { type: 'create'; kind: RotationKind; activate: boolean }
   /** Prepared -> active; the current active one (if any) is retired. */
   | { type: 'activate'; kind: RotationKind; id: string }
-  | { type: 'remove'; kind: RotationKind; id: string };
+  | { type: 'remove'; kind: RotationKind; id: string }
+  /** Operator actions (ca/manual.ts): mark as compromised; drop from the state and bundle at once. */
+  | { type: 'taint'; kind: RotationKind; id: string }
+  | { type: 'revoke'; kind: RotationKind; id: string };
 
 const lifetime = (i: SlotItem): number => Math.max(0, i.notAfter - i.notBefore);
 export const prepareAt = (i: SlotItem): number => i.notAfter - Math.floor(lifetime(i) / 2);
@@ -115,6 +120,9 @@ export function applyToItems(items: readonly SlotItem[], action: RotationAction,
     case 'activate':
       return demote([...items]).map((i) => (i.id === action.id ? { ...i, slot: 'active' as const } : i));
     case 'remove':
+    case 'revoke':
       return items.filter((i) => i.id !== action.id);
+    case 'taint':
+      return items.map((i) => (i.id === action.id ? { ...i, tainted: true } : i));
   }
 }

@@ -45,7 +45,7 @@ async function adminClient(flags: CommonFlags & AdminTransportFlags): Promise<Ad
   return new AdminClient({ url, svid, crls, serverId: flags.adminServerId });
 }
 
-async function withAdmin<T>(flags: CommonFlags & AdminTransportFlags, f: (client: AdminClient) => Promise<T>): Promise<T> {
+export async function withAdmin<T>(flags: CommonFlags & AdminTransportFlags, f: (client: AdminClient) => Promise<T>): Promise<T> {
   const client = await adminClient(flags);
   try {
     return await f(client);

@@ -3,6 +3,7 @@ import { exitCodeFor } from './output.js';
 import { registerLocalCommands } from './local-commands.js';
 import { registerAdminCommands } from './admin-commands.js';
 import { registerWorkloadCommands } from './workload-commands.js';
+import { registerAuthorityCommands } from './authority-commands.js';
 
 export function buildProgram(): Command {
   const program = new Command('agentid')
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
   registerLocalCommands(program);
   registerAdminCommands(program);
   registerWorkloadCommands(program);
+  registerAuthorityCommands(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

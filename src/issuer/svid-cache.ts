@@ -122,6 +122,20 @@ export class SvidCache {
     this.jwt.clear();
   }
 
+  /** Drops SVIDs signed by these CA or JWT key IDs (tainted after a compromise): re-minted on next use. */
+  forgetIssuers(ids: ReadonlySet<string>): void {
+    for (const [key, c] of this.x509) if (ids.has(c.svid.issuerId)) this.x509.delete(key);
+    for (const [key, c] of this.jwt) if (ids.has(c.svid.kid)) this.jwt.delete(key);
+  }
+
+  /** How many cached SVIDs these CA or JWT key IDs signed. */
+  countIssuedBy(ids: ReadonlySet<string>): number {
+    let n = 0;
+    for (const c of this.x509.values()) if (ids.has(c.svid.issuerId)) n++;
+    for (const c of this.jwt.values()) if (ids.has(c.svid.kid)) n++;
+    return n;
+  }
+
   /** Drops cached SVIDs of a SPIFFE ID (revoked), so nothing cached is ever served again. */
   forgetSpiffeId(spiffeId: string): void {
     for (const [key, c] of this.x509) if (c.svid.spiffeId === spiffeId) this.x509.delete(key);
