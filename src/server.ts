@@ -18,9 +18,9 @@ import { BatchedIssuances } from './datastore/batched-issuances.js';
 import type { Datastore } from './datastore/types.js';
 import { EntryIndex } from './entries/match.js';
 import { EntryService } from './entries/service.js';
-import { Attestor } from './attest/index.js';
+import { AttestationCache, Attestor } from './attest/index.js';
 import { AuditLog } from './audit/index.js';
-import { MIN_REMAINING_MS, resolveIdentities } from './issuer/identity.js';
+import { MIN_REMAINING_MS, anyBoundWithDescendants, resolveIdentities } from './issuer/identity.js';
 import { SvidCache } from './issuer/svid-cache.js';
 import { StreamHub } from './issuer/hub.js';
 import { TrustState } from './issuer/trust-state.js';
@@ -130,7 +130,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const audit = AuditLog.open({ file: config.audit.file, clock, logger });
   const ca = await CertificateAuthority.open(caOptionsFrom(config, { clock, logger }));
 
-  const attestor = new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes });
+  const attestations = new AttestationCache(new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes }));
   const index = new EntryIndex();
   // Every change re-enters at mint/push. `hub` and `scheduler` are built below; nothing calls this
   // before startup completes (admin calls, federation updates and timers all start afterwards).
@@ -204,11 +204,13 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     onChange: () => {
       // Tasks are resolved per stream refresh from this snapshot, re-read on every task change.
       boundTasks = holders.select(datastore.tasks.list());
+      descendantsBound = anyBoundWithDescendants(boundTasks);
       changed();
     },
   });
   // Active tasks and finished ones whose processes may live on (these get nothing: least privilege).
   let boundTasks = holders.select(datastore.tasks.list());
+  let descendantsBound = anyBoundWithDescendants(boundTasks);
   const entries = new EntryService({
     datastore,
     index,
@@ -339,7 +341,8 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     strictRequests(workloadService().service),
     workloadHandlers({
       peers,
-      attest: (peer) => attestor.attest(peer, { withSha256: index.requiredSelectorTypes().has('sha256') }),
+      attest: (peer, { streaming }) =>
+        attestations.attest(peer, { withSha256: index.requiredSelectorTypes().has('sha256'), withAncestors: streaming || descendantsBound }),
       hub,
       cache,
       trust,

@@ -46,20 +46,27 @@ class IdFile {
     private readonly logger: Logger,
   ) {}
 
+  /** The file's current identity (one stat); "missing" when it cannot be read. */
+  identity(): string {
+    try {
+      const st = statSync(this.path, { bigint: true });
+      return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    } catch {
+      return 'missing';
+    }
+  }
+
   async name(id: number): Promise<string | undefined> {
     const loaded = await this.current();
     return loaded?.names.get(id);
   }
 
   private async current(): Promise<Loaded | undefined> {
-    let identity: string;
-    try {
-      // One stat per lookup, synchronous: a local file's metadata is cached by the kernel, and a
-      // thread-pool hop per selector name dominated attestation time.
-      const st = statSync(this.path, { bigint: true });
-      identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-    } catch (err) {
-      this.logger.warn({ path: this.path, err: (err as Error).message }, 'attest: account database unreadable; name selectors omitted');
+    // One stat per lookup, synchronous: a local file's metadata is cached by the kernel, and a
+    // thread-pool hop per selector name dominated attestation time.
+    const identity = this.identity();
+    if (identity === 'missing') {
+      this.logger.warn({ path: this.path }, 'attest: account database unreadable; name selectors omitted');
       return undefined;
     }
     if (this.loaded?.identity === identity) return this.loaded;
@@ -92,6 +99,11 @@ export class AccountNames {
     const etc = opts.etcRoot ?? '/etc';
     this.users = new IdFile(join(etc, 'passwd'), opts.logger);
     this.groups = new IdFile(join(etc, 'group'), opts.logger);
+  }
+
+  /** Changes whenever either file changes (see IdFile): names cached against it stay right. */
+  identity(): string {
+    return `${this.users.identity()}|${this.groups.identity()}`;
   }
 
   userName(uid: number): Promise<string | undefined> {

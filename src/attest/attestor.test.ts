@@ -10,7 +10,7 @@ import { createLogger, silentLogger, type Logger } from '../common/logger.js';
 import { formatSelector } from '../spiffe/selector.js';
 import { Attestor, type Attestation } from './attestor.js';
 import { ExecutableHasher } from './exe-hash.js';
-import { closePidfd, readPeerCredentials, type PeerCredentials } from './peercred.js';
+import { readPeerCredentials, type PeerCredentials } from './peercred.js';
 import { readProcessRef } from './proc.js';
 import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser, killAll } from './testing.js';
 
@@ -136,7 +136,6 @@ describe('Attestor on real processes', () => {
       expect(values(a)).not.toContain('unix:uid:0');
       expect(values(a).some((v) => v.startsWith('unix:sha256:'))).toBe(false);
     } finally {
-      closePidfd(creds.pidfd);
       socket.destroy();
       server.close();
     }
@@ -224,16 +223,16 @@ describe('Attestor on real processes', () => {
     const creds = readPeerCredentials(socket);
     try {
       const attestor = new Attestor({ procRoot, etcRoot: await fakeEtc('etc-pidfd'), logger: silentLogger() });
-      const peer = { pid: 4242, uid: 0, gid: 0, pidfd: creds.pidfd! };
-      await expect(attestor.attest(peer, { withSha256: false })).resolves.toBeDefined();
-      expect(await attestor.isSameProcess({ pid: 4242, startTime: '100' }, creds.pidfd)).toBe(true);
+      const peer = { pid: 4242, uid: 0, gid: 0, openPidfd: creds.openPidfd };
+      const first = await attestor.attest(peer, { withSha256: false });
+      expect(await attestor.stillDescribes(first)).toBe(true);
 
       await kill(client);
       const err = await attestor.attest(peer, { withSha256: false }).catch((e: unknown) => e);
       expect(isAgentIdError(err, 'permission_denied')).toBe(true);
-      expect(await attestor.isSameProcess({ pid: 4242, startTime: '100' }, creds.pidfd)).toBe(false);
+      // A cached attestation is not reused either.
+      expect(await attestor.stillDescribes(first)).toBe(false);
     } finally {
-      closePidfd(creds.pidfd);
       socket.destroy();
       server.close();
     }

@@ -1,4 +1,4 @@
-import { readlinkSync } from 'node:fs';
+import { readlinkSync, statSync } from 'node:fs';
 import { readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { permissionDenied } from '../common/errors.js';
@@ -6,7 +6,7 @@ import type { Logger } from '../common/logger.js';
 import { normalizeSelectors, parseSelector, type Selector } from '../spiffe/selector.js';
 import { AccountNames } from './accounts.js';
 import { ExecutableHasher } from './exe-hash.js';
-import { pidfdIsAlive, type PeerCredentials } from './peercred.js';
+import { closePidfd, pidfdIsAlive, type PeerCredentials } from './peercred.js';
 import {
   DEFAULT_PROC_ROOT,
   isGoneError,
@@ -30,8 +30,35 @@ export interface Attestation {
   selectors: Selector[];
   /** cgroup v2 path, null on a v1-only host. */
   cgroup: string | null;
-  /** Parent chain, nearest first, up to pid 1 (or the edge of this PID namespace). */
+  /** Parent chain, nearest first, up to pid 1 (or the edge of this PID namespace); empty unless asked for. */
   ancestors: ProcessRef[];
+  /** What the selectors were derived from that can change while the process lives (see stillDescribes). */
+  facts: ProcessFacts;
+}
+
+/**
+ * The facts behind an attestation that a process (or an administrator) can change without
+ * changing its PID or start time. Comparing them is a handful of cheap reads; when they are all
+ * unchanged, so is every selector an entry could match.
+ */
+export interface ProcessFacts {
+  /** Identity of the running executable (dev, inode, size, mtime, ctime): execve(2) changes it. */
+  exe: string;
+  /** /proc/PID/cgroup as read: moving the process to another cgroup changes it. */
+  cgroupText: string;
+  /** Identity of /etc/passwd and /etc/group: user: and group: names come from them. */
+  accounts: string;
+  /** The parent: it changes when the parent exits (reparenting). */
+  ppid: number;
+  withSha256: boolean;
+  withAncestors: boolean;
+}
+
+export interface AttestOptions {
+  /** Hash the executable for sha256: selectors (only when some entry uses them). */
+  withSha256: boolean;
+  /** Walk the parent chain (only when some task is bound with its descendants). Default true. */
+  withAncestors?: boolean;
 }
 
 export interface AttestorOptions {
@@ -58,18 +85,21 @@ function processGone(pid: number) {
  * time), never the /proc view, which the process may have changed since with setuid(2).
  * Supplementary groups, the executable and the cgroup are read from /proc now.
  *
- * PID reuse. The sequence is: read the start time, read everything else, read the start time
- * again, and if we hold a pidfd check that its process has not exited. A pidfd that is still
- * live at the end proves PID was the same process for the whole window (a PID is only freed
- * after its process exits), so every /proc read was about the connecting process. Remaining
- * races, stated plainly:
+ * PID reuse. The sequence is: open a pidfd for the connector (SO_PEERPIDFD names the process
+ * that called connect(), however late it is asked), read the start time, read everything else,
+ * read the start time again, and check that the pidfd's process has not exited. A pidfd that is
+ * still live at the end proves PID was the same process for the whole window (a PID is only
+ * freed after its process exits), so every /proc read was about the connecting process. The
+ * pidfd is closed when attestation ends: a connection holds no descriptor but its socket.
+ * Remaining races, stated plainly:
  *  - Without a pidfd (kernel < 6.5) the connecting process could exit and its PID be reused
  *    between connect() and our first read; we would attest the newcomer. The start-time
  *    re-check only covers reuse during attestation.
- *  - The selectors describe the process as it is now. A process that connects, hands the
+ *  - The selectors describe the connector as it is now. A process that connects, hands the
  *    socket to a child, then execve()s a different binary is attested as the new binary, and
  *    the child holding the socket receives that identity. SO_PEERCRED names the connector,
  *    not whoever holds the fd later. This is the same limitation SPIRE's unix attestor has.
+ *    An exec during attestation is refused (the executable's identity is read before and after).
  */
 export class Attestor {
   private readonly procRoot: string;
@@ -84,27 +114,90 @@ export class Attestor {
     this.hasher = new ExecutableHasher({ maxBytes: opts.sha256MaxBytes, logger: opts.logger });
   }
 
-  async attest(peer: PeerCredentials, opts: { withSha256: boolean }): Promise<Attestation> {
+  async attest(peer: PeerCredentials, opts: AttestOptions): Promise<Attestation> {
     const { pid } = peer;
     if (!Number.isSafeInteger(pid) || pid <= 0) {
       throw permissionDenied('workload attestation: peer has no process ID visible to this server');
     }
+    const pidfd = this.pin(peer);
+    try {
+      return await this.attestPinned(peer, pidfd, opts);
+    } finally {
+      closePidfd(pidfd);
+    }
+  }
+
+  /**
+   * Whether `previous` still describes its process, checked cheaply: the connector is still
+   * alive (pidfd), with the same start time and parent, running the same executable file, in the
+   * same cgroup, with unchanged account files. True means every selector and the cgroup are as
+   * they were; the caller may reuse it. Any doubt answers false (attest again).
+   */
+  async stillDescribes(previous: Attestation): Promise<boolean> {
+    const { pid } = previous.process;
+    let pidfd: number | undefined;
+    try {
+      pidfd = previous.peer.openPidfd?.();
+    } catch {
+      return false;
+    }
+    try {
+      if (pidfd !== undefined && !pidfdIsAlive(pidfd)) return false;
+      const stat = await readStat(pid, this.procRoot);
+      if (!stat || stat.startTime !== previous.process.startTime || stat.ppid !== previous.facts.ppid) return false;
+      if (this.executableIdentity(pid) !== previous.facts.exe) return false;
+      if ((await readProcFile(this.procRoot, pid, 'cgroup')) !== previous.facts.cgroupText) return false;
+      if (this.accounts.identity() !== previous.facts.accounts) return false;
+      // Alive after the reads too: they were all about the connecting process.
+      return pidfd === undefined || pidfdIsAlive(pidfd);
+    } catch {
+      return false;
+    } finally {
+      closePidfd(pidfd);
+    }
+  }
+
+  /** The parent chain of a process as it is now (see ancestors()); empty when it is gone. */
+  async ancestorsOf(ref: ProcessRef): Promise<ProcessRef[]> {
+    const stat = await readStat(ref.pid, this.procRoot);
+    return stat && stat.startTime === ref.startTime ? this.ancestors(stat) : [];
+  }
+
+  /** A pidfd for the connector, or undefined without kernel support; a peer we cannot pin is gone. */
+  private pin(peer: PeerCredentials): number | undefined {
+    try {
+      return peer.openPidfd?.();
+    } catch {
+      throw processGone(peer.pid);
+    }
+  }
+
+  private async attestPinned(peer: PeerCredentials, pidfd: number | undefined, opts: AttestOptions): Promise<Attestation> {
+    const { pid } = peer;
+    const withAncestors = opts.withAncestors ?? true;
     const before = await readStat(pid, this.procRoot);
-    if (!before || !this.pidfdLive(peer)) throw processGone(pid);
+    if (!before || !this.pidfdLive(pidfd)) throw processGone(pid);
+    const exeBefore = this.executableIdentity(pid);
+    const accounts = this.accounts.identity();
 
     const [status, exePath, cgroupText, ancestors, userName, groupName, sha256] = await Promise.all([
       readProcFile(this.procRoot, pid, 'status'),
       this.executablePath(pid),
       readProcFile(this.procRoot, pid, 'cgroup'),
-      this.ancestors(before),
+      withAncestors ? this.ancestors(before) : Promise.resolve([]),
       this.accounts.userName(peer.uid),
       this.accounts.groupName(peer.gid),
       opts.withSha256 ? this.executableSha256(pid) : Promise.resolve(undefined),
     ]);
 
     const after = await readProcessRef(pid, this.procRoot);
-    if (!after || after.startTime !== before.startTime || !this.pidfdLive(peer)) throw processGone(pid);
+    if (!after || after.startTime !== before.startTime || !this.pidfdLive(pidfd)) throw processGone(pid);
     if (status === undefined || cgroupText === undefined) throw processGone(pid);
+    // execve(2) keeps PID and start time: a process that exec'd while we read has a path and a
+    // hash of two different programs. Refuse; its next call sees one program.
+    if (this.executableIdentity(pid) !== exeBefore) {
+      throw permissionDenied(`workload attestation: process ${pid} executed another program during attestation`);
+    }
 
     let groups: number[];
     try {
@@ -132,6 +225,7 @@ export class Attestor {
       selectors: normalizeSelectors(values.flatMap((v) => this.selector(pid, v))),
       cgroup,
       ancestors,
+      facts: { exe: exeBefore, cgroupText, accounts, ppid: before.ppid, withSha256: opts.withSha256, withAncestors },
     };
   }
 
@@ -142,8 +236,22 @@ export class Attestor {
     return now !== undefined && now.startTime === ref.startTime;
   }
 
-  private pidfdLive(peer: PeerCredentials): boolean {
-    return peer.pidfd === undefined || pidfdIsAlive(peer.pidfd);
+  private pidfdLive(pidfd: number | undefined): boolean {
+    return pidfd === undefined || pidfdIsAlive(pidfd);
+  }
+
+  /**
+   * stat(2) through /proc/PID/exe reaches the file the process runs, even when its path was
+   * replaced. ctime is included because a binary rewritten in place keeps its inode and can
+   * have its mtime set back, never its ctime. "none" when there is no executable to see.
+   */
+  private executableIdentity(pid: number): string {
+    try {
+      const st = statSync(join(this.procRoot, String(pid), 'exe'), { bigint: true });
+      return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    } catch {
+      return 'none';
+    }
   }
 
   /**

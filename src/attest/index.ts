@@ -1,4 +1,5 @@
-export { Attestor, type Attestation, type AttestorOptions } from './attestor.js';
-export { readPeerCredentials, closePidfd, pidfdIsAlive, type PeerCredentials } from './peercred.js';
+export { Attestor, type Attestation, type AttestOptions, type AttestorOptions, type ProcessFacts } from './attestor.js';
+export { readPeerCredentials, openPeerPidfd, closePidfd, pidfdIsAlive, type PeerCredentials } from './peercred.js';
 export { readProcessRef, isAlive, parseStat, parseCgroupV2, parseStatusGroups, type ProcessRef, type ProcStat } from './proc.js';
 export { DEFAULT_SHA256_MAX_BYTES } from './exe-hash.js';
+export { AttestationCache } from './attestation-cache.js';

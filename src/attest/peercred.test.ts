@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmod, mkdtemp, readFile, readlink, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,7 +35,6 @@ beforeAll(async () => {
     const accepted: Accepted = { socket };
     try {
       accepted.creds = readPeerCredentials(socket);
-      if (accepted.creds.pidfd !== undefined) pidfds.push(accepted.creds.pidfd);
     } catch (err) {
       accepted.error = err;
     }
@@ -69,6 +68,16 @@ async function connectFrom(argv: string[]): Promise<{ child: ChildProcess; accep
   return { child, accepted: await accepted };
 }
 
+
+/** How many pidfds this process holds open. */
+async function openPidfdCount(): Promise<number> {
+  let n = 0;
+  for (const fd of await readdir('/proc/self/fd')) {
+    if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === 'anon_inode:[pidfd]') n++;
+  }
+  return n;
+}
+
 describe('readPeerCredentials', () => {
   it('reports the connecting process: pid, uid 0 and gid 0 for a root child', async () => {
     const { child, accepted } = await connectFrom(clientArgv(socketPath));
@@ -84,10 +93,11 @@ describe('readPeerCredentials', () => {
     expect(accepted.creds).toMatchObject({ pid: child.pid, uid: user.uid, gid: user.gid });
   });
 
-  it.skipIf(!kernelHasPeerPidfd)('gives a pidfd for exactly the peer that stops being alive when it exits', async () => {
+  it.skipIf(!kernelHasPeerPidfd)('opens, on demand, a pidfd for exactly the peer that stops being alive when it exits', async () => {
     const { child, accepted } = await connectFrom(clientArgv(socketPath));
-    const pidfd = accepted.creds?.pidfd;
+    const pidfd = accepted.creds?.openPidfd?.();
     expect(pidfd).toBeTypeOf('number');
+    pidfds.push(pidfd!);
     expect(await readlink(`/proc/self/fd/${pidfd}`)).toBe('anon_inode:[pidfd]');
     expect(await readFile(`/proc/self/fdinfo/${pidfd}`, 'utf8')).toMatch(new RegExp(`^Pid:\\s+${child.pid}$`, 'm'));
     expect(pidfdIsAlive(pidfd!)).toBe(true);
@@ -99,6 +109,15 @@ describe('readPeerCredentials', () => {
     pidfds.splice(pidfds.indexOf(pidfd!), 1);
     closePidfd(pidfd);
     await expect(readlink(`/proc/self/fd/${pidfd}`)).rejects.toThrow();
+  });
+
+  it.skipIf(!kernelHasPeerPidfd)('opens no pidfd at accept, and refuses to open one once the socket is closed', async () => {
+    const pidfdsBefore = await openPidfdCount();
+    const { accepted } = await connectFrom(clientArgv(socketPath));
+    // The connection holds its socket and nothing else: no pidfd until someone attests.
+    expect(await openPidfdCount()).toBe(pidfdsBefore);
+    accepted.socket.destroy();
+    expect(() => accepted.creds!.openPidfd!()).toThrow(/no open file descriptor/);
   });
 
   it('treats a closed or invalid pidfd as not alive', () => {

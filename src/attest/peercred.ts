@@ -13,12 +13,15 @@ export interface PeerCredentials {
   uid: number;
   gid: number;
   /**
-   * A pidfd for the peer (SO_PEERPIDFD, Linux >= 6.5): it names exactly the process that
-   * connected, so PID reuse cannot redirect it. Owned by whoever called readPeerCredentials;
-   * they must closePidfd() it once, when the connection is done (the listener in
-   * src/workload/listener.ts does this on the socket's 'close').
+   * Opens a pidfd for the process that connected (SO_PEERPIDFD, Linux >= 6.5): the kernel keeps a
+   * reference to the connector for the socket's life, so a pidfd opened at any later time still
+   * names exactly that process, never a newcomer that reused its PID. The caller owns the result
+   * and must closePidfd() it; nothing holds one between calls (a pidfd per connection would double
+   * the server's descriptors). undefined: the kernel has no SO_PEERPIDFD. Throws 'unavailable'
+   * when the connector can no longer be pinned (it exited and was reaped, or the socket is closed):
+   * callers fail closed.
    */
-  pidfd?: number;
+  openPidfd?: () => number | undefined;
 }
 
 // Values from <asm-generic/socket.h>; identical on x86_64 and arm64 (not on e.g. mips/sparc/parisc).
@@ -72,7 +75,7 @@ function errnoName(code: number): string {
 }
 
 /**
- * Reads SO_PEERCRED (and SO_PEERPIDFD when the kernel has it) from a connected Unix socket.
+ * Reads SO_PEERCRED from a connected Unix socket (a pidfd is opened later, on demand).
  * Call it at accept, before any byte is read. Throws AgentIdError 'unavailable' when the
  * kernel does not give credentials, including pid 0 (not a Unix socket, or a peer outside
  * this PID namespace): a process we cannot see is a process we cannot attest.
@@ -97,17 +100,27 @@ export function readPeerCredentials(socket: Socket): PeerCredentials {
     throw unavailable('peer credentials: the kernel reports no peer process (not a Unix socket, or peer in another PID namespace)');
   }
 
-  const pidfd = readPeerPidfd(getsockopt, fd);
-  return pidfd === undefined ? { pid, uid, gid } : { pid, uid, gid, pidfd };
+  return { pid, uid, gid, openPidfd: () => openPeerPidfd(socket) };
 }
 
-function readPeerPidfd(getsockopt: Libc['getsockopt'], fd: number): number | undefined {
+/** false once the kernel answered that it has no SO_PEERPIDFD, so later calls skip the syscall. */
+let kernelHasPeerPidfd = true;
+
+/** A fresh pidfd for the peer of `socket` (see PeerCredentials.openPidfd). */
+export function openPeerPidfd(socket: Socket): number | undefined {
+  if (!kernelHasPeerPidfd) return undefined;
+  const { getsockopt } = loadLibc();
+  // Throws once the socket is closed: its descriptor number may already name another socket.
+  const fd = socketFd(socket);
   const out = Buffer.alloc(4);
   const len = [4];
   if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, out, len) !== 0) {
     const errno = koffi.errno();
     // Kernels before 6.5 do not know the option; that is the only failure we fall back from.
-    if (errno === koffi.os.errno.ENOPROTOOPT || errno === koffi.os.errno.EINVAL) return undefined;
+    if (errno === koffi.os.errno.ENOPROTOOPT || errno === koffi.os.errno.EINVAL) {
+      kernelHasPeerPidfd = false;
+      return undefined;
+    }
     // Anything else (ESRCH: the peer is already reaped) means we cannot pin the peer: fail closed.
     throw unavailable(`peer credentials: getsockopt(SO_PEERPIDFD) failed (${errnoName(errno)})`);
   }
@@ -135,7 +148,7 @@ export function pidfdIsAlive(pidfd: number): boolean {
 }
 
 /**
- * Closes a pidfd obtained from readPeerCredentials. Call it exactly once: a second close could
+ * Closes a pidfd obtained from PeerCredentials.openPidfd. Call it exactly once: a second close could
  * hit an unrelated descriptor that reused the number (EBADF alone is ignored).
  */
 export function closePidfd(pidfd: number | undefined): void {

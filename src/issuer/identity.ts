@@ -53,6 +53,11 @@ export function taskBindingMatches(task: TaskRecord, caller: CallerFacts): boole
   return caller.cgroup === b.path || caller.cgroup.startsWith(b.path === '/' ? '/' : `${b.path}/`);
 }
 
+/** True when some task also covers its process's descendants: only then do callers' parent chains matter. */
+export function anyBoundWithDescendants(tasks: readonly TaskRecord[]): boolean {
+  return tasks.some((t) => t.binding.kind === 'process' && t.binding.descendants);
+}
+
 export function taskIsLive(task: TaskRecord, now: number): boolean {
   return task.state === 'active' && now < task.expiresAt;
 }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isAgentIdError } from '../common/errors.js';
 import { silentLogger } from '../common/logger.js';
-import type { PeerCredentials } from '../attest/peercred.js';
+import { closePidfd, type PeerCredentials } from '../attest/peercred.js';
 import { asUser, clientArgv, ensureTestUser, firstLine, type TestUser, killAll } from '../attest/testing.js';
 import { listenUnixWithPeerCreds, type UnixListener } from './listener.js';
 
@@ -76,6 +76,16 @@ function client(path: string, as?: TestUser): ChildProcess {
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   return child;
+}
+
+
+/** How many pidfds this process holds open. */
+async function openPidfdCount(): Promise<number> {
+  let n = 0;
+  for (const fd of await readdir('/proc/self/fd')) {
+    if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === 'anon_inode:[pidfd]') n++;
+  }
+  return n;
 }
 
 describe('listenUnixWithPeerCreds', () => {
@@ -170,23 +180,27 @@ describe('listenUnixWithPeerCreds', () => {
     expect(code).toBe(0); // the client exits on 'close'
   });
 
-  it.skipIf(!kernelHasPeerPidfd)('owns the pidfd: closes it and marks it -1 when the connection closes', async () => {
+  it.skipIf(!kernelHasPeerPidfd)('holds one descriptor per connection; a pidfd opened later still names the connector', async () => {
     const path = freshPath();
     const { next } = await collecting(path, 0o666);
+    const pidfdsBefore = await openPidfdCount();
     const pending = next();
     const c = client(path);
     await firstLine(c);
     const conn = await pending;
-    const pidfd = conn.creds.pidfd!;
-    expect(await readlink(`/proc/self/fd/${pidfd}`)).toBe('anon_inode:[pidfd]');
-    expect(await readFile(`/proc/self/fdinfo/${pidfd}`, 'utf8')).toMatch(new RegExp(`^Pid:\\s+${c.pid}$`, 'm'));
-
+    expect(await openPidfdCount()).toBe(pidfdsBefore);
+    const pidfd = conn.creds.openPidfd!()!;
+    try {
+      expect(await readlink(`/proc/self/fd/${pidfd}`)).toBe('anon_inode:[pidfd]');
+      expect(await readFile(`/proc/self/fdinfo/${pidfd}`, 'utf8')).toMatch(new RegExp(`^Pid:\\s+${c.pid}$`, 'm'));
+    } finally {
+      closePidfd(pidfd);
+    }
     const closed = once(conn.socket, 'close');
     c.kill('SIGKILL');
     await closed;
-    expect(conn.creds.pidfd).toBe(-1);
-    const now = await readlink(`/proc/self/fd/${pidfd}`).catch(() => 'closed');
-    expect(now).not.toBe('anon_inode:[pidfd]');
+    // Fails closed: the socket's descriptor number may already belong to another connection.
+    expect(() => conn.creds.openPidfd!()).toThrow();
   });
 
   it('rejects a path too long for sockaddr_un', async () => {

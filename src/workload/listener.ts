@@ -3,7 +3,7 @@ import net from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
 import { failedPrecondition, invalidArgument, isAgentIdError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import { closePidfd, readPeerCredentials, type PeerCredentials } from '../attest/peercred.js';
+import { readPeerCredentials, type PeerCredentials } from '../attest/peercred.js';
 
 export interface UnixListenerOptions {
   /** File mode of the socket: 0o666 for the workload socket (any local process), 0o600 for admin. */
@@ -15,9 +15,9 @@ export interface UnixListenerOptions {
   backlog?: number;
   /**
    * Called once per accepted connection, synchronously at accept, with credentials read before
-   * any byte from the peer was handled. creds.pidfd belongs to the listener: it is valid until
-   * the socket emits 'close', after which it is closed and set to -1 so a late liveness check
-   * fails closed instead of polling a reused descriptor number. Throwing destroys the socket.
+   * any byte from the peer was handled. The connection holds one descriptor, its socket:
+   * creds.openPidfd() pins the peer only while someone attests it (and fails closed once the
+   * socket is closed). Throwing destroys the socket.
    */
   onConnection: (socket: net.Socket, creds: PeerCredentials) => void;
   logger: Logger;
@@ -122,14 +122,7 @@ function accept(socket: net.Socket, sockets: Set<net.Socket>, opts: UnixListener
   }
   sockets.add(socket);
   socket.on('error', (err) => opts.logger.debug({ pid: creds.pid, err: err.message }, 'unix listener: connection error'));
-  socket.once('close', () => {
-    sockets.delete(socket);
-    const pidfd = creds.pidfd;
-    if (pidfd !== undefined && pidfd >= 0) {
-      creds.pidfd = -1;
-      closePidfd(pidfd);
-    }
-  });
+  socket.once('close', () => sockets.delete(socket));
   try {
     opts.onConnection(socket, creds);
   } catch (err) {

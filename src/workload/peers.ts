@@ -4,7 +4,8 @@ export interface PeerCredentialsLike {
   pid: number;
   uid: number;
   gid: number;
-  pidfd?: number;
+  /** See PeerCredentials.openPidfd in src/attest/peercred.ts. */
+  openPidfd?: () => number | undefined;
 }
 
 /**

@@ -22,7 +22,8 @@ export interface AttestationResult {
 
 export interface WorkloadDeps {
   peers: PeerRegistry;
-  attest: (peer: PeerCredentialsLike) => Promise<AttestationResult>;
+  /** streaming: the result is kept for a long-lived stream (identity.ts then needs the parent chain). */
+  attest: (peer: PeerCredentialsLike, call: { streaming: boolean }) => Promise<AttestationResult>;
   hub: StreamHub;
   cache: SvidCache;
   trust: TrustMaterial;
@@ -46,14 +47,14 @@ function checkSecurityHeader(metadata: grpc.Metadata): void {
 export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImplementation {
   const { hub, logger } = deps;
 
-  async function attestCaller(call: { getPeer(): string }, method: string): Promise<Caller> {
+  async function attestCaller(call: { getPeer(): string }, method: string, streaming = false): Promise<Caller> {
     const peer = deps.peers.lookup(call.getPeer());
     if (!peer) {
       deps.onRefused(undefined, method, 'no peer credentials');
       throw unavailable('workload attestation failed');
     }
     try {
-      const a = await deps.attest(peer);
+      const a = await deps.attest(peer, { streaming });
       return {
         pid: a.process.pid,
         uid: a.peer.uid,
@@ -94,7 +95,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
       call.on('close', () => finish());
       (async () => {
         checkSecurityHeader(call.metadata);
-        const caller = await attestCaller(call, method);
+        const caller = await attestCaller(call, method, true);
         if (done) return;
         try {
           unsubscribe = hub.subscribe(kind, caller, (state) => writer.write(state), (err) => finish(err));

@@ -1,0 +1,136 @@
+/**
+ * The per-connection attestation cache with real processes on a real Unix socket: one full
+ * attestation per connection while nothing changes, and a new one as soon as the connected
+ * process executes another program or the account files change.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { copyFile, mkdir, mkdtemp, readlink, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '../common/logger.js';
+import { formatSelector } from '../spiffe/selector.js';
+import { AttestationCache } from './attestation-cache.js';
+import { Attestor, type Attestation } from './attestor.js';
+import { readPeerCredentials, type PeerCredentials } from './peercred.js';
+import { firstLine, killAll } from './testing.js';
+
+const SLEEP = '/usr/bin/sleep';
+/** Connects, keeps the socket across exec, and on a line from stdin becomes /usr/bin/sleep. */
+const CONNECT_THEN_EXEC = [
+  'import os, socket, sys',
+  's = socket.socket(socket.AF_UNIX)',
+  's.connect(sys.argv[1])',
+  's.set_inheritable(True)',
+  "print('connected', flush=True)",
+  'sys.stdin.readline()',
+  `os.execv('${SLEEP}', ['sleep', '600'])`,
+].join('\n');
+
+let dir: string;
+let server: net.Server;
+let socketPath: string;
+const children: ChildProcess[] = [];
+const sockets: net.Socket[] = [];
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'agentid-attest-cache-'));
+  socketPath = join(dir, 's.sock');
+  server = net.createServer((s) => sockets.push(s));
+  server.listen(socketPath);
+  await once(server, 'listening');
+});
+
+afterEach(async () => {
+  await killAll(children);
+  for (const s of sockets.splice(0)) s.destroy();
+});
+
+afterAll(async () => {
+  server.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const paths = (a: Attestation) => a.selectors.map(formatSelector).filter((s) => s.startsWith('unix:path:'));
+
+async function connectedChild(): Promise<{ child: ChildProcess; peer: PeerCredentials }> {
+  const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+  const child = spawn('python3', ['-c', CONNECT_THEN_EXEC, socketPath], { stdio: ['pipe', 'pipe', 'inherit'] });
+  children.push(child);
+  expect(await firstLine(child)).toBe('connected');
+  const [socket] = await accepted;
+  return { child, peer: readPeerCredentials(socket) };
+}
+
+async function fakeEtc(name: string): Promise<string> {
+  const etc = join(dir, name);
+  await rm(etc, { recursive: true, force: true });
+  await mkdir(etc);
+  await copyFile('/etc/passwd', join(etc, 'passwd'));
+  await copyFile('/etc/group', join(etc, 'group'));
+  return etc;
+}
+
+describe('AttestationCache', () => {
+  it('attests a connection once while its process is unchanged', async () => {
+    const { peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const first = await cache.attest(peer, { withSha256: false, withAncestors: false });
+    for (let i = 0; i < 5; i++) expect(await cache.attest(peer, { withSha256: false, withAncestors: false })).toBe(first);
+    expect(cache.stats()).toEqual({ hits: 5, misses: 1 });
+    expect(first.ancestors).toEqual([]);
+  });
+
+  it('re-attests when something more is needed: a sha256 selector, the parent chain', async () => {
+    const { peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    await cache.attest(peer, { withSha256: false, withAncestors: false });
+    const hashed = await cache.attest(peer, { withSha256: true, withAncestors: false });
+    expect(hashed.selectors.map(formatSelector).some((s) => s.startsWith('unix:sha256:'))).toBe(true);
+    const withChain = await cache.attest(peer, { withSha256: false, withAncestors: true });
+    expect(withChain.ancestors[0]?.pid).toBe(process.pid);
+    expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
+  });
+
+  it('sees a process that executes another program after connecting: the next call attests the new program', async () => {
+    const { child, peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const before = await cache.attest(peer, { withSha256: true, withAncestors: false });
+    expect(paths(before)).not.toEqual([`unix:path:${SLEEP}`]);
+
+    child.stdin!.write('exec\n');
+    while ((await readlink(`/proc/${child.pid}/exe`).catch(() => '')) !== SLEEP) await delay(10);
+
+    const after = await cache.attest(peer, { withSha256: true, withAncestors: false });
+    expect(after.process).toEqual(before.process); // same PID and start time: only the program changed
+    expect(paths(after)).toEqual([`unix:path:${SLEEP}`]);
+    expect(after.selectors.map(formatSelector).filter((s) => s.startsWith('unix:sha256:'))).not.toEqual(
+      before.selectors.map(formatSelector).filter((s) => s.startsWith('unix:sha256:')),
+    );
+    expect(cache.stats()).toEqual({ hits: 0, misses: 2 });
+  });
+
+  it('re-attests when the account files change (names come from them)', async () => {
+    const etcRoot = await fakeEtc('etc');
+    const { peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ etcRoot, logger: silentLogger() }));
+    const first = await cache.attest(peer, { withSha256: false, withAncestors: false });
+    expect(first.selectors.map(formatSelector)).toContain('unix:user:root');
+    await writeFile(join(etcRoot, 'passwd'), 'superuser:x:0:0::/root:/bin/sh\n');
+    const second = await cache.attest(peer, { withSha256: false, withAncestors: false });
+    expect(second.selectors.map(formatSelector)).toContain('unix:user:superuser');
+    expect(cache.stats()).toEqual({ hits: 0, misses: 2 });
+  });
+
+  it('fails closed once the connected process is gone, cached or not', async () => {
+    const { child, peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    await cache.attest(peer, { withSha256: false, withAncestors: false });
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    await expect(cache.attest(peer, { withSha256: false, withAncestors: false })).rejects.toMatchObject({ code: 'permission_denied' });
+  });
+});
