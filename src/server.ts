@@ -20,6 +20,8 @@ import { EntryIndex } from './entries/match.js';
 import { EntryService } from './entries/service.js';
 import { AttestationCache, Attestor } from './attest/index.js';
 import { AuditLog } from './audit/index.js';
+import { DiskReserve } from './audit/disk-reserve.js';
+import { RefusalAggregator } from './audit/refusals.js';
 import { MIN_REMAINING_MS, anyBoundWithDescendants, resolveIdentities } from './issuer/identity.js';
 import { SvidCache } from './issuer/svid-cache.js';
 import { StreamHub } from './issuer/hub.js';
@@ -155,8 +157,14 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     federation,
     revokedAt: (id) => datastore.revocations.get(id)?.revokedAt,
   });
+  // Room for revocations and task ends: new issuance pauses while the data volumes run short.
+  const reserve = new DiskReserve({ files: [config.audit.file, join(config.dataDir, 'agentid.db')], reserveBytes: config.audit.reserveBytes, clock, logger });
+  const refusals = new RefusalAggregator({ append: (e) => audit.append(e), clock, logger, intervalMs: config.audit.refusalIntervalMs });
   const cache = new SvidCache({
-    minter: ca,
+    minter: {
+      mintX509Svid: (req) => (reserve.assertRoom(), ca.mintX509Svid(req)),
+      mintJwtSvid: (req) => (reserve.assertRoom(), ca.mintJwtSvid(req)),
+    },
     recordIssuance: (r) => datastore.issuances.record(r),
     clock,
     logger,
@@ -348,13 +356,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       trust,
       validateJwt,
       onRefused(peer, method, reason) {
-        const refused = (why: string) => audit.append({ type: 'attestation.refused', outcome: 'denied', pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${why}` });
-        try {
-          refused(reason);
-        } catch {
-          // The reason quotes process facts (an executable path) that look like a secret to the audit log.
-          refused('refused (details withheld: a selector looked like key material or a token)');
-        }
+        refusals.refused({ pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });
       },
       logger: logger.child({ api: 'workload' }),
     }),
@@ -484,6 +486,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       workloadServer.forceShutdown();
       adminServer.forceShutdown();
       datastore.close();
+      refusals.close();
       audit.append({ type: 'server.stopped', outcome: 'ok', pid: process.pid, records: audit.head.seq - auditStartSeq + 2 });
       // The chain cannot show a cut-off tail by itself; the operational log keeps the last head.
       logger.info({ auditSeq: audit.head.seq, auditHash: audit.head.hash }, 'audit log head');

@@ -115,8 +115,22 @@ describe('AuditLog', () => {
     expect(() => open()).toThrow(/symbolic link/);
   });
 
+  it('removes a torn last line, records the repair in the chain and continues it', () => {
+    const lines = writeLog(3);
+    const whole = `${lines.slice(0, 2).join('\n')}\n`;
+    const torn = lines[2]!.slice(0, -20);
+    writeFileSync(file, whole + torn);
+    const log = open();
+    expect(log.head.seq).toBe(3);
+    log.append(revoked);
+    log.close();
+    expect(verifyAuditFile(file)).toEqual({ ok: true, count: 4 });
+    const repaired = readAuditEvents(file, { type: 'audit.repaired' }) as unknown as { seq: number; removed_bytes: number; removed_sha256: string }[];
+    expect(repaired).toEqual([expect.objectContaining({ seq: 3, removed_bytes: Buffer.byteLength(torn) })]);
+    expect(repaired[0]!.removed_sha256).toMatch(/^[0-9a-f]{64}$/);
+  });
+
   it.each([
-    ['a truncated last line', (lines: string[]) => `${lines.join('\n')}`.slice(0, -20), /incomplete/],
     ['an edited last line', (lines: string[]) => `${lines.join('\n').replace(/"pid":4242(?![^]*"pid")/, '"pid":1')}\n`, /edited/],
     ['garbage as the last line', (lines: string[]) => `${lines.join('\n')}\nnot json\n`, /not valid JSON/],
   ])('refuses to fork the chain after %s', (_name, damage, reason) => {

@@ -1,6 +1,7 @@
-import { closeSync, constants, fchmodSync, fdatasyncSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, constants, fchmodSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import type { Clock } from '../common/clock.js';
-import { failedPrecondition, internal } from '../common/errors.js';
+import { failedPrecondition, internal, resourceExhausted } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { GENESIS_HASH, recordHash } from './canonical.js';
 import { AUDIT_TIME_FIELDS, DURABLE_EVENT_TYPES, type AuditEventInput, type AuditRecord } from './events.js';
@@ -33,8 +34,19 @@ const TAIL_CHUNK = 64 * 1024;
  *   (every syncIntervalMs or syncBatch events, and by any durable event), so a power loss can
  *   drop at most the last interval of them. The SVIDs they describe are short-lived.
  *
- * One process owns the file: two writers would fork the chain. A failed write or fsync makes
- * the log refuse further appends (the chain's state on disk is then unknown).
+ * One process owns the file: two writers would fork the chain.
+ *
+ * A full disk (ENOSPC, EDQUOT, EFBIG) is survivable: whatever part of the write landed is cut off
+ * again (ftruncate to the last whole record), the append fails with resource_exhausted and nothing
+ * is chained, and the next append tries again, so the log recovers by itself when space returns.
+ * Any other failed write, and any failed fsync, makes the log refuse further appends (the chain's
+ * state on disk is then unknown).
+ *
+ * A torn last line found at open (the process died in the middle of a write, or the disk filled
+ * and the server was killed before it could cut the line off) is never an acknowledged record:
+ * its write did not complete. It is removed and an `audit.repaired` record with its length and
+ * SHA-256 is chained in its place, so the chain stays verifiable and the repair is on the record.
+ * A damaged line that is complete (ends in a newline) is not a torn write: open refuses it.
  */
 export class AuditLog {
   private seq: number;
@@ -50,6 +62,8 @@ export class AuditLog {
     private readonly fd: number,
     private readonly options: Required<AuditLogOptions>,
     head: { seq: number; hash: string },
+    /** Bytes of whole records in the file: where a failed write is cut back to. */
+    private size: number,
   ) {
     this.seq = head.seq;
     this.hash = head.hash;
@@ -74,8 +88,21 @@ export class AuditLog {
         fchmodSync(fd, 0o600);
         logger.warn({ file, mode: (st.mode & 0o777).toString(8) }, 'audit file was readable by others; set mode 0600');
       }
-      const head = readHead(fd, st.size, file);
-      return new AuditLog(fd, { syncIntervalMs: 1000, syncBatch: 256, ...options }, head);
+      const torn = tornTail(fd, st.size);
+      if (torn) ftruncateSync(fd, st.size - torn.length);
+      const size = st.size - (torn?.length ?? 0);
+      const log = new AuditLog(fd, { syncIntervalMs: 1000, syncBatch: 256, ...options }, readHead(fd, size, file), size);
+      if (torn) {
+        logger.warn({ file, removedBytes: torn.length }, 'audit file ended in a torn line (a write cut short); removed it and recorded the repair');
+        log.append({
+          type: 'audit.repaired',
+          outcome: 'ok',
+          reason: 'the last line was incomplete (a write cut short) and was removed',
+          removed_bytes: torn.length,
+          removed_sha256: createHash('sha256').update(torn).digest('hex'),
+        });
+      }
+      return log;
     } catch (err) {
       closeSync(fd);
       throw err;
@@ -136,22 +163,44 @@ export class AuditLog {
   batch<T>(fn: () => T): T {
     if (this.pendingBatch !== undefined) return fn();
     this.pendingBatch = { lines: [], durable: false };
+    const before = { seq: this.seq, hash: this.hash };
     try {
       return fn();
     } finally {
       const { lines, durable } = this.pendingBatch;
       this.pendingBatch = undefined;
-      if (lines.length > 0) this.writeLines(lines, durable);
+      if (lines.length > 0) {
+        try {
+          this.writeLines(lines, durable);
+        } catch (err) {
+          // Nothing of the batch is on disk: the chain continues from where it was.
+          this.seq = before.seq;
+          this.hash = before.hash;
+          throw err;
+        }
+      }
     }
   }
 
   private writeLines(lines: Buffer[], durable: boolean): void {
+    const data = lines.length === 1 ? lines[0]! : Buffer.concat(lines);
     try {
-      writeAll(this.fd, lines.length === 1 ? lines[0]! : Buffer.concat(lines));
+      writeAll(this.fd, data);
     } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG') {
+        try {
+          ftruncateSync(this.fd, this.size);
+        } catch (truncateErr) {
+          this.broken = truncateErr;
+          throw internal('audit log write failed and could not be cut back', err);
+        }
+        throw resourceExhausted('audit log: no space left on the device; nothing was recorded');
+      }
       this.broken = err;
       throw internal('audit log write failed', err);
     }
+    this.size += data.length;
     this.unsynced += lines.length;
     if (durable || this.unsynced >= this.options.syncBatch) {
       this.sync();
@@ -213,6 +262,27 @@ export class AuditLog {
 function writeAll(fd: number, data: Buffer): void {
   let off = 0;
   while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+}
+
+/** The bytes after the last newline (a write cut short), or undefined when the file ends in a whole line. */
+function tornTail(fd: number, size: number): Buffer | undefined {
+  if (size === 0) return undefined;
+  const parts: Buffer[] = [];
+  let end = size;
+  while (end > 0) {
+    const start = Math.max(0, end - TAIL_CHUNK);
+    const buf = Buffer.alloc(end - start);
+    readSync(fd, buf, 0, buf.length, start);
+    const nl = buf.lastIndexOf(0x0a);
+    if (nl !== -1) {
+      parts.unshift(buf.subarray(nl + 1));
+      break;
+    }
+    parts.unshift(buf);
+    end = start;
+  }
+  const torn = Buffer.concat(parts);
+  return torn.length > 0 ? torn : undefined;
 }
 
 /** Finds the last record so the chain continues across restarts; refuses a damaged tail. */

@@ -24,9 +24,26 @@ interface Common {
 
 export interface AttestationRefusedEvent extends Common {
   type: 'attestation.refused';
+  /** The (last) refused process; a summary names the latest one it counts. */
   pid: number;
   uid: number;
   reason: string;
+  /**
+   * Refusals this line stands for. Absent on the first refusal of a (uid, reason), which is
+   * written at once; later ones are summed per interval (refusals.ts) so a flood cannot fill the disk.
+   */
+  count?: number;
+  /** Start of the interval a summary covers. */
+  since?: number;
+}
+
+/** The server removed a torn tail (a write cut short by a crash or a full disk) before continuing the chain. */
+export interface AuditRepairedEvent extends Common {
+  type: 'audit.repaired';
+  reason: string;
+  /** Length and SHA-256 of the bytes removed: never an acknowledged record (its write did not complete). */
+  removed_bytes: number;
+  removed_sha256: string;
 }
 
 interface SvidCommon extends Common {
@@ -151,6 +168,7 @@ export interface ServerStoppedEvent extends Common {
 
 export type AuditEventInput =
   | AttestationRefusedEvent
+  | AuditRepairedEvent
   | SvidIssuedEvent
   | SvidRotatedEvent
   | TaskStartedEvent
@@ -166,7 +184,7 @@ export type AuditEventInput =
 export type AuditEventType = AuditEventInput['type'];
 
 /** Event fields that hold a time: milliseconds on input, ISO-8601 strings in the file. */
-export const AUDIT_TIME_FIELDS = ['not_after', 'expires_at', 'keep_until'] as const;
+export const AUDIT_TIME_FIELDS = ['not_after', 'expires_at', 'keep_until', 'since'] as const;
 type TimeField = (typeof AUDIT_TIME_FIELDS)[number];
 
 type Stored<E> = E extends unknown ? { [K in keyof E]: K extends TimeField ? string : E[K] } : never;
@@ -199,6 +217,7 @@ export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEve
   'entry.deleted',
   'admin.denied',
   'ca.rotated',
+  'audit.repaired',
   'server.started',
   'server.stopped',
 ]);

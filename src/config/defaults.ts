@@ -106,6 +106,10 @@ export const DEFAULTS = deepFreeze({
   audit: {
     /** Hash-chained audit trail (JSON lines). null: <data_dir>/audit.log. */
     file: null as string | null,
+    /** Bytes kept free on the volumes of the audit log and the database: below it new issuance pauses (32 MiB). 0: off. */
+    reserve_bytes: 33_554_432,
+    /** Repeated refusals of one uid for one reason become one counted audit line per this interval. */
+    refusal_interval: '1m',
   },
   attest: {
     /** Largest executable hashed for a sha256 selector (bytes); bigger ones get no sha256 selector. */

@@ -59,7 +59,7 @@ const SHAPE: Shape = {
       ca_file: true,
     },
   ],
-  audit: { file: true },
+  audit: { file: true, reserve_bytes: true, refusal_interval: true },
   attest: { sha256_max_bytes: true },
 };
 
@@ -471,7 +471,11 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     admin: adminRaw && admin(adminRaw, c, uid),
     bundleEndpoint: beRaw && bundleEndpoint(beRaw, c),
     federation: federation(raw.federation, c, trustDomain),
-    audit: auditRaw && { file: c.path(derived(auditRaw.file, 'audit.log'), 'audit.file') },
+    audit: auditRaw && {
+      file: c.path(derived(auditRaw.file, 'audit.log'), 'audit.file'),
+      reserveBytes: c.int(auditRaw.reserve_bytes, 'audit.reserve_bytes', 0, Number.MAX_SAFE_INTEGER),
+      refusalIntervalMs: c.duration(auditRaw.refusal_interval, 'audit.refusal_interval'),
+    },
     attest: attestRaw && {
       sha256MaxBytes: c.int(attestRaw.sha256_max_bytes, 'attest.sha256_max_bytes', 0, Number.MAX_SAFE_INTEGER),
     },

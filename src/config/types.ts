@@ -77,7 +77,7 @@ export interface Config {
     readonly bootstrapBundleFile: string | null;
     readonly caFile: string | null;
   }[];
-  readonly audit: { readonly file: string };
+  readonly audit: { readonly file: string; readonly reserveBytes: number; readonly refusalIntervalMs: number };
   readonly attest: { readonly sha256MaxBytes: number };
 }
 
