@@ -41,6 +41,7 @@ import { startAdminTcpListener } from './admin/tcp.js';
 import { validateSpiffeRoles } from './admin/roles.js';
 import { addReflection } from './ops/reflection.js';
 import { verifyJwtSvid, JwtBundle, BundleSet } from './verify/index.js';
+import { buildConsole } from './console/index.js';
 
 export interface RunningServer {
   workloadSocket: string;
@@ -49,6 +50,8 @@ export interface RunningServer {
   bundleEndpointUrl: string | undefined;
   /** Port of the mTLS admin listener, when enabled. */
   adminTcpPort: number | undefined;
+  /** https://host:port of the web console, when enabled. */
+  consoleUrl: string | undefined;
   ca: CertificateAuthority;
   stop(): Promise<void>;
 }
@@ -262,6 +265,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     clock,
   });
 
+  // The web console for security teams (off unless console.listen is set).
+  const webConsole = await buildConsole(config, { trustDomain, tasks, entries, revoker, issuances: datastore.issuances, hub, ca, serverSvid, crls: () => trust.crls(), audit, clock, logger });
+
   let nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
   let lastEntryExpiryCheck = clock.now();
   const scheduler = new Scheduler(
@@ -400,6 +406,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         scheduler.poke();
       },
     }),
+    consoleLogin: webConsole?.createLogin,
   };
   adminServer.addService(
     adminProto.agentid.admin.v1.AgentIdAdmin.service,
@@ -473,13 +480,14 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     adminSocket: config.adminSocket,
     bundleEndpointUrl: bundleEndpoint?.url,
     adminTcpPort: adminTcp?.port,
+    consoleUrl: webConsole?.url,
     ca,
     async stop() {
       if (stopped) return;
       stopped = true;
       await scheduler.stop();
       await federation.stop();
-      await Promise.all([workloadListener.close(), adminListener.close(), bundleEndpoint?.close(), adminTcp?.close()]);
+      await Promise.all([workloadListener.close(), adminListener.close(), bundleEndpoint?.close(), adminTcp?.close(), webConsole?.close()]);
       hub.closeAll(unavailable('server shutting down'));
       workloadInjector.destroy();
       adminInjector.destroy();

@@ -3,7 +3,7 @@ import type { Logger } from '../common/logger.js';
 import type { AuditSink } from '../audit/index.js';
 import type { Actor } from '../common/actor.js';
 import { describeActor, auditActor } from '../common/actor.js';
-import { invalidArgument, permissionDenied } from '../common/errors.js';
+import { failedPrecondition, invalidArgument, permissionDenied } from '../common/errors.js';
 import { toGrpcError } from '../common/grpc-errors.js';
 import type { RegistrationEntry, Revocation, TaskRecord, TaskState } from '../datastore/types.js';
 import type { EntryService } from '../entries/service.js';
@@ -47,6 +47,19 @@ export interface AdminServiceDeps {
   logger: Logger;
   /** CA and JWT key prepare/activate/taint/revoke (admin/authorities.ts); absent: not offered. */
   authorities?: AuthorityService;
+  /** Issues a one-time web console sign-in link for this actor; absent when the console is off. */
+  consoleLogin?: (actor: Actor) => { url: string; expiresAt: number };
+}
+
+/**
+ * Refuses (and audits) a caller without the admin role. Exported so every edge that offers
+ * admin-only operations (the web console too) applies the very same rule.
+ */
+export function requireAdmin(actor: Actor, action: string, audit: AuditSink): void {
+  if (actor.role !== 'admin') {
+    audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action, reason: 'admin role required' });
+    throw permissionDenied(`${action}: requires the admin role (caller is ${describeActor(actor)})`);
+  }
 }
 
 const seconds = (ms: number | null) => (ms === null ? 0 : Math.floor(ms / 1000));
@@ -141,12 +154,7 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
     return caller.actor;
   }
 
-  function adminOnly(actor: Actor, method: string): void {
-    if (actor.role !== 'admin') {
-      deps.audit.append({ type: 'admin.denied', outcome: 'denied', actor: auditActor(actor), who: describeActor(actor), role: actor.role, action: method, reason: 'admin role required' });
-      throw permissionDenied(`${method}: requires the admin role (caller is ${describeActor(actor)})`);
-    }
-  }
+  const adminOnly = (actor: Actor, method: string) => requireAdmin(actor, method, deps.audit);
 
   type Handler = (req: any, actor: Actor) => unknown | Promise<unknown>;
   const unary = (method: string, handler: Handler): grpc.handleUnaryCall<unknown, unknown> =>
@@ -199,5 +207,10 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
     ListRevocations: admin('ListRevocations', () => ({ revocations: deps.revoker.list().map(revocationToWire) })),
     WhoAmI: unary('WhoAmI', (_req, actor) => ({ role: actor.role, agents: actor.agents, caller: describeActor(actor) })),
     ...(deps.authorities ? authorityHandlers(deps.authorities, admin) : {}),
+    CreateConsoleLogin: unary('CreateConsoleLogin', (_req, actor) => {
+      if (!deps.consoleLogin) throw failedPrecondition('the web console is not enabled (set console.listen or --console-listen)');
+      const login = deps.consoleLogin(actor);
+      return { url: login.url, expires_at: seconds(login.expiresAt) };
+    }),
   };
 }

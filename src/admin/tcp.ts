@@ -5,14 +5,13 @@ import * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
 import { loadProto } from '../common/proto.js';
-import { parseTaskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
-import { BundleSet, X509Bundle } from '../verify/bundle.js';
+import type { TrustDomain } from '../spiffe/spiffe-id.js';
 import { toPem } from '../verify/der.js';
 import { refuse, VerificationError } from '../verify/errors.js';
-import { RevocationChecker } from '../verify/revocation.js';
 import { peerChainDer, type X509SvidSource } from '../verify/tls.js';
-import { verifyX509Svid, type VerifiedX509Svid } from '../verify/x509.js';
-import { actorForSpiffeId, type SpiffeRole } from './roles.js';
+import type { VerifiedX509Svid } from '../verify/x509.js';
+import { clientSvidVerifier } from './client-verify.js';
+import type { SpiffeRole } from './roles.js';
 import type { AdminCaller, CallerOf } from './service.js';
 
 /*
@@ -64,23 +63,6 @@ interface Connection {
   spiffeId: string;
 }
 
-interface Trust {
-  bundleDer: readonly Buffer[];
-  crlDer: readonly Buffer[];
-  bundles: BundleSet;
-  crls: RevocationChecker;
-}
-
-const sameDerList = (a: readonly Buffer[], b: readonly Buffer[]) =>
-  a === b || (a.length === b.length && a.every((d, i) => d.equals(b[i]!)));
-
-/** Our trust domain's authorities only: nothing federated may authenticate an admin caller. */
-function ownBundleDer(source: X509SvidSource, trustDomain: TrustDomain): readonly Buffer[] {
-  const raw = source.getBundles();
-  if (raw instanceof BundleSet) return raw.getX509Bundle(trustDomain)?.authoritiesDer ?? [];
-  return raw.get(trustDomain.idString) ?? [];
-}
-
 let adminService: grpc.ServiceDefinition | undefined;
 function adminServiceDefinition(): grpc.ServiceDefinition {
   return (adminService ??= (loadProto('agentid/admin/v1/admin.proto') as any).agentid.admin.v1.AgentIdAdmin.service);
@@ -90,31 +72,9 @@ function adminServiceDefinition(): grpc.ServiceDefinition {
 export async function startAdminTcpListener(opts: AdminTcpOptions): Promise<AdminTcpListener> {
   const { source, trustDomain, roles, clock } = opts;
   const logger = opts.logger.child({ api: 'admin-tcp' });
-  const crlsOf = opts.crls ?? (() => source.getCrls?.() ?? []);
 
-  let trust: Trust | undefined;
-  /** Bundle and CRL checker of this moment, rebuilt only when their DER changed. */
-  const currentTrust = (): Trust => {
-    const bundleDer = ownBundleDer(source, trustDomain);
-    const crlDer = crlsOf();
-    if (!trust || !sameDerList(trust.bundleDer, bundleDer)) {
-      if (bundleDer.length === 0) throw refuse('no_bundle', `admin mTLS: no X.509 bundle for trust domain ${trustDomain.name}`);
-      trust = {
-        bundleDer,
-        crlDer,
-        bundles: new BundleSet([X509Bundle.fromDer(trustDomain, bundleDer)]),
-        crls: new RevocationChecker({ crls: crlDer }),
-      };
-    } else if (!sameDerList(trust.crlDer, crlDer)) {
-      trust = { ...trust, crlDer, crls: new RevocationChecker({ crls: crlDer }) };
-    }
-    return trust;
-  };
-
-  const verifyChain = (chain: Buffer[]): VerifiedX509Svid => {
-    const t = currentTrust();
-    return verifyX509Svid(chain, t.bundles, { now: clock.now(), crls: t.crls });
-  };
+  const verifier = clientSvidVerifier({ source, trustDomain, roles, crls: opts.crls, clock });
+  const verifyChain = (chain: Buffer[]): VerifiedX509Svid => verifier.verify(chain);
 
   const contextOptions = (): tls.SecureContextOptions => {
     const svid = source.getX509Svid();
@@ -131,18 +91,7 @@ export async function startAdminTcpListener(opts: AdminTcpOptions): Promise<Admi
   const callerOf: CallerOf = (call): AdminCaller => {
     const conn = connections.get(call.getPeer());
     if (!conn || conn.socket.destroyed) return { who: 'unknown', reason: 'connection has no verified client SVID' };
-    let verified: VerifiedX509Svid;
-    try {
-      verified = verifyChain(conn.chain);
-    } catch (err) {
-      const reason = err instanceof VerificationError ? err.reason : 'internal';
-      return { who: conn.spiffeId, reason: `client SVID no longer verifies (${reason})` };
-    }
-    const id = verified.spiffeId.toString();
-    const actor = actorForSpiffeId(id, roles);
-    if (actor) return { actor };
-    if (parseTaskSpiffeId(verified.spiffeId)) return { who: id, reason: 'per-task identities never hold an admin role' };
-    return { who: id, reason: 'SPIFFE ID has no admin role' };
+    return verifier.callerForChain(conn.chain, conn.spiffeId);
   };
 
   const grpcServer = new grpc.Server();

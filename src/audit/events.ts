@@ -140,6 +140,16 @@ export interface AdminDeniedEvent extends Common {
   reason: string;
 }
 
+/** A web console session began. Never carries the sign-in token or the session. */
+export interface ConsoleSignedInEvent extends Common {
+  type: 'console.signed_in';
+  /** "uid:0 (admin)" or "spiffe://td/ops (orchestrator)". */
+  by: string;
+  role: AuditRole;
+  /** link: a one-time URL from `agentid console login`; certificate: a client X.509-SVID. */
+  method: 'link' | 'certificate';
+}
+
 export interface CaRotatedEvent extends Common {
   type: 'ca.rotated';
   kind: 'root' | 'x509' | 'jwt';
@@ -177,6 +187,7 @@ export type AuditEventInput =
   | RevocationAddedEvent
   | EntryEvent
   | AdminDeniedEvent
+  | ConsoleSignedInEvent
   | CaRotatedEvent
   | ServerStartedEvent
   | ServerStoppedEvent;
@@ -216,6 +227,7 @@ export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEve
   'entry.updated',
   'entry.deleted',
   'admin.denied',
+  'console.signed_in',
   'ca.rotated',
   'audit.repaired',
   'server.started',

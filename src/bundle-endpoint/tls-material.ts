@@ -34,12 +34,15 @@ export const WEB_CERT_CHECK_INTERVAL_MS = 1000;
  * is logged once and the previous certificate stays in service.
  */
 export function webCertificate(p: {
+  /** Names the listener in errors and log lines. Default "bundle endpoint". */
+  label?: string;
   certFile: string;
   keyFile: string;
   clock: Clock;
   logger: Logger;
   apply(options: tls.SecureContextOptions): void;
 }): ServerCertificate {
+  const label = p.label ?? 'bundle endpoint (https_web)';
   const load = (): { options: tls.SecureContextOptions; signature: string } => {
     const signature = `${fileSignature(p.certFile)}|${fileSignature(p.keyFile)}`;
     const cert = readFileSync(p.certFile, 'utf8');
@@ -56,7 +59,7 @@ export function webCertificate(p: {
   } catch (err) {
     // OpenSSL's and fs's messages name the failure, never the key bytes.
     throw failedPrecondition(
-      `bundle endpoint (https_web): cannot use certificate ${p.certFile} with key ${p.keyFile}: ${(err as Error).message}`,
+      `${label}: cannot use certificate ${p.certFile} with key ${p.keyFile}: ${(err as Error).message}`,
       err,
     );
   }
@@ -73,7 +76,7 @@ export function webCertificate(p: {
       try {
         signature = `${fileSignature(p.certFile)}|${fileSignature(p.keyFile)}`;
       } catch (err) {
-        if (failedSignature !== 'missing') p.logger.warn({ err: (err as Error).message }, 'bundle endpoint: certificate files unreadable; keeping the loaded certificate');
+        if (failedSignature !== 'missing') p.logger.warn({ err: (err as Error).message }, `${label}: certificate files unreadable; keeping the loaded certificate`);
         failedSignature = 'missing';
         return;
       }
@@ -82,12 +85,12 @@ export function webCertificate(p: {
         current = load();
         failedSignature = undefined;
         p.apply(current.options);
-        p.logger.info({ certFile: p.certFile }, 'bundle endpoint: certificate reloaded');
+        p.logger.info({ certFile: p.certFile }, `${label}: certificate reloaded`);
       } catch (err) {
         failedSignature = signature;
         p.logger.warn(
           { certFile: p.certFile, keyFile: p.keyFile, err: (err as Error).message },
-          'bundle endpoint: new certificate files do not load; keeping the previous certificate',
+          `${label}: new certificate files do not load; keeping the previous certificate`,
         );
       }
     },
@@ -99,11 +102,12 @@ export function webCertificate(p: {
  * https_spiffe: agentid's own X.509-SVID (chain leaf first), swapped in on every 'update' of the
  * source whose chain changed. No client certificate is requested: bundle consumers are anonymous.
  */
-export function svidCertificate(p: { source: X509SvidSource; logger: Logger; apply(options: tls.SecureContextOptions): void }): ServerCertificate {
+export function svidCertificate(p: { label?: string; source: X509SvidSource; logger: Logger; apply(options: tls.SecureContextOptions): void }): ServerCertificate {
+  const label = p.label ?? 'bundle endpoint';
   const build = (): { options: tls.SecureContextOptions; leaf: Buffer } => {
     const svid = p.source.getX509Svid();
     const leaf = svid.chainDer[0];
-    if (!leaf) throw failedPrecondition('bundle endpoint (https_spiffe): the server SVID source has no certificate');
+    if (!leaf) throw failedPrecondition(`${label}: the server SVID source has no certificate`);
     // tls.createSecureContext takes no DER keys; the PEM string lives only in the context options.
     const key = createPrivateKey({ key: svid.keyPkcs8Der.reveal(), format: 'der', type: 'pkcs8' })
       .export({ format: 'pem', type: 'pkcs8' })
@@ -118,9 +122,9 @@ export function svidCertificate(p: { source: X509SvidSource; logger: Logger; app
       if (next.leaf.equals(current.leaf)) return;
       current = next;
       p.apply(current.options);
-      p.logger.info('bundle endpoint: server SVID reloaded');
+      p.logger.info(`${label}: server SVID reloaded`);
     } catch (err) {
-      p.logger.warn({ err: (err as Error).message }, 'bundle endpoint: new server SVID not usable; keeping the previous one');
+      p.logger.warn({ err: (err as Error).message }, `${label}: new server SVID not usable; keeping the previous one`);
     }
   };
   p.source.on('update', onUpdate);

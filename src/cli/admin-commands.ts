@@ -270,6 +270,16 @@ export function registerAdminCommands(program: Command): void {
           list.length === 0 ? 'no revocations' : table([['SPIFFE ID', 'REVOKED', 'UNTIL', 'BY', 'REASON'], ...list.map((r: any) => [r.spiffe_id, isoSeconds(r.revoked_at), isoSeconds(r.keep_until), r.revoked_by, r.reason])]));
       }));
 
+  const webConsole = program.command('console').description('the web console (server started with --console-listen)');
+  withAdminSocket(webConsole.command('login'))
+    .description('print a one-time sign-in link for your role (admin or orchestrator); it works once, within a minute')
+    .action((flags: CommonFlags) =>
+      withAdmin(flags, async (c) => {
+        const login = await c.call('CreateConsoleLogin', {});
+        // The link is the only stdout line, so `open "$(agentid console login)"` works.
+        process.stdout.write(`${login.url}\n`);
+      }));
+
   withAdminSocket(program.command('run'))
     .description('run a command as a new task: binds it, sets SPIFFE_ENDPOINT_SOCKET, forwards signals, ends the task on exit')
     .requiredOption('--agent <agent>', 'agent name')

@@ -9,6 +9,7 @@ export interface CommonFlags {
   adminSocket?: string;
   logLevel?: string;
   logFormat?: string;
+  consoleListen?: string;
   json?: boolean;
 }
 
@@ -52,6 +53,7 @@ export function configFrom(flags: CommonFlags): Config {
       adminSocket: flags.adminSocket,
       logLevel: flags.logLevel,
       logFormat: flags.logFormat as 'json' | 'pretty' | undefined,
+      consoleListen: flags.consoleListen,
     },
   });
 }

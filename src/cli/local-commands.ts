@@ -36,6 +36,7 @@ export function registerLocalCommands(program: Command): void {
     .option('--admin-socket <path>', 'admin API socket (default <data-dir>/admin.sock)')
     .option('--log-level <level>', 'log level (trace, debug, info, warn, error)')
     .option('--log-format <format>', 'json or pretty')
+    .option('--console-listen <host:port>', 'serve the web console over HTTPS here, e.g. 127.0.0.1:8445 (env AGENTID_CONSOLE_LISTEN)')
     .action(async (flags: CommonFlags) => {
       const config = configFrom(flags);
       const logger = createLogger({ level: config.log.level, pretty: config.log.format === 'pretty' });

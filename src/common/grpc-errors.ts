@@ -22,6 +22,9 @@ const CALLER_FACING: ReadonlySet<ErrorCode> = new Set([
   'resource_exhausted',
 ]);
 
+/** Whether an error's message may be shown to the caller (other edges, like the web console, ask too). */
+export const isCallerFacing = (code: ErrorCode): boolean => CALLER_FACING.has(code);
+
 /**
  * The one place errors become gRPC statuses. grpc-js would otherwise send `err.message` of any
  * thrown error to the client; here internal errors get fixed text and are logged once, in full.

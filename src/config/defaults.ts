@@ -91,6 +91,16 @@ export const DEFAULTS = deepFreeze({
     /** spiffe_refresh_hint published in the bundle. */
     refresh_hint: '5m',
   },
+  console: {
+    /** Web console for security teams, served over HTTPS at host:port (keep it on loopback). null: off. env AGENTID_CONSOLE_LISTEN, flag --console-listen. */
+    listen: null as string | null,
+    /** Certificate chain (PEM) the console presents. null: the server's own X.509-SVID (browsers do not trust it by themselves). */
+    cert_file: null as string | null,
+    /** Its private key (PEM); required with cert_file. */
+    key_file: null as string | null,
+    /** How long a console session lasts after sign-in. */
+    session_ttl: '8h',
+  },
   /**
    * Foreign trust domains whose bundles are fetched: [{ trust_domain, bundle_endpoint_url (https),
    * profile, endpoint_spiffe_id (https_spiffe only, required), bootstrap_bundle_file?, ca_file? (https_web only) }].

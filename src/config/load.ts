@@ -49,6 +49,7 @@ const SHAPE: Shape = {
     tcp: { listen: true, spiffe_roles: [{ spiffe_id: true, role: true, agents: true }] },
   },
   bundle_endpoint: { enabled: true, listen: true, profile: true, cert_file: true, key_file: true, refresh_hint: true },
+  console: { listen: true, cert_file: true, key_file: true, session_ttl: true },
   federation: [
     {
       trust_domain: true,
@@ -71,6 +72,7 @@ const OVERRIDES: readonly [string[], string, keyof FlagValues][] = [
   [['admin_socket'], 'AGENTID_ADMIN_SOCKET', 'adminSocket'],
   [['log', 'level'], 'AGENTID_LOG_LEVEL', 'logLevel'],
   [['log', 'format'], 'AGENTID_LOG_FORMAT', 'logFormat'],
+  [['console', 'listen'], 'AGENTID_CONSOLE_LISTEN', 'consoleListen'],
 ];
 const FLAG_NAMES: Record<keyof FlagValues, string> = {
   trustDomain: '--trust-domain',
@@ -79,6 +81,7 @@ const FLAG_NAMES: Record<keyof FlagValues, string> = {
   adminSocket: '--admin-socket',
   logLevel: '--log-level',
   logFormat: '--log-format',
+  consoleListen: '--console-listen',
 };
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -414,6 +417,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
   const tasksRaw = c.map(raw.tasks, 'tasks');
   const adminRaw = c.map(raw.admin, 'admin');
   const beRaw = c.map(raw.bundle_endpoint, 'bundle_endpoint');
+  const consoleRaw = c.map(raw.console, 'console');
   const auditRaw = c.map(raw.audit, 'audit');
   const attestRaw = c.map(raw.attest, 'attest');
 
@@ -470,6 +474,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     tasks,
     admin: adminRaw && admin(adminRaw, c, uid),
     bundleEndpoint: beRaw && bundleEndpoint(beRaw, c),
+    console: consoleRaw && webConsole(consoleRaw, c),
     federation: federation(raw.federation, c, trustDomain),
     audit: auditRaw && {
       file: c.path(derived(auditRaw.file, 'audit.log'), 'audit.file'),
@@ -555,6 +560,20 @@ function bundleEndpoint(raw: Raw, c: Checker) {
     certFile,
     keyFile,
     refreshHintMs: c.duration(raw.refresh_hint, 'bundle_endpoint.refresh_hint'),
+  };
+}
+
+function webConsole(raw: Raw, c: Checker) {
+  const certFile = c.optionalPath(raw.cert_file, 'console.cert_file');
+  const keyFile = c.optionalPath(raw.key_file, 'console.key_file');
+  if ((certFile === null) !== (keyFile === null)) {
+    c.add(certFile === null ? 'console.cert_file' : 'console.key_file', 'console.cert_file and console.key_file go together');
+  }
+  return {
+    listen: raw.listen === null ? null : c.hostPort(raw.listen, 'console.listen'),
+    certFile,
+    keyFile,
+    sessionTtlMs: c.duration(raw.session_ttl, 'console.session_ttl'),
   };
 }
 

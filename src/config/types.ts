@@ -69,6 +69,14 @@ export interface Config {
     readonly keyFile: string | null;
     readonly refreshHintMs: number;
   };
+  readonly console: {
+    /** null: the console is off. */
+    readonly listen: HostPort | null;
+    /** Both set, or both null (the server SVID is served). */
+    readonly certFile: string | null;
+    readonly keyFile: string | null;
+    readonly sessionTtlMs: number;
+  };
   readonly federation: readonly {
     readonly trustDomain: string;
     readonly bundleEndpointUrl: string;
@@ -89,4 +97,5 @@ export interface FlagValues {
   adminSocket: string;
   logLevel: string;
   logFormat: string;
+  consoleListen: string;
 }

@@ -1,0 +1,98 @@
+import type { Clock } from '../common/clock.js';
+import { parseTaskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
+import { BundleSet, X509Bundle } from '../verify/bundle.js';
+import { refuse, VerificationError } from '../verify/errors.js';
+import { RevocationChecker } from '../verify/revocation.js';
+import type { X509SvidSource } from '../verify/tls.js';
+import { verifyX509Svid, type VerifiedX509Svid } from '../verify/x509.js';
+import { actorForSpiffeId, type SpiffeRole } from './roles.js';
+import type { AdminCaller } from './service.js';
+
+/**
+ * Verifies a client certificate chain presented over TLS (the mTLS admin listener, the web
+ * console) as an X.509-SVID of our own trust domain, with the bundle and CRLs of this moment,
+ * and maps its SPIFFE ID to an admin role. Shared so every TLS edge judges callers the same way.
+ */
+export interface ClientSvidVerifier {
+  /** Throws a VerificationError when the chain is not a valid SVID of our trust domain now. */
+  verify(chain: Buffer[]): VerifiedX509Svid;
+  /**
+   * The role the chain's SPIFFE ID holds, or who it is and why it holds none. `verifiedAs`: the
+   * SPIFFE ID the chain had when it last verified (a connection's handshake), to name it by.
+   */
+  callerForChain(chain: Buffer[], verifiedAs?: string): AdminCaller;
+}
+
+interface Trust {
+  bundleDer: readonly Buffer[];
+  crlDer: readonly Buffer[];
+  bundles: BundleSet;
+  crls: RevocationChecker;
+}
+
+const sameDerList = (a: readonly Buffer[], b: readonly Buffer[]) =>
+  a === b || (a.length === b.length && a.every((d, i) => d.equals(b[i]!)));
+
+/** Our trust domain's authorities only: nothing federated may authenticate an admin caller. */
+function ownBundleDer(source: X509SvidSource, trustDomain: TrustDomain): readonly Buffer[] {
+  const raw = source.getBundles();
+  if (raw instanceof BundleSet) return raw.getX509Bundle(trustDomain)?.authoritiesDer ?? [];
+  return raw.get(trustDomain.idString) ?? [];
+}
+
+export function clientSvidVerifier(opts: {
+  /** agentid's own SVID source: our trust domain's bundle. */
+  source: X509SvidSource;
+  trustDomain: TrustDomain;
+  roles: readonly SpiffeRole[];
+  /** Current DER CRLs of our signing CAs. Default: source.getCrls(). */
+  crls?: () => readonly Buffer[];
+  clock: Clock;
+}): ClientSvidVerifier {
+  const { source, trustDomain, roles, clock } = opts;
+  const crlsOf = opts.crls ?? (() => source.getCrls?.() ?? []);
+  let trust: Trust | undefined;
+  /** Bundle and CRL checker of this moment, rebuilt only when their DER changed. */
+  const currentTrust = (): Trust => {
+    const bundleDer = ownBundleDer(source, trustDomain);
+    const crlDer = crlsOf();
+    if (!trust || !sameDerList(trust.bundleDer, bundleDer)) {
+      if (bundleDer.length === 0) throw refuse('no_bundle', `client SVID: no X.509 bundle for trust domain ${trustDomain.name}`);
+      trust = {
+        bundleDer,
+        crlDer,
+        bundles: new BundleSet([X509Bundle.fromDer(trustDomain, bundleDer)]),
+        crls: new RevocationChecker({ crls: crlDer }),
+      };
+    } else if (!sameDerList(trust.crlDer, crlDer)) {
+      trust = { ...trust, crlDer, crls: new RevocationChecker({ crls: crlDer }) };
+    }
+    return trust;
+  };
+
+  const verify = (chain: Buffer[]): VerifiedX509Svid => {
+    if (chain.length === 0) throw refuse('malformed', 'the client presented no certificate');
+    const t = currentTrust();
+    return verifyX509Svid(chain, t.bundles, { now: clock.now(), crls: t.crls });
+  };
+
+  return {
+    verify,
+    callerForChain(chain, verifiedAs) {
+      let verified: VerifiedX509Svid;
+      try {
+        verified = verify(chain);
+      } catch (err) {
+        const reason = err instanceof VerificationError ? err.reason : 'internal';
+        return verifiedAs
+          ? { who: verifiedAs, reason: `client SVID no longer verifies (${reason})` }
+          : { who: 'unverified client certificate', reason: `client SVID does not verify (${reason})` };
+      }
+      const id = verified.spiffeId.toString();
+      const actor = actorForSpiffeId(id, roles);
+      if (actor) return { actor };
+      if (parseTaskSpiffeId(verified.spiffeId)) return { who: id, reason: 'per-task identities never hold an admin role' };
+      return { who: id, reason: 'SPIFFE ID has no admin role' };
+    },
+  };
+}
