@@ -92,15 +92,23 @@ function entryToWire(e: RegistrationEntry) {
   };
 }
 
-/** The agent a record is about: its `agent` field, or the agent of the task identity it names. */
-export function recordAgent(r: { agent?: unknown; spiffe_id?: unknown }): string | undefined {
-  if (typeof r.agent === 'string') return r.agent;
+function namedTask(r: { spiffe_id?: unknown }): { agent: string; task: string } | undefined {
   if (typeof r.spiffe_id !== 'string') return undefined;
   try {
-    return parseTaskSpiffeId(SpiffeId.parse(r.spiffe_id))?.agent;
+    return parseTaskSpiffeId(SpiffeId.parse(r.spiffe_id));
   } catch {
     return undefined;
   }
+}
+
+/** The agent a record is about: its `agent` field, or the agent of the task identity it names. */
+export function recordAgent(r: { agent?: unknown; spiffe_id?: unknown }): string | undefined {
+  return typeof r.agent === 'string' ? r.agent : namedTask(r)?.agent;
+}
+
+/** The task a record is about: its `task` field, or the task identity it names (revocations carry only that). */
+function recordTask(r: { task?: unknown; spiffe_id?: unknown }): string | undefined {
+  return typeof r.task === 'string' ? r.task : namedTask(r)?.task;
 }
 
 export interface AuditQuery {
@@ -214,7 +222,7 @@ export class ConsoleApi {
   /** Audit records matching every given filter, newest first, with the chain's verification status. */
   auditTrail(actor: Actor, q: AuditQuery) {
     const records = this.scan((r) => {
-      if (q.task !== undefined && r.task !== q.task) return false;
+      if (q.task !== undefined && recordTask(r) !== q.task) return false;
       if (q.spiffeId !== undefined && r.spiffe_id !== q.spiffeId) return false;
       if (q.type !== undefined && r.type !== q.type) return false;
       if (q.since !== undefined || q.until !== undefined) {

@@ -1,7 +1,8 @@
 /**
  * A workload for integration tests, run as a child process (possibly as another Unix user):
  *   fetch-client.ts <socket> once    -> prints {"ids":[...]} or {"error":"<code>"} and exits
- *   fetch-client.ts <socket> watch   -> prints one JSON line per X.509 update until killed
+ *   fetch-client.ts <socket> watch   -> prints one JSON line per X.509 update until killed, or
+ *                                       {"error":"<code>"} and exits when the stream ends
  */
 import { WorkloadApiClient } from '../../src/client/workload-client.js';
 import { toPem } from '../../src/client/der.js';
@@ -31,11 +32,10 @@ if (mode === 'once') {
     },
   );
 } else {
-  client.watchX509Context(
-    (ctx) => process.stdout.write(`${JSON.stringify(describe(ctx))}\n`),
-    (err) => {
-      process.stdout.write(`${JSON.stringify({ error: (err as { code?: string }).code ?? String(err) })}\n`);
-      process.exit(0);
-    },
-  );
+  const fail = (err: unknown) => {
+    process.stdout.write(`${JSON.stringify({ error: (err as { code?: string }).code ?? String(err) })}\n`);
+    process.exit(0);
+  };
+  // onError reports a message that does not decode; the promise rejects when the stream ends (e.g. denied).
+  client.watchX509Context((ctx) => process.stdout.write(`${JSON.stringify(describe(ctx))}\n`), fail).catch(fail);
 }

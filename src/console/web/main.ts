@@ -317,7 +317,9 @@ function TasksPage({ session }: { session: Session }) {
 }
 
 function AuditTable({ records, caption }: { records: AuditRecord[]; caption: string }) {
-  const who = (r: AuditRecord) => String(r.by ?? r.who ?? (r.actor ? JSON.stringify(r.actor) : r.uid !== undefined ? `uid:${r.uid}` : '-'));
+  // Admin actions name their actor; issuance and refused attestation name the workload process.
+  const who = (r: AuditRecord) =>
+    String(r.by ?? r.who ?? (r.pid !== undefined ? `workload pid ${r.pid}, uid ${r.uid}` : r.actor ? JSON.stringify(r.actor) : '-'));
   const subject = (r: AuditRecord) => String(r.spiffe_id ?? (r.agent ? `${r.agent}/${r.task}` : (r.entry_id ?? r.key_id ?? '-')));
   const details = (r: AuditRecord) =>
     [r.reason, r.action, r.serial ? `serial ${shortSerial(String(r.serial))}` : undefined, r.method ? `via ${r.method}` : undefined].filter(Boolean).join(' · ');
@@ -485,7 +487,10 @@ function EntriesPage() {
 function AuditPage() {
   const [filters, setFilters] = useState({ task: '', spiffeId: '', type: '', since: '', until: '' });
   const [applied, setApplied] = useState(filters);
-  const query = new URLSearchParams(Object.entries(applied).filter(([, v]) => v.trim() !== '')).toString();
+  // datetime-local inputs hold local time; the server takes ISO-8601 with a zone.
+  const iso = (v: string) => (v ? new Date(v).toISOString() : '');
+  const params = { ...applied, since: iso(applied.since), until: iso(applied.until) };
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v.trim() !== '')).toString();
   const { data, error } = useLive(() => api<{ records: AuditRecord[]; chain: Chain; limit: number }>(`/api/audit?${query}`), ['audit'], [query]);
   const field = (name: keyof typeof filters) => (e: Event) => setFilters({ ...filters, [name]: (e.target as HTMLInputElement).value });
   return html`<section aria-labelledby="audit-title">
@@ -495,8 +500,8 @@ function AuditPage() {
       <label>Task <input value=${filters.task} onInput=${field('task')} /></label>
       <label>SPIFFE ID <input value=${filters.spiffeId} onInput=${field('spiffeId')} /></label>
       <label>Event type <input value=${filters.type} onInput=${field('type')} placeholder="task.revoked" /></label>
-      <label>From (UTC) <input type="datetime-local" value=${filters.since} onInput=${field('since')} /></label>
-      <label>To (UTC) <input type="datetime-local" value=${filters.until} onInput=${field('until')} /></label>
+      <label>From <input type="datetime-local" value=${filters.since} onInput=${field('since')} /></label>
+      <label>To <input type="datetime-local" value=${filters.until} onInput=${field('until')} /></label>
       <button type="submit">Filter</button>
     </form>
     <${Status} message=${error} kind="error" />

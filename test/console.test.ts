@@ -1,0 +1,271 @@
+/**
+ * The web console end to end: a real server with the console on, the real CLI (`agentid console
+ * login`, `agentid run`), and headless Chromium driving the page the way a person would (buttons
+ * found by role and accessible name). Screenshots land in docs/console/ for the README.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import https from 'node:https';
+import { join } from 'node:path';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { ensureTestUser, type TestUser } from '../src/attest/testing.js';
+import { readAuditEvents } from '../src/audit/index.js';
+import { startTestServer, type TestServer } from './support/server.js';
+import { REPO, cliArgv, runCli } from './support/cli.js';
+import { launchChromium } from './support/browser.js';
+
+const td = 'console.example';
+const FETCH_CLIENT = join(import.meta.dirname, 'support', 'fetch-client.ts');
+const SCREENSHOTS = join(REPO, 'docs', 'console');
+
+/** A line-by-line reader of a child's stdout, with a wait for the first line matching. */
+function lines(child: ChildProcess) {
+  const seen: string[] = [];
+  const waiters: { match: (l: string) => boolean; resolve: (l: string) => void }[] = [];
+  let buf = '';
+  child.stdout!.on('data', (d) => {
+    buf += d;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      seen.push(line);
+      for (const w of [...waiters]) if (w.match(line)) (waiters.splice(waiters.indexOf(w), 1), w.resolve(line));
+    }
+  });
+  return {
+    seen,
+    next(match: (l: string) => boolean, ms: number, from = 0): Promise<string> {
+      const hit = seen.slice(from).find(match);
+      if (hit) return Promise.resolve(hit);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no matching line within ${ms} ms; saw ${JSON.stringify(seen)}`)), ms);
+        waiters.push({ match, resolve: (l) => (clearTimeout(timer), resolve(l)) });
+      });
+    },
+  };
+}
+
+/** A raw HTTPS request to the console (the server presents its SVID, which Node's default roots do not know). */
+function request(url: string, opts: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method: opts.method ?? 'GET', headers: opts.headers, rejectUnauthorized: false }, (res) => {
+      let body = '';
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+describe('web console', () => {
+  let t: TestServer;
+  let browser: Browser;
+  let orchestrator: TestUser;
+  let consoleUrl: string;
+  const children: ChildProcess[] = [];
+
+  const env = () => ({ AGENTID_ADMIN_SOCKET: t.config.adminSocket, SPIFFE_ENDPOINT_SOCKET: `unix://${t.config.workloadSocket}` });
+  const asOrchestrator = (argv: string[]) => ({ command: 'setpriv', args: [`--reuid=${orchestrator.uid}`, `--regid=${orchestrator.gid}`, '--init-groups', '--', ...argv] });
+
+  /** `agentid console login` (as root, or as the orchestrator): its stdout is exactly one line, the link. */
+  async function loginLink(as: 'admin' | 'orchestrator' = 'admin'): Promise<string> {
+    const r = await runCli(['console', 'login'], { env: env(), ...(as === 'orchestrator' ? { wrap: asOrchestrator } : {}) });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const out = r.stdout.split('\n');
+    expect(out).toHaveLength(2);
+    expect(out[1]).toBe('');
+    expect(out[0]).toMatch(new RegExp(`^${consoleUrl}/login/[A-Za-z0-9_-]{43}$`));
+    return out[0]!;
+  }
+
+  async function signedInPage(as: 'admin' | 'orchestrator' = 'admin'): Promise<{ context: BrowserContext; page: Page }> {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 720 } });
+    const page = await context.newPage();
+    await page.goto(await loginLink(as));
+    expect(new URL(page.url()).pathname).toBe('/');
+    await page.getByRole('navigation', { name: 'Console' }).waitFor();
+    return { context, page };
+  }
+
+  /** `agentid run` of a workload that follows its X.509 stream and prints one JSON line per update. */
+  function runWatcher(agent: string, task: string, wrap?: (argv: string[]) => { command: string; args: string[] }) {
+    const argv = cliArgv('run', '--agent', agent, '--task', task, '--meta', 'ticket=SEC-7', '--', process.execPath, '--import', 'tsx', FETCH_CLIENT, t.config.workloadSocket, 'watch');
+    const { command, args } = wrap ? wrap(argv) : { command: argv[0]!, args: argv.slice(1) };
+    const child = spawn(command, args, { cwd: REPO, env: { ...process.env, ...env() }, stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(child);
+    return { child, out: lines(child) };
+  }
+
+  beforeAll(async () => {
+    orchestrator = ensureTestUser('agentid-test-orch');
+    t = await startTestServer({
+      trustDomain: td,
+      yaml: [
+        'admin:',
+        '  admin_uids: [0]',
+        '  orchestrators:',
+        `    - uid: ${orchestrator.uid}`,
+        '      agents: [builder]',
+        'console:',
+        '  listen: 127.0.0.1:0',
+      ].join('\n'),
+    });
+    consoleUrl = t.server.consoleUrl!;
+    browser = await launchChromium();
+    mkdirSync(SCREENSHOTS, { recursive: true });
+  });
+  afterAll(async () => {
+    for (const c of children) c.kill('SIGKILL');
+    await browser?.close();
+    await t?.cleanup();
+  });
+
+  it('signs in with a link from `agentid console login`, revokes a running task with its button, and the process loses its identity', async () => {
+    const work = runWatcher('coder', 't-42');
+    const taskId = `spiffe://${td}/agent/coder/task/t-42`;
+    await work.out.next((l) => JSON.parse(l).ids?.[0] === taskId, 20_000);
+
+    const admin = await signedInPage();
+    const watcher = await signedInPage();
+    const { page } = admin;
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    await page.getByText('Audit chain verified').waitFor();
+    await page.screenshot({ path: join(SCREENSHOTS, 'overview.png') });
+
+    // A second security engineer keeps the active task list open.
+    await watcher.page.goto(`${consoleUrl}/#/tasks`);
+    await watcher.page.getByRole('link', { name: 't-42' }).waitFor();
+
+    await page.getByRole('link', { name: 'Tasks' }).click();
+    const row = page.getByRole('row').filter({ hasText: 't-42' });
+    await row.waitFor();
+    expect(await row.textContent()).toContain('pid ');
+    await page.screenshot({ path: join(SCREENSHOTS, 'tasks.png') });
+
+    await page.getByRole('link', { name: 't-42' }).click();
+    await page.getByRole('heading', { name: 'Task coder/t-42' }).waitFor();
+    await page.getByRole('table', { name: /SVIDs issued/ }).getByRole('row').nth(1).waitFor();
+    await page.getByText('ticket=SEC-7').waitFor();
+    await page.screenshot({ path: join(SCREENSHOTS, 'task.png'), fullPage: true });
+    await page.getByRole('link', { name: '← All tasks' }).click();
+
+    await page.getByRole('button', { name: 'Revoke t-42' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Revoke task coder/t-42?' });
+    await dialog.getByLabel('Reason (recorded in the audit trail)').fill('prompt injection seen in SEC-7');
+    await page.screenshot({ path: join(SCREENSHOTS, 'revoke-dialog.png') });
+    const before = work.out.seen.length;
+    const clicked = Date.now();
+    await dialog.getByRole('button', { name: 'Confirm revoke t-42' }).click();
+
+    // The requirement under test: the task's own process is refused within a second.
+    const denied = await work.out.next((l) => JSON.parse(l).error !== undefined, 1000, before);
+    expect(JSON.parse(denied).error).toBe('permission_denied');
+    expect(Date.now() - clicked).toBeLessThan(1000);
+
+    // Gone from the active list, here and for the other viewer, without a reload.
+    await page.getByRole('button', { name: 'Revoke t-42' }).waitFor({ state: 'detached', timeout: 5000 });
+    await watcher.page.getByRole('link', { name: 't-42' }).waitFor({ state: 'detached', timeout: 5000 });
+
+    // The audit view shows the revocation by this console user.
+    await page.getByRole('link', { name: 'Audit trail' }).click();
+    await page.getByLabel('Task').fill('t-42');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    const revoked = page.getByRole('row').filter({ hasText: 'task.revoked' });
+    await revoked.waitFor();
+    expect(await revoked.textContent()).toContain('uid:0 (admin)');
+    expect(await revoked.textContent()).toContain('prompt injection seen in SEC-7');
+    await page.screenshot({ path: join(SCREENSHOTS, 'audit.png') });
+
+    const events = readAuditEvents(t.config.audit.file, { task: 't-42', type: 'task.revoked' }) as unknown as { by: string; actor: { uid: number }; reason: string }[];
+    expect(events).toMatchObject([{ by: 'uid:0 (admin)', actor: { uid: 0 }, reason: 'prompt injection seen in SEC-7' }]);
+    expect(readAuditEvents(t.config.audit.file, { type: 'console.signed_in' }).length).toBeGreaterThanOrEqual(2);
+    await admin.context.close();
+    await watcher.context.close();
+  });
+
+  it('a sign-in link works once; the session cookie is HttpOnly, Secure, SameSite=Strict and expiring; pages carry a CSP without inline scripts', async () => {
+    const link = await loginLink();
+    const first = await request(link);
+    expect(first.status).toBe(303);
+    const cookie = String(first.headers['set-cookie']);
+    expect(cookie).toMatch(/^__Host-agentid-session=[A-Za-z0-9_-]{43}; Path=\/; Secure; HttpOnly; SameSite=Strict; Max-Age=\d+$/);
+    const again = await request(link);
+    expect(again.status).toBe(401);
+    expect(again.headers['set-cookie']).toBeUndefined();
+
+    const index = await request(`${consoleUrl}/`);
+    const csp = String(index.headers['content-security-policy']);
+    expect(csp).toContain("script-src 'self'");
+    expect(csp).not.toContain('unsafe-inline');
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(index.body).not.toMatch(/<script>|<script[^>]*>[^<]/);
+  });
+
+  it('refuses forged state changes: no session, no CSRF token, or a foreign Origin', async () => {
+    const work = runWatcher('coder', 't-43');
+    await work.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/coder/task/t-43`, 20_000);
+    const revokeUrl = `${consoleUrl}/api/tasks/coder/t-43/revoke`;
+    const body = JSON.stringify({ reason: 'forged' });
+
+    const anonymous = await request(revokeUrl, { method: 'POST', headers: { 'Content-Type': 'application/json', Origin: consoleUrl }, body });
+    expect(anonymous.status).toBe(401);
+
+    const { context, page } = await signedInPage();
+    const cookie = (await context.cookies()).find((c) => c.name === '__Host-agentid-session')!;
+    expect(cookie).toMatchObject({ httpOnly: true, secure: true, sameSite: 'Strict' });
+    const session = (await page.evaluate(() => fetch('/api/session').then((r) => r.json()))) as { csrfToken: string };
+    // From the console's own page but without the token, as a script injected elsewhere would.
+    const noToken = await page.evaluate(
+      (u) => fetch(u, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"reason":"forged"}' }).then((r) => r.status),
+      '/api/tasks/coder/t-43/revoke',
+    );
+    expect(noToken).toBe(403);
+    const headers = { 'Content-Type': 'application/json', Cookie: `${cookie.name}=${cookie.value}`, 'X-CSRF-Token': session.csrfToken };
+    const foreign = await request(revokeUrl, { method: 'POST', headers: { ...headers, Origin: 'https://evil.example' }, body });
+    expect(foreign.status).toBe(403);
+    const noOrigin = await request(revokeUrl, { method: 'POST', headers, body });
+    expect(noOrigin.status).toBe(403);
+    const wrongToken = await request(revokeUrl, { method: 'POST', headers: { ...headers, Origin: consoleUrl, 'X-CSRF-Token': 'x'.repeat(43) }, body });
+    expect(wrongToken.status).toBe(403);
+
+    expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-43' })).state).toBe('active');
+    expect(work.out.seen.some((l) => JSON.parse(l).error)).toBe(false);
+    await context.close();
+  });
+
+  it('an orchestrator\'s session sees only its agents\' tasks and cannot see or revoke another agent\'s task', async () => {
+    // t-43 (agent coder) is still active from the previous test; the orchestrator runs its own builder task.
+    const own = runWatcher('builder', 'b-7', asOrchestrator);
+    await own.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/builder/task/b-7`, 20_000);
+
+    const { context, page } = await signedInPage('orchestrator');
+    await page.getByText(`uid:${orchestrator.uid} (orchestrator)`).waitFor();
+    expect(await page.getByRole('link', { name: 'Entries' }).count()).toBe(0);
+    await page.getByRole('link', { name: 'Tasks' }).click();
+    await page.getByRole('link', { name: 'b-7' }).waitFor();
+    expect(await page.getByRole('link', { name: 't-43' }).count()).toBe(0);
+
+    const session = (await page.evaluate(() => fetch('/api/session').then((r) => r.json()))) as { csrfToken: string };
+    const call = (path: string, method = 'GET') =>
+      page.evaluate(
+        ([p, m, token]) =>
+          fetch(p!, { method: m, headers: m === 'GET' ? {} : { 'Content-Type': 'application/json', 'X-CSRF-Token': token! }, ...(m === 'GET' ? {} : { body: '{"reason":"not mine"}' }) }).then(async (r) => ({ status: r.status, body: (await r.json()) as { records?: unknown[] } })),
+        [path, method, session.csrfToken],
+      );
+    expect((await call('/api/tasks/coder/t-43')).status).toBe(403);
+    expect((await call('/api/tasks/coder/t-43/revoke', 'POST')).status).toBe(403);
+    expect((await call('/api/entries')).status).toBe(403);
+    const audit = await call('/api/audit?task=t-43');
+    expect(audit.body.records).toEqual([]);
+    expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-43' })).state).toBe('active');
+
+    const denied = readAuditEvents(t.config.audit.file, { type: 'admin.denied' }) as unknown as { who: string; action: string }[];
+    const mine = denied.filter((d) => d.who === `uid:${orchestrator.uid} (orchestrator)`).map((d) => d.action);
+    expect(mine).toEqual(expect.arrayContaining(['task.show', 'task.revoke', 'console.entries']));
+    await context.close();
+  });
+});
