@@ -83,6 +83,14 @@ describe('defaults', () => {
     for (const key of derived) expect(text).toMatch(new RegExp(`^\\s*# ${key}:`, 'm'));
   });
 
+  it('the web console is off unless console.listen is set; --console-listen beats the environment and the file', () => {
+    expect(load(undefined).console).toEqual({ listen: null, certFile: null, keyFile: null, sessionTtlMs: 8 * 3_600_000 });
+    const yaml = 'console: { listen: "127.0.0.1:9000", cert_file: c.pem, key_file: c.key, session_ttl: 30m }\n';
+    expect(load(yaml).console).toEqual({ listen: { host: '127.0.0.1', port: 9000 }, certFile: '/srv/agentid/c.pem', keyFile: '/srv/agentid/c.key', sessionTtlMs: 1_800_000 });
+    expect(load(yaml, { env: { AGENTID_CONSOLE_LISTEN: '[::1]:9001' } }).console.listen).toEqual({ host: '::1', port: 9001 });
+    expect(load(yaml, { env: { AGENTID_CONSOLE_LISTEN: '[::1]:9001' }, flags: { consoleListen: '127.0.0.1:9002' } }).console.listen).toEqual({ host: '127.0.0.1', port: 9002 });
+  });
+
   it('DEFAULTS is frozen', () => {
     expect(Object.isFrozen(DEFAULTS.svid)).toBe(true);
     expect(Object.isFrozen(DEFAULTS.federation)).toBe(true);
@@ -250,6 +258,9 @@ describe('bad input names the problem', () => {
     ['https-web-without-cert', 'bundle_endpoint: { enabled: true, profile: https_web }\n', 'bundle_endpoint.cert_file: is required with profile https_web'],
     ['https-spiffe-with-cert', 'bundle_endpoint: { cert_file: a.pem }\n', 'bundle_endpoint.cert_file: only applies to profile https_web'],
     ['enabled-as-string', 'bundle_endpoint: { enabled: "yes" }\n', 'bundle_endpoint.enabled: must be true or false'],
+    ['console-listen-without-port', 'console: { listen: localhost }\n', 'console.listen: must be host:port'],
+    ['console-cert-without-key', 'console: { listen: "127.0.0.1:0", cert_file: c.pem }\n', 'console.key_file: console.cert_file and console.key_file go together'],
+    ['console-session-ttl', 'console: { session_ttl: forever }\n', 'console.session_ttl:'],
     ['federation-not-a-list', 'federation: { trust_domain: p.example }\n', 'federation: must be a list'],
     ['federation-own-trust-domain', 'federation: [{ trust_domain: agentid.dev, bundle_endpoint_url: "https://x", profile: https_web }]\n', 'federation[0].trust_domain: agentid.dev is our own trust domain'],
     ['federation-bad-trust-domain', 'federation: [{ trust_domain: "p/x", bundle_endpoint_url: "https://x", profile: https_web }]\n', 'federation[0].trust_domain: trust domain "p/x"'],
