@@ -5,7 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Actor } from '../common/actor.js';
 import { auditActor, describeActor } from '../common/actor.js';
 import type { Clock } from '../common/clock.js';
-import { AgentIdError, failedPrecondition, invalidArgument, notFound, permissionDenied, type ErrorCode } from '../common/errors.js';
+import { AgentIdError, failedPrecondition, invalidArgument, notFound, permissionDenied, resourceExhausted, type ErrorCode } from '../common/errors.js';
 import { isCallerFacing } from '../common/grpc-errors.js';
 import type { Logger } from '../common/logger.js';
 import type { ClientSvidVerifier } from '../admin/client-verify.js';
@@ -82,6 +82,7 @@ const HTTP_STATUS: Record<ErrorCode, number> = {
   not_found: 404,
   already_exists: 409,
   failed_precondition: 409,
+  resource_exhausted: 429,
   unimplemented: 501,
   unavailable: 503,
   internal: 500,
@@ -281,7 +282,7 @@ export async function startConsole(opts: ConsoleOptions): Promise<RunningConsole
   };
 
   const openEvents = (req: IncomingMessage, res: ServerResponse, sessionId: string) => {
-    if (eventClients.size >= MAX_EVENT_STREAMS) throw failedPrecondition('console: too many open event streams');
+    if (eventClients.size >= MAX_EVENT_STREAMS) throw resourceExhausted('console: too many open event streams');
     res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-store', Connection: 'keep-alive' });
     res.write(': connected\n\n');
     const client = { res, sessionId };

@@ -1,7 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Actor } from '../common/actor.js';
 import type { Clock } from '../common/clock.js';
-import { failedPrecondition } from '../common/errors.js';
+import { resourceExhausted } from '../common/errors.js';
 
 /** A one-time sign-in link is good for this long. */
 export const LOGIN_TOKEN_TTL_MS = 60_000;
@@ -37,7 +37,7 @@ export class ConsoleSessions {
   issueLogin(actor: Actor): { token: string; expiresAt: number } {
     const now = this.deps.clock.now();
     this.prune(now);
-    if (this.logins.size >= MAX_PENDING_LOGINS) throw failedPrecondition('console login: too many unused sign-in links; wait a minute');
+    if (this.logins.size >= MAX_PENDING_LOGINS) throw resourceExhausted('console login: too many unused sign-in links; wait a minute');
     const token = newToken();
     const expiresAt = now + LOGIN_TOKEN_TTL_MS;
     this.logins.set(keyOf(token), { actor: { ...actor, agents: [...actor.agents] }, expiresAt });
@@ -57,7 +57,7 @@ export class ConsoleSessions {
   open(actor: Actor, opts: { notAfter?: number; clientChain?: Buffer[] } = {}): { id: string; session: ConsoleSession } {
     const now = this.deps.clock.now();
     this.prune(now);
-    if (this.sessions.size >= MAX_SESSIONS) throw failedPrecondition('console: too many open sessions');
+    if (this.sessions.size >= MAX_SESSIONS) throw resourceExhausted('console: too many open sessions');
     const id = newToken();
     const session: ConsoleSession = {
       actor,
