@@ -238,8 +238,10 @@ describe('web console', () => {
   });
 
   it('an orchestrator\'s session sees only its agents\' tasks and cannot see or revoke another agent\'s task', async () => {
-    // t-43 (agent coder) is still active from the previous test; the orchestrator runs its own builder task.
+    // Another agent's task (started by root), and the orchestrator's own builder task.
+    const other = runWatcher('coder', 't-44');
     const own = runWatcher('builder', 'b-7', asOrchestrator);
+    await other.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/coder/task/t-44`, 20_000);
     await own.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/builder/task/b-7`, 20_000);
 
     const { context, page } = await signedInPage('orchestrator');
@@ -247,7 +249,7 @@ describe('web console', () => {
     expect(await page.getByRole('link', { name: 'Entries' }).count()).toBe(0);
     await page.getByRole('link', { name: 'Tasks' }).click();
     await page.getByRole('link', { name: 'b-7' }).waitFor();
-    expect(await page.getByRole('link', { name: 't-43' }).count()).toBe(0);
+    expect(await page.getByRole('link', { name: 't-44' }).count()).toBe(0);
 
     const session = (await page.evaluate(() => fetch('/api/session').then((r) => r.json()))) as { csrfToken: string };
     const call = (path: string, method = 'GET') =>
@@ -256,12 +258,14 @@ describe('web console', () => {
           fetch(p!, { method: m, headers: m === 'GET' ? {} : { 'Content-Type': 'application/json', 'X-CSRF-Token': token! }, ...(m === 'GET' ? {} : { body: '{"reason":"not mine"}' }) }).then(async (r) => ({ status: r.status, body: (await r.json()) as { records?: unknown[] } })),
         [path, method, session.csrfToken],
       );
-    expect((await call('/api/tasks/coder/t-43')).status).toBe(403);
-    expect((await call('/api/tasks/coder/t-43/revoke', 'POST')).status).toBe(403);
+    // Another agent's task looks missing, exactly as on the admin API (existence is not disclosed).
+    expect((await call('/api/tasks/coder/t-44')).status).toBe(404);
+    expect((await call('/api/tasks/coder/t-44/revoke', 'POST')).status).toBe(403);
     expect((await call('/api/entries')).status).toBe(403);
-    const audit = await call('/api/audit?task=t-43');
-    expect(audit.body.records).toEqual([]);
-    expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-43' })).state).toBe('active');
+    expect((await call('/api/audit?task=t-44')).body.records).toEqual([]);
+    expect(((await call('/api/audit?task=b-7')).body.records ?? []).length).toBeGreaterThan(0);
+    expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-44' })).state).toBe('active');
+    expect(other.out.seen.some((l) => JSON.parse(l).error)).toBe(false);
 
     const denied = readAuditEvents(t.config.audit.file, { type: 'admin.denied' }) as unknown as { who: string; action: string }[];
     const mine = denied.filter((d) => d.who === `uid:${orchestrator.uid} (orchestrator)`).map((d) => d.action);
