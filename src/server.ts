@@ -6,7 +6,7 @@ import type { Clock } from './common/clock.js';
 import type { Logger } from './common/logger.js';
 import { SYSTEM_ACTOR } from './common/actor.js';
 import { failedPrecondition, unavailable } from './common/errors.js';
-import { loadProto, workloadService } from './common/proto.js';
+import { loadProto } from './common/proto.js';
 import { SpiffeId, TrustDomain } from './spiffe/spiffe-id.js';
 import { ServerSvidSource } from './issuer/server-svid.js';
 import { startBundleEndpoint } from './bundle-endpoint/index.js';
@@ -24,7 +24,7 @@ import { DiskReserve } from './audit/disk-reserve.js';
 import { RefusalAggregator } from './audit/refusals.js';
 import { MIN_REMAINING_MS, anyBoundWithDescendants, resolveIdentities } from './issuer/identity.js';
 import { SvidCache } from './issuer/svid-cache.js';
-import { StreamHub } from './issuer/hub.js';
+import { StreamHub, type StateChange } from './issuer/hub.js';
 import { TrustState } from './issuer/trust-state.js';
 import { Revoker } from './tasks/revocations.js';
 import { TaskService } from './tasks/service.js';
@@ -35,6 +35,7 @@ import { PeerRegistry } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
 import { workloadHandlers } from './workload/service.js';
 import { refuseMalformedRequests, strictRequests } from './workload/strict-input.js';
+import { workloadServiceDefinition, workloadStateEncoders } from './workload/encode.js';
 import { adminHandlers } from './admin/service.js';
 import { AuthorityService } from './admin/authorities.js';
 import { startAdminTcpListener } from './admin/tcp.js';
@@ -57,6 +58,8 @@ export interface RunningServer {
 }
 
 const CRL_REFRESH_MS = 10 * 60_000;
+/** After handing due renewals to the hub, when to look for the next ones. */
+const RENEWAL_RECHECK_MS = 1000;
 const SERVER_VERSION = '0.1.0';
 
 /**
@@ -139,19 +142,19 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const index = new EntryIndex();
   // Every change re-enters at mint/push. `hub` and `scheduler` are built below; nothing calls this
   // before startup completes (admin calls, federation updates and timers all start afterwards).
-  const changed = () => {
-    hub.refresh();
+  const changed = (change: StateChange) => {
+    hub.changed(change);
     scheduler.poke();
   };
 
-  // Foreign trust domains' bundles; a change re-renders every stream through the trust version.
+  // Foreign trust domains' bundles; a change re-renders the streams that federate with that domain.
   const federation = new Federation({
     relationships: config.federation,
     ownTrustDomain: trustDomain,
     clock,
     logger: logger.child({ module: 'federation' }),
     stateFile: join(config.dataDir, 'federation.json'),
-    onChange: () => changed(),
+    onChange: (trustDomain) => changed({ kind: 'federation', trustDomain }),
   });
   const trust: TrustState = new TrustState({
     ca,
@@ -195,7 +198,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     audit,
     onRevoked(spiffeId) {
       cache.forgetSpiffeId(spiffeId);
-      trust.invalidate();
+      trust.revocationsChanged();
+      hub.changed({ kind: 'revocation', spiffeId });
+      hub.changed({ kind: 'trust' });
     },
   });
   const tasks = new TaskService({
@@ -212,11 +217,11 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     },
     clock,
     audit,
-    onChange: () => {
+    onChange: (change) => {
       // Tasks are resolved per stream refresh from this snapshot, re-read on every task change.
       boundTasks = holders.select(datastore.tasks.list());
       descendantsBound = anyBoundWithDescendants(boundTasks);
-      changed();
+      changed({ kind: 'task', ...change });
     },
   });
   // Active tasks and finished ones whose processes may live on (these get nothing: least privilege).
@@ -236,7 +241,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     audit,
     isRevoked: (id) => revoker.isRevoked(id),
     revoke: (id, reason, actor) => revoker.revoke(id, reason, actor),
-    onChange: changed,
+    onChange: (change) => changed({ kind: 'entry', ...change }),
   });
 
   const hub = new StreamHub({
@@ -251,6 +256,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       }),
     cache,
     trust,
+    encoders: workloadStateEncoders(),
     clock,
     logger,
     around: (fn) => audit.batch(fn),
@@ -290,7 +296,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         // Streams stop offering an entry MIN_REMAINING_MS before it expires (identity.ts); refresh then.
         const now = clock.now();
         const ends = index.expiryTimes().map((t) => t - MIN_REMAINING_MS);
-        if (ends.some((t) => t <= now && t > lastEntryExpiryCheck)) hub.refresh();
+        if (ends.some((t) => t <= now && t > lastEntryExpiryCheck)) hub.changed({ kind: 'expiry' });
         lastEntryExpiryCheck = now;
         const next = ends.filter((t) => t > now);
         return next.length > 0 ? Math.min(...next) : undefined;
@@ -305,17 +311,19 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         logger.info({ auditSeq: audit.head.seq, auditHash: audit.head.hash }, 'audit log head');
       },
       renew() {
-        const due = cache.nextRenewalAt();
-        if (due !== undefined && due <= clock.now()) hub.refresh();
         const own = serverSvid.renew();
-        return Math.min(own, cache.nextRenewalAt() ?? own);
+        const due = cache.nextRenewalAt();
+        if (due === undefined || due > clock.now()) return Math.min(own, due ?? own);
+        // Re-minted by the hub's fan-out a moment later: look again after it, not in a busy loop.
+        hub.changed({ kind: 'renewal' });
+        return Math.min(own, clock.now() + RENEWAL_RECHECK_MS);
       },
       refreshCrls() {
         if (clock.now() >= nextCrlRefresh) {
           nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
-          trust.invalidate();
+          trust.refreshCrls();
           serverSvid.trustChanged();
-          hub.refresh();
+          hub.changed({ kind: 'trust' });
         }
         return nextCrlRefresh;
       },
@@ -352,14 +360,13 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const peers = new PeerRegistry();
   const workloadServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, interceptors: [refuseMalformedRequests] });
   workloadServer.addService(
-    strictRequests(workloadService().service),
+    strictRequests(workloadServiceDefinition()),
     workloadHandlers({
       peers,
       attest: (peer, { streaming }) =>
         attestations.attest(peer, { withSha256: index.requiredSelectorTypes().has('sha256'), withAncestors: streaming || descendantsBound }),
       hub,
       cache,
-      trust,
       validateJwt,
       onRefused(peer, method, reason) {
         refusals.refused({ pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });

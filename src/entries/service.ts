@@ -24,7 +24,8 @@ export interface EntryServiceDeps {
   isRevoked: (spiffeId: string) => boolean;
   /** Revokes a SPIFFE ID that no entry issues any more. */
   revoke: (spiffeId: string, reason: string, actor: Actor) => void;
-  onChange: () => void;
+  /** Called after any entry change (the entry before and after) so open streams pick it up. */
+  onChange: (change: { before?: RegistrationEntry; after?: RegistrationEntry }) => void;
 }
 
 /** Registration entries: validated, stored, indexed for matching, audited; streams follow every change. */
@@ -38,7 +39,7 @@ export class EntryService {
     const created = this.deps.datastore.entries.create(entry, this.deps.clock.now());
     this.deps.index.upsert(created);
     this.audit('entry.created', created, actor);
-    this.deps.onChange();
+    this.deps.onChange({ after: created });
     return created;
   }
 
@@ -49,7 +50,7 @@ export class EntryService {
     this.deps.index.upsert(updated);
     this.audit('entry.updated', updated, actor);
     if (before.spiffeId !== updated.spiffeId) this.revokeIfUnused(before.spiffeId, `entry ${id} changed its SPIFFE ID`, actor);
-    this.deps.onChange();
+    this.deps.onChange({ before, after: updated });
     return updated;
   }
 
@@ -58,7 +59,7 @@ export class EntryService {
     this.deps.index.remove(id);
     this.audit('entry.deleted', deleted, actor);
     this.revokeIfUnused(deleted.spiffeId, `entry ${id} deleted`, actor);
-    this.deps.onChange();
+    this.deps.onChange({ before: deleted });
     return deleted;
   }
 

@@ -48,8 +48,8 @@ export interface FederationDeps {
   ownTrustDomain: TrustDomain | string;
   clock: Clock;
   logger: Logger;
-  /** Called (synchronously, once per change) whenever any held bundle's content changes. */
-  onChange: () => void;
+  /** Called (synchronously, once per change) whenever a held bundle's content changes, with its trust domain. */
+  onChange: (trustDomain: string) => void;
   fetch?: BundleFetcher;
   /** Last good bundles (JSON, 0600), so a restart keeps them. */
   stateFile?: string;
@@ -373,7 +373,7 @@ export class Federation implements FederatedBundles {
         'federation: bundle updated',
       );
       try {
-        this.deps.onChange();
+        this.deps.onChange(rel.td.name);
       } catch (err) {
         log.error({ err: message(err) }, 'federation: onChange failed');
       }

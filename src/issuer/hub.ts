@@ -1,7 +1,9 @@
 import type { Clock } from '../common/clock.js';
 import { permissionDenied, type AgentIdError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import type { CallerFacts, Identity } from './identity.js';
+import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
+import { MIN_REMAINING_MS, type CallerFacts, type Identity } from './identity.js';
+import { StreamIndex } from './stream-index.js';
 import type { MintCause, MintedX509, SvidCache } from './svid-cache.js';
 import type { TrustMaterial } from './trust.js';
 
@@ -9,6 +11,8 @@ export interface Caller extends CallerFacts, MintCause {}
 
 export interface X509State {
   svids: { identity: Identity; svid: MintedX509 }[];
+  /** DER CA certificates of the own trust domain (each SVID's bundle). */
+  bundle: Buffer[];
   crls: Buffer[];
   /** Foreign trust domains only. */
   federatedBundles: Map<string, Buffer[]>;
@@ -24,21 +28,55 @@ export interface JwtBundlesState {
   bundles: Map<string, Buffer>;
 }
 
-type Kind = 'x509' | 'x509-bundles' | 'jwt-bundles';
-type StateOf<K extends Kind> = K extends 'x509' ? X509State : K extends 'x509-bundles' ? X509BundlesState : JwtBundlesState;
+/** Wire encodings of stream states (workload/encode.ts); the hub encodes each distinct state once. */
+export interface StateEncoders {
+  x509(state: X509State): Buffer;
+  x509Bundles(state: X509BundlesState): Buffer;
+  jwtBundles(state: JwtBundlesState): Buffer;
+}
 
-interface Subscription<K extends Kind = Kind> {
-  kind: K;
+/**
+ * Something that may change what open streams carry. Producers say what changed; the hub finds the
+ * streams that depend on it. `before`/`after` are the record as it was and as it is (absent when
+ * created or deleted): a stream the old version was offered to may have to lose it.
+ */
+export type StateChange =
+  | { kind: 'entry'; before?: RegistrationEntry; after?: RegistrationEntry }
+  | { kind: 'task'; before?: TaskRecord; after?: TaskRecord }
+  | { kind: 'revocation'; spiffeId: string }
+  /** Own bundle, JWT keys or CRLs. */
+  | { kind: 'trust' }
+  | { kind: 'federation'; trustDomain: string }
+  /** Some cached X.509-SVID reached its renewal time. */
+  | { kind: 'renewal' }
+  /** Some entry or task identity reached its end. */
+  | { kind: 'expiry' };
+
+type Kind = 'x509' | 'x509-bundles' | 'jwt-bundles';
+
+/**
+ * How much of a stream's state a change can alter: `resolve` re-runs identity resolution (entries,
+ * tasks, revocations); `render` keeps the identities and re-reads SVIDs and trust material.
+ */
+type Work = 'resolve' | 'render';
+
+interface Subscription {
+  kind: Kind;
   caller: Caller;
-  deliver: (state: StateOf<K>) => void;
+  deliver: (message: Buffer) => void;
   end: (err: AgentIdError) => void;
-  signature: string;
+  identities: Identity[];
+  /** Key of the response last delivered (see `responseKey`). */
+  responseKey: string;
+  message: Buffer | undefined;
+  open: boolean;
 }
 
 export interface HubDeps {
   identitiesFor: (caller: CallerFacts, now: number) => Identity[];
   cache: SvidCache;
   trust: TrustMaterial;
+  encoders: StateEncoders;
   clock: Clock;
   logger: Logger;
   /**
@@ -46,23 +84,42 @@ export interface HubDeps {
    * storm at once; states are delivered only after it returns (audit before delivery).
    */
   around?: <T>(fn: () => T) => T;
+  /**
+   * Streams recomputed per slice of a fan-out; the event loop gets a turn between slices. A slice
+   * at worst mints one SVID per stream (about 50 us) and encodes one response, so 64 keep each
+   * slice to a few milliseconds.
+   */
+  sliceSize?: number;
 }
 
 export const NO_IDENTITY = 'no identity issued';
+const DEFAULT_SLICE = 64;
 
 /**
- * Open Workload API streams. Each holds the kernel facts of its caller; `refresh()` recomputes every
- * stream's full state and pushes it where it changed (the stream writer keeps only the latest
- * unsent state, so a slow reader never holds anyone up). A stream whose caller has lost its last
- * identity ends with permission_denied.
+ * Open Workload API streams. Each holds the kernel facts of its caller and is indexed by what its
+ * state depends on (stream-index.ts): a change marks only the streams it can affect, and the
+ * fan-out runs later, after the call that made the change has returned, in slices that give the
+ * event loop back in between. A stream marked twice before its turn is recomputed once, from the
+ * state at that time (latest wins). Each distinct response is encoded once and the same bytes go to
+ * every stream that shares it; a stream never receives a response identical to its previous one.
+ * A stream whose caller has lost its last identity ends with permission_denied.
  */
 export class StreamHub {
-  private readonly subs = new Set<Subscription>();
+  private readonly index = new StreamIndex<Subscription>();
+  /** Streams waiting for a recompute, in marking order. */
+  private readonly pending = new Map<Subscription, Work>();
+  /** Encoded responses in use by some stream, shared by all streams with the same key. */
+  private readonly responses = new Map<string, { message: Buffer; users: number }>();
+  private scheduled = false;
+  private readonly idleWaiters: (() => void)[] = [];
+  private readonly sliceSize: number;
 
-  constructor(private readonly deps: HubDeps) {}
+  constructor(private readonly deps: HubDeps) {
+    this.sliceSize = deps.sliceSize ?? DEFAULT_SLICE;
+  }
 
   get size(): number {
-    return this.subs.size;
+    return this.index.size;
   }
 
   /** Current identities of a caller; throws permission_denied when there are none. */
@@ -73,81 +130,185 @@ export class StreamHub {
   }
 
   /** Registers a stream and delivers its first state at once. Returns the unsubscribe function. */
-  subscribe<K extends Kind>(kind: K, caller: Caller, deliver: (s: StateOf<K>) => void, end: (e: AgentIdError) => void): () => void {
-    const sub: Subscription<K> = { kind, caller, deliver, end, signature: '' };
-    const first = this.around(() => this.compute(sub));
+  subscribe(kind: Kind, caller: Caller, deliver: (message: Buffer) => void, end: (e: AgentIdError) => void): () => void {
+    const sub: Subscription = { kind, caller, deliver, end, identities: [], responseKey: '', message: undefined, open: true };
+    const first = this.around(() => this.compute(sub, 'resolve'));
     if (first instanceof Error) throw first;
-    this.subs.add(sub as unknown as Subscription);
-    sub.signature = first.signature;
-    deliver(first.state);
-    return () => {
-      this.subs.delete(sub as unknown as Subscription);
-    };
+    this.index.add(sub);
+    this.apply(sub, first);
+    return () => this.drop(sub);
   }
 
-  /** Recomputes all streams; pushes changed states; ends streams left without identity. */
-  refresh(): void {
-    const inUse = new Set<string>();
-    const computed = this.around(() =>
-      [...this.subs].map((sub) => {
-        try {
-          return { sub, result: this.compute(sub) };
-        } catch (err) {
-          this.deps.logger.error({ err, pid: sub.caller.pid }, 'stream refresh failed');
-          return undefined;
+  /** Marks the streams a change can affect; the fan-out runs on a later turn of the event loop. */
+  changed(change: StateChange): void {
+    const resolve = new Set<Subscription>();
+    switch (change.kind) {
+      case 'entry':
+        for (const e of [change.before, change.after]) if (e) this.index.affectedByEntry(e, resolve);
+        break;
+      case 'task':
+        for (const t of [change.before, change.after]) if (t) this.index.affectedByTask(t, resolve);
+        break;
+      case 'revocation':
+        for (const s of this.index.holdingSpiffeId(change.spiffeId)) resolve.add(s);
+        break;
+      case 'expiry':
+        for (const key of this.index.keysEndingBefore(this.deps.clock.now() + MIN_REMAINING_MS)) {
+          for (const s of this.index.holdingKey(key)) resolve.add(s);
         }
-      }),
-    );
-    for (const item of computed) {
-      if (item === undefined) continue;
-      const { sub, result } = item;
+        break;
+      case 'renewal':
+        this.retainHeld();
+        for (const key of this.deps.cache.dueKeys(this.deps.clock.now())) this.mark(this.index.holdingKey(key), 'render');
+        break;
+      case 'federation':
+        this.mark(this.index.federatingWith(change.trustDomain), 'render');
+        break;
+      case 'trust':
+        this.mark(this.index.all(), 'render');
+        break;
+    }
+    this.mark(resolve, 'resolve');
+    this.schedule();
+  }
+
+  /** Everything may have changed (CA rotation): every stream is recomputed in full. */
+  refresh(): void {
+    this.mark(this.index.all(), 'resolve');
+    this.schedule();
+  }
+
+  /** Resolves once no fan-out is pending (tests). */
+  idle(): Promise<void> {
+    if (!this.scheduled) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  closeAll(err: AgentIdError): void {
+    this.pending.clear();
+    for (const sub of [...this.index.all()]) {
+      this.drop(sub);
+      sub.end(err);
+    }
+  }
+
+  private mark(subs: Iterable<Subscription>, work: Work): void {
+    for (const sub of subs) if (this.pending.get(sub) !== 'resolve') this.pending.set(sub, work);
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.pending.size === 0) return;
+    this.scheduled = true;
+    // Never in the caller's turn: the call that made the change returns (and its reply is written) first.
+    setImmediate(() => this.fanOutSlice());
+  }
+
+  private fanOutSlice(): void {
+    this.scheduled = false;
+    const slice: [Subscription, Work][] = [];
+    for (const item of this.pending) {
+      slice.push(item);
+      if (slice.length >= this.sliceSize) break;
+    }
+    for (const [sub] of slice) this.pending.delete(sub);
+    const results = this.around(() => slice.map(([sub, work]) => ({ sub, result: this.safeCompute(sub, work) })));
+    for (const { sub, result } of results) {
+      if (!sub.open || result === undefined) continue;
       if (result instanceof Error) {
-        this.subs.delete(sub);
+        this.drop(sub);
         sub.end(result);
-        continue;
-      }
-      result.keys.forEach((k) => inUse.add(k));
-      if (result.signature !== sub.signature) {
-        sub.signature = result.signature;
-        (sub.deliver as (s: unknown) => void)(result.state);
+      } else {
+        this.apply(sub, result);
       }
     }
-    this.deps.cache.retain(inUse);
+    if (this.pending.size > 0) return this.schedule();
+    this.retainHeld();
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
+  }
+
+  /** SVIDs no open stream holds any more are neither kept nor renewed. */
+  private retainHeld(): void {
+    this.deps.cache.retain({ has: (key) => this.index.isHeld(key) });
+  }
+
+  private safeCompute(sub: Subscription, work: Work): Computed | AgentIdError | undefined {
+    if (!sub.open) return undefined;
+    try {
+      return this.compute(sub, work);
+    } catch (err) {
+      this.deps.logger.error({ err, pid: sub.caller.pid }, 'stream refresh failed');
+      return undefined;
+    }
   }
 
   private around<T>(fn: () => T): T {
     return this.deps.around ? this.deps.around(fn) : fn();
   }
 
-  closeAll(err: AgentIdError): void {
-    for (const sub of [...this.subs]) {
-      this.subs.delete(sub);
-      sub.end(err);
-    }
+  private drop(sub: Subscription): void {
+    if (!sub.open) return;
+    sub.open = false;
+    this.pending.delete(sub);
+    this.index.remove(sub);
+    this.release(sub.responseKey);
   }
 
-  private compute<K extends Kind>(sub: Subscription<K>): { state: StateOf<K>; signature: string; keys: string[] } | AgentIdError {
-    const now = this.deps.clock.now();
-    const identities = this.deps.identitiesFor(sub.caller, now);
+  /** Records what the stream now holds and sends the response unless it is the one it already has. */
+  private apply(sub: Subscription, computed: Computed): void {
+    sub.identities = computed.identities;
+    this.index.hold(sub, computed.identities);
+    if (computed.key === sub.responseKey) return;
+    const shared = this.responses.get(computed.key);
+    if (shared) shared.users++;
+    else this.responses.set(computed.key, { message: computed.encode(), users: 1 });
+    this.release(sub.responseKey);
+    sub.responseKey = computed.key;
+    const message = this.responses.get(computed.key)!.message;
+    // Versions can move without the content changing (a CA rotation that left the JWT keys alone).
+    if (sub.message?.equals(message)) return;
+    sub.message = message;
+    sub.deliver(message);
+  }
+
+  private release(key: string): void {
+    const shared = this.responses.get(key);
+    if (shared && --shared.users === 0) this.responses.delete(key);
+  }
+
+  /**
+   * The stream's identities and the key of its response: everything the response is made of, by
+   * version or serial, so equal keys mean equal bytes and the encoding can be shared.
+   */
+  private compute(sub: Subscription, work: Work): Computed | AgentIdError {
+    const { trust, encoders, cache } = this.deps;
+    const identities = work === 'resolve' ? this.deps.identitiesFor(sub.caller, this.deps.clock.now()) : sub.identities;
     if (identities.length === 0) return permissionDenied(NO_IDENTITY);
-    const trust = this.deps.trust;
-    const federatesWith = new Set(identities.flatMap((i) => i.federatesWith));
-    const keys = identities.map((i) => i.key);
-    const trustVersion = trust.version();
+    const v = trust.versions();
+    const federatesWith = [...new Set(identities.flatMap((i) => i.federatesWith))].sort();
+    const federation = federatesWith.length === 0 ? '' : `${v.federation}:${federatesWith.join(',')}`;
 
     if (sub.kind === 'x509') {
-      const svids = identities.map((identity) => ({ identity, svid: this.deps.cache.x509For(identity, sub.caller) }));
-      const state: X509State = { svids, crls: trust.crls(), federatedBundles: trust.federatedX509(federatesWith) };
-      const signature = `${trustVersion}|${svids.map((s) => `${s.identity.hint}=${s.svid.serial}`).join(',')}|${[...federatesWith].sort().join(',')}`;
-      return { state: state as StateOf<K>, signature, keys };
+      const svids = identities.map((identity) => ({ identity, svid: cache.x509For(identity, sub.caller) }));
+      const key = ['x509', v.x509, v.crl, federation, ...svids.map((s) => `${s.svid.issuerId}/${s.svid.serial}/${s.identity.hint}`)].join('\u0000');
+      const encode = () =>
+        encoders.x509({ svids, bundle: trust.ownX509Bundle(), crls: trust.crls(), federatedBundles: trust.federatedX509(federatesWith) });
+      return { identities, key, encode };
     }
-    const fedKey = [...federatesWith].sort().join(',');
     if (sub.kind === 'x509-bundles') {
-      const bundles = new Map([[trust.trustDomainId, trust.ownX509Bundle()], ...trust.federatedX509(federatesWith)]);
-      const state: X509BundlesState = { bundles, crls: trust.crls() };
-      return { state: state as StateOf<K>, signature: `${trustVersion}|${fedKey}`, keys };
+      const key = ['x509-bundles', v.x509, v.crl, federation].join('\u0000');
+      const encode = () =>
+        encoders.x509Bundles({ bundles: new Map([[trust.trustDomainId, trust.ownX509Bundle()], ...trust.federatedX509(federatesWith)]), crls: trust.crls() });
+      return { identities, key, encode };
     }
-    const bundles = new Map([[trust.trustDomainId, trust.ownJwtBundle()], ...trust.federatedJwt(federatesWith)]);
-    return { state: { bundles } as StateOf<K>, signature: `${trustVersion}|${fedKey}`, keys };
+    const key = ['jwt-bundles', v.jwt, federation].join('\u0000');
+    const encode = () => encoders.jwtBundles({ bundles: new Map([[trust.trustDomainId, trust.ownJwtBundle()], ...trust.federatedJwt(federatesWith)]) });
+    return { identities, key, encode };
   }
+}
+
+interface Computed {
+  identities: Identity[];
+  key: string;
+  /** Called only when no stream shares the key yet. */
+  encode: () => Buffer;
 }

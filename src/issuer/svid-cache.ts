@@ -116,6 +116,13 @@ export class SvidCache {
     return next;
   }
 
+  /** Identity keys whose X.509-SVID is due for renewal (or expired) at `now`. */
+  dueKeys(now: number): string[] {
+    const out: string[] = [];
+    for (const [key, c] of this.x509) if (now >= c.renewAt || now >= c.svid.notAfter) out.push(key);
+    return out;
+  }
+
   /** A new signing CA (or key) is active: every SVID is re-minted on next use. */
   invalidateAll(): void {
     this.generation++;
@@ -143,8 +150,8 @@ export class SvidCache {
   }
 
   /** Keeps only identities still in use by some stream, plus JWTs that are not yet expired. */
-  retain(keys: Set<string>): void {
-    for (const key of this.x509.keys()) if (!keys.has(key)) this.x509.delete(key);
+  retain(inUse: { has(key: string): boolean }): void {
+    for (const key of this.x509.keys()) if (!inUse.has(key)) this.x509.delete(key);
     const now = this.deps.clock.now();
     for (const [key, c] of this.jwt) if (c.svid.expiresAt <= now) this.jwt.delete(key);
   }

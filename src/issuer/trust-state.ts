@@ -1,6 +1,6 @@
 import type { Clock } from '../common/clock.js';
 import type { IssuanceStore } from '../datastore/types.js';
-import type { TrustMaterial } from './trust.js';
+import type { TrustMaterial, TrustVersions } from './trust.js';
 
 /** The CA views trust material is built from (ca/authority.ts). */
 export interface TrustSourceCa {
@@ -21,11 +21,18 @@ export const NO_FEDERATION: FederatedBundles = { x509: () => undefined, jwt: () 
 
 /**
  * Bundles and CRLs as streams deliver them. CRLs and the JWT key set are built once per change
- * (revocation, CA rotation), not per stream message.
+ * (revocation, CA rotation), not per stream message. Each kind has its own version, so a revocation
+ * does not make JWT-bundle streams re-send, and a CRL rebuilt for a revocation that put no new
+ * serial on it (a JWT-only or never-issued identity) keeps its version: streams re-send a CRL only
+ * when it says something new.
  */
 export class TrustState implements TrustMaterial {
-  private own = 0;
-  private crlCache: Buffer[] | undefined;
+  private x509Version = 0;
+  private jwtVersion = 0;
+  private crlVersion = 0;
+  private crlCache: { crls: Buffer[]; revokedKey: string } | undefined;
+  /** The deny list changed: rebuild the CRLs only if their revoked serials changed. */
+  private crlStale = false;
   private jwtCache: Buffer | undefined;
   private x509Cache: Buffer[] | undefined;
 
@@ -43,16 +50,32 @@ export class TrustState implements TrustMaterial {
     return this.deps.ca.trustDomain.idString;
   }
 
-  /** Something changed (CA rotation, revocation, CRL refresh): rebuild lazily, bump the version. */
+  /** The CA changed (rotation): everything is rebuilt lazily, every version grows. */
   invalidate(): void {
-    this.own++;
-    this.crlCache = undefined;
-    this.jwtCache = undefined;
+    this.x509Version++;
+    this.jwtVersion++;
     this.x509Cache = undefined;
+    this.jwtCache = undefined;
+    this.refreshCrls();
+  }
+
+  /** CRLs are re-signed (before they go stale), even when no serial changed. */
+  refreshCrls(): void {
+    this.crlCache = undefined;
+  }
+
+  /** The deny list changed. */
+  revocationsChanged(): void {
+    this.crlStale = true;
   }
 
   version(): number {
-    return this.own * 1_000_003 + (this.deps.federation ?? NO_FEDERATION).version();
+    return (this.x509Version + this.jwtVersion) * 1_000_003 + (this.deps.federation ?? NO_FEDERATION).version();
+  }
+
+  versions(): TrustVersions {
+    this.crls();
+    return { x509: this.x509Version, jwt: this.jwtVersion, crl: this.crlVersion, federation: (this.deps.federation ?? NO_FEDERATION).version() };
   }
 
   ownX509Bundle(): Buffer[] {
@@ -64,15 +87,20 @@ export class TrustState implements TrustMaterial {
   }
 
   crls(): Buffer[] {
-    if (!this.crlCache) {
+    if (!this.crlCache || this.crlStale) {
+      this.crlStale = false;
       const now = this.deps.clock.now();
       const revoked = this.deps.issuances
         .listRevokedUnexpired(now)
         .filter((r) => r.kind === 'x509')
         .map((r) => ({ serial: r.serial, issuerId: r.issuerId, revokedAt: this.deps.revokedAt?.(r.spiffeId) ?? now }));
-      this.crlCache = this.deps.ca.buildCrls(revoked);
+      const revokedKey = revoked.map((r) => `${r.issuerId}/${r.serial}`).sort().join(',');
+      if (this.crlCache?.revokedKey !== revokedKey) {
+        this.crlCache = { crls: this.deps.ca.buildCrls(revoked), revokedKey };
+        this.crlVersion++;
+      }
     }
-    return this.crlCache;
+    return this.crlCache.crls;
   }
 
   federatedX509(trustDomains: Iterable<string>): Map<string, Buffer[]> {

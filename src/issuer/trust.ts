@@ -13,6 +13,18 @@ export interface TrustMaterial {
   /** Foreign trust domains' bundles, by "spiffe://<td>" key, limited to the given trust domain names. */
   federatedX509(trustDomains: Iterable<string>): Map<string, Buffer[]>;
   federatedJwt(trustDomains: Iterable<string>): Map<string, Buffer>;
-  /** Grows whenever anything above changes. */
+  /** Grows whenever a bundle (own or federated, X.509 or JWT) changes; CRLs are not counted. */
   version(): number;
+  /** Per kind, each growing when its content changes, so a stream re-sends only what changed. */
+  versions(): TrustVersions;
+}
+
+export interface TrustVersions {
+  /** Own X.509 bundle. */
+  x509: number;
+  /** Own JWT key set. */
+  jwt: number;
+  crl: number;
+  /** Any federated trust domain's bundle. */
+  federation: number;
 }

@@ -36,8 +36,8 @@ export interface TaskServiceDeps {
   policy: TaskPolicy;
   clock: Clock;
   audit: AuditSink;
-  /** Called after any task change so open streams pick it up. */
-  onChange: () => void;
+  /** Called after any task change (the record before and after) so open streams pick it up. */
+  onChange: (change: { before?: TaskRecord; after: TaskRecord }) => void;
 }
 
 const taskNotFound = (ref: { agent?: string; id: string }) => notFound(`task "${ref.agent ? `${ref.agent}/` : ''}${ref.id}" not found`);
@@ -155,7 +155,7 @@ export class TaskService {
       by: describeActor(actor),
       role: actor.role,
     });
-    this.deps.onChange();
+    this.deps.onChange({ after: task });
     return task;
   }
 
@@ -235,7 +235,7 @@ export class TaskService {
     }
     // Revoking an ended task still matters: its SVIDs may not have expired yet.
     this.deps.revoker.revoke(task.spiffeId, `task ${state}: ${reason}`, actor);
-    this.deps.onChange();
+    this.deps.onChange({ before: task, after: finished });
     return finished;
   }
 

@@ -1,9 +1,38 @@
-import type { X509BundlesState, JwtBundlesState, X509State } from '../issuer/hub.js';
+import type * as grpc from '@grpc/grpc-js';
+import { workloadService } from '../common/proto.js';
+import type { X509BundlesState, JwtBundlesState, X509State, StateEncoders } from '../issuer/hub.js';
 
 /** Wire encodings of the Workload API messages (field names as in workload.proto). */
 
-export function encodeX509SvidResponse(state: X509State, ownBundle: Buffer[]) {
-  const bundle = Buffer.concat(ownBundle);
+/** The streaming methods, whose responses the hub encodes once and shares between streams. */
+const STREAMING_METHODS = ['FetchX509SVID', 'FetchX509Bundles', 'FetchJWTBundles'] as const;
+
+/** Protobuf encoders of the three stream responses, for the hub. */
+export function workloadStateEncoders(): StateEncoders {
+  const methods = workloadService().service;
+  const serializer = (name: (typeof STREAMING_METHODS)[number]) => methods[name]!.responseSerialize as (value: unknown) => Buffer;
+  const [x509, x509Bundles, jwtBundles] = STREAMING_METHODS.map(serializer) as [(v: unknown) => Buffer, (v: unknown) => Buffer, (v: unknown) => Buffer];
+  return {
+    x509: (state) => x509(encodeX509SvidResponse(state)),
+    x509Bundles: (state) => x509Bundles(encodeX509BundlesResponse(state)),
+    jwtBundles: (state) => jwtBundles(encodeJwtBundlesResponse(state)),
+  };
+}
+
+/**
+ * The Workload API service as the server registers it: the streaming methods write the hub's
+ * pre-encoded bytes as they are (grpc-js frames whatever the serializer returns); the unary
+ * methods serialize as usual.
+ */
+export function workloadServiceDefinition(): grpc.ServiceDefinition {
+  const methods = workloadService().service;
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...methods };
+  for (const name of STREAMING_METHODS) out[name] = { ...methods[name]!, responseSerialize: (encoded: Buffer) => encoded } as grpc.MethodDefinition<unknown, unknown>;
+  return out as grpc.ServiceDefinition;
+}
+
+export function encodeX509SvidResponse(state: X509State) {
+  const bundle = Buffer.concat(state.bundle);
   return {
     svids: state.svids.map(({ identity, svid }) => ({
       spiffe_id: svid.spiffeId,

@@ -7,10 +7,9 @@ import { SpiffeId } from '../spiffe/spiffe-id.js';
 import { formatSelector, type Selector } from '../spiffe/selector.js';
 import type { Caller, StreamHub } from '../issuer/hub.js';
 import type { SvidCache } from '../issuer/svid-cache.js';
-import type { TrustMaterial } from '../issuer/trust.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import { LatestWinsWriter } from './latest-writer.js';
-import { encodeJwtBundlesResponse, encodeX509BundlesResponse, encodeX509SvidResponse, toStruct } from './encode.js';
+import { toStruct } from './encode.js';
 
 export interface AttestationResult {
   peer: PeerCredentialsLike;
@@ -26,7 +25,6 @@ export interface WorkloadDeps {
   attest: (peer: PeerCredentialsLike, call: { streaming: boolean }) => Promise<AttestationResult>;
   hub: StreamHub;
   cache: SvidCache;
-  trust: TrustMaterial;
   validateJwt: (token: string, audience: string) => { spiffeId: string; claims: Record<string, unknown> };
   onRefused: (peer: { pid: number; uid: number } | undefined, method: string, reason: string) => void;
   logger: Logger;
@@ -75,15 +73,12 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     throw permissionDenied('no identity issued');
   }
 
-  function stream<K extends 'x509' | 'x509-bundles' | 'jwt-bundles'>(
-    kind: K,
-    method: string,
-    encode: (state: never) => unknown,
-  ): grpc.handleServerStreamingCall<unknown, unknown> {
+  /** Streams write the hub's pre-encoded responses (see workloadServiceDefinition). */
+  function stream(kind: 'x509' | 'x509-bundles' | 'jwt-bundles', method: string): grpc.handleServerStreamingCall<unknown, unknown> {
     return (call) => {
       let unsubscribe: (() => void) | undefined;
       let done = false;
-      const writer = new LatestWinsWriter(call, encode as (s: unknown) => unknown);
+      const writer = new LatestWinsWriter<Buffer>(call, (message) => message);
       const finish = (err?: unknown) => {
         if (done) return;
         done = true;
@@ -98,7 +93,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
         const caller = await attestCaller(call, method, true);
         if (done) return;
         try {
-          unsubscribe = hub.subscribe(kind, caller, (state) => writer.write(state), (err) => finish(err));
+          unsubscribe = hub.subscribe(kind, caller, (message) => writer.write(message), (err) => finish(err));
         } catch (err) {
           if (err instanceof AgentIdError && err.code === 'permission_denied') refuseNoIdentity(caller, method);
           throw err;
@@ -109,10 +104,9 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
   }
 
   return {
-    FetchX509SVID: stream('x509', 'FetchX509SVID', ((state: Parameters<typeof encodeX509SvidResponse>[0]) =>
-      encodeX509SvidResponse(state, deps.trust.ownX509Bundle())) as (s: never) => unknown),
-    FetchX509Bundles: stream('x509-bundles', 'FetchX509Bundles', encodeX509BundlesResponse as (s: never) => unknown),
-    FetchJWTBundles: stream('jwt-bundles', 'FetchJWTBundles', encodeJwtBundlesResponse as (s: never) => unknown),
+    FetchX509SVID: stream('x509', 'FetchX509SVID'),
+    FetchX509Bundles: stream('x509-bundles', 'FetchX509Bundles'),
+    FetchJWTBundles: stream('jwt-bundles', 'FetchJWTBundles'),
 
     FetchJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string[]; spiffe_id: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       (async () => {
