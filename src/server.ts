@@ -293,9 +293,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       },
       expireTasks: () => tasks.expireDue(SYSTEM_ACTOR),
       expireEntries() {
-        // Streams stop offering an entry MIN_REMAINING_MS before it expires (identity.ts); refresh then.
+        // Streams stop offering an entry once less than MIN_REMAINING_MS is left (identity.ts); refresh then.
         const now = clock.now();
-        const ends = index.expiryTimes().map((t) => t - MIN_REMAINING_MS);
+        const ends = index.expiryTimes().map((t) => t - MIN_REMAINING_MS + 1);
         if (ends.some((t) => t <= now && t > lastEntryExpiryCheck)) hub.changed({ kind: 'expiry' });
         lastEntryExpiryCheck = now;
         const next = ends.filter((t) => t > now);

@@ -281,7 +281,10 @@ export class StreamHub {
    */
   private compute(sub: Subscription, work: Work): Computed | AgentIdError {
     const { trust, encoders, cache } = this.deps;
-    const identities = work === 'resolve' ? this.deps.identitiesFor(sub.caller, this.deps.clock.now()) : sub.identities;
+    const now = this.deps.clock.now();
+    // An identity at its end is never re-minted, even if the change that ends it has not arrived yet.
+    const ending = work === 'render' && sub.identities.some((i) => i.notAfterCap !== null && i.notAfterCap - now < MIN_REMAINING_MS);
+    const identities = work === 'resolve' || ending ? this.deps.identitiesFor(sub.caller, now) : sub.identities;
     if (identities.length === 0) return permissionDenied(NO_IDENTITY);
     const v = trust.versions();
     const federatesWith = [...new Set(identities.flatMap((i) => i.federatesWith))].sort();
