@@ -124,8 +124,9 @@ describe('targeted fan-out', () => {
   beforeAll(async () => {
     users = ['agentid-test-fan1', 'agentid-test-fan2', 'agentid-test-fan3'].map(ensureTestUser);
     t = await startTestServer({ trustDomain: td, yaml: ['admin:', '  admin_uids: [0]'].join('\n') });
+    // Offered to task processes too, so a process keeps a baseline identity around its task's life.
     for (const [path, uid] of [['root', 0], ['u1', users[0]!.uid], ['u2', users[1]!.uid]] as const) {
-      await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/${path}`, selectors: [`unix:uid:${uid}`] } });
+      await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/${path}`, selectors: [`unix:uid:${uid}`], include_tasks: true } });
     }
     const socket = t.config.workloadSocket;
     rootA = new Watcher(socket, [X509, BUNDLES, JWT]);
@@ -200,7 +201,7 @@ describe('targeted fan-out', () => {
     // A barrier: one more change per uid, written after anything the steps above could still have
     // sent; then every count must still be exact.
     for (const [path, uid] of [['root-2', 0], ['u1-2', users[0]!.uid], ['u2-2', users[1]!.uid]] as const) {
-      await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/${path}`, selectors: [`unix:uid:${uid}`] } });
+      await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/${path}`, selectors: [`unix:uid:${uid}`], include_tasks: true } });
     }
     want.set(rootA, expected(4, 3, 1));
     want.set(rootB, expected(5, 3, 1));

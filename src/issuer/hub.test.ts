@@ -239,7 +239,7 @@ describe('StreamHub', () => {
 
   it('a task change reaches its bound process, descendants only when allowed, and its cgroup subtree', async () => {
     const w = world();
-    w.entries.set('base', entry('base', ['unix:uid:1000']));
+    w.entries.set('base', entry('base', ['unix:uid:1000'], { includeTasks: true }));
     const parent = w.open('x509', caller(100, 1000));
     const child = w.open('x509', caller(101, 1000, { ancestors: [100] }));
     const inCgroup = w.open('x509', caller(200, 1000, { cgroup: '/agents/a/sub' }));
