@@ -9,7 +9,7 @@ import { failedPrecondition, unavailable } from './common/errors.js';
 import { loadProto } from './common/proto.js';
 import { SpiffeId, TrustDomain } from './spiffe/spiffe-id.js';
 import { ServerSvidSource } from './issuer/server-svid.js';
-import { startBundleEndpoint } from './bundle-endpoint/index.js';
+import { bundleSequence, startBundleEndpoint } from './bundle-endpoint/index.js';
 import { Federation } from './federation/index.js';
 import type { Config } from './config/index.js';
 import { CertificateAuthority, type CaOptions } from './ca/authority.js';
@@ -448,8 +448,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
           x509Authorities: () => ca.x509Bundle(),
           jwtKeys: () => ca.jwtKeys(),
           crls: () => trust.crls(),
-          // Both versions are persisted and only grow, so their sum grows with every change.
-          sequence: () => ca.x509BundleVersion() + ca.jwtKeysVersion(),
+          sequence: () => bundleSequence(ca),
         },
         refreshHintMs: config.bundleEndpoint.refreshHintMs,
         jwtIssuer: config.jwt.issuer,

@@ -106,13 +106,52 @@ describe('agentid x509 mint', () => {
     expect(readFileSync(join(root, 'out2', 'bundle.pem'), 'utf8')).toBe(readFileSync(join(O, 'bundle.pem'), 'utf8'));
   });
 
-  it('shows the CA as JSON', async () => {
+  it('shows the CA as snake_case JSON, and as text without --json', async () => {
     const r = await cli('ca', 'show', '--json', '--data-dir', D, '--trust-domain', TD);
     expect(r.code).toBe(0);
     const info = JSON.parse(r.stdout);
-    expect(info.trustDomain).toBe(TD);
+    expect(info.trust_domain).toBe(TD);
     expect(info.roots.length).toBeGreaterThan(0);
+    const keys = (v: unknown): string[] => (Array.isArray(v) ? v.flatMap(keys) : v && typeof v === 'object' ? Object.entries(v).flatMap(([k, x]) => [k, ...keys(x)]) : []);
+    expect(keys(info).filter((k) => /[A-Z]/.test(k))).toEqual([]);
     expect(r.stdout).not.toMatch(/PRIVATE KEY/);
+    const text = await cli('ca', 'show', '--data-dir', D);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(new RegExp(`^Trust domain +${TD.replace('.', '\\.')}$`, 'm'));
+    expect(text.stdout).toMatch(/^Signing CAs:$/m);
+    expect(text.stdout).not.toMatch(/[{}"]/);
+  });
+
+  it('reads the trust domain from the data directory when none is given, and names the fix on a mismatch', async () => {
+    for (const args of [['bundle', 'show'], ['x509', 'mint', '--spiffe-id', ID, '--out', join(root, 'out-no-td')], ['jwt', 'mint', '--spiffe-id', ID, '--audience', 'a']]) {
+      const r = await cli(...args, '--data-dir', D);
+      expect(r.stderr, args.join(' ')).toBe('');
+      expect(r.code).toBe(0);
+    }
+    const other = await cli('bundle', 'show', '--data-dir', D, '--trust-domain', 'other.example');
+    expect(other.code).toBe(1);
+    expect(other.stderr).toContain(`belongs to trust domain ${TD}`);
+    expect(other.stderr).toContain('leave out --trust-domain');
+    expect(other.stderr).not.toMatch(/another data directory/);
+  });
+
+  it('bundle show --format spiffe prints the SPIFFE bundle document; jwks the same keys and sequence', async () => {
+    const { parseSpiffeBundle } = await import('../src/verify/bundle.js');
+    const spiffe = await cli('bundle', 'show', '--format', 'spiffe', '--data-dir', D);
+    expect(spiffe.code).toBe(0);
+    const doc = JSON.parse(spiffe.stdout);
+    expect(new Set(doc.keys.map((k: { use: string }) => k.use))).toEqual(new Set(['x509-svid', 'jwt-svid']));
+    expect(doc.spiffe_sequence).toBeGreaterThan(0);
+    expect(doc.spiffe_refresh_hint).toBeGreaterThan(0);
+    const parsed = parseSpiffeBundle(TD, spiffe.stdout);
+    const pem = await cli('bundle', 'show', '--format', 'pem', '--data-dir', D);
+    expect(parsed.x509!.toPem()).toBe(pem.stdout);
+    const jwks = JSON.parse((await cli('bundle', 'show', '--format', 'jwks', '--data-dir', D)).stdout);
+    expect(jwks.keys).toEqual(doc.keys);
+    expect(jwks.spiffe_sequence).toBe(doc.spiffe_sequence);
+    const bad = await cli('bundle', 'show', '--format', 'pem|jwks', '--data-dir', D);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/Allowed choices are pem, spiffe, jwks/);
   });
 
   it('refuses to use a CA key file that group can read, and replaces nothing', async () => {
@@ -190,6 +229,34 @@ describe.concurrent('other commands', () => {
     expect(header.kid.length).toBeGreaterThan(0);
     const claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
     expect(claims).toMatchObject({ sub: ID, aud: ['a'] });
+  });
+
+  it('--version prints the package version', async () => {
+    const r = await cli('--version');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')).version);
+  });
+
+  it.each([
+    ['task', 'list'], ['task', 'revoke', 't-1', '--reason', 'x'], ['revocations', 'list'], ['entry', 'list'],
+  ])('%s %s with --data-dir and no server: exit 1, names the socket and what to do, no gRPC internals', async (...args) => {
+    const dir = join(root, 'no-server');
+    const r = await cli(...args, '--data-dir', dir);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(join(dir, 'admin.sock'));
+    expect(r.stderr).toMatch(/agentid server --data-dir/);
+    expect(r.stderr).not.toMatch(/No connection established|Resolution note|Last error/);
+  });
+
+  it.each([
+    ['uid:0', /unknown kind; known: unix:uid/],
+    ['unix:uid:abc', /must be a decimal user ID/],
+    ['unix:uidd:0', /unknown kind/],
+    ['k8s:ns:default', /unknown kind/],
+  ])('entry create --selector %s is a usage error (exit 2) before any server is asked', async (selector, message) => {
+    const r = await cli('entry', 'create', '--data-dir', join(root, 'no-server'), '--spiffe-id', ID, '--selector', selector);
+    expect(r.stderr).toMatch(message);
+    expect(r.code).toBe(2);
   });
 
   it.each([[['--help']], [['entry', 'create', '--help']]])('%j exits 0 with usage', async (args) => {

@@ -305,14 +305,18 @@ describe('readAuditEvents', () => {
     log.append(issued('t1', 'reviewer'));
     clock.set(T0 + 120_000);
     log.append({ type: 'task.ended', agent: 'builder', task: 't1', spiffe_id: 'spiffe://example.org/agent/builder/task/t1', reason: 'ended' });
+    // Names no task, only builder/t1's SPIFFE ID: part of that task's story all the same.
+    log.append(revoked);
     log.close();
     const seqs = (filter: Parameters<typeof readAuditEvents>[1]) => readAuditEvents(file, filter).map((r) => r.seq);
-    expect(seqs({})).toEqual([1, 2, 3, 4]);
-    expect(seqs({ task: 't1' })).toEqual([1, 3, 4]);
-    expect(seqs({ task: 't1', agent: 'builder' })).toEqual([1, 4]);
+    expect(seqs({})).toEqual([1, 2, 3, 4, 5]);
+    expect(seqs({ task: 't1' })).toEqual([1, 3, 4, 5]);
+    expect(seqs({ task: 't1', agent: 'builder' })).toEqual([1, 4, 5]);
+    expect(seqs({ task: 't1', agent: 'reviewer' })).toEqual([3]);
+    expect(seqs({ task: 't2' })).toEqual([2]);
     expect(seqs({ spiffeId: 'spiffe://example.org/agent/reviewer/task/t1' })).toEqual([3]);
     expect(seqs({ type: 'task.ended' })).toEqual([4]);
-    expect(seqs({ since: T0 + 60_000 })).toEqual([2, 3, 4]);
+    expect(seqs({ since: T0 + 60_000 })).toEqual([2, 3, 4, 5]);
     expect(seqs({ since: T0 + 60_001, agent: 'builder' })).toEqual([4]);
   });
 });

@@ -105,7 +105,7 @@ export function verifyAuditFile(file: string): AuditVerification {
 }
 
 export interface AuditFilter {
-  /** Task ID (the `task` field). */
+  /** Task ID (the `task` field), and every event about that task's SPIFFE ID. */
   task?: string;
   agent?: string;
   spiffeId?: string;
@@ -120,7 +120,7 @@ export interface AuditFilter {
  * hash chain (a tampered file must still be readable for forensics): run verifyAuditFile for that.
  */
 export function readAuditEvents(file: string, filter: AuditFilter = {}): AuditRecord[] {
-  const out: AuditRecord[] = [];
+  const records: Record<string, unknown>[] = [];
   for (const line of auditLines(file)) {
     let record: Record<string, unknown>;
     try {
@@ -131,8 +131,21 @@ export function readAuditEvents(file: string, filter: AuditFilter = {}): AuditRe
     if (record === null || typeof record !== 'object') {
       throw failedPrecondition(`audit file ${file}: line ${line.number} is not a JSON object`);
     }
-    if (filter.task !== undefined && record.task !== filter.task) continue;
-    if (filter.agent !== undefined && record.agent !== filter.agent) continue;
+    records.push(record);
+  }
+  // A task's story includes events that name only its SPIFFE ID (revocation.added, svid.issued):
+  // the task's IDs are learnt from the events that name the task.
+  const taskIds = new Set<unknown>();
+  if (filter.task !== undefined) {
+    for (const r of records) {
+      if (r.task === filter.task && (filter.agent === undefined || r.agent === filter.agent) && typeof r.spiffe_id === 'string') taskIds.add(r.spiffe_id);
+    }
+  }
+  const out: AuditRecord[] = [];
+  for (const record of records) {
+    const viaTaskId = filter.task !== undefined && record.task === undefined && taskIds.has(record.spiffe_id);
+    if (filter.task !== undefined && record.task !== filter.task && !viaTaskId) continue;
+    if (filter.agent !== undefined && record.agent !== filter.agent && !viaTaskId) continue;
     if (filter.spiffeId !== undefined && record.spiffe_id !== filter.spiffeId) continue;
     if (filter.type !== undefined && record.type !== filter.type) continue;
     if (filter.since !== undefined && !(Date.parse(String(record.time)) >= filter.since)) continue;

@@ -14,6 +14,12 @@ export interface BundleTrustSource {
   crls(): Buffer[];
 }
 
+/**
+ * spiffe_sequence from the CA's two persisted versions: both only grow, so their sum grows with
+ * every change of either list. One definition for the endpoint and `agentid bundle show`.
+ */
+export const bundleSequence = (ca: { x509BundleVersion(): number; jwtKeysVersion(): number }) => ca.x509BundleVersion() + ca.jwtKeysVersion();
+
 const ALG_BY_CURVE: Record<string, string> = { 'P-256': 'ES256', 'P-384': 'ES384', 'P-521': 'ES512' };
 
 /** Whole seconds, at least one: a zero refresh hint would tell consumers to poll in a loop. */

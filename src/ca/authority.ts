@@ -128,7 +128,7 @@ export interface RotationResult {
 // Persisted state: <dataDir>/ca/state.json plus one file per certificate and key.
 
 const STATE_VERSION = 1;
-const STATE_FILE = 'state.json';
+export const STATE_FILE = 'state.json';
 
 interface PersistedItem extends SlotItem {
   /** x509: the ID of the root (or upstream CA) that issued it. */
@@ -370,7 +370,8 @@ export class CertificateAuthority {
       state = existing;
       if (state.trustDomain !== opts.trustDomain.name) {
         throw failedPrecondition(
-          `CA state in ${caDir} belongs to trust domain ${state.trustDomain}, not ${opts.trustDomain.name}; use another data directory`,
+          `CA state in ${caDir} belongs to trust domain ${state.trustDomain}, not ${opts.trustDomain.name}: ` +
+            `leave out --trust-domain (it is read from the data directory) or give --trust-domain ${state.trustDomain}`,
         );
       }
       if (state.issuer !== expectedIssuer) {

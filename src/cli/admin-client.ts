@@ -15,6 +15,7 @@ import { toPem } from '../verify/der.js';
 import { isVerificationError } from '../verify/errors.js';
 import { RevocationChecker } from '../verify/revocation.js';
 import { verifyX509Svid } from '../verify/x509.js';
+import { remote } from './output.js';
 
 export const ADMIN_SOCKET_ENV = 'AGENTID_ADMIN_SOCKET';
 export const ADMIN_URL_ENV = 'AGENTID_ADMIN_URL';
@@ -84,7 +85,15 @@ function unixTransport(socketPath: string): Transport {
     target: `unix://${socketPath}`,
     credentials: grpc.credentials.createInsecure(),
     options: {},
-    unavailable: (details) => new AgentIdError('unavailable', `admin socket unavailable (is the server running?): ${details}`),
+    unavailable: (details) => {
+      // grpc-js wraps the socket error in its own words; only the errno says what happened.
+      const errno = /\b(E[A-Z]+)\b/.exec(details)?.[1];
+      return new AgentIdError(
+        'unavailable',
+        `cannot reach the admin API at ${socketPath}${errno ? ` (${errno})` : ''}: is the server running with this data directory? ` +
+          'Start it with `agentid server --data-dir DIR`, or point this command at it with --data-dir DIR or --admin-socket PATH',
+      );
+    },
   };
 }
 
@@ -195,7 +204,8 @@ export class AdminClient {
     return new Promise((resolve, reject) => {
       this.client[method]!(request, { deadline: systemClock.now() + CALL_TIMEOUT_MS }, (err: grpc.ServiceError | null, res: T) => {
         if (!err) return resolve(res);
-        reject(err.code === grpc.status.UNAVAILABLE ? this.transport.unavailable(err.details) : new AgentIdError(fromGrpcStatus(err.code), err.details));
+        // What the server refused is not a usage error of this command: exit 1, not 2.
+        reject(remote(err.code === grpc.status.UNAVAILABLE ? this.transport.unavailable(err.details) : new AgentIdError(fromGrpcStatus(err.code), err.details)));
       });
     });
   }

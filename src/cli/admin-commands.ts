@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { parseDuration } from '../common/duration.js';
 import { invalidArgument, isAgentIdError } from '../common/errors.js';
 import { constants } from 'node:os';
-import { parseSelector } from '../spiffe/selector.js';
+import { checkSelectorKind, parseSelector } from '../spiffe/selector.js';
 import { AdminClient, ADMIN_SOCKET_ENV, ADMIN_URL_ENV, fetchCallerSvid, parseAdminUrl } from './admin-client.js';
 import { collect, configFrom, withAdminSocket, withJson, type AdminTransportFlags, type CommonFlags } from './common-options.js';
 import { emit, isoSeconds, table } from './output.js';
@@ -82,7 +82,7 @@ interface EntryFlags extends CommonFlags {
 function entryInput(flags: EntryFlags) {
   if (!flags.spiffeId) throw invalidArgument('--spiffe-id is required');
   const selectors = flags.selector ?? [];
-  selectors.forEach(parseSelector); // fail fast with a clear message before calling the server
+  for (const s of selectors) checkSelectorKind(parseSelector(s)); // a usage error (exit 2) before calling the server
   let expiresAt = 0;
   if (flags.expiresAt) {
     const t = Date.parse(flags.expiresAt);

@@ -1,5 +1,6 @@
 import { Option, type Command } from 'commander';
 import { loadConfig, type Config } from '../config/index.js';
+import { storedTrustDomain } from '../ca/stored-trust-domain.js';
 
 export interface CommonFlags {
   config?: string;
@@ -46,6 +47,7 @@ export function configFrom(flags: CommonFlags): Config {
   return loadConfig({
     file: flags.config ?? process.env.AGENTID_CONFIG,
     env: process.env,
+    storedTrustDomain,
     flags: {
       trustDomain: flags.trustDomain,
       dataDir: flags.dataDir,

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { systemClock } from '../common/system-clock.js';
 import { createLogger, silentLogger } from '../common/logger.js';
 import { parseDuration } from '../common/duration.js';
@@ -12,7 +12,8 @@ import { verifyAuditFile, readAuditEvents } from '../audit/index.js';
 import { toPem } from '../client/der.js';
 import { caOptionsFrom, runningServerPid, startServer } from '../server.js';
 import { configFrom, withConfigOptions, withJson, type CommonFlags } from './common-options.js';
-import { emit } from './output.js';
+import { emit, snakeKeys, table } from './output.js';
+import { buildDocuments, bundleSequence, parseIssuer, refreshHintSeconds } from '../bundle-endpoint/documents.js';
 
 async function openLocalCa(config: Config, create: boolean): Promise<CertificateAuthority> {
   if (!create && !existsSync(join(config.dataDir, 'ca'))) {
@@ -22,6 +23,50 @@ async function openLocalCa(config: Config, create: boolean): Promise<Certificate
   // Next to a running server, only read: the server owns CA rotation.
   const rotateOnOpen = runningServerPid(config.dataDir) === undefined;
   return CertificateAuthority.open({ ...caOptionsFrom(config, { clock: systemClock, logger: silentLogger() }), rotateOnOpen });
+}
+
+interface CaItem {
+  id: string;
+  slot: string;
+  subject?: string;
+  not_before: string;
+  not_after: string;
+  issuer_id?: string;
+  kid?: string;
+  alg?: string;
+  published_until?: string;
+}
+interface CaDescription {
+  trust_domain: string;
+  mode: string;
+  bundle_version: number;
+  jwt_keys_version: number;
+  jwt_issuer: string;
+  upstream?: { id: string; subject: string; not_after: string; bundle: { subject: string; sha256: string }[] };
+  roots?: CaItem[];
+  signing_cas: CaItem[];
+  jwt_keys: CaItem[];
+  next_rotation_at: string;
+}
+
+/** `ca show` for people: a summary, then one table per kind of key. */
+function caText(info: CaDescription): string {
+  const keys = (title: string, items: CaItem[], extra: (i: CaItem) => string) =>
+    [`${title}:`, table([['SLOT', 'ID', 'NOT BEFORE', 'NOT AFTER', 'DETAILS'], ...items.map((i) => [i.slot, i.id, i.not_before, i.not_after, extra(i)])]).replace(/^/gm, '  ')].join('\n');
+  return [
+    table([
+      ['Trust domain', info.trust_domain],
+      ['Mode', info.mode],
+      ['JWT issuer', info.jwt_issuer],
+      ['Bundle version', String(info.bundle_version)],
+      ['JWT keys version', String(info.jwt_keys_version)],
+      ['Next rotation', info.next_rotation_at],
+      ...(info.upstream ? [['Upstream CA', `${info.upstream.subject} (until ${info.upstream.not_after})`]] : []),
+    ]),
+    ...(info.roots ? [keys('Roots', info.roots, (i) => i.subject ?? '')] : []),
+    keys('Signing CAs', info.signing_cas, (i) => `${i.subject ?? ''}; issuer ${i.issuer_id ?? '-'}`),
+    keys('JWT keys', info.jwt_keys, (i) => `${i.alg ?? ''}, published until ${i.published_until ?? '-'}`),
+  ].join('\n\n');
 }
 
 function writeSecretFile(path: string, data: string | Buffer): void {
@@ -57,24 +102,34 @@ export function registerLocalCommands(program: Command): void {
     .description('show the root CA, signing CAs and JWT keys (no secrets)')
     .action(async (flags: CommonFlags) => {
       const authority = await openLocalCa(configFrom(flags), false);
-      const info = authority.describe();
-      emit(!!flags.json, info, () => JSON.stringify(info, null, 2));
+      const info = snakeKeys(authority.describe()) as CaDescription;
+      emit(!!flags.json, info, () => caText(info));
     });
 
   const bundle = program.command('bundle').description('trust bundles');
   withJson(withConfigOptions(bundle.command('show')))
-    .description('print the trust bundle of the local CA')
-    .option('--format <format>', 'pem or jwks', 'pem')
-    .action(async (flags: CommonFlags & { format: string }) => {
-      if (flags.format !== 'pem' && flags.format !== 'jwks') throw invalidArgument(`--format must be pem or jwks, not "${flags.format}"`);
-      const authority = await openLocalCa(configFrom(flags), false);
+    .description('print the trust bundle of the local CA: pem (CA certificates), spiffe (the SPIFFE bundle document the bundle endpoint serves) or jwks')
+    .addOption(new Option('--format <format>', 'output format').choices(['pem', 'spiffe', 'jwks']).default('pem'))
+    .action(async (flags: CommonFlags & { format: 'pem' | 'spiffe' | 'jwks' }) => {
+      const config = configFrom(flags);
+      const authority = await openLocalCa(config, false);
       if (flags.format === 'pem') {
         const pem = toPem(authority.x509Bundle(), 'CERTIFICATE');
         emit(!!flags.json, { format: 'pem', pem }, () => pem.trimEnd());
-      } else {
-        const jwks = { keys: authority.jwtKeys() };
-        emit(true, jwks, () => '');
+        return;
       }
+      // The same document the bundle endpoint serves: x509-svid and jwt-svid keys, spiffe_sequence.
+      const doc = JSON.parse(buildDocuments({
+        trustDomain: TrustDomain.parse(config.trustDomain),
+        x509Authorities: authority.x509Bundle(),
+        jwtKeys: authority.jwtKeys(),
+        sequence: bundleSequence(authority),
+        refreshHintSeconds: refreshHintSeconds(config.bundleEndpoint.refreshHintMs),
+        issuer: parseIssuer(config.jwt.issuer),
+      }).bundle) as Record<string, unknown>;
+      // jwks: the same keys and sequence, without the endpoint's polling hint.
+      if (flags.format === 'jwks') delete doc.spiffe_refresh_hint;
+      process.stdout.write(`${JSON.stringify(doc, null, 2)}\n`);
     });
 
   const x509 = program.command('x509').description('offline X.509-SVID tools (development and tests)');

@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
 import { exitCodeFor } from './output.js';
 import { registerLocalCommands } from './local-commands.js';
@@ -8,6 +9,8 @@ import { registerAuthorityCommands } from './authority-commands.js';
 export function buildProgram(): Command {
   const program = new Command('agentid')
     .description('SPIFFE workload identity CA for AI agents: per-task X.509 and JWT SVIDs over the Workload API')
+    // package.json sits two levels up from src/cli and from dist/cli alike.
+    .version((createRequire(import.meta.url)('../../package.json') as { version: string }).version, '--version', 'print the agentid version')
     .showHelpAfterError()
     .exitOverride();
   registerLocalCommands(program);

@@ -27,6 +27,12 @@ export interface LoadConfigOptions {
   cwd?: string;
   /** The server's uid, the default admin. Default: process.getuid(). */
   uid?: number;
+  /**
+   * The trust domain an existing data directory already belongs to, used when neither the file,
+   * the environment nor a flag names one, so commands on an existing data directory need no
+   * --trust-domain again.
+   */
+  storedTrustDomain?: (dataDir: string) => string | undefined;
 }
 
 type Raw = Record<string, unknown>;
@@ -384,6 +390,11 @@ export function loadConfig(options: LoadConfigOptions): Config {
   };
   for (const [path, envName] of OVERRIDES) set(path, options.env[envName], `env ${envName}`);
   for (const [path, , flag] of OVERRIDES) set(path, options.flags[flag], `flag ${FLAG_NAMES[flag]}`);
+  if (options.storedTrustDomain && !('trust_domain' in file) && !c.sources.has('trust_domain')) {
+    const dataDir = raw.data_dir === null ? defaultDataDir(options.env) : typeof raw.data_dir === 'string' ? resolve(cwd, raw.data_dir) : undefined;
+    const stored = dataDir === undefined ? undefined : options.storedTrustDomain(dataDir);
+    if (stored !== undefined) set(['trust_domain'], stored, `data directory ${dataDir}`);
+  }
 
   const config = build(raw, c, options.env, uid);
   c.problems.throwIfAny(`invalid configuration${where}`);

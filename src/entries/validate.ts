@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { ProblemList, isAgentIdError } from '../common/errors.js';
-import { formatSelector, normalizeSelectors, parseSelector, type Selector } from '../spiffe/selector.js';
+import { checkSelectorKind, formatSelector, normalizeSelectors, parseSelector, type Selector } from '../spiffe/selector.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
 import type { NewRegistrationEntry } from '../datastore/types.js';
 
@@ -126,7 +126,9 @@ export function validateEntryInput(input: EntryInput, opts: EntryValidationOptio
   if (input.selectors.length > MAX_SELECTORS) problems.add(`at most ${MAX_SELECTORS} selectors are allowed`);
   for (const s of input.selectors) {
     try {
-      selectors.push(parseSelector(typeof s === 'string' ? s : formatSelector(s)));
+      const parsed = parseSelector(typeof s === 'string' ? s : formatSelector(s));
+      checkSelectorKind(parsed);
+      selectors.push(parsed);
     } catch (err) {
       problems.add(ruleOf(err));
     }

@@ -26,6 +26,42 @@ export function parseSelector(text: string): Selector {
   return { type, value };
 }
 
+/*
+ * The selectors the attestor can produce, by "type:key", with the form their value takes. An
+ * entry selector of any other kind, or with a value of the wrong form, can never match a process
+ * (matching is exact string equality), so entries refuse it rather than store a rule that
+ * silently never fires.
+ */
+const UINT32 = /^(0|[1-9][0-9]{0,9})$/;
+const isId = (v: string) => UINT32.test(v) && Number(v) <= 0xfffffffe;
+const SELECTOR_KINDS: Readonly<Record<string, { rule: string; ok: (v: string) => boolean }>> = {
+  'unix:uid': { rule: 'a decimal user ID, e.g. unix:uid:1000', ok: isId },
+  'unix:gid': { rule: 'a decimal group ID, e.g. unix:gid:1000', ok: isId },
+  'unix:supplementary_gid': { rule: 'a decimal group ID', ok: isId },
+  'unix:user': { rule: 'a user name', ok: (v) => v.length > 0 },
+  'unix:group': { rule: 'a group name', ok: (v) => v.length > 0 },
+  'unix:supplementary_group': { rule: 'a group name', ok: (v) => v.length > 0 },
+  'unix:path': { rule: 'an absolute executable path, e.g. unix:path:/usr/bin/python3', ok: (v) => v.startsWith('/') },
+  'unix:sha256': { rule: '64 lowercase hex digits (sha256sum of the executable)', ok: (v) => /^[0-9a-f]{64}$/.test(v) },
+  'unix:cgroup': { rule: 'an absolute cgroup v2 path, e.g. unix:cgroup:/agents/a1', ok: (v) => v.startsWith('/') },
+};
+
+/** "type:key" of every selector kind an entry may use, for messages and help. */
+export const KNOWN_SELECTOR_KINDS: readonly string[] = Object.keys(SELECTOR_KINDS);
+
+/**
+ * Checks that a parsed selector is one the attestor can produce, with a value of the right
+ * form; throws invalid_argument naming the known kinds otherwise.
+ */
+export function checkSelectorKind(s: Selector): void {
+  const colon = s.value.indexOf(':');
+  const kind = colon > 0 ? `${s.type}:${s.value.slice(0, colon)}` : undefined;
+  const spec = kind === undefined ? undefined : SELECTOR_KINDS[kind];
+  const text = formatSelector(s);
+  if (!spec) throw invalidArgument(`selector "${text}": unknown kind; known: ${KNOWN_SELECTOR_KINDS.map((k) => `${k}:<value>`).join(', ')}`);
+  if (!spec.ok(s.value.slice(colon + 1))) throw invalidArgument(`selector "${text}": the value must be ${spec.rule}`);
+}
+
 export function formatSelector(s: Selector): string {
   return `${s.type}:${s.value}`;
 }
