@@ -2,9 +2,11 @@
  * Example: an internal HTTPS service that only the task identities of one agent may call.
  *
  *   node --import tsx examples/task-service.ts --agent coder [--trust-domain example.org]
- *        [--socket unix:///path/workload.sock] [--host 127.0.0.1] [--port 8443]
+ *        [--socket unix:///path/workload.sock] [--spiffe-id <own id>] [--host 127.0.0.1] [--port 8443]
  *
- * Its own X.509-SVID comes from the Workload API (X509Source follows rotations); every client must
+ * Its own X.509-SVID comes from the Workload API (X509Source follows rotations): the one named by
+ * --spiffe-id, else the default (svids[0]), which for a Unix user with several entries is the
+ * oldest entry's identity, not necessarily the service's. Every client must
  * present an SVID of spiffe://<td>/agent/<agent>/task/<task> that chains to the trust bundle and is
  * not on a CRL. Prints `listening <port>` as its first stdout line; logs JSON lines to stderr,
  * one warning per refusal with a stable `reason`.
@@ -14,11 +16,11 @@ import type { Socket } from 'node:net';
 import type tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { X509Source } from '../src/client/index.js';
+import { X509Source, type X509Svid } from '../src/client/index.js';
 import { SpiffeId } from '../src/spiffe/index.js';
 import { authorizeTaskOf, isVerificationError, serverTlsOptions } from '../src/verify/index.js';
 
-const USAGE = 'usage: task-service --agent <name> [--trust-domain <td>] [--socket <unix:///path>] [--host <addr>] [--port <n>] [--wait-ms <n>]';
+const USAGE = 'usage: task-service --agent <name> [--trust-domain <td>] [--socket <unix:///path>] [--spiffe-id <own id>] [--host <addr>] [--port <n>] [--wait-ms <n>]';
 
 function usage(problem: string): never {
   process.stderr.write(`task-service: ${problem}\n${USAGE}\n`);
@@ -33,6 +35,7 @@ function parseFlags() {
         agent: { type: 'string' },
         'trust-domain': { type: 'string' },
         socket: { type: 'string' },
+        'spiffe-id': { type: 'string' },
         host: { type: 'string', default: '127.0.0.1' },
         port: { type: 'string', default: '8443' },
         'wait-ms': { type: 'string', default: '30000' },
@@ -45,6 +48,12 @@ function parseFlags() {
   if (!values.agent) usage('--agent is required');
   const port = Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`--port must be an integer from 0 to 65535, not "${values.port}"`);
+  let ownId: string | undefined;
+  try {
+    ownId = values['spiffe-id'] === undefined ? undefined : SpiffeId.parse(values['spiffe-id']).toString();
+  } catch (err) {
+    usage(`--spiffe-id: ${(err as Error).message}`);
+  }
   const waitMs = Number(values['wait-ms']);
   if (!Number.isInteger(waitMs) || waitMs <= 0) usage(`--wait-ms must be a positive integer, not "${values['wait-ms']}"`);
   return {
@@ -52,6 +61,7 @@ function parseFlags() {
     trustDomain: values['trust-domain'] ?? process.env.AGENTID_TRUST_DOMAIN,
     // Unset means X509Source reads SPIFFE_ENDPOINT_SOCKET itself.
     socket: values.socket,
+    ownId,
     host: values.host,
     port,
     waitMs,
@@ -66,12 +76,20 @@ async function main(): Promise<void> {
 
   let source: X509Source;
   try {
-    source = await X509Source.create({ socketPath: flags.socket, signal: AbortSignal.timeout(flags.waitMs) });
+    const picker = flags.ownId === undefined ? undefined : (svids: readonly X509Svid[]) => svids.find((s) => s.spiffeId === flags.ownId);
+    source = await X509Source.create({ socketPath: flags.socket, picker, signal: AbortSignal.timeout(flags.waitMs) });
   } catch (err) {
     log.error({ err: (err as Error).message }, `no X.509-SVID from the Workload API within ${flags.waitMs} ms`);
     process.exit(1);
   }
-  const own = source.getX509Svid();
+  let own: X509Svid;
+  try {
+    own = source.getX509Svid();
+  } catch {
+    const held = source.getX509Context().svids.map((s) => s.spiffeId);
+    log.error({ wanted: flags.ownId, held }, 'this process holds no X.509-SVID for --spiffe-id');
+    process.exit(1);
+  }
   // Without --trust-domain the service trusts tasks of its own trust domain only.
   const trustDomain = flags.trustDomain ?? SpiffeId.parse(own.spiffeId).trustDomain.name;
   log.info({ spiffe_id: own.spiffeId, not_after: new Date(own.notAfter).toISOString(), agent: flags.agent, trust_domain: trustDomain }, 'serving as');

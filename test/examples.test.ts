@@ -139,12 +139,15 @@ describe('examples: task-service and agent-client', () => {
   beforeAll(async () => {
     svcUser = ensureTestUser('agentid-test-exsvc');
     t = await startTestServer({ trustDomain: td });
+    // An older entry of the same Unix user comes first (svids[0]), as after the quick start: the
+    // service must pick its own identity with --spiffe-id.
+    await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/agent/builder`, selectors: [`unix:uid:${svcUser.uid}`] } });
     // The service's identity is its Unix user; the DNS name lets curl check the certificate as usual.
     await t.admin.call('CreateEntry', { entry: { spiffe_id: serviceId, selectors: [`unix:uid:${svcUser.uid}`], dns_names: ['localhost'] } });
     bundlePem = readFileSync(join(await mint(t.config.dataDir, td, taskId('bundle-probe'), 'bundle-probe'), 'bundle.pem'));
     otherDir = join(makeTempDir('agentid-ex-other-'), 'data');
 
-    const argv = [process.execPath, '--import', 'tsx', SERVICE, '--agent', 'coder', '--trust-domain', td, '--socket', `unix://${t.config.workloadSocket}`, '--port', '0'];
+    const argv = [process.execPath, '--import', 'tsx', SERVICE, '--agent', 'coder', '--trust-domain', td, '--socket', `unix://${t.config.workloadSocket}`, '--spiffe-id', serviceId, '--port', '0'];
     const { command, args } = asUser(svcUser, argv);
     service = new Proc(spawn(command, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] }));
     const line = await service.waitFor(() => service.out.find((l) => l.startsWith('listening ')), 20_000, 'listening <port>');
