@@ -134,6 +134,10 @@ describe('web console', () => {
     const { page } = admin;
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
     await page.getByText('Audit chain verified').waitFor();
+    const stat = (label: string) => page.locator('.stat', { hasText: label }).locator('dd').textContent();
+    expect(await stat('Active tasks')).toBe('1');
+    expect(Number(await stat('SVIDs issued (last hour)'))).toBeGreaterThanOrEqual(1);
+    expect(Number(await stat('Open Workload API streams'))).toBeGreaterThanOrEqual(1);
     await page.screenshot({ path: join(SCREENSHOTS, 'overview.png') });
 
     // A second security engineer keeps the active task list open.
@@ -185,6 +189,51 @@ describe('web console', () => {
     expect(readAuditEvents(t.config.audit.file, { type: 'console.signed_in' }).length).toBeGreaterThanOrEqual(2);
     await admin.context.close();
     await watcher.context.close();
+  });
+
+  it('is keyboard navigable, names every control, and fits a phone screen', async () => {
+    const work = runWatcher('coder', 't-45');
+    await work.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/coder/task/t-45`, 20_000);
+    const { context, page } = await signedInPage();
+
+    // Every interactive node in Chromium's accessibility tree has a name, on every page.
+    const cdp = await context.newCDPSession(page);
+    const INTERACTIVE = new Set(['button', 'link', 'textbox', 'searchbox', 'combobox', 'checkbox', 'radio', 'spinbutton']);
+    for (const route of ['overview', 'tasks', 'tasks/coder/t-45', 'revocations', 'entries', 'audit']) {
+      await page.goto(`${consoleUrl}/#/${route}`);
+      await page.getByRole('heading', { level: 1 }).waitFor();
+      await page.waitForLoadState('networkidle');
+      const { nodes } = (await cdp.send('Accessibility.getFullAXTree')) as { nodes: { ignored: boolean; role?: { value: string }; name?: { value: string } }[] };
+      const controls = nodes.filter((n) => !n.ignored && INTERACTIVE.has(n.role?.value ?? ''));
+      expect(controls.length, route).toBeGreaterThan(3);
+      expect(controls.filter((n) => !n.name?.value?.trim()).map((n) => n.role?.value), route).toEqual([]);
+    }
+
+    // Keyboard only: Tab to the task's Revoke button, Enter opens the confirmation with focus inside, Escape cancels.
+    await page.goto(`${consoleUrl}/#/tasks`);
+    await page.getByRole('link', { name: 't-45' }).waitFor();
+    let reached = false;
+    for (let i = 0; i < 40 && !reached; i++) {
+      await page.keyboard.press('Tab');
+      // (Expressions as strings: this file is type-checked without the DOM library.)
+      reached = (await page.evaluate("document.activeElement?.getAttribute('aria-label')")) === 'Revoke t-45';
+    }
+    expect(reached).toBe(true);
+    await page.keyboard.press('Enter');
+    const dialog = page.getByRole('dialog', { name: 'Revoke task coder/t-45?' });
+    await dialog.waitFor();
+    expect(await page.evaluate("document.activeElement?.closest('dialog') !== null")).toBe(true);
+    await page.keyboard.press('Escape');
+    await dialog.waitFor({ state: 'detached' });
+    expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-45' })).state).toBe('active');
+
+    // A phone's width: nothing but the tables' own scroll areas is wider than the screen.
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.goto(`${consoleUrl}/#/tasks/coder/t-45`);
+    await page.getByRole('heading', { name: 'Task coder/t-45' }).waitFor();
+    expect(await page.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
+    await page.screenshot({ path: join(SCREENSHOTS, 'phone-task.png'), fullPage: true });
+    await context.close();
   });
 
   it('a sign-in link works once; the session cookie is HttpOnly, Secure, SameSite=Strict and expiring; pages carry a CSP without inline scripts', async () => {

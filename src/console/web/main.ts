@@ -330,7 +330,7 @@ function AuditTable({ records, caption }: { records: AuditRecord[]; caption: str
       <tbody>
         ${records.map(
           (r) => html`<tr key=${r.seq} class=${r.outcome === 'denied' ? 'denied' : ''}>
-            <td>${when(Date.parse(r.time))}</td><td>${r.seq}</td><td class="mono">${r.type}</td><td>${String(r.outcome ?? '')}</td>
+            <td class="nowrap">${when(Date.parse(r.time))}</td><td>${r.seq}</td><td class="mono nowrap">${r.type}</td><td>${String(r.outcome ?? '')}</td>
             <td>${who(r)}</td><td class="mono">${subject(r)}</td><td>${details(r)}</td>
           </tr>`,
         )}
