@@ -14,38 +14,11 @@ import { readAuditEvents } from '../src/audit/index.js';
 import { startTestServer, type TestServer } from './support/server.js';
 import { REPO, cliArgv, runCli } from './support/cli.js';
 import { launchChromium } from './support/browser.js';
+import { followJsonLines } from './support/json-lines.js';
 
 const td = 'console.example';
 const FETCH_CLIENT = join(import.meta.dirname, 'support', 'fetch-client.ts');
 const SCREENSHOTS = join(REPO, 'docs', 'console');
-
-/** A line-by-line reader of a child's stdout, with a wait for the first line matching. */
-function lines(child: ChildProcess) {
-  const seen: string[] = [];
-  const waiters: { match: (l: string) => boolean; resolve: (l: string) => void }[] = [];
-  let buf = '';
-  child.stdout!.on('data', (d) => {
-    buf += d;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      seen.push(line);
-      for (const w of [...waiters]) if (w.match(line)) (waiters.splice(waiters.indexOf(w), 1), w.resolve(line));
-    }
-  });
-  return {
-    seen,
-    next(match: (l: string) => boolean, ms: number, from = 0): Promise<string> {
-      const hit = seen.slice(from).find(match);
-      if (hit) return Promise.resolve(hit);
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no matching line within ${ms} ms; saw ${JSON.stringify(seen)}`)), ms);
-        waiters.push({ match, resolve: (l) => (clearTimeout(timer), resolve(l)) });
-      });
-    },
-  };
-}
 
 /** A raw HTTPS request to the console (the server presents its SVID, which Node's default roots do not know). */
 function request(url: string, opts: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
@@ -97,7 +70,7 @@ describe('web console', () => {
     const { command, args } = wrap ? wrap(argv) : { command: argv[0]!, args: argv.slice(1) };
     const child = spawn(command, args, { cwd: REPO, env: { ...process.env, ...env() }, stdio: ['ignore', 'pipe', 'inherit'] });
     children.push(child);
-    return { child, out: lines(child) };
+    return { child, out: followJsonLines(child) };
   }
 
   beforeAll(async () => {
@@ -127,7 +100,7 @@ describe('web console', () => {
   it('signs in with a link from `agentid console login`, revokes a running task with its button, and the process loses its identity', async () => {
     const work = runWatcher('coder', 't-42');
     const taskId = `spiffe://${td}/agent/coder/task/t-42`;
-    await work.out.next((l) => JSON.parse(l).ids?.[0] === taskId, 20_000);
+    await work.out.next((l) => l.ids?.[0] === taskId, 20_000);
 
     const admin = await signedInPage();
     const watcher = await signedInPage();
@@ -161,13 +134,12 @@ describe('web console', () => {
     const dialog = page.getByRole('dialog', { name: 'Revoke task coder/t-42?' });
     await dialog.getByLabel('Reason (recorded in the audit trail)').fill('prompt injection seen in SEC-7');
     await page.screenshot({ path: join(SCREENSHOTS, 'revoke-dialog.png') });
-    const before = work.out.seen.length;
     const clicked = Date.now();
     await dialog.getByRole('button', { name: 'Confirm revoke t-42' }).click();
 
     // The requirement under test: the task's own process is refused within a second.
-    const denied = await work.out.next((l) => JSON.parse(l).error !== undefined, 1000, before);
-    expect(JSON.parse(denied).error).toBe('permission_denied');
+    const denied = await work.out.next((l) => l.error !== undefined, 1000);
+    expect(denied.error).toBe('permission_denied');
     expect(Date.now() - clicked).toBeLessThan(1000);
 
     // Gone from the active list, here and for the other viewer, without a reload.
@@ -193,7 +165,7 @@ describe('web console', () => {
 
   it('is keyboard navigable, names every control, and fits a phone screen', async () => {
     const work = runWatcher('coder', 't-45');
-    await work.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/coder/task/t-45`, 20_000);
+    await work.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-45`, 20_000);
     const { context, page } = await signedInPage();
 
     // Every interactive node in Chromium's accessibility tree has a name, on every page.
@@ -256,7 +228,7 @@ describe('web console', () => {
 
   it('refuses forged state changes: no session, no CSRF token, or a foreign Origin', async () => {
     const work = runWatcher('coder', 't-43');
-    await work.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/coder/task/t-43`, 20_000);
+    await work.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-43`, 20_000);
     const revokeUrl = `${consoleUrl}/api/tasks/coder/t-43/revoke`;
     const body = JSON.stringify({ reason: 'forged' });
 
@@ -282,7 +254,7 @@ describe('web console', () => {
     expect(wrongToken.status).toBe(403);
 
     expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-43' })).state).toBe('active');
-    expect(work.out.seen.some((l) => JSON.parse(l).error)).toBe(false);
+    expect(work.out.lines.some((l) => l.error)).toBe(false);
     await context.close();
   });
 
@@ -290,8 +262,8 @@ describe('web console', () => {
     // Another agent's task (started by root), and the orchestrator's own builder task.
     const other = runWatcher('coder', 't-44');
     const own = runWatcher('builder', 'b-7', asOrchestrator);
-    await other.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/coder/task/t-44`, 20_000);
-    await own.out.next((l) => JSON.parse(l).ids?.[0] === `spiffe://${td}/agent/builder/task/b-7`, 20_000);
+    await other.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-44`, 20_000);
+    await own.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/builder/task/b-7`, 20_000);
 
     const { context, page } = await signedInPage('orchestrator');
     await page.getByText(`uid:${orchestrator.uid} (orchestrator)`).waitFor();
@@ -314,7 +286,7 @@ describe('web console', () => {
     expect((await call('/api/audit?task=t-44')).body.records).toEqual([]);
     expect(((await call('/api/audit?task=b-7')).body.records ?? []).length).toBeGreaterThan(0);
     expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-44' })).state).toBe('active');
-    expect(other.out.seen.some((l) => JSON.parse(l).error)).toBe(false);
+    expect(other.out.lines.some((l) => l.error)).toBe(false);
 
     const denied = readAuditEvents(t.config.audit.file, { type: 'admin.denied' }) as unknown as { who: string; action: string }[];
     const mine = denied.filter((d) => d.who === `uid:${orchestrator.uid} (orchestrator)`).map((d) => d.action);
