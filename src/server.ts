@@ -3,7 +3,7 @@ import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Clock } from './common/clock.js';
-import type { Logger } from './common/logger.js';
+import { setLogLevel, type Logger } from './common/logger.js';
 import { SYSTEM_ACTOR } from './common/actor.js';
 import { failedPrecondition, unavailable } from './common/errors.js';
 import { loadProto } from './common/proto.js';
@@ -31,7 +31,7 @@ import { TaskService } from './tasks/service.js';
 import { TaskHolders } from './tasks/holders.js';
 import { systemProcessInspector } from './attest/processes.js';
 import { Scheduler } from './scheduler.js';
-import { PeerRegistry } from './workload/peers.js';
+import { PeerRegistry, type PeerCredentialsLike } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
 import { workloadHandlers } from './workload/service.js';
 import { refuseMalformedRequests, strictRequests } from './workload/strict-input.js';
@@ -40,7 +40,8 @@ import { adminHandlers } from './admin/service.js';
 import { AuthorityService } from './admin/authorities.js';
 import { startAdminTcpListener } from './admin/tcp.js';
 import { validateSpiffeRoles } from './admin/roles.js';
-import { addReflection } from './ops/reflection.js';
+import { ConfigReloader, type ReloadResult } from './ops/reload.js';
+import { addReflection, caProbe, datastoreProbe, ServerMetrics, socketProbe, startOps } from './ops/index.js';
 import { verifyJwtSvid, JwtBundle, BundleSet } from './verify/index.js';
 import { buildConsole } from './console/index.js';
 
@@ -53,7 +54,12 @@ export interface RunningServer {
   adminTcpPort: number | undefined;
   /** https://host:port of the web console, when enabled. */
   consoleUrl: string | undefined;
+  /** http://host:port of the health (/live, /ready) and metrics (/metrics) endpoints, when enabled. */
+  healthUrl: string | undefined;
+  metricsUrl: string | undefined;
   ca: CertificateAuthority;
+  /** SIGHUP: applies what can change while running (ops/reload.ts). */
+  reload(next: Config): Promise<ReloadResult>;
   stop(): Promise<void>;
 }
 
@@ -124,7 +130,8 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
 
   const sqlite = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
   const issuances = new BatchedIssuances(sqlite, logger);
-  const datastore: Datastore = {
+  const metrics = new ServerMetrics();
+  const datastore = metrics.timeDatastore<Datastore>({
     entries: sqlite.entries,
     tasks: sqlite.tasks,
     revocations: sqlite.revocations,
@@ -134,8 +141,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       issuances.flush();
       sqlite.close();
     },
-  };
+  });
   const audit = AuditLog.open({ file: config.audit.file, clock, logger });
+  audit.observe(metrics.auditObserver);
   const ca = await CertificateAuthority.open(caOptionsFrom(config, { clock, logger }));
 
   const attestations = new AttestationCache(new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes }));
@@ -261,6 +269,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     logger,
     around: (fn) => audit.batch(fn),
   });
+  metrics.timeFanout(hub);
 
   // agentid's own SVID, for the TLS listeners it serves itself.
   const serverSvid = new ServerSvidSource({
@@ -361,10 +370,10 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const workloadServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, interceptors: [refuseMalformedRequests] });
   workloadServer.addService(
     strictRequests(workloadServiceDefinition()),
-    workloadHandlers({
+    metrics.instrumentWorkload(workloadHandlers({
       peers,
-      attest: (peer, { streaming }) =>
-        attestations.attest(peer, { withSha256: index.requiredSelectorTypes().has('sha256'), withAncestors: streaming || descendantsBound }),
+      attest: metrics.timeAttestation((peer: PeerCredentialsLike, { streaming }: { streaming: boolean }) =>
+        attestations.attest(peer, { withSha256: index.requiredSelectorTypes().has('sha256'), withAncestors: streaming || descendantsBound })),
       hub,
       cache,
       validateJwt,
@@ -372,7 +381,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         refusals.refused({ pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });
       },
       logger: logger.child({ api: 'workload' }),
-    }),
+    })),
   );
   addReflection(workloadServer, 'spiffe/workload/workload.proto');
   const workloadInjector = workloadServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
@@ -471,6 +480,13 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       })
     : undefined;
 
+  metrics.watch({ openConnections: () => peers.size, openStreams: () => hub.size, authorities: () => ca.authorities(), now: () => clock.now() });
+  const ops = await startOps({
+    health: { listen: config.health.listen, probes: [caProbe(ca, () => clock.now()), datastoreProbe(datastore), socketProbe('workload_api', config.workloadSocket)] },
+    metrics: { listen: config.metrics.listen, metrics },
+    logger: logger.child({ api: 'ops' }),
+  });
+
   // Written once the server is up (the live socket already keeps a second server out), so a
   // failed start leaves no lock behind; offline CLI commands read it to leave CA rotation alone.
   writeFileSync(join(config.dataDir, LOCK_FILE), `${process.pid}\n`, { mode: 0o600 });
@@ -480,6 +496,14 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const auditStartSeq = audit.head.seq;
   logger.info({ trustDomain: trustDomain.name, workloadSocket: config.workloadSocket, adminSocket: config.adminSocket }, 'agentid server started');
 
+  const reloader = new ConfigReloader(config, {
+    logger,
+    setLogLevel: (level) => setLogLevel(logger, level),
+    refreshFederation: async () => {
+      await federation.stop();
+      federation.start();
+    },
+  });
   let stopped = false;
   return {
     workloadSocket: config.workloadSocket,
@@ -487,10 +511,14 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     bundleEndpointUrl: bundleEndpoint?.url,
     adminTcpPort: adminTcp?.port,
     consoleUrl: webConsole?.url,
+    healthUrl: ops.healthUrl,
+    metricsUrl: ops.metricsUrl,
     ca,
+    reload: (next) => reloader.reload(next),
     async stop() {
       if (stopped) return;
       stopped = true;
+      await ops.close();
       await scheduler.stop();
       await federation.stop();
       await Promise.all([workloadListener.close(), adminListener.close(), bundleEndpoint?.close(), adminTcp?.close(), webConsole?.close()]);

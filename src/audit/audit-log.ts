@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { closeSync, constants, fchmodSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import type { Clock } from '../common/clock.js';
 import { failedPrecondition, internal, resourceExhausted } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -7,6 +8,13 @@ import { GENESIS_HASH, recordHash } from './canonical.js';
 import { AUDIT_TIME_FIELDS, DURABLE_EVENT_TYPES, type AuditEventInput, type AuditRecord } from './events.js';
 import { parseAuditLine } from './read.js';
 import { assertAuditSafe } from './redaction.js';
+
+/** A tap on the audit trail's typed event stream (metrics read it). */
+export interface AuditObserver {
+  appended?(event: AuditEventInput): void;
+  /** One write of `durable` lines (fsynced before returning) took this long. */
+  wrote?(durable: boolean, elapsedSeconds: number): void;
+}
 
 export interface AuditLogOptions {
   /** The audit file; its directory must exist. Created 0600 when missing. */
@@ -55,6 +63,8 @@ export class AuditLog {
   private syncTimer: AbortController | undefined;
   private closed = false;
   private broken: unknown = undefined;
+  /** Taps on the event stream (metrics): told of each appended event and each write's duration. */
+  private readonly observers: AuditObserver[] = [];
   /** Lines appended inside batch(), written when it ends. */
   private pendingBatch: { lines: Buffer[]; durable: boolean } | undefined;
 
@@ -109,6 +119,11 @@ export class AuditLog {
     }
   }
 
+  /** Adds a tap on the typed event stream; observers must not throw (they are told after the append). */
+  observe(observer: AuditObserver): void {
+    this.observers.push(observer);
+  }
+
   /** seq and hash of the last record (0 and GENESIS_HASH for an empty file); worth anchoring elsewhere. */
   get head(): { seq: number; hash: string } {
     return { seq: this.seq, hash: this.hash };
@@ -148,11 +163,13 @@ export class AuditLog {
       this.pendingBatch.durable ||= DURABLE_EVENT_TYPES.has(type);
       this.seq = body.seq;
       this.hash = hash;
+      for (const o of this.observers) o.appended?.(event);
       return record as unknown as AuditRecord;
     }
     this.writeLines([line], DURABLE_EVENT_TYPES.has(type));
     this.seq = body.seq;
     this.hash = hash;
+    for (const o of this.observers) o.appended?.(event);
     return record as unknown as AuditRecord;
   }
 
@@ -184,6 +201,7 @@ export class AuditLog {
 
   private writeLines(lines: Buffer[], durable: boolean): void {
     const data = lines.length === 1 ? lines[0]! : Buffer.concat(lines);
+    const startedAt = performance.now();
     try {
       writeAll(this.fd, data);
     } catch (err) {
@@ -206,6 +224,11 @@ export class AuditLog {
       this.sync();
     } else {
       this.scheduleSync();
+    }
+    // A duration, from a monotonic timer: no wall-clock time is read here.
+    if (this.observers.length > 0) {
+      const elapsedSeconds = (performance.now() - startedAt) / 1000;
+      for (const o of this.observers) o.wrote?.(durable, elapsedSeconds);
     }
   }
 

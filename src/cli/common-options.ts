@@ -11,6 +11,8 @@ export interface CommonFlags {
   logLevel?: string;
   logFormat?: string;
   consoleListen?: string;
+  healthListen?: string;
+  metricsListen?: string;
   json?: boolean;
 }
 
@@ -56,6 +58,8 @@ export function configFrom(flags: CommonFlags): Config {
       logLevel: flags.logLevel,
       logFormat: flags.logFormat as 'json' | 'pretty' | undefined,
       consoleListen: flags.consoleListen,
+      healthListen: flags.healthListen,
+      metricsListen: flags.metricsListen,
     },
   });
 }

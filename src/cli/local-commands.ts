@@ -2,15 +2,15 @@ import { existsSync, mkdirSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { Option, type Command } from 'commander';
 import { systemClock } from '../common/system-clock.js';
-import { createLogger, silentLogger } from '../common/logger.js';
+import { silentLogger } from '../common/logger.js';
 import { parseDuration } from '../common/duration.js';
 import { failedPrecondition, invalidArgument } from '../common/errors.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
-import { configWarnings, type Config } from '../config/index.js';
+import type { Config } from '../config/index.js';
 import { CertificateAuthority } from '../ca/authority.js';
 import { verifyAuditFile, readAuditEvents } from '../audit/index.js';
 import { toPem } from '../client/der.js';
-import { caOptionsFrom, runningServerPid, startServer } from '../server.js';
+import { caOptionsFrom, runningServerPid } from '../server.js';
 import { configFrom, withConfigOptions, withJson, type CommonFlags } from './common-options.js';
 import { emit, snakeKeys, table } from './output.js';
 import { buildDocuments, bundleSequence, parseIssuer, refreshHintSeconds } from '../bundle-endpoint/documents.js';
@@ -75,28 +75,6 @@ function writeSecretFile(path: string, data: string | Buffer): void {
 }
 
 export function registerLocalCommands(program: Command): void {
-  withConfigOptions(program.command('server'))
-    .description('run the agentid server in the foreground (Workload API + admin API); stops on SIGINT/SIGTERM')
-    .option('--socket <path>', 'Workload API socket (default <data-dir>/workload.sock)')
-    .option('--admin-socket <path>', 'admin API socket (default <data-dir>/admin.sock)')
-    .option('--log-level <level>', 'log level (trace, debug, info, warn, error)')
-    .option('--log-format <format>', 'json or pretty')
-    .option('--console-listen <host:port>', 'serve the web console over HTTPS here, e.g. 127.0.0.1:8445 (env AGENTID_CONSOLE_LISTEN)')
-    .action(async (flags: CommonFlags) => {
-      const config = configFrom(flags);
-      const logger = createLogger({ level: config.log.level, pretty: config.log.format === 'pretty' });
-      for (const warning of configWarnings(config)) logger.warn({ warning }, 'configuration warning');
-      const server = await startServer(config, { clock: systemClock, logger });
-      await new Promise<void>((resolve) => {
-        const stop = (signal: string) => {
-          logger.info({ signal }, 'stopping');
-          server.stop().then(resolve, resolve);
-        };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
-      });
-    });
-
   const ca = program.command('ca').description('certificate authority (reads the data directory)');
   withJson(withConfigOptions(ca.command('show')))
     .description('show the root CA, signing CAs and JWT keys (no secrets)')

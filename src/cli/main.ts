@@ -5,6 +5,7 @@ import { registerLocalCommands } from './local-commands.js';
 import { registerAdminCommands } from './admin-commands.js';
 import { registerWorkloadCommands } from './workload-commands.js';
 import { registerAuthorityCommands } from './authority-commands.js';
+import { registerHealthcheckCommand, registerServerCommand } from './server-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('agentid')
@@ -13,10 +14,12 @@ export function buildProgram(): Command {
     .version((createRequire(import.meta.url)('../../package.json') as { version: string }).version, '--version', 'print the agentid version')
     .showHelpAfterError()
     .exitOverride();
+  registerServerCommand(program);
   registerLocalCommands(program);
   registerAdminCommands(program);
   registerWorkloadCommands(program);
   registerAuthorityCommands(program);
+  registerHealthcheckCommand(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

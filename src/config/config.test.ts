@@ -108,7 +108,7 @@ describe('precedence: flags > env > file > defaults', () => {
     const c = load(file, { env: { ...ENV, ...env }, flags });
     expect(c.trustDomain).toBe(trustDomain);
     expect(c.log.level).toBe(level);
-    expect(c.log.format).toBe('json'); // the file's log section merges with the defaults
+    expect(c.log.format).toBe('auto'); // the file's log section merges with the defaults
     expect(c.jwt.issuer).toBe(`https://${trustDomain}`);
   });
 
@@ -237,7 +237,7 @@ describe('bad input names the problem', () => {
     ['cgroup-root-relative', 'tasks:\n  cgroup_root: agents\n', 'tasks.cgroup_root: "agents" must be an absolute cgroup path'],
     ['cgroup-root-dotdot', 'tasks:\n  cgroup_root: /agents/../x\n', 'tasks.cgroup_root: "/agents/../x" must be an absolute cgroup path'],
     ['zero-duration', 'tasks:\n  liveness_interval: 0s\n', 'tasks.liveness_interval: must be greater than zero'],
-    ['log-format-xml', 'log: { format: xml }\n', 'log.format: must be one of json, pretty'],
+    ['log-format-xml', 'log: { format: xml }\n', 'log.format: must be one of json, pretty, auto'],
     ['section-not-a-mapping', 'log: verbose\n', 'log: must be a mapping'],
     ['rsa-ca-key', 'ca: { key_type: rsa-2048 }\n', 'ca.key_type: must be one of ec-p256, ec-p384'],
     ['rs256-jwt-key', 'jwt: { key_type: RS256 }\n', 'jwt.key_type: must be one of ES256, ES384'],
@@ -292,7 +292,7 @@ describe('bad input names the problem', () => {
     ['env-bad-log-level', { AGENTID_LOG_LEVEL: 'loud' }, {}, 'log.level (env AGENTID_LOG_LEVEL): must be one of'],
     ['flag-bad-trust-domain', {}, { trustDomain: 'a b' }, 'trust_domain (flag --trust-domain): trust domain "a b"'],
     ['env-socket-not-unix', { SPIFFE_ENDPOINT_SOCKET: 'tcp://127.0.0.1:1' }, {}, 'workload_socket (env SPIFFE_ENDPOINT_SOCKET): only Unix'],
-    ['flag-bad-log-format', {}, { logFormat: 'xml' }, 'log.format (flag --log-format): must be one of json, pretty'],
+    ['flag-bad-log-format', {}, { logFormat: 'xml' }, 'log.format (flag --log-format): must be one of json, pretty, auto'],
   ])('%s names its source', (_name, env, flags, expected) => {
     expect(problemOf(() => load(undefined, { env: { ...ENV, ...env }, flags })).message).toContain(expected);
   });
@@ -317,7 +317,7 @@ federation: [{ trust_domain: BAD2, bundle_endpoint_url: "ftp://x", profile: http
       'federation[0].trust_domain: trust domain "BAD2"',
       'federation[0].bundle_endpoint_url: must use https',
       'federation[0].endpoint_spiffe_id: is required',
-      'log.format (env AGENTID_LOG_FORMAT): must be one of json, pretty',
+      'log.format (env AGENTID_LOG_FORMAT): must be one of json, pretty, auto',
     ];
     for (const part of expected) expect(message).toContain(part);
     expect(message.split('; ')).toHaveLength(expected.length);

@@ -26,8 +26,8 @@ export const DEFAULTS = deepFreeze({
   log: {
     /** fatal, error, warn, info, debug, trace or silent. env AGENTID_LOG_LEVEL, flag --log-level. */
     level: 'info',
-    /** json (one object per line) or pretty (for a terminal). env AGENTID_LOG_FORMAT, flag --log-format. */
-    format: 'json',
+    /** json (one object per line), pretty (for people), or auto: pretty when stdout and stderr are a terminal, else json. env AGENTID_LOG_FORMAT, flag --log-format. */
+    format: 'auto',
   },
   ca: {
     /** Key type of the root and signing CAs: ec-p256 or ec-p384. */
@@ -124,6 +124,14 @@ export const DEFAULTS = deepFreeze({
   attest: {
     /** Largest executable hashed for a sha256 selector (bytes); bigger ones get no sha256 selector. */
     sha256_max_bytes: 268_435_456,
+  },
+  health: {
+    /** host:port serving GET /live and /ready over plain HTTP. null: off. env AGENTID_HEALTH_LISTEN, flag --health-listen. */
+    listen: null as string | null,
+  },
+  metrics: {
+    /** host:port serving GET /metrics (Prometheus text) over plain HTTP; may equal health.listen. null: off. env AGENTID_METRICS_LISTEN, flag --metrics-listen. */
+    listen: null as string | null,
   },
 });
 

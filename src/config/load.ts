@@ -68,6 +68,8 @@ const SHAPE: Shape = {
   ],
   audit: { file: true, reserve_bytes: true, refusal_interval: true },
   attest: { sha256_max_bytes: true },
+  health: { listen: true },
+  metrics: { listen: true },
 };
 
 /** [file path, env var, flag] for the values the environment and flags can set. */
@@ -79,6 +81,8 @@ const OVERRIDES: readonly [string[], string, keyof FlagValues][] = [
   [['log', 'level'], 'AGENTID_LOG_LEVEL', 'logLevel'],
   [['log', 'format'], 'AGENTID_LOG_FORMAT', 'logFormat'],
   [['console', 'listen'], 'AGENTID_CONSOLE_LISTEN', 'consoleListen'],
+  [['health', 'listen'], 'AGENTID_HEALTH_LISTEN', 'healthListen'],
+  [['metrics', 'listen'], 'AGENTID_METRICS_LISTEN', 'metricsListen'],
 ];
 const FLAG_NAMES: Record<keyof FlagValues, string> = {
   trustDomain: '--trust-domain',
@@ -88,10 +92,12 @@ const FLAG_NAMES: Record<keyof FlagValues, string> = {
   logLevel: '--log-level',
   logFormat: '--log-format',
   consoleListen: '--console-listen',
+  healthListen: '--health-listen',
+  metricsListen: '--metrics-listen',
 };
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const LOG_FORMATS: readonly LogFormat[] = ['json', 'pretty'];
+const LOG_FORMATS: readonly LogFormat[] = ['json', 'pretty', 'auto'];
 const CA_KEY_TYPES: readonly CaKeyType[] = ['ec-p256', 'ec-p384'];
 const JWT_KEY_TYPES: readonly JwtKeyType[] = ['ES256', 'ES384'];
 const PROFILES: readonly BundleProfile[] = ['https_web', 'https_spiffe'];
@@ -431,6 +437,8 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
   const consoleRaw = c.map(raw.console, 'console');
   const auditRaw = c.map(raw.audit, 'audit');
   const attestRaw = c.map(raw.attest, 'attest');
+  const healthRaw = c.map(raw.health, 'health');
+  const metricsRaw = c.map(raw.metrics, 'metrics');
 
   const ca = caRaw && {
     keyType: c.oneOf(caRaw.key_type, 'ca.key_type', CA_KEY_TYPES),
@@ -495,6 +503,8 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     attest: attestRaw && {
       sha256MaxBytes: c.int(attestRaw.sha256_max_bytes, 'attest.sha256_max_bytes', 0, Number.MAX_SAFE_INTEGER),
     },
+    health: healthRaw && { listen: healthRaw.listen === null ? null : c.hostPort(healthRaw.listen, 'health.listen') },
+    metrics: metricsRaw && { listen: metricsRaw.listen === null ? null : c.hostPort(metricsRaw.listen, 'metrics.listen') },
   };
 }
 

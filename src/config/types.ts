@@ -4,7 +4,8 @@
  */
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
-export type LogFormat = 'json' | 'pretty';
+/** auto: pretty on a terminal, json otherwise. */
+export type LogFormat = 'json' | 'pretty' | 'auto';
 export type CaKeyType = 'ec-p256' | 'ec-p384';
 export type JwtKeyType = 'ES256' | 'ES384';
 export type BundleProfile = 'https_web' | 'https_spiffe';
@@ -87,6 +88,9 @@ export interface Config {
   }[];
   readonly audit: { readonly file: string; readonly reserveBytes: number; readonly refusalIntervalMs: number };
   readonly attest: { readonly sha256MaxBytes: number };
+  /** Plain-HTTP operations endpoints; null: off. */
+  readonly health: { readonly listen: HostPort | null };
+  readonly metrics: { readonly listen: HostPort | null };
 }
 
 /** Command-line flags that override the file and the environment. */
@@ -98,4 +102,6 @@ export interface FlagValues {
   logLevel: string;
   logFormat: string;
   consoleListen: string;
+  healthListen: string;
+  metricsListen: string;
 }

@@ -1,0 +1,60 @@
+import type { Config } from '../config/types.js';
+import type { Logger } from '../common/logger.js';
+
+export interface ReloadDeps {
+  logger: Logger;
+  setLogLevel(level: string): void;
+  /** Re-fetches every federated bundle now (the relationships themselves need a restart). */
+  refreshFederation(): Promise<void>;
+}
+
+export interface ReloadResult {
+  /** What changed in the running server, one line each. */
+  applied: string[];
+  /** Settings that differ from the running ones and take effect only after a restart. */
+  needsRestart: string[];
+}
+
+/** Dotted paths (two levels deep) where the two configs differ. */
+export function changedPaths(a: Config, b: Config): string[] {
+  const out: string[] = [];
+  const same = (x: unknown, y: unknown) => JSON.stringify(x) === JSON.stringify(y);
+  for (const key of Object.keys(a) as (keyof Config)[]) {
+    const x = a[key];
+    const y = b[key];
+    if (same(x, y)) continue;
+    if (x && y && typeof x === 'object' && typeof y === 'object' && !Array.isArray(x)) {
+      for (const sub of Object.keys(x)) if (!same((x as any)[sub], (y as any)[sub])) out.push(`${key}.${sub}`);
+    } else out.push(key);
+  }
+  return out;
+}
+
+/**
+ * SIGHUP: re-read the configuration and apply what a running server can take (log level; a fresh
+ * fetch of every federated bundle), and name what needs a restart. The log says which is which.
+ */
+export class ConfigReloader {
+  constructor(
+    private running: Config,
+    private readonly deps: ReloadDeps,
+  ) {}
+
+  async reload(next: Config): Promise<ReloadResult> {
+    const applied: string[] = [];
+    const changed = changedPaths(this.running, next);
+    if (changed.includes('log.level')) {
+      this.deps.setLogLevel(next.log.level);
+      applied.push(`log.level: ${this.running.log.level} -> ${next.log.level}`);
+      this.running = { ...this.running, log: { ...this.running.log, level: next.log.level } };
+    }
+    if (this.running.federation.length > 0) {
+      await this.deps.refreshFederation();
+      applied.push(`federation: re-fetched the bundles of ${this.running.federation.map((f) => f.trustDomain).join(', ')}`);
+    }
+    const needsRestart = changed.filter((p) => p !== 'log.level');
+    this.deps.logger.info({ applied, needsRestart }, `reloaded on SIGHUP: ${applied.length ? applied.join('; ') : 'nothing to apply'}`);
+    if (needsRestart.length > 0) this.deps.logger.warn({ needsRestart }, `changed settings that take effect after a restart: ${needsRestart.join(', ')}`);
+    return { applied, needsRestart };
+  }
+}
