@@ -208,6 +208,46 @@ describe('web console', () => {
     await context.close();
   });
 
+  it('lets an admin create and delete an entry, filters the audit trail by SPIFFE ID and time, and signs out', async () => {
+    const { page } = await signedInPage();
+    const id = `spiffe://${td}/svc/reports`;
+    await page.getByRole('link', { name: 'Entries' }).click();
+    await page.getByLabel('SPIFFE ID').fill(id);
+    await page.getByLabel('Selectors (space separated)').fill('unix:uid:4242 unix:gid:4242');
+    await page.getByLabel('X.509 TTL (seconds, optional)').fill('600');
+    await page.getByRole('button', { name: 'Create entry' }).click();
+    await page.getByRole('status').filter({ hasText: `for ${id}` }).waitFor();
+    const created = (await t.admin.call('ListEntries', {})).entries.find((e: { spiffe_id: string }) => e.spiffe_id === id);
+    expect(created).toMatchObject({ selectors: ['unix:gid:4242', 'unix:uid:4242'], x509_ttl_seconds: 600 });
+
+    // A bad entry changes nothing and says why.
+    await page.getByLabel('SPIFFE ID').fill('spiffe://other.example/x');
+    await page.getByLabel('Selectors (space separated)').fill('unix:uid:1');
+    await page.getByRole('button', { name: 'Create entry' }).click();
+    await page.getByRole('alert').filter({ hasText: 'trust domain' }).waitFor();
+
+    await page.getByRole('button', { name: `Delete entry ${id} (${created.id})` }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Confirm delete' }).click();
+    await page.getByRole('button', { name: `Delete entry ${id} (${created.id})` }).waitFor({ state: 'detached' });
+    expect((await t.admin.call('ListEntries', {})).entries.map((e: { spiffe_id: string }) => e.spiffe_id)).not.toContain(id);
+
+    const audit = (query: string) =>
+      page.evaluate((q) => fetch(`/api/audit?${q}`).then((r) => r.json()), query) as Promise<{ records: { type: string; spiffe_id?: string; by?: string }[]; chain: { ok: boolean } }>;
+    const byId = await audit(`spiffeId=${encodeURIComponent(id)}`);
+    expect(byId.chain.ok).toBe(true);
+    expect(byId.records.map((r) => r.type)).toEqual(['revocation.added', 'entry.deleted', 'entry.created']);
+    expect(byId.records.every((r) => r.spiffe_id === id)).toBe(true);
+    expect(byId.records.find((r) => r.type === 'entry.created')?.by).toBe('uid:0 (admin)');
+    const future = new Date(Date.now() + 3_600_000).toISOString();
+    expect((await audit(`spiffeId=${encodeURIComponent(id)}&since=${future}`)).records).toEqual([]);
+    expect((await audit(`spiffeId=${encodeURIComponent(id)}&until=${future}`)).records).toHaveLength(3);
+
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByText('You are not signed in.').waitFor();
+    expect(await page.evaluate(() => fetch('/api/overview').then((r) => r.status))).toBe(401);
+    await page.context().close();
+  });
+
   it('a sign-in link works once; the session cookie is HttpOnly, Secure, SameSite=Strict and expiring; pages carry a CSP without inline scripts', async () => {
     const link = await loginLink();
     const first = await request(link);
