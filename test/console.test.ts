@@ -1,12 +1,13 @@
 /**
  * The web console end to end: a real server with the console on, the real CLI (`agentid console
  * login`, `agentid run`), and headless Chromium driving the page the way a person would (buttons
- * found by role and accessible name). Screenshots land in docs/console/ for the README.
+ * found by role and accessible name). Screenshots for the README: see SCREENSHOTS.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import https from 'node:https';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { ensureTestUser, type TestUser } from '../src/attest/testing.js';
@@ -18,7 +19,11 @@ import { followJsonLines } from './support/json-lines.js';
 
 const td = 'console.example';
 const FETCH_CLIENT = join(import.meta.dirname, 'support', 'fetch-client.ts');
-const SCREENSHOTS = join(REPO, 'docs', 'console');
+/**
+ * Screenshots are always taken; they replace the README's copies in docs/console/ only with
+ * AGENTID_UPDATE_SCREENSHOTS=1 (otherwise every test run would leave changed PNGs in the worktree).
+ */
+const SCREENSHOTS = process.env.AGENTID_UPDATE_SCREENSHOTS === '1' ? join(REPO, 'docs', 'console') : join(tmpdir(), 'agentid-console-screenshots');
 
 /** A raw HTTPS request to the console (the server presents its SVID, which Node's default roots do not know). */
 function request(url: string, opts: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
