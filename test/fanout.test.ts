@@ -198,6 +198,13 @@ describe('targeted fan-out', () => {
     expectExactly(reports, want);
     expect(reports.get(taskOnly)!.map((s) => s.ended)).toEqual(Array(X509).fill('PERMISSION_DENIED'));
 
+    // A task whose process never fetched anything: starting and revoking it changes no stream (its
+    // ID has no serial to put on the CRL).
+    const idle = spawn('sleep', ['60']);
+    children.push(idle);
+    await t.admin.call('StartTask', { agent: 'worker', id: 'idle', pid: idle.pid });
+    await t.admin.call('RevokeTask', { agent: 'worker', id: 'idle', reason: 'fan-out test' });
+
     // A barrier: one more change per uid, written after anything the steps above could still have
     // sent; then every count must still be exact.
     for (const [path, uid] of [['root-2', 0], ['u1-2', users[0]!.uid], ['u2-2', users[1]!.uid]] as const) {

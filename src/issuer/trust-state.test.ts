@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../common/clock.js';
+import type { IssuanceRecord } from '../datastore/types.js';
+import { TrustState } from './trust-state.js';
+
+function setup() {
+  const clock = new ManualClock(Date.UTC(2026, 5, 1));
+  const revoked: IssuanceRecord[] = [];
+  let builds = 0;
+  const trust = new TrustState({
+    ca: {
+      trustDomain: { idString: 'spiffe://td.example' },
+      x509Bundle: () => [Buffer.from('ca')],
+      jwtKeys: () => [{ kid: 'k1' }],
+      // Every build is new bytes (a new CRL number), as the real CA's are.
+      buildCrls: (list) => [Buffer.from(`crl#${++builds}:${list.map((r) => r.serial).join(',')}`)],
+    },
+    issuances: { listRevokedUnexpired: () => revoked },
+    clock,
+  });
+  const revoke = (serial: string, kind: 'x509' | 'jwt' = 'x509') =>
+    revoked.push({ kind, serial, spiffeId: `spiffe://td.example/${serial}`, issuerId: 'ca1', issuedAt: 0, notAfter: clock.now() + 60_000, task: null });
+  return { trust, revoke };
+}
+
+describe('TrustState versions', () => {
+  it('moves the CRL version only when the CRLs list a different set of serials', () => {
+    const { trust, revoke } = setup();
+    const first = trust.versions();
+    const crls = trust.crls();
+    // A revocation whose ID has no X.509 serial (never issued, or JWT only): same CRLs, same version.
+    revoke('j1', 'jwt');
+    trust.revocationsChanged();
+    expect(trust.versions()).toEqual(first);
+    expect(trust.crls()).toBe(crls);
+    revoke('x1');
+    trust.revocationsChanged();
+    expect(trust.versions()).toEqual({ ...first, crl: first.crl + 1 });
+    expect(trust.crls()[0]!.toString()).toMatch(/:x1$/);
+  });
+
+  it('re-signed CRLs and a CA change move the versions they concern, JWT keys only on a CA change', () => {
+    const { trust } = setup();
+    const first = trust.versions();
+    trust.refreshCrls();
+    expect(trust.versions()).toEqual({ ...first, crl: first.crl + 1 });
+    trust.invalidate();
+    expect(trust.versions()).toEqual({ x509: first.x509 + 1, jwt: first.jwt + 1, crl: first.crl + 2, federation: first.federation });
+  });
+});
