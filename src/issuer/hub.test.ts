@@ -368,11 +368,14 @@ describe('StreamHub', () => {
     w.entries.set('short', entry('short', ['unix:pid:1'], { expiresAt: T0 + 60_000 }));
     const s1 = w.open('x509', caller(1, 1000));
     const s2 = w.open('x509', caller(2, 1000));
+    // s1's holdings change while it keeps holding the expiring entry: its end must stay known.
+    w.putEntry(entry('more', ['unix:pid:1']));
+    await settled(w.hub);
     await w.clock.advance(59_500);
     w.hub.changed({ kind: 'expiry' });
     await settled(w.hub);
-    expect(counts([s1, s2])).toEqual([2, 1]);
-    expect(s1.messages.at(-1)!.ids).toEqual(['spiffe://td.example/keep']);
+    expect(counts([s1, s2])).toEqual([3, 1]);
+    expect(s1.messages.at(-1)!.ids).toEqual(['spiffe://td.example/keep', 'spiffe://td.example/more']);
   });
 
   it('writes the audit of a slice (minting) before delivering any of its states', async () => {

@@ -52,6 +52,9 @@ interface Held {
 
 const NOTHING_HELD: Held = { keys: [], spiffeIds: [], trustDomains: [] };
 
+const sameList = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+const sameHoldings = (a: Held, b: Held) => sameList(a.keys, b.keys) && sameList(a.spiffeIds, b.spiffeIds) && sameList(a.trustDomains, b.trustDomains);
+
 /**
  * Open streams filed under everything their state depends on, so that a change finds the streams
  * it can affect without looking at the others:
@@ -97,16 +100,20 @@ export class StreamIndex<S extends IndexedStream> {
   hold(stream: S, identities: readonly Identity[]): void {
     const record = this.streams.get(stream);
     if (!record) return;
-    this.unhold(stream, record.held);
     const held: Held = {
       keys: identities.map((i) => i.key),
       spiffeIds: identities.map((i) => i.spiffeId.toString()),
       trustDomains: [...new Set(identities.flatMap((i) => i.federatesWith))],
     };
-    record.held = held;
-    for (const k of held.keys) this.byKey.add(k, stream);
-    for (const id of held.spiffeIds) this.bySpiffeId.add(id, stream);
-    for (const td of held.trustDomains) this.byTrustDomain.add(td, stream);
+    // Most recomputes (renewals, CRLs) leave the holdings as they were: nothing to re-file.
+    if (!sameHoldings(held, record.held)) {
+      this.unhold(stream, record.held);
+      record.held = held;
+      for (const k of held.keys) this.byKey.add(k, stream);
+      for (const id of held.spiffeIds) this.bySpiffeId.add(id, stream);
+      for (const td of held.trustDomains) this.byTrustDomain.add(td, stream);
+    }
+    // After re-filing: unhold forgets the end of a key nobody holds any more.
     for (const i of identities) if (i.notAfterCap !== null) this.capOfKey.set(i.key, i.notAfterCap);
   }
 
