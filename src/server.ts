@@ -24,6 +24,7 @@ import { DiskReserve } from './audit/disk-reserve.js';
 import { RefusalAggregator } from './audit/refusals.js';
 import { MIN_REMAINING_MS, anyBoundWithDescendants, resolveIdentities } from './issuer/identity.js';
 import { SvidCache } from './issuer/svid-cache.js';
+import { TasksByBinding } from './issuer/task-candidates.js';
 import { StreamHub, type StateChange } from './issuer/hub.js';
 import { TrustState } from './issuer/trust-state.js';
 import { Revoker } from './tasks/revocations.js';
@@ -257,7 +258,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       resolveIdentities({
         caller,
         matchedEntries: index.match(caller.selectors, now),
-        tasks: boundTasks,
+        tasks: TasksByBinding.of(boundTasks).candidatesFor(caller),
         isRevoked: (id) => revoker.isRevoked(id),
         now,
         taskBufferMs: config.tasks.bufferMs,
