@@ -66,7 +66,7 @@ export class ServerMetrics {
     this.firstSvid = new Histogram({ name: 'agentid_first_svid_seconds', help: 'FetchX509SVID: from the call to the first SVID sent', buckets: FAST_BUCKETS, registers });
     this.fetch = new Histogram({ name: 'agentid_fetch_seconds', help: 'Workload API calls: until the answer (unary) or first message (streams)', labelNames: ['method'], buckets: FAST_BUCKETS, registers });
     this.attestation = new Histogram({ name: 'agentid_attestation_seconds', help: 'Attesting a caller from /proc', buckets: FAST_BUCKETS, registers });
-    this.fanout = new Histogram({ name: 'agentid_fanout_seconds', help: 'One push of new state to every open stream (minting included)', buckets: [...FAST_BUCKETS, 5, 10], registers });
+    this.fanout = new Histogram({ name: 'agentid_fanout_seconds', help: 'From a state change to the end of its fan-out to the streams it affects (minting included)', buckets: [...FAST_BUCKETS, 5, 10], registers });
     this.datastoreWrite = new Histogram({ name: 'agentid_datastore_write_seconds', help: 'Datastore writes, by store and operation', labelNames: ['op'], buckets: FAST_BUCKETS, registers });
     this.auditWrite = new Histogram({ name: 'agentid_audit_write_seconds', help: 'Audit trail writes (durable ones include fsync)', labelNames: ['durable'], buckets: FAST_BUCKETS, registers });
 
@@ -144,17 +144,18 @@ export class ServerMetrics {
     };
   }
 
-  /** Times every call of `target.refresh()` (the stream hub's fan-out). */
-  timeFanout<T extends { refresh(): void }>(target: T): T {
-    const refresh = target.refresh.bind(target);
-    target.refresh = () => {
+  /**
+   * Times each change given to the stream hub until its fan-out is done: the hub only marks streams
+   * in `changed()`/`refresh()` and pushes later, in slices.
+   */
+  timeFanout<T extends { changed(change: never): void; refresh(): void; idle(): Promise<void> }>(target: T): T {
+    const timed = <A extends unknown[]>(fn: (...args: A) => void) => (...args: A) => {
       const t0 = performance.now();
-      try {
-        refresh();
-      } finally {
-        this.fanout.observe(seconds(t0));
-      }
+      fn(...args);
+      void target.idle().then(() => this.fanout.observe(seconds(t0)));
     };
+    target.changed = timed(target.changed.bind(target));
+    target.refresh = timed(target.refresh.bind(target));
     return target;
   }
 
