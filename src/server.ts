@@ -34,6 +34,8 @@ import { systemProcessInspector } from './attest/processes.js';
 import { Scheduler } from './scheduler.js';
 import { PeerRegistry, type PeerCredentialsLike } from './workload/peers.js';
 import { listenUnixWithPeerCreds } from './workload/listener.js';
+import { DescriptorBudget, raiseOpenFileLimit } from './workload/descriptors.js';
+import { WorkloadLimiter, type LimitCounters } from './workload/limits.js';
 import { workloadHandlers } from './workload/service.js';
 import { refuseMalformedRequests, strictRequests } from './workload/strict-input.js';
 import { workloadServiceDefinition, workloadStateEncoders } from './workload/encode.js';
@@ -61,6 +63,8 @@ export interface RunningServer {
   ca: CertificateAuthority;
   /** SIGHUP: applies what can change while running (ops/reload.ts). */
   reload(next: Config): Promise<ReloadResult>;
+  /** Workload API limit counters (refusals, timer closes, open connections and streams), for metrics. */
+  workloadLimits(): LimitCounters;
   stop(): Promise<void>;
 }
 
@@ -368,7 +372,9 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
 
   // Workload API: any local user may connect; attestation decides what they get.
   const peers = new PeerRegistry();
-  const workloadServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, interceptors: [refuseMalformedRequests] });
+  const descriptors = new DescriptorBudget(raiseOpenFileLimit(logger).soft, config.limits.descriptorReserve);
+  const limiter = new WorkloadLimiter({ limits: config.limits, peers, descriptors, clock, logger: logger.child({ api: 'workload' }) });
+  const workloadServer = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor(), refuseMalformedRequests] });
   workloadServer.addService(
     strictRequests(workloadServiceDefinition()),
     metrics.instrumentWorkload(workloadHandlers({
@@ -390,8 +396,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     mode: 0o666,
     logger,
     onConnection(socket, creds) {
-      peers.register(socket, creds);
-      workloadInjector.injectConnection(socket);
+      limiter.accept(socket, creds, (s) => workloadInjector.injectConnection(s));
     },
   });
 
@@ -441,6 +446,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     mode: adminMode,
     logger,
     onConnection(socket, creds) {
+      descriptors.track(socket);
       peers.register(socket, creds);
       adminInjector.injectConnection(socket);
     },
@@ -516,6 +522,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     metricsUrl: ops.metricsUrl,
     ca,
     reload: (next) => reloader.reload(next),
+    workloadLimits: () => limiter.stats(),
     async stop() {
       if (stopped) return;
       stopped = true;
@@ -523,6 +530,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       await scheduler.stop();
       await federation.stop();
       await Promise.all([workloadListener.close(), adminListener.close(), bundleEndpoint?.close(), adminTcp?.close(), webConsole?.close()]);
+      limiter.close();
       hub.closeAll(unavailable('server shutting down'));
       workloadInjector.destroy();
       adminInjector.destroy();

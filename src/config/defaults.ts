@@ -133,6 +133,40 @@ export const DEFAULTS = deepFreeze({
     /** host:port serving GET /metrics (Prometheus text) over plain HTTP; may equal health.listen. null: off. env AGENTID_METRICS_LISTEN, flag --metrics-listen. */
     listen: null as string | null,
   },
+  /*
+   * Workload API limits. Any local user can connect to the Workload API socket, so every resource
+   * a connection can hold is bounded; a caller over a limit gets RESOURCE_EXHAUSTED (or, for
+   * connections, a connection that answers RESOURCE_EXHAUSTED and then closes) while everyone
+   * else is served. Refusals are counted, not audited one by one.
+   */
+  limits: {
+    /** Largest request metadata (HTTP/2 header list, bytes, 32 per entry included as in RFC 7541); real clients send under 1 KiB. */
+    max_header_list_bytes: 16_384,
+    /** Largest request message (bytes). Workload API requests are a few audiences or one JWT. */
+    max_message_bytes: 65_536,
+    /** A connection that has not started a call within this is closed (a peer that never speaks, or a stuck HTTP/2 header). */
+    first_request_timeout: '10s',
+    /** A connection with no call in progress for this long is closed; clients reconnect when they next need it. */
+    idle_timeout: '5m',
+    /** The server pings a connection that has been quiet this long... */
+    keepalive_time: '1m',
+    /** ...and closes it when the ping is not answered within this (a peer that stopped reading). */
+    keepalive_timeout: '20s',
+    /** Open Workload API connections per uid (a process usually needs one). */
+    max_connections_per_uid: 1024,
+    /** Open Workload API connections in all. null: only the open-file limit minus descriptor_reserve. */
+    max_connections: null as number | null,
+    /** Open streams (FetchX509SVID, FetchX509Bundles, FetchJWTBundles) per uid. */
+    max_streams_per_uid: 2048,
+    /** Open streams in all. */
+    max_streams: 30_000,
+    /** Calls started per second per uid (token bucket, bursts up to one second's worth). */
+    requests_per_second_per_uid: 1000,
+    /** Calls started per second in all. */
+    requests_per_second: 10_000,
+    /** Descriptors kept free for the admin socket, the datastore and the audit log: Workload API connections are refused this close to the open-file limit. */
+    descriptor_reserve: 64,
+  },
 });
 
 export type ConfigDefaults = typeof DEFAULTS;

@@ -70,6 +70,12 @@ const SHAPE: Shape = {
   attest: { sha256_max_bytes: true },
   health: { listen: true },
   metrics: { listen: true },
+  limits: {
+    max_header_list_bytes: true, max_message_bytes: true, first_request_timeout: true, idle_timeout: true,
+    keepalive_time: true, keepalive_timeout: true, max_connections_per_uid: true, max_connections: true,
+    max_streams_per_uid: true, max_streams: true, requests_per_second_per_uid: true, requests_per_second: true,
+    descriptor_reserve: true,
+  },
 };
 
 /** [file path, env var, flag] for the values the environment and flags can set. */
@@ -439,6 +445,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
   const attestRaw = c.map(raw.attest, 'attest');
   const healthRaw = c.map(raw.health, 'health');
   const metricsRaw = c.map(raw.metrics, 'metrics');
+  const limitsRaw = c.map(raw.limits, 'limits');
 
   const ca = caRaw && {
     keyType: c.oneOf(caRaw.key_type, 'ca.key_type', CA_KEY_TYPES),
@@ -505,6 +512,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     },
     health: healthRaw && { listen: healthRaw.listen === null ? null : c.hostPort(healthRaw.listen, 'health.listen') },
     metrics: metricsRaw && { listen: metricsRaw.listen === null ? null : c.hostPort(metricsRaw.listen, 'metrics.listen') },
+    limits: limitsRaw && limits(limitsRaw, c),
   };
 }
 
@@ -557,6 +565,31 @@ function admin(raw: Raw, c: Checker, serverUid: number) {
     adminUids: raw.admin_uids === null ? [serverUid] : uidList(raw.admin_uids, 'admin.admin_uids'),
     orchestrators,
     tcp,
+  };
+}
+
+function limits(raw: Raw, c: Checker) {
+  const count = (key: string, min = 1) => c.int(raw[key], `limits.${key}`, min, 10_000_000);
+  const positiveDuration = (key: string) => {
+    const ms = c.duration(raw[key], `limits.${key}`);
+    if (ms !== undefined && ms <= 0) c.add(`limits.${key}`, 'must be longer than zero');
+    return ms;
+  };
+  return {
+    // Below 1 KiB a real client's own headers (path, content type, user agent) would not fit.
+    maxHeaderListBytes: c.int(raw.max_header_list_bytes, 'limits.max_header_list_bytes', 1024, 16_777_216),
+    maxMessageBytes: c.int(raw.max_message_bytes, 'limits.max_message_bytes', 1024, 16_777_216),
+    firstRequestTimeoutMs: positiveDuration('first_request_timeout'),
+    idleTimeoutMs: positiveDuration('idle_timeout'),
+    keepaliveTimeMs: positiveDuration('keepalive_time'),
+    keepaliveTimeoutMs: positiveDuration('keepalive_timeout'),
+    maxConnectionsPerUid: count('max_connections_per_uid'),
+    maxConnections: raw.max_connections === null ? null : count('max_connections'),
+    maxStreamsPerUid: count('max_streams_per_uid'),
+    maxStreams: count('max_streams'),
+    requestsPerSecondPerUid: count('requests_per_second_per_uid'),
+    requestsPerSecond: count('requests_per_second'),
+    descriptorReserve: count('descriptor_reserve', 16),
   };
 }
 

@@ -91,6 +91,25 @@ export interface Config {
   /** Plain-HTTP operations endpoints; null: off. */
   readonly health: { readonly listen: HostPort | null };
   readonly metrics: { readonly listen: HostPort | null };
+  /** Workload API limits (see DEFAULTS.limits for what each one does and why its default). */
+  readonly limits: WorkloadLimits;
+}
+
+export interface WorkloadLimits {
+  readonly maxHeaderListBytes: number;
+  readonly maxMessageBytes: number;
+  readonly firstRequestTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly keepaliveTimeMs: number;
+  readonly keepaliveTimeoutMs: number;
+  readonly maxConnectionsPerUid: number;
+  /** null: bounded by the open-file limit only (minus descriptorReserve). */
+  readonly maxConnections: number | null;
+  readonly maxStreamsPerUid: number;
+  readonly maxStreams: number;
+  readonly requestsPerSecondPerUid: number;
+  readonly requestsPerSecond: number;
+  readonly descriptorReserve: number;
 }
 
 /** Command-line flags that override the file and the environment. */

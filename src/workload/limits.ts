@@ -1,0 +1,348 @@
+import type { Socket } from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import type { Clock } from '../common/clock.js';
+import type { Logger } from '../common/logger.js';
+import type { WorkloadLimits } from '../config/types.js';
+import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
+import type { DescriptorBudget } from './descriptors.js';
+
+/*
+ * Limits of the Workload API edge. Any local user may connect, so every resource a connection
+ * can hold is bounded and charged to the uid the kernel reports for it:
+ *  - connections per uid and in all, and descriptors (see DescriptorBudget);
+ *  - open streams per uid and in all; calls started per second per uid and in all;
+ *  - request metadata and message size;
+ *  - time: a connection must start a call soon after connecting, is closed after a while with
+ *    no call in progress, and is pinged when quiet (a peer that stops reading is cut off).
+ * The connection timers destroy the socket outright: grpc-js cannot close a session whose peer
+ * sent an HTTP/2 header block over 64 KiB (it stops reading and never sees the peer leave), and a
+ * graceful close waits on a peer that may never answer.
+ */
+
+export type RefusalKind = 'connections' | 'descriptors' | 'streams' | 'requests' | 'headers';
+
+export interface LimitCounters {
+  /** Refusals since start, by limit: what metrics export. Refusals are not audited one by one. */
+  refused: Record<RefusalKind, number>;
+  /** Connections closed by the server's timers. */
+  closed: { firstRequestTimeout: number; idleTimeout: number };
+  open: { connections: number; streams: number };
+}
+
+interface UidUsage {
+  connections: number;
+  streams: number;
+  bucket: TokenBucket;
+}
+
+/** Up to `rate` tokens, refilled continuously at `rate` per second. */
+class TokenBucket {
+  private tokens: number;
+  private at: number;
+
+  constructor(
+    private readonly rate: number,
+    now: number,
+  ) {
+    this.tokens = rate;
+    this.at = now;
+  }
+
+  take(now: number): boolean {
+    if (now > this.at) {
+      this.tokens = Math.min(this.rate, this.tokens + ((now - this.at) * this.rate) / 1000);
+      this.at = now;
+    }
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  full(now: number): boolean {
+    return this.tokens + ((now - this.at) * this.rate) / 1000 >= this.rate;
+  }
+}
+
+interface Connection {
+  uid: number;
+  socket: Socket;
+  acceptedAt: number;
+  /** Set when the connection was accepted over a limit: every call on it gets RESOURCE_EXHAUSTED. */
+  refusal: string | undefined;
+  calls: number;
+  startedAny: boolean;
+  idleSince: number;
+  stop: AbortController;
+}
+
+/** How long a connection accepted over a limit stays open to deliver its RESOURCE_EXHAUSTED answer. */
+const REFUSED_LINGER_MS = 2000;
+/** Connections over a limit that may wait for that answer at once; beyond this they are dropped unanswered. */
+const MAX_REFUSED_OPEN = 256;
+/** Refusals are logged in aggregate, at most once per this interval. */
+const REFUSAL_LOG_INTERVAL_MS = 60_000;
+
+export interface WorkloadLimiterDeps {
+  limits: WorkloadLimits;
+  peers: PeerRegistry;
+  descriptors: DescriptorBudget;
+  clock: Clock;
+  logger: Logger;
+}
+
+export class WorkloadLimiter {
+  private readonly byUid = new Map<number, UidUsage>();
+  private readonly byTag = new Map<string, Connection>();
+  private connections = 0;
+  private refusedOpen = 0;
+  private streams = 0;
+  private readonly bucket: TokenBucket;
+  private readonly counters: LimitCounters = {
+    refused: { connections: 0, descriptors: 0, streams: 0, requests: 0, headers: 0 },
+    closed: { firstRequestTimeout: 0, idleTimeout: 0 },
+    open: { connections: 0, streams: 0 },
+  };
+  private refusalsLogged = 0;
+  private lastRefusalLog = -Infinity;
+
+  constructor(private readonly deps: WorkloadLimiterDeps) {
+    this.bucket = new TokenBucket(deps.limits.requestsPerSecond, deps.clock.now());
+  }
+
+  /** grpc-js server options for the Workload API server (message size and keepalive). */
+  serverOptions(): grpc.ServerOptions {
+    const { limits } = this.deps;
+    return {
+      'grpc.max_receive_message_length': limits.maxMessageBytes,
+      'grpc.keepalive_time_ms': limits.keepaliveTimeMs,
+      'grpc.keepalive_timeout_ms': limits.keepaliveTimeoutMs,
+      'grpc.keepalive_permit_without_calls': 1,
+    };
+  }
+
+  /**
+   * Takes a new Workload API connection: drops it (over the descriptor limit), or registers it
+   * (possibly marked as refused) and hands it to `inject`.
+   */
+  accept(socket: Socket, creds: PeerCredentialsLike, inject: (socket: Socket) => void): void {
+    const level = this.deps.descriptors.level();
+    if (level === 'drop' || (level === 'refuse' && this.refusedOpen >= MAX_REFUSED_OPEN)) {
+      this.refuse('descriptors');
+      socket.destroy();
+      return;
+    }
+    this.deps.descriptors.track(socket);
+    const refusal = level === 'refuse' ? this.refuseDescriptors() : this.admitConnection(creds.uid);
+    if (refusal !== undefined && this.refusedOpen >= MAX_REFUSED_OPEN) {
+      socket.destroy();
+      return;
+    }
+    const now = this.deps.clock.now();
+    const conn: Connection = {
+      uid: creds.uid, socket, acceptedAt: now, refusal, calls: 0, startedAny: false, idleSince: now, stop: new AbortController(),
+    };
+    if (refusal !== undefined) this.refusedOpen++;
+    else this.usage(creds.uid).connections++;
+    const tag = this.deps.peers.register(socket, creds, () => this.closed(tag, conn));
+    this.byTag.set(tag, conn);
+    void this.watch(conn);
+    inject(socket);
+  }
+
+  /** The interceptor that charges every call to its uid and answers RESOURCE_EXHAUSTED over a limit. */
+  interceptor(): grpc.ServerInterceptor {
+    return (method, call) => {
+      const conn = this.byTag.get(call.getPeer());
+      let streaming = false;
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        if (conn) this.callEnded(conn, streaming);
+      };
+      return new grpc.ServerInterceptingCall(call, {
+        start: (next) => {
+          if (!conn) {
+            next({});
+            return;
+          }
+          const refusal = this.admitCall(conn, method.responseStream);
+          if (refusal !== undefined) {
+            ended = true;
+            next({});
+            call.sendStatus({ code: grpc.status.RESOURCE_EXHAUSTED, details: refusal });
+            return;
+          }
+          streaming = method.responseStream;
+          next({
+            onReceiveMetadata: (metadata, nextMetadata) => {
+              if (headerListBytes(metadata) > this.deps.limits.maxHeaderListBytes) {
+                this.refuse('headers');
+                call.sendStatus({ code: grpc.status.RESOURCE_EXHAUSTED, details: `request metadata larger than ${this.deps.limits.maxHeaderListBytes} bytes` });
+                return;
+              }
+              nextMetadata(metadata);
+            },
+            onCancel: end,
+          });
+        },
+        sendStatus: (status, next) => {
+          end();
+          next(status);
+        },
+      });
+    };
+  }
+
+  stats(): LimitCounters {
+    return {
+      refused: { ...this.counters.refused },
+      closed: { ...this.counters.closed },
+      open: { connections: this.connections, streams: this.streams },
+    };
+  }
+
+  /** Stops every connection timer (the sockets themselves are closed by the listener). */
+  close(): void {
+    for (const conn of this.byTag.values()) conn.stop.abort();
+  }
+
+  private usage(uid: number): UidUsage {
+    let u = this.byUid.get(uid);
+    if (!u) {
+      u = { connections: 0, streams: 0, bucket: new TokenBucket(this.deps.limits.requestsPerSecondPerUid, this.deps.clock.now()) };
+      this.byUid.set(uid, u);
+    }
+    return u;
+  }
+
+  private admitConnection(uid: number): string | undefined {
+    const { limits } = this.deps;
+    if ((this.byUid.get(uid)?.connections ?? 0) >= limits.maxConnectionsPerUid) {
+      this.refuse('connections');
+      return `too many Workload API connections for uid ${uid} (limit ${limits.maxConnectionsPerUid})`;
+    }
+    if (limits.maxConnections !== null && this.connections >= limits.maxConnections) {
+      this.refuse('connections');
+      return `too many Workload API connections (limit ${limits.maxConnections})`;
+    }
+    this.connections++;
+    return undefined;
+  }
+
+  private refuseDescriptors(): string {
+    this.refuse('descriptors');
+    return 'server is near its open-file limit; retry later';
+  }
+
+  private admitCall(conn: Connection, streaming: boolean): string | undefined {
+    if (conn.refusal !== undefined) return conn.refusal;
+    const { limits, clock } = this.deps;
+    const now = clock.now();
+    const usage = this.usage(conn.uid);
+    if (streaming && usage.streams >= limits.maxStreamsPerUid) {
+      this.refuse('streams');
+      return `too many open Workload API streams for uid ${conn.uid} (limit ${limits.maxStreamsPerUid})`;
+    }
+    if (streaming && this.streams >= limits.maxStreams) {
+      this.refuse('streams');
+      return `too many open Workload API streams (limit ${limits.maxStreams})`;
+    }
+    if (!usage.bucket.take(now)) {
+      this.refuse('requests');
+      return `too many Workload API calls per second for uid ${conn.uid} (limit ${limits.requestsPerSecondPerUid})`;
+    }
+    if (!this.bucket.take(now)) {
+      this.refuse('requests');
+      return `too many Workload API calls per second (limit ${limits.requestsPerSecond})`;
+    }
+    if (streaming) {
+      usage.streams++;
+      this.streams++;
+    }
+    conn.calls++;
+    conn.startedAny = true;
+    return undefined;
+  }
+
+  private callEnded(conn: Connection, streaming: boolean): void {
+    if (streaming) {
+      this.streams--;
+      const u = this.byUid.get(conn.uid);
+      if (u) u.streams--;
+    }
+    conn.calls--;
+    if (conn.calls === 0) conn.idleSince = this.deps.clock.now();
+  }
+
+  private closed(tag: string, conn: Connection): void {
+    this.byTag.delete(tag);
+    conn.stop.abort();
+    if (conn.refusal !== undefined) {
+      this.refusedOpen--;
+      return;
+    }
+    this.connections--;
+    const u = this.byUid.get(conn.uid);
+    if (!u) return;
+    u.connections--;
+    // Forget a uid that holds nothing and has its full rate again: the map stays as small as the set of active uids.
+    if (u.connections === 0 && u.streams === 0 && u.bucket.full(this.deps.clock.now())) this.byUid.delete(conn.uid);
+  }
+
+  /**
+   * One timer per connection, re-armed rather than reset per call: the deadline is computed
+   * from the connection's state when it fires.
+   */
+  private async watch(conn: Connection): Promise<void> {
+    const { limits, clock } = this.deps;
+    try {
+      for (;;) {
+        let due: number;
+        let reason: 'firstRequestTimeout' | 'idleTimeout';
+        if (conn.refusal !== undefined) {
+          due = conn.acceptedAt + Math.min(REFUSED_LINGER_MS, limits.firstRequestTimeoutMs);
+          reason = 'firstRequestTimeout';
+        } else if (!conn.startedAny) {
+          due = conn.acceptedAt + limits.firstRequestTimeoutMs;
+          reason = 'firstRequestTimeout';
+        } else if (conn.calls === 0) {
+          due = conn.idleSince + limits.idleTimeoutMs;
+          reason = 'idleTimeout';
+        } else {
+          due = clock.now() + limits.idleTimeoutMs;
+          reason = 'idleTimeout';
+        }
+        const now = clock.now();
+        if (now >= due) {
+          if (conn.refusal === undefined) this.counters.closed[reason]++;
+          conn.socket.destroy();
+          return;
+        }
+        await clock.sleep(due - now, conn.stop.signal);
+      }
+    } catch {
+      // Aborted: the connection closed.
+    }
+  }
+
+  private refuse(kind: RefusalKind): void {
+    this.counters.refused[kind]++;
+    const now = this.deps.clock.now();
+    if (now - this.lastRefusalLog >= REFUSAL_LOG_INTERVAL_MS) {
+      const total = Object.values(this.counters.refused).reduce((a, b) => a + b, 0);
+      this.deps.logger.warn({ refused: { ...this.counters.refused }, sinceLastLog: total - this.refusalsLogged }, 'Workload API limits refused work');
+      this.refusalsLogged = total;
+      this.lastRefusalLog = now;
+    }
+  }
+}
+
+/** Size of a header list as HTTP/2 counts it (RFC 7541 section 4.1: name + value + 32 per entry). */
+function headerListBytes(metadata: grpc.Metadata): number {
+  let n = 0;
+  for (const [key, values] of Object.entries(metadata.toHttp2Headers())) {
+    for (const v of Array.isArray(values) ? values : [values]) n += key.length + String(v).length + 32;
+  }
+  return n;
+}
