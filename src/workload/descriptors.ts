@@ -60,8 +60,8 @@ export type DescriptorLevel = 'ok' | 'refuse' | 'drop';
  * Keeps the server's descriptors away from the open-file limit. Running out would break
  * everything at once (attestation cannot open /proc, the audit log cannot rotate, the admin
  * socket cannot accept), so Workload API connections are refused `reserve` descriptors before
- * the limit, and dropped without an answer at half that distance; the admin socket may use the
- * reserve.
+ * the limit (answered RESOURCE_EXHAUSTED), and dropped without an answer at a quarter of that
+ * distance; the admin socket may use the reserve.
  *
  * The count is the descriptors open when the budget was made plus the sockets tracked since;
  * other descriptors (a file being hashed, an HTTPS client of the bundle endpoint) come and go
@@ -95,7 +95,7 @@ export class DescriptorBudget {
       this.baseline = Math.max(0, this.countOpen() - this.tracked);
     }
     const open = this.baseline + this.tracked;
-    if (open >= this.limit - Math.ceil(this.reserve / 2)) return 'drop';
+    if (open >= this.limit - Math.ceil(this.reserve / 4)) return 'drop';
     if (open >= this.limit - this.reserve) return 'refuse';
     return 'ok';
   }

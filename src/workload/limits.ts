@@ -75,8 +75,6 @@ interface Connection {
   stop: AbortController;
 }
 
-/** How long a connection accepted over a limit stays open to deliver its RESOURCE_EXHAUSTED answer. */
-const REFUSED_LINGER_MS = 2000;
 /** Connections over a limit that may wait for that answer at once; beyond this they are dropped unanswered. */
 const MAX_REFUSED_OPEN = 256;
 /** Refusals are logged in aggregate, at most once per this interval. */
@@ -300,10 +298,9 @@ export class WorkloadLimiter {
       for (;;) {
         let due: number;
         let reason: 'firstRequestTimeout' | 'idleTimeout';
-        if (conn.refusal !== undefined) {
-          due = conn.acceptedAt + Math.min(REFUSED_LINGER_MS, limits.firstRequestTimeoutMs);
-          reason = 'firstRequestTimeout';
-        } else if (!conn.startedAny) {
+        if (conn.refusal !== undefined || !conn.startedAny) {
+          // A connection accepted over a limit stays this long to deliver its RESOURCE_EXHAUSTED
+          // answers (a client that got one backs off and reconnects later), then closes.
           due = conn.acceptedAt + limits.firstRequestTimeoutMs;
           reason = 'firstRequestTimeout';
         } else if (conn.calls === 0) {
