@@ -4,6 +4,7 @@ import { describeActor } from '../common/actor.js';
 import { invalidArgument } from '../common/errors.js';
 import { auditLines, verifyAuditFile, type AuditVerification } from '../audit/read.js';
 import type { AuditSink } from '../audit/index.js';
+import type { AuditObserver } from '../audit/audit-log.js';
 import type { IssuanceRecord, RegistrationEntry, Revocation, TaskRecord, TaskState } from '../datastore/types.js';
 import type { EntryInput } from '../entries/validate.js';
 import { requireAdmin } from '../admin/service.js';
@@ -41,6 +42,8 @@ export interface ConsoleServices {
   /** The CA's own description (ca.describe()): signing CAs and JWT keys with their slots. */
   keySlots(): object;
   audit: AuditSink;
+  /** Adds a tap on the audit trail's typed event stream (AuditLog.observe). */
+  auditTap(observer: AuditObserver): void;
   auditFile: string;
 }
 

@@ -1,4 +1,6 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import type { AuditEventInput } from '../audit/events.js';
+import type { AuditObserver } from '../audit/audit-log.js';
 import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
 
@@ -8,61 +10,45 @@ export interface AuditSummary {
   outcome?: string;
   agent?: string;
   spiffe_id?: string;
-  /** Milliseconds since the epoch (parsed from the record's ISO time). */
+  /** Milliseconds since the epoch. */
   at: number;
 }
 
 export interface AuditFollowerOptions {
+  /** The audit file, read once at start for the activity window's history. */
   file: string;
   clock: Clock;
   logger: Logger;
-  /** New records since the last poll, in file order; called at most once per poll. */
+  /** Records appended since the last call, in order; bursts (one stream refresh) arrive as one call. */
   onRecords(records: AuditSummary[]): void;
-  /** Also called once per poll, with or without records (session upkeep, heartbeats). */
-  onTick?(): void;
-  /** How often the file is checked for growth. Default 250 ms. */
-  pollMs?: number;
   /** Activity counters cover this window. Default one hour. */
   windowMs?: number;
   /** At start, only this tail of the file is read for the activity window. Default 16 MiB. */
   startTailBytes?: number;
 }
 
-const CHUNK = 64 * 1024;
-
 /**
- * Follows the audit file the server appends to, the way `tail -f` does: it is the typed event
- * stream of everything that happened (issuance, refusals, task and entry changes), so the console
- * learns about changes made by any edge (CLI, mTLS admin, console, expiry) without hooks into
- * each service. It keeps the last hour's issuance and refusal times for the overview.
+ * The console's view of the audit trail's typed event stream (a tap, AuditLog.observe): every
+ * change made through any edge (CLI, mTLS admin, console, expiry, issuance) passes through it, so
+ * the console learns of changes without hooks into each service. It keeps the last hour's
+ * issuance and refusal times for the overview, seeded from the file's tail at start.
  */
 export class AuditFollower {
-  private readonly fd: number;
-  private position: number;
-  private carry: Buffer[] = [];
-  private skipPartialLine: boolean;
   private readonly recent: AuditSummary[] = [];
-  private readonly stop = new AbortController();
-  private running: Promise<void> | undefined;
+  private pending: AuditSummary[] = [];
+  private closed = false;
+
+  /** Pass to AuditLog.observe. Never throws (the audit log tells observers after each append). */
+  readonly observer: AuditObserver = {
+    appended: (event) => this.appended(event),
+  };
 
   constructor(private readonly opts: AuditFollowerOptions) {
-    this.fd = openSync(opts.file, 'r');
-    const size = fstatSync(this.fd).size;
-    const tail = opts.startTailBytes ?? 16 * 1024 * 1024;
-    this.position = Math.max(0, size - tail);
-    // Starting mid-file: the text up to the first newline is the end of a line we did not read.
-    this.skipPartialLine = this.position > 0;
-    this.remember(this.readNew());
+    this.remember(readTail(opts.file, opts.startTailBytes ?? 16 * 1024 * 1024).flatMap((line) => summariseLine(line) ?? []));
   }
 
-  start(): void {
-    this.running ??= this.loop();
-  }
-
-  async close(): Promise<void> {
-    this.stop.abort();
-    await this.running;
-    closeSync(this.fd);
+  close(): void {
+    this.closed = true;
   }
 
   /** Issued (X.509 and JWT, first issue and rotation) and refused counts within the window. */
@@ -78,57 +64,34 @@ export class AuditFollower {
     return { issued, refused };
   }
 
+  private appended(event: AuditEventInput): void {
+    if (this.closed) return;
+    const e = event as AuditEventInput & { agent?: unknown; spiffe_id?: unknown };
+    this.pending.push({
+      type: e.type,
+      at: this.opts.clock.now(),
+      ...(e.outcome ? { outcome: e.outcome } : {}),
+      ...(typeof e.agent === 'string' ? { agent: e.agent } : {}),
+      ...(typeof e.spiffe_id === 'string' ? { spiffe_id: e.spiffe_id } : {}),
+    });
+    // One delivery per event-loop turn: a refresh that issues a thousand SVIDs wakes browsers once.
+    if (this.pending.length === 1) setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    const batch = this.pending;
+    this.pending = [];
+    if (this.closed || batch.length === 0) return;
+    this.remember(batch);
+    try {
+      this.opts.onRecords(batch);
+    } catch (err) {
+      this.opts.logger.warn({ err: (err as Error).message }, 'console: delivering audit changes failed');
+    }
+  }
+
   private windowMs(): number {
     return this.opts.windowMs ?? 3_600_000;
-  }
-
-  private async loop(): Promise<void> {
-    const pollMs = this.opts.pollMs ?? 250;
-    for (;;) {
-      try {
-        await this.opts.clock.sleep(pollMs, this.stop.signal);
-      } catch {
-        return; // aborted: closing
-      }
-      try {
-        const records = this.readNew();
-        if (records.length > 0) {
-          this.remember(records);
-          this.opts.onRecords(records);
-        }
-        this.opts.onTick?.();
-      } catch (err) {
-        this.opts.logger.warn({ err: (err as Error).message }, 'console: following the audit file failed');
-      }
-    }
-  }
-
-  /** Complete lines appended since the last read, summarised. */
-  private readNew(): AuditSummary[] {
-    const size = fstatSync(this.fd).size;
-    if (size < this.position) {
-      // Replaced or truncated under us: start over from its beginning.
-      this.position = 0;
-      this.carry = [];
-    }
-    const out: AuditSummary[] = [];
-    const chunk = Buffer.alloc(CHUNK);
-    while (this.position < size) {
-      const n = readSync(this.fd, chunk, 0, Math.min(CHUNK, size - this.position), this.position);
-      if (n === 0) break;
-      this.position += n;
-      let start = 0;
-      for (let nl = chunk.indexOf(0x0a, start); nl !== -1 && nl < n; nl = chunk.indexOf(0x0a, start)) {
-        this.carry.push(chunk.subarray(start, nl));
-        const summary = this.skipPartialLine ? undefined : summarise(Buffer.concat(this.carry).toString('utf8'));
-        this.skipPartialLine = false;
-        if (summary) out.push(summary);
-        this.carry = [];
-        start = nl + 1;
-      }
-      if (start < n) this.carry.push(Buffer.from(chunk.subarray(start, n)));
-    }
-    return out;
   }
 
   private remember(records: AuditSummary[]): void {
@@ -140,7 +103,24 @@ export class AuditFollower {
   }
 }
 
-function summarise(line: string): AuditSummary | undefined {
+/** The complete lines within the last `bytes` of a file (a line cut by the start is skipped). */
+function readTail(file: string, bytes: number): string[] {
+  const fd = openSync(file, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const start = Math.max(0, size - bytes);
+    const buf = Buffer.alloc(size - start);
+    readSync(fd, buf, 0, buf.length, start);
+    const lines = buf.toString('utf8').split('\n');
+    lines.pop(); // the text after the last newline: empty, or a write still under way
+    if (start > 0) lines.shift();
+    return lines;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function summariseLine(line: string): AuditSummary | undefined {
   try {
     const r = JSON.parse(line) as Record<string, unknown>;
     const at = Date.parse(String(r.time));

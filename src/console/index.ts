@@ -2,6 +2,7 @@ import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
 import type { Config } from '../config/index.js';
 import type { AuditSink } from '../audit/index.js';
+import type { AuditObserver } from '../audit/audit-log.js';
 import type { IssuanceRecord } from '../datastore/types.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
 import type { X509SvidSource } from '../verify/tls.js';
@@ -24,7 +25,7 @@ export interface ConsoleParts {
   /** agentid's own SVID: served unless console.cert_file is set, and the trust for client certificates. */
   serverSvid: X509SvidSource;
   crls: () => readonly Buffer[];
-  audit: AuditSink;
+  audit: AuditSink & { observe(observer: AuditObserver): void };
   clock: Clock;
   logger: Logger;
 }
@@ -52,6 +53,7 @@ export async function buildConsole(config: Config, parts: ConsoleParts): Promise
       openStreams: () => parts.hub.size,
       keySlots: () => parts.ca.describe(),
       audit: parts.audit,
+      auditTap: (observer) => parts.audit.observe(observer),
       auditFile: config.audit.file,
     },
     clock: parts.clock,

@@ -58,7 +58,8 @@ export interface RunningConsole {
 const COOKIE = '__Host-agentid-session';
 const MAX_BODY_BYTES = 16 * 1024;
 const MAX_EVENT_STREAMS = 100;
-const HEARTBEAT_MS = 20_000;
+/** How often event streams get a keep-alive and streams of ended sessions are closed. */
+const UPKEEP_MS = 15_000;
 const TOKEN_PATH = /^\/login\/([A-Za-z0-9_-]{43})$/;
 const TASK_PATH = /^\/api\/tasks\/([^/]+)\/([^/]+)$/;
 const REVOKE_PATH = /^\/api\/tasks\/([^/]+)\/([^/]+)\/revoke$/;
@@ -153,15 +154,14 @@ export async function startConsole(opts: ConsoleOptions): Promise<RunningConsole
   const logger = opts.logger.child({ api: 'console' });
   const sessions = new ConsoleSessions({ clock, sessionTtlMs: opts.sessionTtlMs });
   const eventClients = new Set<EventClient>();
-  let lastHeartbeat = clock.now();
 
   const follower = new AuditFollower({
     file: services.auditFile,
     clock,
     logger,
     onRecords: (records) => broadcast(records),
-    onTick: () => upkeep(),
   });
+  services.auditTap(follower.observer);
   const api = new ConsoleApi(services, { follower, now: () => clock.now() });
 
   let server: https.Server | undefined;
@@ -199,14 +199,22 @@ export async function startConsole(opts: ConsoleOptions): Promise<RunningConsole
 
   /** Ends event streams of sessions that expired or signed out; keeps idle proxies from dropping the rest. */
   const upkeep = () => {
-    const now = clock.now();
-    const beat = now - lastHeartbeat >= HEARTBEAT_MS;
-    if (beat) lastHeartbeat = now;
     for (const client of eventClients) {
       if (!sessions.get(client.sessionId)) client.res.end();
-      else if (beat) client.res.write(': keep-alive\n\n');
+      else client.res.write(': keep-alive\n\n');
     }
   };
+  const stopUpkeep = new AbortController();
+  const upkeepLoop = (async () => {
+    for (;;) {
+      try {
+        await clock.sleep(UPKEEP_MS, stopUpkeep.signal);
+      } catch {
+        return; // closing
+      }
+      upkeep();
+    }
+  })();
 
   const setCookie = (res: ServerResponse, value: string, maxAgeSeconds: number) =>
     res.setHeader('Set-Cookie', `${COOKIE}=${value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=${maxAgeSeconds}`);
@@ -389,11 +397,11 @@ export async function startConsole(opts: ConsoleOptions): Promise<RunningConsole
     });
   } catch (err) {
     certificate.close();
-    await follower.close();
+    follower.close();
+    stopUpkeep.abort();
     throw failedPrecondition(`console: cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(err as Error).message}`, err);
   }
   srv.on('error', (err) => logger.error({ err }, 'console: server error'));
-  follower.start();
 
   const port = (srv.address() as AddressInfo).port;
   const host = opts.listen.host.includes(':') ? `[${opts.listen.host}]` : opts.listen.host;
@@ -411,13 +419,15 @@ export async function startConsole(opts: ConsoleOptions): Promise<RunningConsole
     close() {
       closing ??= (async () => {
         certificate.close();
+        follower.close();
+        stopUpkeep.abort();
         for (const c of eventClients) c.res.end();
         await Promise.all([
           new Promise<void>((resolve) => {
             srv.close(() => resolve());
             srv.closeAllConnections();
           }),
-          follower.close(),
+          upkeepLoop,
         ]);
       })();
       return closing;
