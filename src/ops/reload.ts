@@ -15,7 +15,10 @@ export interface ReloadResult {
   needsRestart: string[];
 }
 
-/** Dotted paths (two levels deep) where the two configs differ. */
+/** The config file's name for a Config key: x509TtlMs -> x509_ttl, bundleEndpoint -> bundle_endpoint. */
+const fileKey = (key: string) => key.replace(/Ms$/, '').replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+
+/** Dotted paths (two levels deep, named as in the config file) where the two configs differ. */
 export function changedPaths(a: Config, b: Config): string[] {
   const out: string[] = [];
   const same = (x: unknown, y: unknown) => JSON.stringify(x) === JSON.stringify(y);
@@ -24,8 +27,8 @@ export function changedPaths(a: Config, b: Config): string[] {
     const y = b[key];
     if (same(x, y)) continue;
     if (x && y && typeof x === 'object' && typeof y === 'object' && !Array.isArray(x)) {
-      for (const sub of Object.keys(x)) if (!same((x as any)[sub], (y as any)[sub])) out.push(`${key}.${sub}`);
-    } else out.push(key);
+      for (const sub of Object.keys(x)) if (!same((x as any)[sub], (y as any)[sub])) out.push(`${fileKey(key)}.${fileKey(sub)}`);
+    } else out.push(fileKey(key));
   }
   return out;
 }
