@@ -487,7 +487,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       })
     : undefined;
 
-  metrics.watch({ openConnections: () => peers.size, openStreams: () => hub.size, authorities: () => ca.authorities(), now: () => clock.now() });
+  metrics.watch({ openConnections: () => peers.size, openStreams: () => hub.size, authorities: () => ca.authorities(), now: () => clock.now(), workloadLimits: () => limiter.stats() });
   const ops = await startOps({
     health: { listen: config.health.listen, probes: [caProbe(ca, () => clock.now()), datastoreProbe(datastore), socketProbe('workload_api', config.workloadSocket)] },
     metrics: { listen: config.metrics.listen, metrics },

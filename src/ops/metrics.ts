@@ -41,6 +41,8 @@ export interface MetricsSources {
   openStreams(): number;
   authorities(): { kind: string; slot: string; notAfter: number }[];
   now(): number;
+  /** Workload API limits (workload/limits.ts): refusals by limit, connections closed by its timers. */
+  workloadLimits?(): { refused: Record<string, number>; closed: Record<string, number> };
 }
 
 export class ServerMetrics {
@@ -73,6 +75,27 @@ export class ServerMetrics {
     const self = this;
     new Gauge({ name: 'agentid_connections_open', help: 'Open connections on the Workload API and admin sockets', registers, collect() { this.set(self.sources?.openConnections() ?? 0); } });
     new Gauge({ name: 'agentid_streams_open', help: 'Open Workload API streams', registers, collect() { this.set(self.sources?.openStreams() ?? 0); } });
+    // Totals kept by the limiter, copied at scrape time (refusals are counted there, never audited one by one).
+    new Counter({
+      name: 'agentid_workload_limit_refusals_total',
+      help: 'Workload API connections and calls refused by a limit (connections, descriptors, streams, requests, headers)',
+      labelNames: ['limit'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [limit, n] of Object.entries(self.sources?.workloadLimits?.().refused ?? {})) this.inc({ limit }, n);
+      },
+    });
+    new Counter({
+      name: 'agentid_workload_connections_closed_total',
+      help: 'Workload API connections closed by the server: no call started in time, or idle too long',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(self.sources?.workloadLimits?.().closed ?? {})) this.inc({ reason }, n);
+      },
+    });
     new Gauge({
       name: 'agentid_authority_expiry_seconds',
       help: 'Seconds until the CA or JWT key in each slot expires (the soonest, when a slot holds several)',
