@@ -79,11 +79,11 @@ export class ServerMetrics {
     new Counter({
       name: 'agentid_workload_limit_refusals_total',
       help: 'Workload API connections and calls refused by a limit (connections, descriptors, streams, requests, headers)',
-      labelNames: ['limit'],
+      labelNames: ['kind'],
       registers,
       collect() {
         this.reset();
-        for (const [limit, n] of Object.entries(self.sources?.workloadLimits?.().refused ?? {})) this.inc({ limit }, n);
+        for (const [kind, n] of Object.entries(self.sources?.workloadLimits?.().refused ?? {})) this.inc({ kind }, n);
       },
     });
     new Counter({
