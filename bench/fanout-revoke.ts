@@ -1,14 +1,14 @@
 /*
  * Task start and revocation latency with many open streams that the task does not concern.
- * An in-process server; STREAMS X.509 streams held by WATCHERS child processes (each with its own
- * entry, plus a shared one); then ROUNDS times: StartTask bound to this process, wait until this
+ * An in-process server; STREAMS X.509 streams held by WATCHERS child processes (root, so they share
+ * the root entry); then ROUNDS times: StartTask bound to this process, wait until this
  * process's own stream carries the task identity, RevokeTask, and wait until the stream has dropped
  * it. Prints p50/p99/max of each admin call's latency and of the time from RevokeTask's return
  * until the revoked stream was updated.
  *
  *   node --import tsx bench/fanout-revoke.ts [streams=2000] [rounds=30]
  *
- * Run as root (entries select unix:uid:0 and the children's pids).
+ * Run as root (the entry selects unix:uid:0).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -52,7 +52,6 @@ async function main(): Promise<void> {
     for (let i = 0; i < WATCHERS; i++) {
       const child = spawn(process.execPath, ['--import', 'tsx', WATCHER, t.config.workloadSocket, String(perWatcher), '0', '0'], { stdio: ['pipe', 'pipe', 'inherit'] });
       children.push(child);
-      await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${TD}/watcher-${i}`, selectors: [`unix:pid:${child.pid}`] } });
     }
     const opened = children.map(lineFrom);
     for (const c of children) c.stdin!.write('open\n');
