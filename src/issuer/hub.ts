@@ -255,8 +255,9 @@ export class StreamHub {
 
   /** Records what the stream now holds and sends the response unless it is the one it already has. */
   private apply(sub: Subscription, computed: Computed): void {
+    // A render reuses the identities it had: nothing to re-file.
+    if (computed.identities !== sub.identities) this.index.hold(sub, computed.identities);
     sub.identities = computed.identities;
-    this.index.hold(sub, computed.identities);
     if (computed.key === sub.responseKey) return;
     const shared = this.responses.get(computed.key);
     if (shared) shared.users++;
