@@ -50,6 +50,7 @@ export interface ConsoleServices {
 const TASK_STATES: ReadonlySet<string> = new Set(['active', 'ended', 'revoked', 'expired']);
 const MAX_AUDIT_RESULTS = 500;
 const MAX_TIMELINE = 500;
+const CHAIN_CHECK_INTERVAL_MS = 10_000;
 
 export function bindingText(t: TaskRecord): string {
   const b = t.binding;
@@ -124,7 +125,7 @@ export interface AuditQuery {
 }
 
 export class ConsoleApi {
-  private chainCache: { signature: string; result: AuditVerification } | undefined;
+  private chainCache: { signature: string; checkedAt: number; result: AuditVerification } | undefined;
 
   constructor(
     private readonly services: ConsoleServices,
@@ -257,12 +258,20 @@ export class ConsoleApi {
     return hits.reverse();
   }
 
-  /** Verifies the whole hash chain, again only when the file changed since the last check. */
-  private chainStatus(): AuditVerification {
-    const st = statSync(this.services.auditFile);
-    const signature = `${st.ino}:${st.size}:${st.mtimeMs}`;
-    if (this.chainCache?.signature !== signature) this.chainCache = { signature, result: verifyAuditFile(this.services.auditFile) };
-    return this.chainCache.result;
+  /**
+   * Verifies the whole hash chain: again when the file changed, but at most once per
+   * CHAIN_CHECK_INTERVAL_MS, so a busy trail and many open browsers cost one full read per interval.
+   */
+  private chainStatus(): AuditVerification & { checkedAt: number } {
+    const now = this.deps.now();
+    const fresh = this.chainCache && now - this.chainCache.checkedAt < CHAIN_CHECK_INTERVAL_MS;
+    if (!fresh) {
+      const st = statSync(this.services.auditFile);
+      const signature = `${st.ino}:${st.size}:${st.mtimeMs}`;
+      if (this.chainCache?.signature !== signature) this.chainCache = { signature, checkedAt: now, result: verifyAuditFile(this.services.auditFile) };
+      else this.chainCache.checkedAt = now;
+    }
+    return { ...this.chainCache!.result, checkedAt: this.chainCache!.checkedAt };
   }
 }
 

@@ -42,7 +42,7 @@ interface Task {
 }
 
 type AuditRecord = Record<string, unknown> & { seq: number; time: string; type: string };
-type Chain = { ok: true; count: number } | { ok: false; line: number; reason: string };
+type Chain = ({ ok: true; count: number } | { ok: false; line: number; reason: string }) & { checkedAt: number };
 
 class ApiError extends Error {
   constructor(readonly status: number, message: string) {
@@ -92,6 +92,7 @@ const taskHref = (t: { agent: string; id: string }) => `#/tasks/${encodeURICompo
 // ---- live updates -----------------------------------------------------------------------------
 
 type Topic = 'tasks' | 'revocations' | 'entries' | 'audit';
+const LIVE_RELOAD_MS = 1000;
 const listeners = new Set<(topics: Topic[]) => void>();
 function connectEvents(): void {
   const source = new EventSource('/api/events');
@@ -108,11 +109,24 @@ function useLive<T>(load: () => Promise<T>, topics: Topic[], deps: unknown[]): {
   const [tick, setTick] = useState(0);
   const reload = useCallback(() => setTick((n) => n + 1), []);
   useEffect(() => {
+    // Live changes reload at most once per LIVE_RELOAD_MS: a busy server (every issuance is a
+    // change) costs each open page one request per interval, not one per event.
+    let last = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const l = (changed: Topic[]) => {
-      if (changed.some((t) => topics.includes(t))) reload();
+      if (!changed.some((t) => topics.includes(t)) || timer) return;
+      const wait = Math.max(0, last + LIVE_RELOAD_MS - Date.now());
+      timer = setTimeout(() => {
+        timer = undefined;
+        last = Date.now();
+        reload();
+      }, wait);
     };
     listeners.add(l);
-    return () => void listeners.delete(l);
+    return () => {
+      listeners.delete(l);
+      if (timer) clearTimeout(timer);
+    };
   }, []);
   useEffect(() => {
     let current = true;
@@ -228,8 +242,8 @@ interface Overview {
 function ChainStatus({ chain }: { chain: Chain | undefined }) {
   if (!chain) return null;
   return chain.ok
-    ? html`<p class="chain ok" role="status">Audit chain verified: ${chain.count} records, no edits, gaps or reordering.</p>`
-    : html`<p class="chain broken" role="alert">Audit chain BROKEN at line ${chain.line}: ${chain.reason}</p>`;
+    ? html`<p class="chain ok" role="status">Audit chain verified: ${chain.count} records, no edits, gaps or reordering (checked ${when(chain.checkedAt)}).</p>`
+    : html`<p class="chain broken" role="alert">Audit chain BROKEN at line ${chain.line}: ${chain.reason} (checked ${when(chain.checkedAt)})</p>`;
 }
 
 function OverviewPage() {
