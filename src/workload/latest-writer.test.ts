@@ -5,12 +5,12 @@ import { LatestWinsWriter } from './latest-writer.js';
 
 /** A stream whose transport accepts `capacity` writes, then reports backpressure until drained. */
 class FakeCall extends EventEmitter {
-  written: unknown[] = [];
+  written: string[] = [];
   constructor(private capacity: number) {
     super();
   }
-  write(msg: unknown): boolean {
-    this.written.push(msg);
+  write(msg: Buffer): boolean {
+    this.written.push(msg.toString());
     return this.written.length < this.capacity;
   }
   drain(more: number): void {
@@ -19,40 +19,48 @@ class FakeCall extends EventEmitter {
   }
 }
 
-const writerFor = (call: FakeCall, encoded: string[]) =>
-  new LatestWinsWriter<number>(call as unknown as ServerWritableStream<unknown, unknown>, (n) => {
-    encoded.push(`state-${n}`);
-    return `state-${n}`;
-  });
+const writerFor = (call: FakeCall) => new LatestWinsWriter(call as unknown as ServerWritableStream<unknown, unknown>);
+const msg = (n: number) => Buffer.from(`state-${n}`);
 
 describe('LatestWinsWriter', () => {
-  it('writes every state while the transport keeps up', () => {
+  it('writes every message while the transport keeps up', () => {
     const call = new FakeCall(100);
-    const writer = writerFor(call, []);
-    [1, 2, 3].forEach((n) => writer.write(n));
+    const writer = writerFor(call);
+    [1, 2, 3].forEach((n) => writer.write(msg(n)));
     expect(call.written).toEqual(['state-1', 'state-2', 'state-3']);
   });
 
-  it('keeps only the newest state while backed up, and never encodes the ones it replaced', () => {
+  it('keeps only the newest message while backed up', () => {
     const call = new FakeCall(1);
-    const encoded: string[] = [];
-    const writer = writerFor(call, encoded);
-    writer.write(1); // fills the transport
-    for (let n = 2; n <= 50; n++) writer.write(n);
+    const writer = writerFor(call);
+    writer.write(msg(1)); // fills the transport
+    for (let n = 2; n <= 50; n++) writer.write(msg(n));
     expect(call.written).toEqual(['state-1']);
     call.drain(10);
     expect(call.written).toEqual(['state-1', 'state-50']);
-    expect(encoded).toEqual(['state-1', 'state-50']);
+  });
+
+  it('never writes the message the reader already has, even when the state changed and changed back', () => {
+    const call = new FakeCall(1);
+    const writer = writerFor(call);
+    writer.write(msg(1));
+    writer.write(msg(2)); // pending
+    writer.write(msg(1)); // replaces it: back to what was written
+    call.drain(10);
+    writer.write(msg(1));
+    expect(call.written).toEqual(['state-1']);
+    writer.write(msg(3));
+    expect(call.written).toEqual(['state-1', 'state-3']);
   });
 
   it('drops everything after close', () => {
     const call = new FakeCall(1);
-    const writer = writerFor(call, []);
-    writer.write(1);
-    writer.write(2);
+    const writer = writerFor(call);
+    writer.write(msg(1));
+    writer.write(msg(2));
     writer.close();
     call.drain(10);
-    writer.write(3);
+    writer.write(msg(3));
     expect(call.written).toEqual(['state-1']);
   });
 });

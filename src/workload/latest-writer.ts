@@ -1,19 +1,19 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
 
 /**
- * Writes stream states so that a slow reader only ever has the newest state waiting: while the
- * transport is backed up, newer states replace the pending one instead of queueing behind it.
- * Encoding happens at write time, so a replaced state costs nothing.
+ * Writes pre-encoded stream messages so that a slow reader only ever has the newest one waiting:
+ * while the transport is backed up, a newer message replaces the pending one instead of queueing
+ * behind it. A message equal to the last one written is not written again: a state can change and
+ * change back while the reader is backed up (an entry added and removed), and the reader already
+ * has it.
  */
-export class LatestWinsWriter<S> {
-  private pending: S | undefined;
+export class LatestWinsWriter {
+  private pending: Buffer | undefined;
+  private lastWritten: Buffer | undefined;
   private waiting = false;
   private closed = false;
 
-  constructor(
-    private readonly call: ServerWritableStream<unknown, unknown>,
-    private readonly encode: (state: S) => unknown,
-  ) {
+  constructor(private readonly call: ServerWritableStream<unknown, unknown>) {
     call.on('drain', () => {
       this.waiting = false;
       const next = this.pending;
@@ -22,14 +22,15 @@ export class LatestWinsWriter<S> {
     });
   }
 
-  write(state: S): void {
+  write(message: Buffer): void {
     if (this.closed) return;
     if (this.waiting) {
-      this.pending = state;
+      this.pending = message;
       return;
     }
-    const ok = this.call.write(this.encode(state));
-    if (!ok) this.waiting = true;
+    if (this.lastWritten?.equals(message)) return;
+    this.lastWritten = message;
+    if (!this.call.write(message)) this.waiting = true;
   }
 
   close(): void {

@@ -78,7 +78,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     return (call) => {
       let unsubscribe: (() => void) | undefined;
       let done = false;
-      const writer = new LatestWinsWriter<Buffer>(call, (message) => message);
+      const writer = new LatestWinsWriter(call);
       const finish = (err?: unknown) => {
         if (done) return;
         done = true;
