@@ -20,6 +20,7 @@ import { EntryIndex } from './entries/match.js';
 import { EntryService } from './entries/service.js';
 import { AttestationCache, Attestor } from './attest/index.js';
 import { AuditLog } from './audit/index.js';
+import { buildIntegrity, type Component } from './integrity/index.js';
 import { DiskReserve } from './audit/disk-reserve.js';
 import { RefusalAggregator } from './audit/refusals.js';
 import { MIN_REMAINING_MS, anyBoundWithDescendants, resolveIdentities } from './issuer/identity.js';
@@ -123,7 +124,31 @@ export function caOptionsFrom(config: Config, deps: { clock: Clock; logger: Logg
  * The composition root: the only place that builds the datastore, CA, audit log and services and
  * wires them together. Data flows one way: socket -> attest -> match -> mint -> push.
  */
-export async function startServer(config: Config, deps: { clock: Clock; logger: Logger }): Promise<RunningServer> {
+export async function startServer(config: Config, deps: ServerDeps): Promise<RunningServer> {
+  // A failed step closes everything the earlier steps opened: no half-started server keeps serving.
+  const opened: (() => unknown)[] = [];
+  try {
+    return await buildServer(config, deps, (close) => opened.push(close));
+  } catch (err) {
+    for (const close of opened.reverse()) {
+      try {
+        await close();
+      } catch (closeErr) {
+        deps.logger.warn({ err: closeErr }, 'closing after a failed start');
+      }
+    }
+    throw err;
+  }
+}
+
+export interface ServerDeps {
+  clock: Clock;
+  logger: Logger;
+  /** Parts whose loss or replacement the operator accepts for this start (--recover); audited. */
+  recover?: ReadonlySet<Component>;
+}
+
+async function buildServer(config: Config, deps: ServerDeps, onFailure: (close: () => unknown) => void): Promise<RunningServer> {
   const { clock, logger } = deps;
   const trustDomain = TrustDomain.parse(config.trustDomain);
   // Per-task identities can never hold an admin role, whatever the config says.
@@ -133,6 +158,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   const other = runningServerPid(config.dataDir);
   if (other !== undefined) throw failedPrecondition(`another agentid server (pid ${other}) is using ${config.dataDir}`);
 
+  const integrity = buildIntegrity({ dataDir: config.dataDir, auditFile: config.audit.file, recover: deps.recover ?? new Set(), logger });
   const sqlite = openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger });
   const issuances = new BatchedIssuances(sqlite, logger);
   const metrics = new ServerMetrics();
@@ -147,9 +173,12 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       sqlite.close();
     },
   });
+  onFailure(() => datastore.close());
   const audit = AuditLog.open({ file: config.audit.file, clock, logger });
+  onFailure(() => audit.close());
   audit.observe(metrics.auditObserver);
   const ca = await CertificateAuthority.open(caOptionsFrom(config, { clock, logger }));
+  integrity.verify(ca, audit);
 
   const attestations = new AttestationCache(new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes }));
   const index = new EntryIndex();
@@ -179,6 +208,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
   // Room for revocations and task ends: new issuance pauses while the data volumes run short.
   const reserve = new DiskReserve({ files: [config.audit.file, join(config.dataDir, 'agentid.db')], reserveBytes: config.audit.reserveBytes, clock, logger });
   const refusals = new RefusalAggregator({ append: (e) => audit.append(e), clock, logger, intervalMs: config.audit.refusalIntervalMs });
+  onFailure(() => refusals.close());
   const cache = new SvidCache({
     minter: {
       mintX509Svid: (req) => (reserve.assertRoom(), ca.mintX509Svid(req)),
@@ -287,6 +317,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
 
   // The web console for security teams (off unless console.listen is set).
   const webConsole = await buildConsole(config, { trustDomain, tasks, entries, revoker, issuances: datastore.issuances, hub, ca, serverSvid, crls: () => trust.crls(), audit, clock, logger });
+  if (webConsole) onFailure(() => webConsole.close());
 
   let nextCrlRefresh = clock.now() + CRL_REFRESH_MS;
   let lastEntryExpiryCheck = clock.now();
@@ -298,6 +329,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
           for (const e of result.events) {
             audit.append({ type: 'ca.rotated', outcome: 'ok', kind: e.kind, phase: e.phase, key_id: e.id, previous_key_id: e.previousId, not_after: e.notAfter });
           }
+          integrity.anchor(ca, audit);
           cache.invalidateAll();
           trust.invalidate();
           serverSvid.renew(true);
@@ -323,6 +355,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         revoker.prune();
         // An outside reference point for the audit chain (truncation leaves a valid shorter chain).
         logger.info({ auditSeq: audit.head.seq, auditHash: audit.head.hash }, 'audit log head');
+        integrity.anchor(ca, audit);
       },
       renew() {
         const own = serverSvid.renew();
@@ -399,6 +432,11 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       limiter.accept(socket, creds, (s) => workloadInjector.injectConnection(s));
     },
   });
+  onFailure(async () => {
+    await workloadListener.close();
+    workloadInjector.destroy();
+    workloadServer.forceShutdown();
+  });
 
   const adminServer = new grpc.Server();
   const adminProto = loadProto('agentid/admin/v1/admin.proto') as any;
@@ -451,6 +489,11 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       adminInjector.injectConnection(socket);
     },
   });
+  onFailure(async () => {
+    await adminListener.close();
+    adminInjector.destroy();
+    adminServer.forceShutdown();
+  });
 
   const bundleEndpoint = config.bundleEndpoint.enabled
     ? await startBundleEndpoint({
@@ -472,6 +515,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         clock,
       })
     : undefined;
+  if (bundleEndpoint) onFailure(() => bundleEndpoint.close());
 
   // Optional mTLS admin API: callers are mapped to roles by their SVID (never a per-task one).
   const adminTcp = config.admin.tcp
@@ -486,6 +530,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
         logger: logger.child({ api: 'admin-tcp' }),
       })
     : undefined;
+  if (adminTcp) onFailure(() => adminTcp.close());
 
   metrics.watch({ openConnections: () => peers.size, openStreams: () => hub.size, authorities: () => ca.authorities(), now: () => clock.now(), workloadLimits: () => limiter.stats() });
   const ops = await startOps({
@@ -493,13 +538,15 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
     metrics: { listen: config.metrics.listen, metrics },
     logger: logger.child({ api: 'ops' }),
   });
+  onFailure(() => ops.close());
 
   // Written once the server is up (the live socket already keeps a second server out), so a
   // failed start leaves no lock behind; offline CLI commands read it to leave CA rotation alone.
   writeFileSync(join(config.dataDir, LOCK_FILE), `${process.pid}\n`, { mode: 0o600 });
+  integrity.anchor(ca, audit);
   scheduler.start();
   federation.start();
-  audit.append({ type: 'server.started', outcome: 'ok', version: SERVER_VERSION, trust_domain: trustDomain.name, pid: process.pid });
+  audit.append({ type: 'server.started', outcome: 'ok', version: SERVER_VERSION, trust_domain: trustDomain.name, pid: process.pid, db_id: integrity.dbId() });
   const auditStartSeq = audit.head.seq;
   logger.info({ trustDomain: trustDomain.name, workloadSocket: config.workloadSocket, adminSocket: config.adminSocket }, 'agentid server started');
 
@@ -541,6 +588,7 @@ export async function startServer(config: Config, deps: { clock: Clock; logger: 
       audit.append({ type: 'server.stopped', outcome: 'ok', pid: process.pid, records: audit.head.seq - auditStartSeq + 2 });
       // The chain cannot show a cut-off tail by itself; the operational log keeps the last head.
       logger.info({ auditSeq: audit.head.seq, auditHash: audit.head.hash }, 'audit log head');
+      integrity.anchor(ca, audit);
       audit.close();
       rmSync(join(config.dataDir, LOCK_FILE), { force: true });
       logger.info('agentid server stopped');

@@ -166,6 +166,15 @@ export interface ServerStartedEvent extends Common {
   version: string;
   trust_domain: string;
   pid: number;
+  /** Identity of the database this run uses (src/integrity): the trail names the state it belongs to. */
+  db_id?: string;
+}
+
+/** The operator accepted lost or replaced state at start (`agentid server --recover=<component>`). */
+export interface IntegrityRecoveredEvent extends Common {
+  type: 'integrity.recovered';
+  component: 'database' | 'ca' | 'audit';
+  reason: string;
 }
 
 /** A clean shutdown; with server.started it brackets a run, so a missing tail is visible. */
@@ -190,6 +199,7 @@ export type AuditEventInput =
   | ConsoleSignedInEvent
   | CaRotatedEvent
   | ServerStartedEvent
+  | IntegrityRecoveredEvent
   | ServerStoppedEvent;
 
 export type AuditEventType = AuditEventInput['type'];
@@ -230,6 +240,7 @@ export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEve
   'console.signed_in',
   'ca.rotated',
   'audit.repaired',
+  'integrity.recovered',
   'server.started',
   'server.stopped',
 ]);

@@ -7,11 +7,15 @@ import { workloadService } from '../common/proto.js';
 import { configWarnings, type Config } from '../config/index.js';
 import { startServer, type RunningServer } from '../server.js';
 import { configFrom, withConfigOptions, type CommonFlags } from './common-options.js';
+import { parseRecover } from '../integrity/index.js';
 
 interface ServerFlags extends CommonFlags {
   healthListen?: string;
   metricsListen?: string;
+  recover: string[];
 }
+
+const collectRecover = (value: string, previous: string[]) => [...previous, value];
 
 /** What a person starting the server on a terminal needs next: where it listens and what to try. */
 export function banner(config: Config, server: RunningServer, pid: number): string {
@@ -53,12 +57,14 @@ export function registerServerCommand(program: Command): void {
     .option('--console-listen <host:port>', 'serve the web console over HTTPS here, e.g. 127.0.0.1:8445 (env AGENTID_CONSOLE_LISTEN)')
     .option('--health-listen <host:port>', 'serve GET /live and /ready here (env AGENTID_HEALTH_LISTEN)')
     .option('--metrics-listen <host:port>', 'serve GET /metrics (Prometheus) here; may equal --health-listen (env AGENTID_METRICS_LISTEN)')
+    .option('--recover <parts>', 'start although the database, ca or audit trail (comma list) was lost or replaced; recorded in the audit trail', collectRecover, [] as string[])
     .action(async (flags: ServerFlags) => {
       const config = configFrom(flags);
+      const recover = parseRecover(flags.recover);
       const pretty = prettyLogs(config);
       const logger = createLogger({ level: config.log.level, pretty, colorize: pretty && process.stderr.isTTY === true });
       for (const warning of configWarnings(config)) logger.warn({ warning }, 'configuration warning');
-      const server = await startServer(config, { clock: systemClock, logger });
+      const server = await startServer(config, { clock: systemClock, logger, recover });
       if (process.stdout.isTTY) process.stdout.write(banner(config, server, process.pid));
       let reloading = Promise.resolve();
       const onHup = () => {

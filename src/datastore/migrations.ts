@@ -92,6 +92,18 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE registration_entries ADD COLUMN include_tasks BOOLEAN NOT NULL DEFAULT FALSE;
     `,
   },
+  {
+    version: 3,
+    description: 'integrity_anchor',
+    sql: `
+      -- One row: this database's identity and generation, the CA roots and the audit head it was
+      -- anchored with (src/integrity/anchors.ts; the same anchors live in <data-dir>/integrity.json).
+      CREATE TABLE integrity_anchor (
+        id    INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        value TEXT    NOT NULL  -- JSON
+      );
+    `,
+  },
 ];
 
 /** The schema version this code writes. */

@@ -112,7 +112,7 @@ describe('sqlite datastore', () => {
       const rows = db.prepare('SELECT version, description FROM schema_migrations ORDER BY version').all();
       expect(rows).toEqual(MIGRATIONS.map((m) => ({ version: m.version, description: m.description })));
       const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all();
-      expect(tables).toEqual(['issuances', 'registration_entries', 'revocations', 'schema_migrations', 'tasks']);
+      expect(tables).toEqual(['integrity_anchor', 'issuances', 'registration_entries', 'revocations', 'schema_migrations', 'tasks']);
     } finally {
       db.close();
     }
