@@ -18,7 +18,7 @@ interface Run {
   output: string;
 }
 
-describe('fail-closed start-up (real server process)', () => {
+describe('fail-closed start-up (real server process)', { timeout: 180_000 }, () => {
   const dir = makeTempDir('agentid-integrity-');
   const dataDir = join(dir, 'data');
   const auditFile = join(dataDir, 'audit.log');
