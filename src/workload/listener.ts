@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { chmod, link, lstat, mkdir, mkdtemp, rmdir, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -94,7 +95,12 @@ export async function listenUnixWithPeerCreds(path: string, opts: UnixListenerOp
     await unlink(tempPath).catch(() => undefined);
     await rmdir(tempDir).catch(() => undefined);
   }
-  opts.logger.info({ path: socketPath, mode: `0${opts.mode.toString(8)}`, backlog }, 'unix listener ready');
+  const somaxconn = kernelSomaxconn();
+  if (somaxconn !== undefined && somaxconn < backlog) {
+    // The kernel silently caps listen(2)'s backlog: say so, or a reconnect storm fails with no hint why.
+    opts.logger.warn({ path: socketPath, backlog, somaxconn }, 'unix listener: backlog capped by net.core.somaxconn; raise it (sysctl net.core.somaxconn) for reconnect storms');
+  }
+  opts.logger.info({ path: socketPath, mode: `0${opts.mode.toString(8)}`, backlog: Math.min(backlog, somaxconn ?? backlog) }, 'unix listener ready');
 
   let closing: Promise<void> | undefined;
   return {
@@ -128,6 +134,16 @@ function accept(socket: net.Socket, sockets: Set<net.Socket>, opts: UnixListener
   } catch (err) {
     opts.logger.error({ pid: creds.pid, err: (err as Error).message }, 'unix listener: connection handler threw; connection dropped');
     socket.destroy();
+  }
+}
+
+/** net.core.somaxconn, the kernel's cap on any listen(2) backlog; undefined when it cannot be read. */
+function kernelSomaxconn(): number | undefined {
+  try {
+    const n = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim());
+    return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
   }
 }
 
