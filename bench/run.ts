@@ -1,129 +1,787 @@
 /*
- * All benchmarks: minting throughput (bench/mint.ts), then end to end over a real Unix socket
- * against an in-process server: FetchX509SVID first-message latency, and a "rotation storm" in
- * which one workload becomes entitled to 2,000 identities and its next FetchX509SVID mints them
- * all. Prints a table, then one JSON line per result for machines.
+ * npm run bench [-- --quick] [-- --cpu-prof DIR]
  *
- *   npm run bench            (node --import tsx bench/run.ts)
+ * The benchmark of issue 8: agentid as real processes (`agentid server`, its Workload API socket,
+ * its admin socket through the CLI's admin client), many client processes, and baselines measured
+ * in the same run and the same rounds: the raw crypto limit, @peculiar/x509's generator and a bare
+ * grpc-js server (bench/bare-server.ts) answering with fixed responses of the same size. Every
+ * figure is the median, min and max of interleaved rounds; every comparison is a ratio taken within
+ * each round. Prints a table with the issue's targets and writes bench/results/<date>[-quick].json.
  *
- * Run as root: the entries select unix:uid:0, the uid of this process.
+ * Run as root (tasks bind client processes of any uid; descriptor limits are raised with prlimit).
  */
+import { execFileSync, spawn } from 'node:child_process';
+import { createWriteStream, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+import { AdminClient } from '../src/cli/admin-client.js';
+import { ChildHandle, spawnWithIpc } from './ipc.js';
 import { benchMint } from './mint.js';
-import { startTestServer } from '../test/support/server.js';
-import { WorkloadApiClient } from '../src/client/workload-client.js';
-import * as grpc from '@grpc/grpc-js';
-import { workloadService } from '../src/common/proto.js';
+import { meets, pairedRatio, percentile, summarize, type Summary, type Target } from './stats.js';
+import { firstJwt, jwtBundleOf, serialize } from './check.js';
 
-/** The first FetchX509SVID message through a bare gRPC client (no decoding); returns its SVID count. */
-function rawFirstMessageSvidCount(socket: string): Promise<number> {
-  const Ctor = workloadService();
-  const raw = new Ctor(`unix://${socket}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': -1 }) as unknown as {
-    FetchX509SVID(req: object, md: grpc.Metadata): grpc.ClientReadableStream<{ svids: unknown[] }>;
-    close(): void;
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const BUILD_DIR = join(REPO, 'bench', '.build');
+const TD = 'bench.example';
+const AUDIENCE = 'bench';
+/**
+ * Descriptor limit (soft = hard) of both servers and every client process: this process's hard
+ * limit, the most an unprivileged (or namespaced) root may give them.
+ */
+const NOFILE = Number(execFileSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim());
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+interface Options {
+  quick: boolean;
+  rounds: number;
+  streams: number;
+  workers: number;
+  firstSvidClients: number;
+  mintWindowMs: number;
+  rateWindowMs: number;
+  taskPairs: number;
+  cpuProfDir: string | undefined;
+  out: string | undefined;
+}
+
+function parseOptions(argv: string[]): Options {
+  const quick = argv.includes('--quick');
+  const value = (flag: string): string | undefined => {
+    const i = argv.indexOf(flag);
+    return i >= 0 ? argv[i + 1] : undefined;
   };
-  const md = new grpc.Metadata();
-  md.set('workload.spiffe.io', 'true');
-  return new Promise((resolve, reject) => {
-    const stream = raw.FetchX509SVID({}, md);
-    stream.on('data', (msg) => {
-      resolve(msg.svids.length);
-      stream.cancel();
-      raw.close();
-    });
-    stream.on('error', (err: grpc.ServiceError) => {
-      if (err.code !== grpc.status.CANCELLED) reject(err);
-    });
+  const num = (flag: string, dflt: number) => {
+    const v = value(flag);
+    if (v === undefined) return dflt;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} must be a positive integer, got "${v}"`);
+    return n;
+  };
+  const known = new Set(['--quick', '--rounds', '--streams', '--workers', '--cpu-prof', '--out']);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith('--')) continue;
+    if (!known.has(a)) throw new Error(`unknown option ${a} (known: ${[...known].join(', ')})`);
+  }
+  const rounds = num('--rounds', 5);
+  if (rounds < 5) throw new Error('--rounds: every figure is the median of at least five rounds');
+  const streams = num('--streams', quick ? 1000 : 10_000);
+  return {
+    quick,
+    rounds,
+    streams,
+    workers: num('--workers', quick ? 4 : 20),
+    firstSvidClients: quick ? 8 : 32,
+    mintWindowMs: quick ? 150 : 600,
+    rateWindowMs: quick ? 200 : 800,
+    taskPairs: quick ? 10 : 40,
+    cpuProfDir: value('--cpu-prof') ? resolve(value('--cpu-prof')!) : undefined,
+    out: value('--out'),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+interface Figure {
+  /** Section of the table. */
+  bench: string;
+  name: string;
+  unit: string;
+  agentid: Summary;
+  agentidSamples: number[];
+  baseline?: { name: string; summary: Summary; samples: number[] };
+  ratio?: Summary;
+  target?: Target & { text: string };
+  note?: string;
+}
+
+const figures: Figure[] = [];
+const checks: string[] = [];
+/** Benchmarks that could not finish, with the reason; printed in the table as FAILED. */
+const failures: { bench: string; error: string }[] = [];
+
+/** Runs one benchmark; a failure is recorded and the run goes on with the next one. */
+async function phase(bench: string, run: () => Promise<void>, log: (m: string) => void): Promise<void> {
+  log(bench);
+  try {
+    await run();
+  } catch (err) {
+    const error = err instanceof Error ? err.message : String(err);
+    failures.push({ bench, error });
+    log(`FAILED: ${bench}: ${error}`);
+  }
+}
+
+function addFigure(f: {
+  bench: string;
+  name: string;
+  unit: string;
+  samples: number[];
+  baseline?: { name: string; samples: number[] };
+  target?: Target & { text: string };
+  /** What the target is checked against: the ratio (default when there is a baseline) or the value. */
+  targetOn?: 'ratio' | 'value';
+  note?: string;
+}): void {
+  const fig: Figure = { bench: f.bench, name: f.name, unit: f.unit, agentid: summarize(f.samples), agentidSamples: f.samples };
+  if (f.baseline) {
+    fig.baseline = { name: f.baseline.name, summary: summarize(f.baseline.samples), samples: f.baseline.samples };
+    fig.ratio = pairedRatio(f.samples, f.baseline.samples);
+  }
+  if (f.target) fig.target = { ...f.target, direction: f.target.direction, bound: f.target.bound };
+  if (f.targetOn === 'value') (fig as Figure & { targetOnValue?: boolean }).targetOnValue = true;
+  if (f.note) fig.note = f.note;
+  figures.push(fig);
+}
+
+function targetStatus(f: Figure): string {
+  if (!f.target) return '';
+  const onValue = (f as Figure & { targetOnValue?: boolean }).targetOnValue || !f.ratio;
+  const measured = onValue ? f.agentid.median : f.ratio!.median;
+  return meets(measured, f.target) ? 'met' : 'MISSED';
+}
+
+function fmt(n: number): string {
+  const a = Math.abs(n);
+  if (a >= 1000) return Math.round(n).toLocaleString('en-US');
+  if (a >= 100) return n.toFixed(0);
+  if (a >= 10) return n.toFixed(1);
+  if (a >= 1) return n.toFixed(2);
+  return n.toFixed(3);
+}
+const fmtSummary = (s: Summary) => `${fmt(s.median)} [${fmt(s.min)}–${fmt(s.max)}]`;
+const fmtRatio = (s: Summary) => `${fmt(s.median)}x [${fmt(s.min)}–${fmt(s.max)}]`;
+
+function table(): string {
+  const head = ['benchmark', 'figure', 'agentid median [min–max]', 'baseline median [min–max]', 'ratio', 'target', 'status'];
+  const rows = figures.map((f) => [
+    f.bench,
+    `${f.name} (${f.unit})`,
+    fmtSummary(f.agentid),
+    f.baseline ? `${f.baseline.name}: ${fmtSummary(f.baseline.summary)}` : '',
+    f.ratio ? fmtRatio(f.ratio) : '',
+    f.target?.text ?? '',
+    targetStatus(f),
+  ]);
+  for (const f of failures) rows.push([f.bench, 'FAILED', f.error, '', '', '', 'MISSED']);
+  const widths = head.map((_, i) => Math.max(head[i]!.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  return [line(head), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/** Bundles the child-process entry points so each new process starts in tens of milliseconds (no tsx). */
+async function buildChildren(): Promise<void> {
+  rmSync(BUILD_DIR, { recursive: true, force: true });
+  await build({
+    entryPoints: ['client-worker', 'bare-server', 'first-svid-client'].map((n) => join(REPO, 'bench', `${n}.ts`)),
+    outdir: BUILD_DIR,
+    outExtension: { '.js': '.mjs' },
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    packages: 'external',
+    sourcemap: 'inline',
+    logLevel: 'warning',
   });
 }
 
-const TD = 'bench.example';
-const LATENCY_FETCHES = 200;
-const STORM_ENTRIES = 2_000;
-
-interface Row {
-  bench: string;
-  metric: string;
-  value: number;
-  unit: string;
+function spawnChild(name: string, entry: 'client-worker' | 'bare-server' | 'first-svid-client'): ChildHandle {
+  // Descriptor limits are raised for the child only (prlimit), not for this process.
+  return spawnWithIpc(name, 'prlimit', [`--nofile=${NOFILE}:${NOFILE}`, '--', process.execPath, join(BUILD_DIR, `${entry}.mjs`)], { cwd: REPO });
 }
 
-const rows: Row[] = [];
-const add = (bench: string, metric: string, value: number, unit: string) => rows.push({ bench, metric, value: Math.round(value * 1000) / 1000, unit });
-
-function percentile(sorted: number[], p: number): number {
-  // Nearest-rank: the smallest sample with at least p% of samples at or below it.
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[Math.min(rank, sorted.length) - 1]!;
+async function ready(child: ChildHandle): Promise<void> {
+  await Promise.race([
+    child.next('ready', () => true, 60_000),
+    child.exited.then(({ code, signal }) => {
+      throw new Error(`${child.name} exited at start (${signal ?? code})`);
+    }),
+  ]);
 }
 
-async function benchEndToEnd(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('the end-to-end benchmark selects unix:uid:0: run it as root');
-  const t = await startTestServer({ trustDomain: TD });
-  // 2,000 SVIDs with chains and bundles exceed grpc-js's default 4 MiB receive limit.
-  const client = new WorkloadApiClient({ socketPath: t.config.workloadSocket, channelOptions: { 'grpc.max_receive_message_length': -1 } });
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+interface ProcStats {
+  rssBytes: number;
+  fds: number;
+}
+
+function procStats(pid: number): ProcStats {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN);
+  return { rssBytes: rssKb * 1024, fds: readdirSync(`/proc/${pid}/fd`).length };
+}
+
+/** Inode of a socket path, or undefined while it does not exist. */
+function inodeOf(path: string): bigint | undefined {
   try {
-    await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${TD}/bench/latency`, selectors: ['unix:uid:0'] } });
+    return lstatSync(path, { bigint: true }).ino;
+  } catch {
+    return undefined;
+  }
+}
 
-    // (a) The first fetch mints; the rest are served from the SVID cache, as for a restarting workload.
-    const samples: number[] = [];
-    let cold = 0;
-    for (let i = 0; i < LATENCY_FETCHES; i++) {
-      const start = performance.now();
-      const ctx = await client.fetchX509Context();
-      const ms = performance.now() - start;
-      if (ctx.svids.length !== 1) throw new Error(`expected 1 SVID, got ${ctx.svids.length}`);
-      if (i === 0) cold = ms;
-      samples.push(ms);
-    }
-    const sorted = [...samples].sort((a, b) => a - b);
-    const latency = `fetch-x509-first-message (n=${LATENCY_FETCHES}, 1 identity)`;
-    add(latency, 'first fetch (mints)', cold, 'ms');
-    add(latency, 'p50', percentile(sorted, 50), 'ms');
-    add(latency, 'p99', percentile(sorted, 99), 'ms');
-    add(latency, 'max', sorted[sorted.length - 1]!, 'ms');
+/** Resolves with performance.now() when `path` exists with an inode other than `previous`. */
+async function socketAppears(path: string, previous: bigint | undefined, timeoutMs = 120_000): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const ino = inodeOf(path);
+    if (ino !== undefined && ino !== previous) return performance.now();
+    if (performance.now() > deadline) throw new Error(`${path} did not appear within ${timeoutMs} ms`);
+    await sleep(1);
+  }
+}
 
-    // (b) Rotation storm.
-    const createStart = performance.now();
-    for (let i = 0; i < STORM_ENTRIES; i++) {
-      await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${TD}/bench/storm/${i}`, selectors: ['unix:uid:0'] } });
+/** One `agentid server` process, started from the CLI (src/cli/main.ts through tsx). */
+class AgentidServer {
+  proc: ReturnType<typeof spawn> | undefined;
+  admin: AdminClient | undefined;
+  private starts = 0;
+  readonly dataDir: string;
+  readonly socket: string;
+  readonly adminSocket: string;
+
+  constructor(
+    readonly name: string,
+    runDir: string,
+    private readonly cpuProfDir: string | undefined,
+  ) {
+    this.dataDir = join(runDir, name);
+    this.socket = join(this.dataDir, 'workload.sock');
+    this.adminSocket = join(this.dataDir, 'admin.sock');
+  }
+
+  get pid(): number {
+    return this.proc!.pid!;
+  }
+
+  /** Starts the process; resolves once the admin socket answers. */
+  async start(): Promise<void> {
+    this.starts++;
+    const nodeArgs = this.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', this.cpuProfDir, '--cpu-prof-name', `${this.name}-${this.starts}.cpuprofile`] : [];
+    const log = createWriteStream(join(dirname(this.dataDir), `${this.name}.log`), { flags: 'a' });
+    this.proc = spawn(
+      'prlimit',
+      [`--nofile=${NOFILE}:${NOFILE}`, '--', process.execPath, ...nodeArgs, '--import', 'tsx', join(REPO, 'src/cli/main.ts'), 'server', '--data-dir', this.dataDir, '--trust-domain', TD, '--log-level', 'warn'],
+      { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    this.proc.stdout!.pipe(log);
+    this.proc.stderr!.pipe(log);
+    const exited = new Promise<never>((_, reject) => this.proc!.once('exit', (code, signal) => reject(new Error(`agentid server ${this.name} exited (${signal ?? code}); see ${log.path}`))));
+    exited.catch(() => undefined);
+    this.admin?.close();
+    this.admin = new AdminClient(this.adminSocket);
+    const deadline = performance.now() + 120_000;
+    for (;;) {
+      try {
+        await Promise.race([this.admin.call('WhoAmI', {}), exited]);
+        return;
+      } catch (err) {
+        if (this.proc.exitCode !== null || this.proc.signalCode !== null) throw err;
+        if (performance.now() > deadline) throw new Error(`agentid server ${this.name}: admin socket not answering: ${(err as Error).message}`);
+        await sleep(50);
+      }
     }
-    const createMs = performance.now() - createStart;
-    // Server side: a raw gRPC call that does not decode, so the time is the server's minting,
-    // recording, auditing and encoding (plus the transfer), not the client's certificate parsing.
-    const start = performance.now();
-    const rawCount = await rawFirstMessageSvidCount(t.config.workloadSocket);
-    const stormMs = performance.now() - start;
-    // The latency identity is cached; the storm identities are all new.
-    if (rawCount !== STORM_ENTRIES + 1) throw new Error(`expected ${STORM_ENTRIES + 1} SVIDs, got ${rawCount}`);
-    // Client side: the same state again, now cached on the server, decoded and checked by the client library.
-    const decodeStart = performance.now();
-    const ctx = await client.fetchX509Context();
-    const decodeMs = performance.now() - decodeStart;
-    if (ctx.svids.length !== STORM_ENTRIES + 1) throw new Error(`expected ${STORM_ENTRIES + 1} SVIDs, got ${ctx.svids.length}`);
-    const storm = `rotation-storm (${STORM_ENTRIES} new identities, one FetchX509SVID)`;
-    add(storm, 'first message, server side', stormMs, 'ms');
-    add(storm, 'server throughput', STORM_ENTRIES / (stormMs / 1000), 'SVIDs/s');
-    add(storm, 'cached state, decoded by the client library', decodeMs, 'ms');
-    add(storm, 'entry creation (admin API, sequential)', STORM_ENTRIES / (createMs / 1000), 'entries/s');
+  }
+
+  async kill(signal: NodeJS.Signals): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise<void>((r) => p.once('exit', () => r()));
+    p.kill(signal);
+    await gone;
+  }
+
+  async startTask(agent: string, id: string, pid: number): Promise<string> {
+    const task = await this.admin!.call<{ spiffe_id: string }>('StartTask', { agent, id, pid, ttl_seconds: 3600 });
+    return task.spiffe_id;
+  }
+}
+
+async function startBare(name: string, socket: string, responses: Record<string, string>): Promise<ChildHandle> {
+  const bare = spawnChild(name, 'bare-server');
+  await ready(bare);
+  await bare.request('configure', responses);
+  await bare.request('listen', { path: socket });
+  return bare;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmarks
+
+async function mintBench(o: Options): Promise<void> {
+  const s = await benchMint({ rounds: o.rounds, windowMs: o.mintWindowMs });
+  const bench = 'minting (one core)';
+  addFigure({
+    bench,
+    name: 'X.509-SVID vs raw crypto limit',
+    unit: 'SVIDs/s',
+    samples: s.x509,
+    baseline: { name: 'P-256 keygen + 1 signature', samples: s.raw },
+    target: { direction: 'at-least', bound: 0.5, text: '>= 0.5x' },
+  });
+  addFigure({
+    bench,
+    name: 'X.509-SVID vs @peculiar/x509',
+    unit: 'SVIDs/s',
+    samples: s.x509,
+    baseline: { name: '@peculiar/x509 generator', samples: s.peculiar },
+    target: { direction: 'at-least', bound: 20, text: '>= 20x' },
+  });
+  addFigure({ bench, name: 'JWT-SVID (ES256) vs raw crypto limit', unit: 'SVIDs/s', samples: s.jwt, baseline: { name: 'P-256 keygen + 1 signature', samples: s.raw } });
+  checks.push(`minting: ${s.parsed} minted SVIDs parsed, ${s.verified} verified in full (chain or signature, and key)`);
+}
+
+/** Spawns `n` first-SVID processes ahead of time; resolves with them ready. */
+async function spawnFirstClients(n: number, tag: string): Promise<ChildHandle[]> {
+  const clients = Array.from({ length: n }, (_, i) => spawnChild(`first-${tag}-${i}`, 'first-svid-client'));
+  await Promise.all(clients.map(ready));
+  return clients;
+}
+
+async function firstSvidBench(o: Options, a: AgentidServer, bareSocket: string, captureId: string): Promise<void> {
+  const p99: { a: number[]; b: number[] } = { a: [], b: [] };
+  const p50: { a: number[]; b: number[] } = { a: [], b: [] };
+  let checked = 0;
+  for (let round = 0; round < o.rounds; round++) {
+    for (const side of round % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const)) {
+      const clients = await spawnFirstClients(o.firstSvidClients, `${side}${round}`);
+      const expected: string[] = [];
+      if (side === 'a') {
+        for (const [i, c] of clients.entries()) expected.push(await a.startTask('first', `r${round}-${i}`, c.pid));
+      }
+      const results = await Promise.all(clients.map((c) => c.request<{ ms: number; spiffeIds: string[] }>('go', { socket: side === 'a' ? a.socket : bareSocket }, 60_000)));
+      results.forEach((r, i) => {
+        const want = side === 'a' ? expected[i]! : captureId;
+        if (!r.spiffeIds.includes(want)) throw new Error(`first SVID: client ${i} got ${r.spiffeIds.join(', ')}, expected ${want}`);
+        checked++;
+      });
+      const ms = results.map((r) => r.ms);
+      p99[side].push(percentile(ms, 99));
+      p50[side].push(percentile(ms, 50));
+      // Ended before the processes exit, so the server's liveness check does not race the bench.
+      if (side === 'a') for (let i = 0; i < clients.length; i++) await a.admin!.call('EndTask', { agent: 'first', id: `r${round}-${i}`, reason: 'bench round over' });
+      for (const c of clients) c.kill();
+      await Promise.all(clients.map((c) => c.exited));
+    }
+  }
+  const bench = `first SVID, ${o.firstSvidClients} new processes at once`;
+  addFigure({ bench, name: 'p99 connect to first message', unit: 'ms', samples: p99.a, baseline: { name: 'bare grpc-js', samples: p99.b }, target: { direction: 'at-most', bound: 1.5, text: '<= 1.5x' } });
+  addFigure({ bench, name: 'p50 connect to first message', unit: 'ms', samples: p50.a, baseline: { name: 'bare grpc-js', samples: p50.b } });
+  checks.push(`first SVID: ${checked} first messages verified (chain, key, expected SPIFFE ID)`);
+}
+
+async function jwtBench(o: Options, a: AgentidServer, bareSocket: string, client: ChildHandle, ctx: { token: string; jwtBundles: string; captureId: string }): Promise<void> {
+  const fetchReq = serialize('FetchJWTSVID', { audience: [AUDIENCE] }).toString('base64');
+  const validateReq = serialize('ValidateJWTSVID', { audience: AUDIENCE, svid: ctx.token }).toString('base64');
+  const cases = [
+    { method: 'FetchJWTSVID' as const, callers: 1 },
+    { method: 'FetchJWTSVID' as const, callers: 16 },
+    { method: 'ValidateJWTSVID' as const, callers: 1 },
+    { method: 'ValidateJWTSVID' as const, callers: 16 },
+  ];
+  const rates = cases.map(() => ({ a: [] as number[], b: [] as number[] }));
+  let checked = 0;
+  for (let round = 0; round < o.rounds; round++) {
+    for (const [ci, c] of cases.entries()) {
+      for (const side of round % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const)) {
+        const r = await client.request<{ calls: number; ms: number; distinct: number }>('unaryRate', {
+          socket: side === 'a' ? a.socket : bareSocket,
+          method: c.method,
+          request: c.method === 'FetchJWTSVID' ? fetchReq : validateReq,
+          callers: c.callers,
+          warmupMs: 100,
+          durationMs: o.rateWindowMs,
+          check: c.method === 'FetchJWTSVID' ? { kind: 'jwt', jwtBundles: ctx.jwtBundles, trustDomain: TD, audience: AUDIENCE } : { kind: 'validate', spiffeId: ctx.captureId },
+        });
+        if (r.calls === 0) throw new Error(`${c.method}: no call completed in the window`);
+        rates[ci]![side].push(r.calls / (r.ms / 1000));
+        checked += r.distinct;
+      }
+    }
+  }
+  cases.forEach((c, i) => {
+    addFigure({
+      bench: `${c.method}, one client process`,
+      name: `${c.callers} caller${c.callers > 1 ? 's' : ''}, each on its own connection`,
+      unit: 'calls/s',
+      samples: rates[i]!.a,
+      baseline: { name: 'bare grpc-js', samples: rates[i]!.b },
+      ...(c.method === 'FetchJWTSVID' && c.callers === 16 ? { target: { direction: 'at-least' as const, bound: 0.8, text: '>= 0.8x' } } : {}),
+    });
+  });
+  checks.push(`JWT: ${checked} distinct responses checked (JWT-SVID signatures against the JWT bundle; ValidateJWTSVID answers)`);
+}
+
+interface Fleet {
+  workers: ChildHandle[];
+  /** Streams per worker. */
+  per: number[];
+  ids: string[];
+}
+
+/** Waits until every worker reports its group `group` served since arm(). Returns the last arrival time. */
+async function armAll(fleet: Fleet, group: string, timeoutMs: number): Promise<() => Promise<number>> {
+  const served = fleet.workers.map((w) => w.next('served', (d: { group: string }) => d.group === group, timeoutMs));
+  served.forEach((p) => p.catch(() => undefined));
+  await Promise.all(fleet.workers.map((w) => w.request('arm', { group })));
+  return async () => Math.max(...(await Promise.all(served)).map((s) => s.at));
+}
+
+async function taskRate(server: AgentidServer, pid: number, tag: string, pairs: number): Promise<number> {
+  const start = performance.now();
+  for (let i = 0; i < pairs; i++) {
+    await server.startTask('rate', `${tag}-${i}`, pid);
+    await server.admin!.call('EndTask', { agent: 'rate', id: `${tag}-${i}`, reason: 'bench' });
+  }
+  return pairs / ((performance.now() - start) / 1000);
+}
+
+/** The many-streams benchmarks share one fleet of client processes and streams to both servers. */
+class StreamsBench {
+  readonly bench: string;
+  readonly fleet: Fleet = { workers: [], per: [], ids: [] };
+  victim!: ChildHandle;
+  verifier!: ChildHandle;
+  victimIds: string[] = [];
+  verifierPath: string;
+  refusals: { reason: string }[] = [];
+  idleA!: ProcStats;
+  idleB!: ProcStats;
+  sleeper: ReturnType<typeof spawn> | undefined;
+
+  constructor(
+    readonly o: Options,
+    readonly a: AgentidServer,
+    readonly a0: AgentidServer,
+    readonly bareRef: { bare: ChildHandle },
+    readonly bareSocket: string,
+    readonly runDir: string,
+    readonly responses: Record<string, string>,
+  ) {
+    this.bench = `${o.streams.toLocaleString('en-US')} streams`;
+    this.verifierPath = join(runDir, 'verifier.sock');
+  }
+
+  /** Ends every process this benchmark started. */
+  async close(): Promise<void> {
+    this.sleeper?.kill();
+    const all = [this.victim, this.verifier, ...this.fleet.workers].filter((c) => c !== undefined);
+    for (const c of all) c.kill();
+    await Promise.all(all.map((c) => c.exited));
+  }
+
+  /** Opens every stream (agentid and bare) and checks every stream's first message. */
+  async open(): Promise<void> {
+    const { o, a, fleet } = this;
+    // Idle footprints, before any benchmark stream is open.
+    await sleep(1000);
+    this.idleA = procStats(a.pid);
+    this.idleB = procStats(this.bareRef.bare.pid);
+
+    // The revocation actors: a victim holding task SVIDs (one per round, plus one that stays) and a verifier.
+    this.victim = spawnChild('victim', 'client-worker');
+    this.verifier = spawnChild('verifier', 'client-worker');
+    await Promise.all([ready(this.victim), ready(this.verifier)]);
+    await a.startTask('victim', 'base', this.victim.pid);
+    for (let r = 0; r < o.rounds; r++) this.victimIds.push(await a.startTask('victim', `r${r}`, this.victim.pid));
+    await a.startTask('verifier', 'v', this.verifier.pid);
+    await this.verifier.request('serveVerifier', { socket: a.socket, listenPath: this.verifierPath }, 60_000);
+    await this.victim.request('open', { group: 'victim', socket: a.socket, count: 1, reconnect: true }, 60_000);
+    this.verifier.on('refused', (d: { reason: string }) => this.refusals.push(d));
+
+    // The stream fleet: several client processes, each its own task identity.
+    for (let i = 0; i < o.workers; i++) {
+      fleet.workers.push(spawnChild(`worker-${i}`, 'client-worker'));
+      fleet.per.push(Math.floor(o.streams / o.workers) + (i < o.streams % o.workers ? 1 : 0));
+    }
+    await Promise.all(fleet.workers.map(ready));
+    for (const [i, w] of fleet.workers.entries()) fleet.ids.push(await a.startTask('stream', `w${i}`, w.pid));
+    const openLimitMs = 300_000;
+    const openStart = performance.now();
+    await this.openGroup('A', a.socket, openLimitMs);
+    const openA = performance.now() - openStart;
+    const openStartB = performance.now();
+    await this.openGroup('B', this.bareSocket, openLimitMs);
+    const openB = performance.now() - openStartB;
+    process.stderr.write(`  opened ${o.streams} streams: agentid ${(openA / 1000).toFixed(1)} s, bare ${(openB / 1000).toFixed(1)} s\n`);
+    const distinctA = await this.verifyFleet('A', true);
+    const distinctB = await this.verifyFleet('B', false);
+    checks.push(`streams: ${o.streams} agentid and ${o.streams} bare streams each checked (distinct messages verified: ${distinctA} + ${distinctB})`);
+  }
+
+  private async openGroup(group: string, socket: string, limitMs: number): Promise<void> {
+    const { fleet } = this;
+    try {
+      await Promise.all(fleet.workers.map((w, i) => w.request('open', { group, socket, count: fleet.per[i], reconnect: true }, limitMs)));
+    } catch (err) {
+      const waiting = await this.waiting(group);
+      throw new Error(`${group === 'A' ? 'agentid' : 'bare'}: ${waiting} of ${this.o.streams} streams not served within ${limitMs / 1000} s (${(err as Error).message})`);
+    }
+  }
+
+  private async waiting(group: string): Promise<number> {
+    const p = await Promise.all(this.fleet.workers.map((w) => w.request<{ waiting: number; streams: number }>('progress', { group }, 10_000).catch(() => ({ waiting: NaN, streams: 0 }))));
+    return p.reduce((n, x) => n + x.waiting, 0);
+  }
+
+  async verifyFleet(group: string, expect: boolean): Promise<number> {
+    let distinct = 0;
+    for (const [i, w] of this.fleet.workers.entries()) {
+      const r = await w.request<{ streams: number; distinct: number }>('collect', { group, ...(expect ? { expectId: this.fleet.ids[i] } : {}) });
+      if (r.streams !== this.fleet.per[i]) throw new Error(`worker ${i}: ${r.streams} streams in ${group}, expected ${this.fleet.per[i]}`);
+      distinct += r.distinct;
+    }
+    return distinct;
+  }
+
+  /** Memory, descriptors, a forced update of every stream, revocation and task rate, in interleaved rounds. */
+  async rounds(): Promise<void> {
+    const { o, a, a0, fleet, victim, verifier, bench } = this;
+    this.sleeper = spawn('sleep', ['100000'], { stdio: 'ignore' });
+    const mem = { a: [] as number[], b: [] as number[] };
+    const fds: number[] = [];
+    const fdsBare: number[] = [];
+    const updateAll = { a: [] as number[], b: [] as number[] };
+    const revokeMs: number[] = [];
+    const victimMs: number[] = [];
+    const refuseMs: number[] = [];
+    const rate = { a: [] as number[], a0: [] as number[] };
+    const connectionsA = o.streams + 2; // fleet + victim + verifier
+    let refusedHandshakes = 0;
+
+    for (let round = 0; round < o.rounds; round++) {
+      // Memory and descriptors, with every stream open.
+      const sa = procStats(a.pid);
+      const sb = procStats(this.bareRef.bare.pid);
+      mem.a.push((sa.rssBytes - this.idleA.rssBytes) / 1024 / connectionsA);
+      mem.b.push((sb.rssBytes - this.idleB.rssBytes) / 1024 / o.streams);
+      fds.push((sa.fds - this.idleA.fds) / connectionsA);
+      fdsBare.push((sb.fds - this.idleB.fds) / o.streams);
+
+      for (const side of round % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const)) {
+        if (side === 'a') {
+          // Revoke one of the victim's tasks: CRLs change, so every stream gets an update.
+          const victimId = this.victimIds[round]!;
+          const { chain } = await victim.request<{ chain: string[] }>('watchDrop', { group: 'victim', spiffeId: victimId });
+          const before = await victim.request<{ accepted: boolean }>('handshake', { path: this.verifierPath, spiffeId: victimId });
+          if (!before.accepted) throw new Error(`revocation round ${round}: the verifier refused ${victimId} before it was revoked`);
+          await verifier.request('watchRevoked', { chain });
+          const dropped = victim.next('dropped', (d: { spiffeId: string }) => d.spiffeId === victimId, 120_000);
+          const refuses = verifier.next('refuses', () => true, 120_000);
+          const allServed = await armAll(fleet, 'A', 120_000);
+          const t0 = performance.now();
+          await a.admin!.call('RevokeTask', { agent: 'victim', id: `r${round}`, reason: 'bench revocation' });
+          const t1 = performance.now();
+          const [d, f, last] = await Promise.all([dropped, refuses, allServed()]);
+          revokeMs.push(t1 - t0);
+          victimMs.push(Math.max(0, d.at - t1));
+          refuseMs.push(Math.max(0, f.at - t1));
+          updateAll.a.push(last - t0);
+          // The refusal is real: a handshake with the revoked SVID fails, and the verifier says why.
+          const seen = this.refusals.length;
+          const after = await victim.request<{ accepted: boolean }>('handshake', { path: this.verifierPath, spiffeId: victimId });
+          if (after.accepted) throw new Error(`revocation round ${round}: the verifier accepted ${victimId} after it was revoked`);
+          for (let i = 0; i < 100 && this.refusals.length === seen; i++) await sleep(5);
+          const why = this.refusals.slice(seen).map((r) => r.reason);
+          if (!why.includes('revoked')) throw new Error(`revocation round ${round}: the handshake failed, but not as revoked (${why.join(', ') || 'no reason logged'})`);
+          refusedHandshakes++;
+        } else {
+          const allServed = await armAll(fleet, 'B', 120_000);
+          const t0 = performance.now();
+          await this.bareRef.bare.request('push');
+          updateAll.b.push((await allServed()) - t0);
+        }
+      }
+
+      for (const side of round % 2 === 0 ? (['a', 'a0'] as const) : (['a0', 'a'] as const)) {
+        rate[side].push(await taskRate(side === 'a' ? a : a0, this.sleeper.pid!, `r${round}`, o.taskPairs));
+      }
+    }
+    await this.verifyFleet('A', true);
+    await this.verifyFleet('B', false);
+    checks.push(`revocation: ${refusedHandshakes} handshakes with a revoked SVID refused by the verifier (reason "revoked"), each accepted before revocation`);
+
+    addFigure({ bench, name: 'server memory per stream (RSS growth)', unit: 'KiB', samples: mem.a, baseline: { name: 'bare grpc-js', samples: mem.b }, target: { direction: 'at-most', bound: 1.2, text: '<= 1.2x' } });
+    addFigure({
+      bench,
+      name: 'every stream updated (agentid: revocation -> CRL; bare: one push)',
+      unit: 'ms',
+      samples: updateAll.a,
+      baseline: { name: 'bare push to all', samples: updateAll.b },
+      target: { direction: 'at-most', bound: 1.5, text: '<= 1.5x' },
+    });
+    addFigure({
+      bench,
+      name: 'server descriptors per connection',
+      unit: 'fds',
+      samples: fds,
+      baseline: { name: 'bare grpc-js', samples: fdsBare },
+      target: { direction: 'at-most', bound: 1.1, text: '<= 1.1' },
+      targetOn: 'value',
+    });
+    const rbench = `revocation, ${bench} open`;
+    addFigure({ bench: rbench, name: `RevokeTask call latency (max of ${o.rounds} = p99)`, unit: 'ms', samples: revokeMs, target: { direction: 'at-most', bound: 50, text: 'p99 < 50 ms' }, targetOn: 'value' });
+    addFigure({ bench: rbench, name: 'revoked stream updated, after the call returned', unit: 'ms', samples: victimMs, target: { direction: 'at-most', bound: 100, text: 'p99 < 100 ms' }, targetOn: 'value' });
+    addFigure({ bench: rbench, name: 'verifier refuses the SVID, after the call returned', unit: 'ms', samples: refuseMs });
+    addFigure({
+      bench: 'task start + end (admin API, sequential)',
+      name: `with ${bench} open vs none`,
+      unit: 'pairs/s',
+      samples: rate.a,
+      baseline: { name: 'agentid, no streams', samples: rate.a0 },
+      target: { direction: 'at-least', bound: 0.8, text: '>= 0.8x' },
+    });
+  }
+
+  /** Reconnect storm: SIGKILL, restart, time from the new socket's appearance until every stream is served again. */
+  async storm(): Promise<void> {
+    const { o, a, fleet } = this;
+    const limitMs = 120_000;
+    const storm = { a: [] as number[], b: [] as number[] };
+    for (let round = 0; round < o.rounds; round++) {
+      for (const side of round % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const)) {
+        const group = side === 'a' ? 'A' : 'B';
+        const socket = side === 'a' ? a.socket : this.bareSocket;
+        const oldInode = inodeOf(socket);
+        const allServed = await armAll(fleet, group, limitMs);
+        let at: number;
+        if (side === 'a') {
+          await a.kill('SIGKILL');
+          const appeared = socketAppears(socket, oldInode, limitMs);
+          await a.start();
+          at = await appeared;
+        } else {
+          this.bareRef.bare.kill('SIGKILL');
+          await this.bareRef.bare.exited;
+          const appeared = socketAppears(socket, oldInode, limitMs);
+          this.bareRef.bare = await startBare('bare', socket, this.responses);
+          at = await appeared;
+        }
+        try {
+          (side === 'a' ? storm.a : storm.b).push((await allServed()) - at);
+        } catch {
+          throw new Error(`${side === 'a' ? 'agentid' : 'bare'} storm round ${round}: ${await this.waiting(group)} of ${o.streams} clients not served again within ${limitMs / 1000} s`);
+        }
+        process.stderr.write(`  storm round ${round} ${side === 'a' ? 'agentid' : 'bare'}: ${(side === 'a' ? storm.a : storm.b).at(-1)!.toFixed(0)} ms\n`);
+      }
+    }
+    await this.verifyFleet('A', true);
+    await this.verifyFleet('B', false);
+    checks.push('reconnect storm: after the restarts every stream\'s latest message verified again');
+    const sbench = `reconnect storm, ${o.streams.toLocaleString('en-US')} clients after SIGKILL + restart`;
+    addFigure({ bench: sbench, name: 'all served again, from the new socket', unit: 'ms', samples: storm.a, target: { direction: 'at-most', bound: 10_000, text: '<= 10 s' }, targetOn: 'value' });
+    addFigure({ bench: sbench, name: 'all served again vs bare', unit: 'ms', samples: storm.a, baseline: { name: 'bare grpc-js', samples: storm.b }, target: { direction: 'at-most', bound: 1.5, text: '<= 1.5x' } });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const o = parseOptions(process.argv.slice(2));
+  if (process.getuid?.() !== 0) throw new Error('run the benchmark as root: it binds tasks to client processes and raises descriptor limits with prlimit');
+  const started = performance.now();
+  const runDir = mkdtempSync('/tmp/agentid-bench-');
+  if (o.cpuProfDir) mkdirSync(o.cpuProfDir, { recursive: true });
+  const children: ChildHandle[] = [];
+  const a = new AgentidServer('a', runDir, o.cpuProfDir);
+  const a0 = new AgentidServer('a0', runDir, undefined);
+  const bareRef: { bare: ChildHandle } = { bare: undefined as unknown as ChildHandle };
+  let ok = false;
+  // Child processes' IPC channels do not hold the event loop: without this a wait that can never
+  // end would exit silently with status 0 instead of timing out with an error.
+  const keepAlive = setInterval(() => undefined, 60_000);
+  const log = (m: string) => process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
+  try {
+    await buildChildren();
+    log(`options: ${JSON.stringify({ ...o, cpuProfDir: o.cpuProfDir ?? null })}`);
+    await phase('minting', () => mintBench(o), log);
+
+    log('starting servers');
+    await Promise.all([a.start(), a0.start()]);
+    // The capture client: a task identity whose first messages become the bare server's responses.
+    const capture = spawnChild('capture', 'client-worker');
+    children.push(capture);
+    await ready(capture);
+    const captureId = await a.startTask('capture', 'c', capture.pid);
+    const x509 = await capture.request<string>('capture', { socket: a.socket, method: 'FetchX509SVID', request: '' });
+    const jwtSvid = await capture.request<string>('capture', { socket: a.socket, method: 'FetchJWTSVID', request: serialize('FetchJWTSVID', { audience: [AUDIENCE] }).toString('base64') });
+    const jwtBundles = await capture.request<string>('capture', { socket: a.socket, method: 'FetchJWTBundles', request: '' });
+    jwtBundleOf(Buffer.from(jwtBundles, 'base64'), TD);
+    const token = firstJwt(Buffer.from(jwtSvid, 'base64'));
+    const validate = await capture.request<string>('capture', { socket: a.socket, method: 'ValidateJWTSVID', request: serialize('ValidateJWTSVID', { audience: AUDIENCE, svid: token }).toString('base64') });
+    const responses = { x509, jwtSvid, validate, jwtBundles };
+    const bareSocket = join(runDir, 'bare', 'workload.sock');
+    mkdirSync(dirname(bareSocket), { recursive: true });
+    bareRef.bare = await startBare('bare', bareSocket, responses);
+
+    await phase(`first SVID, ${o.firstSvidClients} new processes at once`, () => firstSvidBench(o, a, bareSocket, captureId), log);
+    await phase('FetchJWTSVID / ValidateJWTSVID rates', () => jwtBench(o, a, bareSocket, capture, { token, jwtBundles, captureId }), log);
+    const streams = new StreamsBench(o, a, a0, bareRef, bareSocket, runDir, responses);
+    try {
+      let opened = false;
+      await phase(`${o.streams} streams: opening and checking`, async () => {
+        await streams.open();
+        opened = true;
+      }, log);
+      if (opened) {
+        await phase(`${o.streams} streams: memory, descriptors, forced update, revocation, task rate`, () => streams.rounds(), log);
+        await phase(`${o.streams} streams: reconnect storm`, () => streams.storm(), log);
+      }
+    } finally {
+      await streams.close();
+    }
+    ok = true;
   } finally {
-    client.close();
-    await t.cleanup();
+    for (const c of children) c.kill();
+    bareRef.bare?.kill();
+    a.admin?.close();
+    a0.admin?.close();
+    // SIGTERM lets a profiled server write its profile.
+    await Promise.all([a.kill('SIGTERM'), a0.kill('SIGTERM')]);
+    clearInterval(keepAlive);
+    if (ok) rmSync(runDir, { recursive: true, force: true });
+    else process.stderr.write(`server logs kept in ${runDir}\n`);
   }
+
+  const seconds = (performance.now() - started) / 1000;
+  const result = {
+    date: new Date().toISOString(),
+    command: `npm run bench${process.argv.slice(2).length ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
+    commit: execFileSync('git', ['rev-parse', 'HEAD'], { cwd: REPO, encoding: 'utf8' }).trim(),
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), loadAverage: loadavg(), node: process.version },
+    options: o,
+    seconds,
+    figures: figures.map((f) => ({ ...f, status: targetStatus(f) || undefined })),
+    failures,
+    checks,
+  };
+  console.log(table());
+  console.log('');
+  for (const c of checks) console.log(`checked: ${c}`);
+  console.log(`\n${result.command}: ${seconds.toFixed(0)} s on ${result.machine.cpus} cores (${result.machine.cpuModel}), load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  const out = o.out ?? join(REPO, 'bench', 'results', `${result.date.slice(0, 10)}${o.quick ? '-quick' : ''}.json`);
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`results: ${out}`);
 }
 
-function printTable(): void {
-  const cells = [['benchmark', 'metric', 'value', 'unit'], ...rows.map((r) => [r.bench, r.metric, String(r.value), r.unit])];
-  const widths = cells[0]!.map((_, i) => Math.max(...cells.map((c) => c[i]!.length)));
-  for (const [n, c] of cells.entries()) {
-    console.log(c.map((v, i) => (i === 2 ? v.padStart(widths[i]!) : v.padEnd(widths[i]!))).join('  ').trimEnd());
-    if (n === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  }
-}
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exit(1);
+  },
+);
 
-const started = performance.now();
-for (const r of await benchMint()) add('mint (one core)', r.name, r.opsPerSec, 'ops/s');
-await benchEndToEnd();
-printTable();
-console.log('');
-for (const r of rows) console.log(JSON.stringify(r));
-console.error(`bench finished in ${((performance.now() - started) / 1000).toFixed(1)} s`);
