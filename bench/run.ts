@@ -277,6 +277,30 @@ class AgentidServer {
     return this.proc!.pid!;
   }
 
+  /**
+   * The server's configuration: defaults, except the per-uid Workload API limits, raised to the
+   * server-wide ones because every benchmark client runs as root (one uid standing in for the
+   * thousands of agents, each of its own uid, that a real host would have).
+   */
+  private configFile(): string {
+    const file = join(dirname(this.dataDir), `${this.name}.yaml`);
+    writeFileSync(
+      file,
+      [
+        `trust_domain: ${TD}`,
+        `data_dir: ${this.dataDir}`,
+        'log:',
+        '  level: warn',
+        'limits:',
+        `  max_connections_per_uid: ${NOFILE}`,
+        '  max_streams_per_uid: 30000',
+        '  requests_per_second_per_uid: 10000',
+        '',
+      ].join('\n'),
+    );
+    return file;
+  }
+
   /** Starts the process; resolves once the admin socket answers. */
   async start(): Promise<void> {
     this.starts++;
@@ -284,7 +308,7 @@ class AgentidServer {
     const log = createWriteStream(join(dirname(this.dataDir), `${this.name}.log`), { flags: 'a' });
     this.proc = spawn(
       'prlimit',
-      [`--nofile=${NOFILE}:${NOFILE}`, '--', process.execPath, ...nodeArgs, '--import', 'tsx', join(REPO, 'src/cli/main.ts'), 'server', '--data-dir', this.dataDir, '--trust-domain', TD, '--log-level', 'warn'],
+      [`--nofile=${NOFILE}:${NOFILE}`, '--', process.execPath, ...nodeArgs, '--import', 'tsx', join(REPO, 'src/cli/main.ts'), 'server', '--config', this.configFile()],
       { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.proc.stdout!.pipe(log);
