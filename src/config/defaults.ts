@@ -152,18 +152,22 @@ export const DEFAULTS = deepFreeze({
     keepalive_time: '1m',
     /** ...and closes it when the ping is not answered within this (a peer that stopped reading). */
     keepalive_timeout: '20s',
-    /** Open Workload API connections per uid (a process usually needs one). */
-    max_connections_per_uid: 1024,
+    /**
+     * Open Workload API connections per uid (a process usually needs one). null: three quarters of
+     * (open-file limit - descriptor_reserve), so one uid never takes every connection, yet 10,000
+     * agents running as one service user still fit under a 20,000 open-file limit.
+     */
+    max_connections_per_uid: null as number | null,
     /** Open Workload API connections in all. null: only the open-file limit minus descriptor_reserve. */
     max_connections: null as number | null,
     /** Open streams (FetchX509SVID, FetchX509Bundles, FetchJWTBundles) per uid. */
-    max_streams_per_uid: 2048,
+    max_streams_per_uid: 16_384,
     /** Open streams in all. */
-    max_streams: 30_000,
-    /** Calls started per second per uid (token bucket, bursts up to one second's worth). */
-    requests_per_second_per_uid: 1000,
+    max_streams: 65_536,
+    /** Calls started per second per uid (token bucket, bursts up to one second's worth); a reconnect storm of one uid's agents fits. */
+    requests_per_second_per_uid: 5000,
     /** Calls started per second in all. */
-    requests_per_second: 10_000,
+    requests_per_second: 20_000,
     /** Descriptors kept free for the admin socket, the datastore and the audit log: Workload API connections are refused this close to the open-file limit. */
     descriptor_reserve: 64,
   },

@@ -583,7 +583,7 @@ function limits(raw: Raw, c: Checker) {
     idleTimeoutMs: positiveDuration('idle_timeout'),
     keepaliveTimeMs: positiveDuration('keepalive_time'),
     keepaliveTimeoutMs: positiveDuration('keepalive_timeout'),
-    maxConnectionsPerUid: count('max_connections_per_uid'),
+    maxConnectionsPerUid: raw.max_connections_per_uid === null ? null : count('max_connections_per_uid'),
     maxConnections: raw.max_connections === null ? null : count('max_connections'),
     maxStreamsPerUid: count('max_streams_per_uid'),
     maxStreams: count('max_streams'),

@@ -102,7 +102,8 @@ export interface WorkloadLimits {
   readonly idleTimeoutMs: number;
   readonly keepaliveTimeMs: number;
   readonly keepaliveTimeoutMs: number;
-  readonly maxConnectionsPerUid: number;
+  /** null: three quarters of (open-file limit - descriptorReserve). */
+  readonly maxConnectionsPerUid: number | null;
   /** null: bounded by the open-file limit only (minus descriptorReserve). */
   readonly maxConnections: number | null;
   readonly maxStreamsPerUid: number;

@@ -102,9 +102,12 @@ export class WorkloadLimiter {
   };
   private refusalsLogged = 0;
   private lastRefusalLog = -Infinity;
+  private readonly maxConnectionsPerUid: number;
 
   constructor(private readonly deps: WorkloadLimiterDeps) {
     this.bucket = new TokenBucket(deps.limits.requestsPerSecond, deps.clock.now());
+    const { limit, reserve } = deps.descriptors;
+    this.maxConnectionsPerUid = deps.limits.maxConnectionsPerUid ?? Math.max(1, Math.floor(((limit - reserve) * 3) / 4));
   }
 
   /** grpc-js server options for the Workload API server (message size and keepalive). */
@@ -216,9 +219,9 @@ export class WorkloadLimiter {
 
   private admitConnection(uid: number): string | undefined {
     const { limits } = this.deps;
-    if ((this.byUid.get(uid)?.connections ?? 0) >= limits.maxConnectionsPerUid) {
+    if ((this.byUid.get(uid)?.connections ?? 0) >= this.maxConnectionsPerUid) {
       this.refuse('connections');
-      return `too many Workload API connections for uid ${uid} (limit ${limits.maxConnectionsPerUid})`;
+      return `too many Workload API connections for uid ${uid} (limit ${this.maxConnectionsPerUid})`;
     }
     if (limits.maxConnections !== null && this.connections >= limits.maxConnections) {
       this.refuse('connections');
