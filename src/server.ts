@@ -21,6 +21,7 @@ import { EntryService } from './entries/service.js';
 import { AttestationCache, Attestor } from './attest/index.js';
 import { AuditLog } from './audit/index.js';
 import { buildIntegrity, type Component } from './integrity/index.js';
+import { assertSafeDataDirPath } from './integrity/data-dir.js';
 import { DiskReserve } from './audit/disk-reserve.js';
 import { RefusalAggregator } from './audit/refusals.js';
 import { MIN_REMAINING_MS, anyBoundWithDescendants, resolveIdentities } from './issuer/identity.js';
@@ -80,7 +81,9 @@ const SERVER_VERSION = '0.1.0';
  * 0600 inside the 0700 ca/ directory, the database and audit log are 0600.
  */
 function ensureDataDir(dir: string, workloadSocket: string): void {
+  assertSafeDataDirPath(dir);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  assertSafeDataDirPath(dir);
   const st = statSync(dir);
   if (st.uid !== process.getuid!()) throw failedPrecondition(`data directory ${dir} is owned by uid ${st.uid}, not by the server's uid`);
   const mode = dirname(workloadSocket) === dir ? 0o711 : 0o700;

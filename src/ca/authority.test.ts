@@ -1,5 +1,5 @@
 import { createPublicKey, verify, X509Certificate as NodeCert } from 'node:crypto';
-import { chmodSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../common/clock.js';
@@ -95,7 +95,17 @@ describe('CertificateAuthority: refuses unsafe or unloadable state', () => {
   const cases: [string, (caDir: string, dataDir: string) => void, RegExp][] = [
     ['a group-readable key file', (caDir) => chmodSync(join(caDir, readdirSync(caDir).find((f) => f.startsWith('signing-') && f.endsWith('.key'))!), 0o640), /mode 0640/],
     ['a world-writable data directory', (_caDir, dataDir) => chmodSync(dataDir, 0o777), /writable by group or others/],
-    ['a group-writable CA directory', (caDir) => chmodSync(caDir, 0o770), /writable by group or others/],
+    ['a group-writable CA directory', (caDir) => chmodSync(caDir, 0o770), /must be 0700/],
+    ['a CA directory others can read (0755)', (caDir) => chmodSync(caDir, 0o755), /open to group or others \(mode 0755\); it must be 0700/],
+    ['a key file owned by another uid', (caDir) => {
+      const key = join(caDir, readdirSync(caDir).find((f) => f.startsWith('signing-') && f.endsWith('.key'))!);
+      chownSync(key, 65534, 65534);
+    }, /owned by uid 65534, not by the server's uid/],
+    ['a key file replaced by a symbolic link', (caDir) => {
+      const key = join(caDir, readdirSync(caDir).find((f) => f.startsWith('signing-') && f.endsWith('.key'))!);
+      renameSync(key, `${key}.real`);
+      symlinkSync(`${key}.real`, key);
+    }, /is a symbolic link/],
     ['a missing state file next to CA files', (caDir) => rmSync(join(caDir, 'state.json')), /state .* is missing but/],
     ['a corrupt state file', (caDir) => writeFileSync(join(caDir, 'state.json'), '{"version":1,', { mode: 0o600 }), /not valid JSON/],
     ['a state file naming a file outside the directory', (caDir) => {

@@ -360,7 +360,7 @@ export class CertificateAuthority {
     validateOptions(opts);
     await ensurePrivateDir(opts.dataDir);
     const caDir = join(opts.dataDir, 'ca');
-    await ensurePrivateDir(caDir);
+    await ensurePrivateDir(caDir, true);
     const upstream = opts.upstream ? await loadUpstream(opts.upstream, opts.clock.now()) : undefined;
     const expectedIssuer = upstream ? upstream.stateTag : 'self';
 
@@ -808,7 +808,7 @@ export class CertificateAuthority {
   }
 
   private async saveState(state: PersistedState): Promise<void> {
-    await checkDirSafe(this.caDir);
+    await checkDirSafe(this.caDir, true);
     await writeFileAtomic(join(this.caDir, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`, KEY_FILE_MODE);
   }
 
