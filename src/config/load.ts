@@ -182,7 +182,12 @@ function readYaml(file: string, cwd: string): unknown {
     }
     problems.throwIfAny(`invalid configuration file ${path}`);
   }
-  return doc.toJS() ?? {};
+  try {
+    // Aliases are resolved here: an unknown one, or too many (an alias bomb), is the file's problem.
+    return doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    throw invalidArgument(`invalid configuration file ${path}: ${(err as Error).message.split('\n')[0]}`, err);
+  }
 }
 
 /** Collects problems against file paths, naming the environment variable or flag a value came from. */
