@@ -556,6 +556,7 @@ async function buildServer(config: Config, deps: ServerDeps, onFailure: (close: 
   const reloader = new ConfigReloader(config, {
     logger,
     setLogLevel: (level) => setLogLevel(logger, level),
+    updateLimits: (limits) => limiter.updateLimits(limits),
     refreshFederation: async () => {
       await federation.stop();
       federation.start();

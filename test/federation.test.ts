@@ -10,6 +10,7 @@ import { WorkloadApiClient } from '../src/client/workload-client.js';
 import { toPem } from '../src/client/der.js';
 import { BundleSet, X509Bundle, verifyX509Svid } from '../src/verify/index.js';
 import { makeTempDir, startTestServer, type TestServer } from './support/server.js';
+import { waitFor } from './support/wait.js';
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -24,16 +25,6 @@ const endpointYaml = (port: number) => ['bundle_endpoint:', '  enabled: true', `
 const federationYaml = (td: string, port: number, bootstrap: string) =>
   ['federation:', `  - trust_domain: ${td}`, `    bundle_endpoint_url: "https://127.0.0.1:${port}/"`, '    profile: https_spiffe',
     `    endpoint_spiffe_id: "spiffe://${td}/agentid/server"`, `    bootstrap_bundle_file: ${bootstrap}`].join('\n');
-
-async function waitFor<T>(f: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await f().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('federation between two agentid servers', () => {
   const servers: TestServer[] = [];

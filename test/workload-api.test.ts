@@ -11,6 +11,7 @@ import { workloadService } from '../src/common/proto.js';
 import { WorkloadApiClient } from '../src/client/workload-client.js';
 import { ensureTestUser, asUser, type TestUser } from '../src/attest/testing.js';
 import { startTestServer, type TestServer } from './support/server.js';
+import { followJsonLines } from './support/json-lines.js';
 
 const FETCH_CLIENT = join(import.meta.dirname, 'support', 'fetch-client.ts');
 
@@ -35,26 +36,7 @@ function runFetch(socket: string, user?: TestUser): Promise<{ ids?: string[]; er
 
 function watch(socket: string): { child: ChildProcess; lines: any[]; next: (pred: (l: any) => boolean, ms?: number) => Promise<any> } {
   const child = spawn(process.execPath, ['--import', 'tsx', FETCH_CLIENT, socket, 'watch'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines: any[] = [];
-  const waiters: { pred: (l: any) => boolean; resolve: (l: any) => void }[] = [];
-  let buf = '';
-  child.stdout!.on('data', (d) => {
-    buf += d;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-      lines.push(line);
-      for (const w of [...waiters]) if (w.pred(line)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(line); }
-    }
-  });
-  const next = (pred: (l: any) => boolean, ms = 5000) =>
-    new Promise<any>((resolve, reject) => {
-      const found = lines.find(pred);
-      if (found) return resolve(found);
-      const timer = setTimeout(() => reject(new Error(`no matching stream message within ${ms} ms; saw ${JSON.stringify(lines.map((l) => l.ids ?? l.error))}`)), ms);
-      waiters.push({ pred, resolve: (l) => { clearTimeout(timer); resolve(l); } });
-    });
+  const { lines, next } = followJsonLines(child);
   return { child, lines, next };
 }
 

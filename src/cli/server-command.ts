@@ -35,7 +35,7 @@ export function banner(config: Config, server: RunningServer, pid: number): stri
     `  npx agentid svid fetch --socket ${server.workloadSocket}`,
     `  npx agentid healthcheck --socket ${server.workloadSocket}`,
     '',
-    `Ctrl-C or SIGTERM stops it; SIGHUP (kill -HUP ${pid}) reloads the log level and re-fetches federated bundles.`,
+    `Ctrl-C or SIGTERM stops it; SIGHUP (kill -HUP ${pid}) reloads the log level and limits and re-fetches federated bundles.`,
     '',
   ];
   return lines.join('\n');

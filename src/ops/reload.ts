@@ -1,9 +1,12 @@
-import type { Config } from '../config/types.js';
+import type { Config, WorkloadLimits } from '../config/types.js';
+import { RESTART_ONLY_LIMITS } from '../workload/limits.js';
 import type { Logger } from '../common/logger.js';
 
 export interface ReloadDeps {
   logger: Logger;
   setLogLevel(level: string): void;
+  /** New Workload API caps and rates for the next connection and call. */
+  updateLimits(limits: WorkloadLimits): void;
   /** Re-fetches every federated bundle now (the relationships themselves need a restart). */
   refreshFederation(): Promise<void>;
 }
@@ -51,11 +54,21 @@ export class ConfigReloader {
       applied.push(`log.level: ${this.running.log.level} -> ${next.log.level}`);
       this.running = { ...this.running, log: { ...this.running.log, level: next.log.level } };
     }
+    const limitKeys = (Object.keys(next.limits) as (keyof WorkloadLimits)[]).filter((k) => next.limits[k] !== this.running.limits[k]);
+    const live = limitKeys.filter((k) => !RESTART_ONLY_LIMITS.includes(k));
+    if (live.length > 0) {
+      // Restart-only values stay as started, so the next diff still reports them.
+      const inForce = { ...next.limits };
+      for (const k of RESTART_ONLY_LIMITS) (inForce as Record<string, unknown>)[k] = this.running.limits[k];
+      this.deps.updateLimits(inForce);
+      applied.push(`limits: ${live.map((k) => `${fileKey(k)} ${this.running.limits[k] ?? 'none'} -> ${next.limits[k] ?? 'none'}`).join(', ')}`);
+      this.running = { ...this.running, limits: inForce };
+    }
     if (this.running.federation.length > 0) {
       await this.deps.refreshFederation();
       applied.push(`federation: re-fetched the bundles of ${this.running.federation.map((f) => f.trustDomain).join(', ')}`);
     }
-    const needsRestart = changed.filter((p) => p !== 'log.level');
+    const needsRestart = changedPaths(this.running, next);
     this.deps.logger.info({ applied, needsRestart }, `reloaded on SIGHUP: ${applied.length ? applied.join('; ') : 'nothing to apply'}`);
     if (needsRestart.length > 0) this.deps.logger.warn({ needsRestart }, `changed settings that take effect after a restart: ${needsRestart.join(', ')}`);
     return { applied, needsRestart };

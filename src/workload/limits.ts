@@ -75,6 +75,9 @@ interface Connection {
   stop: AbortController;
 }
 
+/** Limits fixed when the server starts (gRPC server options, the descriptor budget): a SIGHUP cannot change them. */
+export const RESTART_ONLY_LIMITS: readonly (keyof WorkloadLimits)[] = ['maxMessageBytes', 'keepaliveTimeMs', 'keepaliveTimeoutMs', 'descriptorReserve'];
+
 /** Connections over a limit that may wait for that answer at once; beyond this they are dropped unanswered. */
 const MAX_REFUSED_OPEN = 256;
 /** Refusals are logged in aggregate, at most once per this interval. */
@@ -94,7 +97,9 @@ export class WorkloadLimiter {
   private connections = 0;
   private refusedOpen = 0;
   private streams = 0;
-  private readonly bucket: TokenBucket;
+  private bucket: TokenBucket;
+  /** The limits in force; SIGHUP may replace them (updateLimits). */
+  private limits: WorkloadLimits;
   private readonly counters: LimitCounters = {
     refused: { connections: 0, descriptors: 0, streams: 0, requests: 0, headers: 0 },
     closed: { firstRequestTimeout: 0, idleTimeout: 0 },
@@ -102,17 +107,36 @@ export class WorkloadLimiter {
   };
   private refusalsLogged = 0;
   private lastRefusalLog = -Infinity;
-  private readonly maxConnectionsPerUid: number;
+  private maxConnectionsPerUid: number;
 
   constructor(private readonly deps: WorkloadLimiterDeps) {
+    this.limits = deps.limits;
     this.bucket = new TokenBucket(deps.limits.requestsPerSecond, deps.clock.now());
-    const { limit, reserve } = deps.descriptors;
-    this.maxConnectionsPerUid = deps.limits.maxConnectionsPerUid ?? Math.max(1, Math.floor(((limit - reserve) * 3) / 4));
+    this.maxConnectionsPerUid = this.perUidConnections(deps.limits);
+  }
+
+  private perUidConnections(limits: WorkloadLimits): number {
+    const { limit, reserve } = this.deps.descriptors;
+    return limits.maxConnectionsPerUid ?? Math.max(1, Math.floor(((limit - reserve) * 3) / 4));
+  }
+
+  /**
+   * New caps and rates (SIGHUP). They apply to the next connection and call; nothing open is cut.
+   * What the server fixed at start stays: RESTART_ONLY_LIMITS.
+   */
+  updateLimits(limits: WorkloadLimits): void {
+    const now = this.deps.clock.now();
+    if (limits.requestsPerSecond !== this.limits.requestsPerSecond) this.bucket = new TokenBucket(limits.requestsPerSecond, now);
+    if (limits.requestsPerSecondPerUid !== this.limits.requestsPerSecondPerUid) {
+      for (const usage of this.byUid.values()) usage.bucket = new TokenBucket(limits.requestsPerSecondPerUid, now);
+    }
+    this.limits = limits;
+    this.maxConnectionsPerUid = this.perUidConnections(limits);
   }
 
   /** grpc-js server options for the Workload API server (message size and keepalive). */
   serverOptions(): grpc.ServerOptions {
-    const { limits } = this.deps;
+    const { limits } = this;
     return {
       'grpc.max_receive_message_length': limits.maxMessageBytes,
       'grpc.keepalive_time_ms': limits.keepaliveTimeMs,
@@ -177,9 +201,9 @@ export class WorkloadLimiter {
           streaming = method.responseStream;
           next({
             onReceiveMetadata: (metadata, nextMetadata) => {
-              if (headerListBytes(metadata) > this.deps.limits.maxHeaderListBytes) {
+              if (headerListBytes(metadata) > this.limits.maxHeaderListBytes) {
                 this.refuse('headers');
-                call.sendStatus({ code: grpc.status.RESOURCE_EXHAUSTED, details: `request metadata larger than ${this.deps.limits.maxHeaderListBytes} bytes` });
+                call.sendStatus({ code: grpc.status.RESOURCE_EXHAUSTED, details: `request metadata larger than ${this.limits.maxHeaderListBytes} bytes` });
                 return;
               }
               nextMetadata(metadata);
@@ -211,14 +235,14 @@ export class WorkloadLimiter {
   private usage(uid: number): UidUsage {
     let u = this.byUid.get(uid);
     if (!u) {
-      u = { connections: 0, streams: 0, bucket: new TokenBucket(this.deps.limits.requestsPerSecondPerUid, this.deps.clock.now()) };
+      u = { connections: 0, streams: 0, bucket: new TokenBucket(this.limits.requestsPerSecondPerUid, this.deps.clock.now()) };
       this.byUid.set(uid, u);
     }
     return u;
   }
 
   private admitConnection(uid: number): string | undefined {
-    const { limits } = this.deps;
+    const { limits } = this;
     if ((this.byUid.get(uid)?.connections ?? 0) >= this.maxConnectionsPerUid) {
       this.refuse('connections');
       return `too many Workload API connections for uid ${uid} (limit ${this.maxConnectionsPerUid})`;
@@ -238,7 +262,8 @@ export class WorkloadLimiter {
 
   private admitCall(conn: Connection, streaming: boolean): string | undefined {
     if (conn.refusal !== undefined) return conn.refusal;
-    const { limits, clock } = this.deps;
+    const { limits } = this;
+    const { clock } = this.deps;
     const now = clock.now();
     const usage = this.usage(conn.uid);
     if (streaming && usage.streams >= limits.maxStreamsPerUid) {
@@ -296,7 +321,8 @@ export class WorkloadLimiter {
    * from the connection's state when it fires.
    */
   private async watch(conn: Connection): Promise<void> {
-    const { limits, clock } = this.deps;
+    const { limits } = this;
+    const { clock } = this.deps;
     try {
       for (;;) {
         let due: number;

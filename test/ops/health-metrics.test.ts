@@ -19,6 +19,7 @@ import { AdminClient } from '../../src/cli/admin-client.js';
 import { makeTempDir } from '../support/server.js';
 import { runCli, spawnCli } from '../support/cli.js';
 import { parsePrometheus, sum } from '../support/prometheus.js';
+import { waitFor } from '../support/wait.js';
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -38,16 +39,6 @@ async function get(url: string): Promise<{ status: number; body: any; text: stri
   return { status: res.status, text, type, body: type.includes('json') ? JSON.parse(text) : undefined };
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 const ALLOWED_LABELS = new Set(['kind', 'reason', 'method', 'cause', 'phase', 'slot', 'op', 'durable', 'le', 'quantile', 'version', 'major', 'minor', 'patch', 'space', 'type']);
 
 describe('agentid server --health-listen --metrics-listen (one process, one address)', () => {
@@ -63,7 +54,7 @@ describe('agentid server --health-listen --metrics-listen (one process, one addr
     base = `http://127.0.0.1:${port}`;
     child = spawnCli(['server', '--data-dir', dataDir, '--trust-domain', td, '--health-listen', `127.0.0.1:${port}`, '--metrics-listen', `127.0.0.1:${port}`]);
     child.stderr!.on('data', (d) => (stderr += d));
-    await until('/ready', async () => ((await get(`${base}/ready`)).status === 200 ? true : undefined));
+    await waitFor(async () => (await get(`${base}/ready`)).status === 200, 20_000, '/ready');
   });
   afterAll(() => {
     child?.kill('SIGKILL');

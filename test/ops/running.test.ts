@@ -9,6 +9,9 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { makeTempDir } from '../support/server.js';
 import { REPO, runCli, spawnCli } from '../support/cli.js';
+import { waitFor } from '../support/wait.js';
+import { AdminClient } from '../../src/cli/admin-client.js';
+import { WorkloadApiClient } from '../../src/client/workload-client.js';
 
 const alive = (pid: number) => {
   try {
@@ -19,15 +22,9 @@ const alive = (pid: number) => {
   }
 };
 
-async function until<T>(what: string, fn: () => T | undefined, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** The pid a running server wrote into its data directory, once it has. */
+const serverPidIn = (dataDir: string) => () =>
+  existsSync(join(dataDir, 'server.pid')) ? Number(readFileSync(join(dataDir, 'server.pid'), 'utf8')) : undefined;
 
 const exitOf = (child: ChildProcess) => new Promise<number | null>((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', (code) => resolve(code))));
 
@@ -58,12 +55,12 @@ describe('running agentid', () => {
     started.push(npm);
     let err = '';
     npm.stderr!.on('data', (d) => (err += d));
-    const serverPid = await until('server.pid', () => (existsSync(join(dataDir, 'server.pid')) ? Number(readFileSync(join(dataDir, 'server.pid'), 'utf8')) : undefined));
+    const serverPid = await waitFor(serverPidIn(dataDir), 90_000, 'server.pid');
     serverPids.push(serverPid);
     expect(serverPid).not.toBe(npm.pid);
     npm.kill('SIGTERM');
     await exitOf(npm);
-    await until('the server process to exit', () => !alive(serverPid), 15_000);
+    await waitFor(() => !alive(serverPid), 30_000, 'the server process to exit');
     expect(err).toMatch(/"signal":"SIGTERM"/);
     expect(err).toMatch(/agentid server stopped/);
     expect(existsSync(join(dataDir, 'server.pid'))).toBe(false);
@@ -74,37 +71,52 @@ describe('running agentid', () => {
   it('SIGHUP reloads the log level (in every module), names what needs a restart, survives a broken file', async () => {
     const dataDir = join(dir, 'hup-data');
     const config = join(dir, 'hup.yaml');
-    const yaml = (level: string, ttl = '15m') => `trust_domain: hup.example\ndata_dir: ${dataDir}\nlog:\n  level: ${level}\nsvid:\n  x509_ttl: ${ttl}\n`;
+    const yaml = (level: string, extra = '') => `trust_domain: hup.example\ndata_dir: ${dataDir}\nlog:\n  level: ${level}\n${extra}`;
     writeFileSync(config, yaml('warn'));
     const server = spawnCli(['server', '--config', config]);
     started.push(server);
     let err = '';
     server.stderr!.on('data', (d) => (err += d));
     const socket = join(dataDir, 'workload.sock');
-    await until('the socket', () => existsSync(socket));
+    await waitFor(() => existsSync(socket), 90_000, 'the socket');
     const pid = server.pid!;
 
     // At warn, a refused Workload API call is not logged...
     expect((await runCli(['healthcheck', '--socket', socket])).code).toBe(0);
     expect(err).not.toMatch(/request refused/);
 
-    writeFileSync(config, yaml('info', '20m'));
+    // A workload stream that stays open (an entry for this uid), to meet the new stream cap.
+    const admin = new AdminClient(join(dataDir, 'admin.sock'));
+    await admin.call('CreateEntry', { entry: { spiffe_id: 'spiffe://hup.example/hup', selectors: [`unix:uid:${process.getuid!()}`] } });
+    admin.close();
+    const workload = new WorkloadApiClient({ socketPath: socket });
+    const firstStream = new AbortController();
+    const opened = new Promise<void>((resolve) => {
+      workload.watchX509Context(() => resolve(), () => undefined, firstStream.signal).catch(() => undefined);
+    });
+    await opened;
+
+    writeFileSync(config, yaml('info', 'svid:\n  x509_ttl: 20m\nlimits:\n  max_streams_per_uid: 1\n  max_message_bytes: 2048\n'));
     process.kill(pid, 'SIGHUP');
-    await until('the reload line', () => /reloaded on SIGHUP/.test(err));
+    await waitFor(() => /reloaded on SIGHUP/.test(err), 30_000, 'the reload line');
     const lines = err.trim().split('\n').map((l) => JSON.parse(l));
     const reloaded = lines.find((l) => /reloaded on SIGHUP/.test(l.msg));
-    expect(reloaded.applied).toEqual(['log.level: warn -> info']);
-    expect(reloaded.needsRestart).toEqual(['svid.x509_ttl']);
-    expect(lines.some((l) => l.level === 40 && /take effect after a restart: svid.x509_ttl/.test(l.msg))).toBe(true);
+    expect(reloaded.applied).toEqual(['log.level: warn -> info', 'limits: max_streams_per_uid 2048 -> 1']);
+    expect(reloaded.needsRestart).toEqual(['svid.x509_ttl', 'limits.max_message_bytes']);
+    expect(lines.some((l) => l.level === 40 && /take effect after a restart: svid.x509_ttl, limits.max_message_bytes/.test(l.msg))).toBe(true);
+    // The new cap holds at once: a second stream of this uid is refused, the open one stays.
+    await expect(workload.fetchX509Context()).rejects.toMatchObject({ grpcCode: 8 /* RESOURCE_EXHAUSTED */ });
 
     // ...at info it is, by the Workload API's own child logger: the new level reached it.
-    expect((await runCli(['healthcheck', '--socket', socket])).code).toBe(0);
-    await until('a request refused line', () => /request refused/.test(err));
+    await expect(workload.fetchJwtSvid({ audience: ['hup'], spiffeId: 'spiffe://hup.example/not-mine' })).rejects.toMatchObject({ code: 'permission_denied' });
+    firstStream.abort();
+    workload.close();
+    await waitFor(() => /request refused/.test(err), 30_000, 'a request refused line');
     expect(err).toMatch(/"api":"workload"[^\n]*request refused|request refused[^\n]*"api":"workload"/);
 
     writeFileSync(config, 'log: [this is: not valid');
     process.kill(pid, 'SIGHUP');
-    await until('the refusal line', () => /SIGHUP: configuration not reloaded/.test(err));
+    await waitFor(() => /SIGHUP: configuration not reloaded/.test(err), 30_000, 'the refusal line');
     expect(alive(pid)).toBe(true);
     expect((await runCli(['healthcheck', '--socket', socket])).code).toBe(0);
 
@@ -121,18 +133,18 @@ describe('running agentid', () => {
     started.push(tty);
     let out = '';
     tty.stdout!.on('data', (d) => (out += d));
-    const pid = await until('server.pid', () => (existsSync(join(dataDir, 'server.pid')) ? Number(readFileSync(join(dataDir, 'server.pid'), 'utf8')) : undefined));
+    const pid = await waitFor(serverPidIn(dataDir), 90_000, 'server.pid');
     serverPids.push(pid);
-    await until('the banner', () => /Next, in another terminal/.test(out));
+    await waitFor(() => /Next, in another terminal/.test(out), 30_000, 'the banner');
     expect(out).toMatch(/agentid server \d+ is up: trust domain tty\.example/);
     expect(out).toContain(`Workload API  ${join(dataDir, 'workload.sock')}`);
     expect(out).toContain(`npx agentid entry create --data-dir ${dataDir} --spiffe-id spiffe://tty.example/myservice`);
     expect(out).toContain(`npx agentid svid fetch --socket ${join(dataDir, 'workload.sock')}`);
     // pino-pretty, not JSON: "INFO" with the message, no {"level":30 objects.
-    await until('a pretty log line', () => /INFO.*agentid server started/.test(out));
+    await waitFor(() => /INFO.*agentid server started/.test(out), 30_000, 'a pretty log line');
     expect(out).not.toMatch(/"level":30/);
     process.kill(pid, 'SIGTERM');
-    await until('the server to exit', () => !alive(pid), 15_000);
+    await waitFor(() => !alive(pid), 30_000, 'the server to exit');
   });
 });
 
