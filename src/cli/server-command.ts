@@ -64,29 +64,39 @@ export function registerServerCommand(program: Command): void {
       const pretty = prettyLogs(config);
       const logger = createLogger({ level: config.log.level, pretty, colorize: pretty && process.stderr.isTTY === true });
       for (const warning of configWarnings(config)) logger.warn({ warning }, 'configuration warning');
-      const server = await startServer(config, { clock: systemClock, logger, recover });
-      if (process.stdout.isTTY) process.stdout.write(banner(config, server, process.pid));
+      // Signals are taken before the server starts: a SIGTERM during startup (a service manager
+      // giving up, Ctrl-C) still ends in a clean stop rather than Node's default exit.
+      let server: RunningServer | undefined;
+      let stopping: string | undefined;
       let reloading = Promise.resolve();
+      let stopped!: () => void;
+      const done = new Promise<void>((resolve) => (stopped = resolve));
       const onHup = () => {
+        if (!server) return logger.warn('SIGHUP during startup: nothing to reload yet');
+        const running = server;
         // A config that no longer parses keeps the running one: say why and carry on.
         reloading = reloading.then(async () => {
           try {
-            await server.reload(configFrom(flags));
+            await running.reload(configFrom(flags));
           } catch (err) {
             logger.error({ err: err instanceof Error ? err.message : String(err) }, 'SIGHUP: configuration not reloaded; the running one stays');
           }
         });
       };
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = signal;
+        logger.info({ signal }, 'stopping');
+        process.off('SIGHUP', onHup);
+        server?.stop().then(stopped, stopped);
+      };
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.once('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGHUP', onHup);
-      await new Promise<void>((resolve) => {
-        const stop = (signal: string) => {
-          logger.info({ signal }, 'stopping');
-          process.off('SIGHUP', onHup);
-          server.stop().then(resolve, resolve);
-        };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
-      });
+      server = await startServer(config, { clock: systemClock, logger, recover });
+      if (stopping) server.stop().then(stopped, stopped);
+      else if (process.stdout.isTTY) process.stdout.write(banner(config, server, process.pid));
+      await done;
     });
 }
 
