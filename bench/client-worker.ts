@@ -5,8 +5,11 @@
  * holder of a task SVID that gets revoked, and a verifier (an mTLS server built on agentid/verify)
  * that must refuse it. Every message is checked after the timed part (check.ts).
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createPrivateKey } from 'node:crypto';
 import { rmSync } from 'node:fs';
+import type net from 'node:net';
+import { join } from 'node:path';
 import tls from 'node:tls';
 import { backoffDelay } from '../src/client/follow.js';
 import { X509Source } from '../src/client/sources.js';
@@ -19,7 +22,7 @@ import { RevocationChecker } from '../src/verify/revocation.js';
 import { serverTlsOptions } from '../src/verify/tls.js';
 import { verifyX509Svid } from '../src/verify/x509.js';
 import { checkJwtResponse, checkValidateResponse, checkX509Responses, decodeX509, jwtBundleOf } from './check.js';
-import { RawConnection, Status, type CallEnd } from './grpc-raw.js';
+import { connectUnix, RawConnection, Status, type CallEnd } from './grpc-raw.js';
 import { serveIpc } from './ipc.js';
 
 const EMPTY = new Uint8Array(0);
@@ -30,7 +33,61 @@ const EMPTY = new Uint8Array(0);
  */
 const BACKOFF = { initialMs: 100, maxMs: 1000 };
 
+/**
+ * Small processes (bench/holders.py) that each hold one task identity: holder i connects to the
+ * Workload API itself, so the server attests the connection as holder i, and the connected
+ * socket is passed to this process, which runs gRPC over it.
+ */
+class Holders {
+  private nextTag = 1;
+  private readonly waiting = new Map<number, { resolve: (s: net.Socket) => void; reject: (e: Error) => void }>();
+
+  private constructor(
+    readonly proc: ChildProcess,
+    readonly pids: number[],
+  ) {
+    proc.on('message', (m: { tag?: number; failed?: number; error?: string }, handle?: net.Socket) => {
+      const tag = m.tag ?? m.failed;
+      const w = tag === undefined ? undefined : this.waiting.get(tag);
+      if (!w) return;
+      this.waiting.delete(tag!);
+      if (handle) w.resolve(handle);
+      else w.reject(Object.assign(new Error(`holder connect: ${m.error ?? 'no socket'}`), { code: m.error }));
+    });
+    proc.once('exit', () => {
+      for (const w of this.waiting.values()) w.reject(new Error('holders process exited'));
+      this.waiting.clear();
+    });
+  }
+
+  static async start(count: number): Promise<Holders> {
+    // The script sits next to this file in bench/ (this bundle runs from bench/.build/).
+    const script = join(import.meta.dirname, '..', 'holders.py');
+    const proc = spawn('python3', [script, String(count)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const pids = await new Promise<number[]>((resolve, reject) => {
+      proc.once('message', (m: { holders?: number[] }) => (m.holders ? resolve(m.holders) : reject(new Error('holders: unexpected first message'))));
+      proc.once('exit', (code) => reject(new Error(`holders process exited at start (${code})`)));
+    });
+    return new Holders(proc, pids);
+  }
+
+  connect(holder: number, path: string): Promise<net.Socket> {
+    const tag = this.nextTag++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(tag, { resolve, reject });
+      this.proc.send({ connect: holder, tag, path });
+    });
+  }
+
+  close(): void {
+    this.proc.kill();
+  }
+}
+
+let holders: Holders | undefined;
+
 interface StreamState {
+  index: number;
   conn: RawConnection | undefined;
   latest: Buffer | undefined;
   attempts: number;
@@ -51,12 +108,14 @@ class Group {
     readonly name: string,
     readonly socket: string,
     readonly reconnect: boolean,
+    /** Connects stream number i (through an identity holder, or from this process). */
+    private readonly connect: (i: number) => Promise<net.Socket>,
   ) {}
 
   /** Opens `count` more streams, at most `concurrency` connecting at once; resolves when each has its first message. */
   async open(count: number, concurrency: number): Promise<void> {
     const fresh: StreamState[] = [];
-    for (let i = 0; i < count; i++) fresh.push({ conn: undefined, latest: undefined, attempts: 0, armed: true, lastEnd: undefined });
+    for (let i = 0; i < count; i++) fresh.push({ index: this.streams.length + i, conn: undefined, latest: undefined, attempts: 0, armed: true, lastEnd: undefined });
     this.streams.push(...fresh);
     let next = 0;
     const firstMessages: Promise<void>[] = [];
@@ -75,8 +134,9 @@ class Group {
   /** Connects (retrying with backoff when the group reconnects) and starts the stream. */
   private start(s: StreamState, served?: () => void, failed?: (err: Error) => void): void {
     if (this.closed) return;
-    RawConnection.open(this.socket).then(
-      (conn) => {
+    this.connect(s.index).then(
+      (socket) => {
+        const conn = new RawConnection(socket);
         if (this.closed) return conn.close();
         s.conn = conn;
         let first = true;
@@ -174,10 +234,21 @@ let verifierSource: X509Source | undefined;
 let verifierServer: tls.Server | undefined;
 
 const ipc = serveIpc({
-  async open(a: { group: string; socket: string; count: number; reconnect: boolean; concurrency?: number }) {
+  /** Starts `count` identity holders; returns their pids (the orchestrator binds a task to each). */
+  async holders(a: { count: number }) {
+    if (holders) throw new Error('holders already started');
+    holders = await Holders.start(a.count);
+    return { pids: holders.pids };
+  },
+
+  /** Opens streams; with holders, stream i connects through holder i modulo their count. */
+  async open(a: { group: string; socket: string; count: number; reconnect: boolean; concurrency?: number; viaHolders?: boolean }) {
     let g = groups.get(a.group);
     if (!g) {
-      g = new Group(a.group, a.socket, a.reconnect);
+      const h = holders;
+      if (a.viaHolders && !h) throw new Error('open: start the holders first');
+      const connect = a.viaHolders ? (i: number) => h!.connect(i % h!.pids.length, a.socket) : () => connectUnix(a.socket);
+      g = new Group(a.group, a.socket, a.reconnect, connect);
       groups.set(a.group, g);
     }
     const start = performance.now();
@@ -196,20 +267,25 @@ const ipc = serveIpc({
     return groupOf(a.group).progress();
   },
 
-  /** Checks every stream's latest message; every stream must hold `expectId` when given. */
-  collect(a: { group: string; expectId?: string }) {
+  /**
+   * Checks every stream's latest message (each distinct message in full); with `expectIds`,
+   * stream i must carry expectIds[i modulo their count] (the identity of the holder it connected through).
+   */
+  collect(a: { group: string; expectIds?: string[] }) {
     const g = groupOf(a.group);
     const latest = g.streams.map((s) => s.latest);
     const missing = latest.filter((m) => m === undefined).length;
     if (missing > 0) throw new Error(`${a.group}: ${missing} of ${latest.length} streams never received a message`);
     const result = checkX509Responses(latest as Buffer[]);
-    if (a.expectId && !result.spiffeIds.has(a.expectId)) {
-      throw new Error(`${a.group}: no stream carries ${a.expectId} (got ${[...result.spiffeIds].join(', ')})`);
-    }
-    if (a.expectId) {
-      for (const m of latest as Buffer[]) {
-        if (!decodeX509(m).svids.some((s) => s.spiffeId === a.expectId)) throw new Error(`${a.group}: a stream's latest message lacks ${a.expectId}`);
-      }
+    const ids = a.expectIds;
+    if (ids && ids.length > 0) {
+      const carried = new Map<Buffer, string[]>();
+      (latest as Buffer[]).forEach((m, i) => {
+        let got = carried.get(m);
+        if (!got) carried.set(m, (got = decodeX509(m).svids.map((s) => s.spiffeId)));
+        const want = ids[i % ids.length]!;
+        if (!got.includes(want)) throw new Error(`${a.group}: stream ${i} carries ${got.join(', ')}, expected ${want}`);
+      });
     }
     return { streams: latest.length, distinct: result.distinct, spiffeIds: [...result.spiffeIds] };
   },

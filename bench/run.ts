@@ -40,6 +40,8 @@ interface Options {
   rounds: number;
   streams: number;
   workers: number;
+  /** Task identities the streams are spread over (one small holder process each). */
+  identities: number;
   firstSvidClients: number;
   mintWindowMs: number;
   rateWindowMs: number;
@@ -63,7 +65,7 @@ function parseOptions(argv: string[]): Options {
     if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} must be a positive integer, got "${v}"`);
     return n;
   };
-  const known = new Set(['--quick', '--rounds', '--streams', '--workers', '--cpu-prof', '--out', '--skip']);
+  const known = new Set(['--quick', '--rounds', '--streams', '--workers', '--cpu-prof', '--out', '--skip', '--identities']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (!a.startsWith('--')) continue;
@@ -77,6 +79,7 @@ function parseOptions(argv: string[]): Options {
     rounds,
     streams,
     workers: num('--workers', quick ? 4 : 20),
+    identities: num('--identities', quick ? 100 : 1000),
     firstSvidClients: quick ? 8 : 32,
     mintWindowMs: quick ? 150 : 600,
     rateWindowMs: quick ? 200 : 800,
@@ -468,7 +471,8 @@ interface Fleet {
   workers: ChildHandle[];
   /** Streams per worker. */
   per: number[];
-  ids: string[];
+  /** Per worker, the task SPIFFE ID of each of its identity holders (stream i uses holder i modulo their count). */
+  ids: string[][];
 }
 
 /** Waits until every worker reports its group `group` served since arm(). Returns the last arrival time. */
@@ -492,6 +496,7 @@ async function taskRate(server: AgentidServer, pid: number, tag: string, pairs: 
 class StreamsBench {
   readonly bench: string;
   readonly fleet: Fleet = { workers: [], per: [], ids: [] };
+  identities = 0;
   victim!: ChildHandle;
   verifier!: ChildHandle;
   victimIds: string[] = [];
@@ -510,7 +515,7 @@ class StreamsBench {
     readonly runDir: string,
     readonly responses: Record<string, string>,
   ) {
-    this.bench = `${o.streams.toLocaleString('en-US')} streams`;
+    this.bench = `${o.streams.toLocaleString('en-US')} streams, ${o.identities.toLocaleString('en-US')} identities`;
     this.verifierPath = join(runDir, 'verifier.sock');
   }
 
@@ -547,8 +552,17 @@ class StreamsBench {
       fleet.per.push(Math.floor(o.streams / o.workers) + (i < o.streams % o.workers ? 1 : 0));
     }
     await Promise.all(fleet.workers.map(ready));
-    for (const [i, w] of fleet.workers.entries()) fleet.ids.push(await a.startTask('stream', `w${i}`, w.pid));
-    const openLimitMs = 300_000;
+    // Identities: each worker's streams connect through its identity holders, one task per holder.
+    for (const [i, w] of fleet.workers.entries()) {
+      const count = Math.max(1, Math.min(fleet.per[i]!, Math.floor(o.identities / o.workers) + (i < o.identities % o.workers ? 1 : 0)));
+      const { pids } = await w.request<{ pids: number[] }>('holders', { count }, 120_000);
+      const ids: string[] = [];
+      for (const [j, pid] of pids.entries()) ids.push(await a.startTask('stream', `w${i}-h${j}`, pid));
+      fleet.ids.push(ids);
+      this.identities += ids.length;
+    }
+    process.stderr.write(`  ${this.identities} identities bound to holder processes\n`);
+    const openLimitMs = 180_000;
     const openStart = performance.now();
     await this.openGroup('A', a.socket, openLimitMs);
     const openA = performance.now() - openStart;
@@ -564,7 +578,7 @@ class StreamsBench {
   private async openGroup(group: string, socket: string, limitMs: number): Promise<void> {
     const { fleet } = this;
     try {
-      await Promise.all(fleet.workers.map((w, i) => w.request('open', { group, socket, count: fleet.per[i], reconnect: true }, limitMs)));
+      await Promise.all(fleet.workers.map((w, i) => w.request('open', { group, socket, count: fleet.per[i], reconnect: true, viaHolders: true }, limitMs)));
     } catch (err) {
       const waiting = await this.waiting(group);
       throw new Error(`${group === 'A' ? 'agentid' : 'bare'}: ${waiting} of ${this.o.streams} streams not served within ${limitMs / 1000} s (${(err as Error).message})`);
@@ -579,7 +593,7 @@ class StreamsBench {
   async verifyFleet(group: string, expect: boolean): Promise<number> {
     let distinct = 0;
     for (const [i, w] of this.fleet.workers.entries()) {
-      const r = await w.request<{ streams: number; distinct: number }>('collect', { group, ...(expect ? { expectId: this.fleet.ids[i] } : {}) });
+      const r = await w.request<{ streams: number; distinct: number }>('collect', { group, ...(expect ? { expectIds: this.fleet.ids[i] } : {}) }, 300_000);
       if (r.streams !== this.fleet.per[i]) throw new Error(`worker ${i}: ${r.streams} streams in ${group}, expected ${this.fleet.per[i]}`);
       distinct += r.distinct;
     }
@@ -688,8 +702,10 @@ class StreamsBench {
   /** Reconnect storm: SIGKILL, restart, time from the new socket's appearance until every stream is served again. */
   async storm(): Promise<void> {
     const { o, a, fleet } = this;
-    const limitMs = 120_000;
+    // A round that takes longer than this is a failure (and the full run must fit in minutes).
+    const limitMs = 60_000;
     const storm = { a: [] as number[], b: [] as number[] };
+    const stormNotes: string[] = [];
     if (o.cpuProfDir) {
       // A profiled server writes its profile only when it exits cleanly: stop it cleanly once, so the
       // profile of everything before the storm is kept (SIGKILL would lose it), and reconnect everyone.
@@ -717,10 +733,20 @@ class StreamsBench {
           this.bareRef.bare = await startBare('bare', socket, this.responses);
           at = await appeared;
         }
+        const samples = side === 'a' ? storm.a : storm.b;
         try {
-          (side === 'a' ? storm.a : storm.b).push((await allServed()) - at);
+          samples.push((await allServed()) - at);
         } catch {
-          throw new Error(`${side === 'a' ? 'agentid' : 'bare'} storm round ${round}: ${await this.waiting(group)} of ${o.streams} clients not served again within ${limitMs / 1000} s`);
+          // Counted at the limit (so the figure is a lower bound), then the rest must still be
+          // served before the next round starts.
+          const who = side === 'a' ? 'agentid' : 'bare';
+          stormNotes.push(`${who} round ${round}: ${await this.waiting(group)} of ${o.streams} clients not served within ${limitMs / 1000} s (counted as ${limitMs / 1000} s)`);
+          samples.push(limitMs);
+          const deadline = performance.now() + limitMs;
+          while ((await this.waiting(group)) > 0) {
+            if (performance.now() > deadline) throw new Error(`${who} storm round ${round}: ${await this.waiting(group)} of ${o.streams} clients still not served after ${(2 * limitMs) / 1000} s`);
+            await sleep(500);
+          }
         }
         process.stderr.write(`  storm round ${round} ${side === 'a' ? 'agentid' : 'bare'}: ${(side === 'a' ? storm.a : storm.b).at(-1)!.toFixed(0)} ms\n`);
       }
@@ -728,6 +754,7 @@ class StreamsBench {
     await this.verifyFleet('A', true);
     await this.verifyFleet('B', false);
     checks.push('reconnect storm: after the restarts every stream\'s latest message verified again');
+    for (const n of stormNotes) checks.push(`reconnect storm: ${n}`);
     const sbench = `reconnect storm, ${o.streams.toLocaleString('en-US')} clients after SIGKILL + restart`;
     addFigure({ bench: sbench, name: 'all served again, from the new socket', unit: 'ms', samples: storm.a, target: { direction: 'at-most', bound: 10_000, text: 'every round <= 10 s' }, targetOn: 'max' });
     addFigure({ bench: sbench, name: 'all served again vs bare', unit: 'ms', samples: storm.a, baseline: { name: 'bare grpc-js', samples: storm.b }, target: { direction: 'at-most', bound: 1.5, text: '<= 1.5x' } });
