@@ -153,6 +153,33 @@ describe('fail-closed start-up (real server process)', { timeout: 180_000 }, () 
     expect(restored.code, restored.output).toBe(0);
   });
 
+  it('refuses to start after files were deleted under a running server that was then killed', async () => {
+    const child = spawnCli(['server', '--config', configFile, '--log-level', 'warn']);
+    const pidFile = join(dataDir, 'server.pid');
+    for (let i = 0; i < 600 && !(existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() === String(child.pid)); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const saved = readFileSync(auditFile);
+    // Deleted while open: the server goes on writing to a file nobody will find again.
+    rmSync(auditFile);
+    const admin = new AdminClient(join(dataDir, 'admin.sock'));
+    try {
+      await admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/written-to-a-deleted-file`, selectors: ['unix:uid:4242'] } });
+    } finally {
+      admin.close();
+    }
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    const refused = await run();
+    expect(refused.code).not.toBe(0);
+    expect(refused.output).toMatch(/the audit trail .*audit\.log is missing/);
+    // The copy taken after this run was anchored reaches the anchor, so it is accepted (the lines
+    // written to the deleted file after the anchor are lost: a limitation SECURITY.md names).
+    writeFileSync(auditFile, saved, { mode: 0o600 });
+    const restored = await run();
+    expect(restored.code, restored.output).toBe(0);
+  });
+
   it('closes everything and exits non-zero when a later start-up step fails (bundle endpoint port in use)', async () => {
     const blocker: Server = createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
