@@ -198,9 +198,15 @@ describe('svid watch --write --exec', () => {
   });
 
   it('rewrites and runs the command again when the CRL changes (a revocation elsewhere), keeping the key', async () => {
-    const child = spawnCli(['svid', 'watch', '--socket', '/nonexistent']); // any live pid to bind a task to
+    // A process that receives a task X.509-SVID: revoking the task puts that serial on the CRL (a
+    // revocation of an ID that was never issued as X.509 leaves the CRL, and the streams, alone).
+    const child = spawnCli(['svid', 'watch', '--socket', t.config.workloadSocket, '--json'], ENV);
+    let childOut = '';
+    child.stdout!.on('data', (d) => (childOut += d));
     try {
       await t.admin.call('StartTask', { agent: 'coder', id: 't-files', pid: child.pid });
+      for (let i = 0; i < 300 && !childOut.includes('/agent/coder/task/t-files'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(childOut).toContain('/agent/coder/task/t-files');
       const before = readFileSync(join(dir(), 'crl.pem'), 'utf8');
       await t.admin.call('RevokeTask', { agent: 'coder', id: 't-files', reason: 'test' });
       // The JSON line is printed after the command ran.
