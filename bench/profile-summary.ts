@@ -1,5 +1,6 @@
 /*
- * Top functions of a V8 CPU profile (node --cpu-prof), by self time, with the share of all samples:
+ * Top functions of a V8 CPU profile (node --cpu-prof): by self time, then the project's own (src/)
+ * functions by inclusive time, each with its share of the busy (non-idle) time:
  *
  *   node --import tsx bench/profile-summary.ts PROFILE.cpuprofile [--top 25]
  *
@@ -11,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 interface ProfileNode {
   id: number;
+  children?: number[];
   callFrame: { functionName: string; url: string; lineNumber: number };
   hitCount?: number;
 }
@@ -29,16 +31,21 @@ export interface FunctionTime {
   share: number;
 }
 
-/** Self time per function (same name and location merged), largest first. */
-export function topFunctions(profile: Profile, repoRoot: string): { totalMs: number; functions: FunctionTime[] } {
+/** Self time per function (same name and location merged), largest first; shares are of the busy (non-idle) time. */
+export function topFunctions(profile: Profile, repoRoot: string): { totalMs: number; idleMs: number; functions: FunctionTime[] } {
   const byNode = new Map(profile.nodes.map((n) => [n.id, n]));
   const selfUs = new Map<number, number>();
   profile.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
   const merged = new Map<string, FunctionTime>();
   let totalUs = 0;
+  let idleUs = 0;
   for (const [id, us] of selfUs) {
-    totalUs += us;
     const f = byNode.get(id)!.callFrame;
+    if (f.functionName === '(idle)') {
+      idleUs += us;
+      continue;
+    }
+    totalUs += us;
     let where = f.url;
     if (where.startsWith('file://')) where = relative(repoRoot, fileURLToPath(where));
     where = where ? `${where}:${f.lineNumber + 1}` : '';
@@ -50,7 +57,49 @@ export function topFunctions(profile: Profile, repoRoot: string): { totalMs: num
   }
   const functions = [...merged.values()].sort((a, b) => b.selfMs - a.selfMs);
   for (const f of functions) f.share = totalUs > 0 ? (f.selfMs * 1000) / totalUs : 0;
-  return { totalMs: totalUs / 1000, functions };
+  return { totalMs: totalUs / 1000, idleMs: idleUs / 1000, functions };
+}
+
+/**
+ * Inclusive time of the project's own functions (src/): each sample counts once for every
+ * src/ function on its stack, so a caller's figure includes the callees it waits on.
+ */
+export function inclusiveSrcFunctions(profile: Profile, repoRoot: string): FunctionTime[] {
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const byNode = new Map(profile.nodes.map((n) => [n.id, n]));
+  const keyOf = new Map<number, { key: string; name: string; where: string } | null>();
+  const describe = (id: number) => {
+    let k = keyOf.get(id);
+    if (k !== undefined) return k;
+    const f = byNode.get(id)!.callFrame;
+    if (!f.url.startsWith('file://')) k = null;
+    else {
+      const where = relative(repoRoot, fileURLToPath(f.url));
+      k = where.startsWith('src/') ? { key: `${f.functionName} ${where}`, name: f.functionName || '(anonymous)', where } : null;
+    }
+    keyOf.set(id, k);
+    return k;
+  };
+  const total = new Map<string, FunctionTime>();
+  let busyUs = 0;
+  profile.samples.forEach((leaf, i) => {
+    const us = profile.timeDeltas[i] ?? 0;
+    if (byNode.get(leaf)?.callFrame.functionName === '(idle)') return;
+    busyUs += us;
+    const seen = new Set<string>();
+    for (let id: number | undefined = leaf; id !== undefined; id = parent.get(id)) {
+      const k = describe(id);
+      if (!k || seen.has(k.key)) continue;
+      seen.add(k.key);
+      const e = total.get(k.key) ?? { name: k.name, where: k.where, selfMs: 0, share: 0 };
+      e.selfMs += us / 1000;
+      total.set(k.key, e);
+    }
+  });
+  const out = [...total.values()].sort((a, b) => b.selfMs - a.selfMs);
+  for (const f of out) f.share = busyUs > 0 ? (f.selfMs * 1000) / busyUs : 0;
+  return out;
 }
 
 if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
@@ -62,9 +111,14 @@ if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).
   const topIdx = process.argv.indexOf('--top');
   const top = topIdx > 0 ? Number(process.argv[topIdx + 1]) : 25;
   const repoRoot = fileURLToPath(new URL('..', import.meta.url));
-  const { totalMs, functions } = topFunctions(JSON.parse(readFileSync(file, 'utf8')) as Profile, repoRoot);
-  console.log(`${file}: ${(totalMs / 1000).toFixed(1)} s of samples`);
+  const { totalMs, idleMs, functions } = topFunctions(JSON.parse(readFileSync(file, 'utf8')) as Profile, repoRoot);
+  console.log(`${file}: ${(totalMs / 1000).toFixed(1)} s busy, ${(idleMs / 1000).toFixed(1)} s idle`);
   console.log('| self ms | share | function | where |');
   console.log('|---:|---:|---|---|');
   for (const f of functions.slice(0, top)) console.log(`| ${f.selfMs.toFixed(0)} | ${(f.share * 100).toFixed(1)}% | ${f.name} | ${f.where} |`);
+  console.log('');
+  console.log('| inclusive ms | share | src/ function | file |');
+  console.log('|---:|---:|---|---|');
+  const profile = JSON.parse(readFileSync(file, 'utf8')) as Profile;
+  for (const f of inclusiveSrcFunctions(profile, repoRoot).slice(0, top)) console.log(`| ${f.selfMs.toFixed(0)} | ${(f.share * 100).toFixed(1)}% | ${f.name} | ${f.where} |`);
 }
