@@ -194,7 +194,8 @@ export class WorkloadLimiter {
           const refusal = this.admitCall(conn, method.responseStream);
           if (refusal !== undefined) {
             ended = true;
-            next({});
+            // Nothing reaches the handler: without the metadata it never starts reading the request.
+            next({ onReceiveMetadata: () => undefined, onReceiveMessage: () => undefined, onReceiveHalfClose: () => undefined });
             call.sendStatus({ code: grpc.status.RESOURCE_EXHAUSTED, details: refusal });
             return;
           }
