@@ -18,6 +18,10 @@ import { launchChromium } from './support/browser.js';
 import { followJsonLines } from './support/json-lines.js';
 
 const td = 'console.example';
+/** How long `agentid run` may take to start its workload (two tsx processes; slow on a loaded 2-core CI machine). */
+const STARTUP_MS = 90_000;
+/** Each test starts CLI processes and a browser context; the default 60 s is too tight under load. */
+const TEST_MS = 240_000;
 const FETCH_CLIENT = join(import.meta.dirname, 'support', 'fetch-client.ts');
 /**
  * Screenshots are always taken; they replace the README's copies in docs/console/ only with
@@ -62,6 +66,7 @@ describe('web console', () => {
 
   async function signedInPage(as: 'admin' | 'orchestrator' = 'admin'): Promise<{ context: BrowserContext; page: Page }> {
     const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 720 } });
+    context.setDefaultTimeout(60_000);
     const page = await context.newPage();
     await page.goto(await loginLink(as));
     expect(new URL(page.url()).pathname).toBe('/');
@@ -105,7 +110,7 @@ describe('web console', () => {
   it('signs in with a link from `agentid console login`, revokes a running task with its button, and the process loses its identity', async () => {
     const work = runWatcher('coder', 't-42');
     const taskId = `spiffe://${td}/agent/coder/task/t-42`;
-    await work.out.next((l) => l.ids?.[0] === taskId, 20_000);
+    await work.out.next((l) => l.ids?.[0] === taskId, STARTUP_MS);
 
     const admin = await signedInPage();
     const watcher = await signedInPage();
@@ -148,8 +153,8 @@ describe('web console', () => {
     expect(Date.now() - clicked).toBeLessThan(1000);
 
     // Gone from the active list, here and for the other viewer, without a reload.
-    await page.getByRole('button', { name: 'Revoke t-42' }).waitFor({ state: 'detached', timeout: 5000 });
-    await watcher.page.getByRole('link', { name: 't-42' }).waitFor({ state: 'detached', timeout: 5000 });
+    await page.getByRole('button', { name: 'Revoke t-42' }).waitFor({ state: 'detached', timeout: 15_000 });
+    await watcher.page.getByRole('link', { name: 't-42' }).waitFor({ state: 'detached', timeout: 15_000 });
 
     // The audit view shows the revocation by this console user.
     await page.getByRole('link', { name: 'Audit trail' }).click();
@@ -166,11 +171,11 @@ describe('web console', () => {
     expect(readAuditEvents(t.config.audit.file, { type: 'console.signed_in' }).length).toBeGreaterThanOrEqual(2);
     await admin.context.close();
     await watcher.context.close();
-  });
+  }, TEST_MS);
 
   it('is keyboard navigable, names every control, and fits a phone screen', async () => {
     const work = runWatcher('coder', 't-45');
-    await work.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-45`, 20_000);
+    await work.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-45`, STARTUP_MS);
     const { context, page } = await signedInPage();
 
     // Every interactive node in Chromium's accessibility tree has a name, on every page.
@@ -211,7 +216,7 @@ describe('web console', () => {
     expect(await page.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
     await page.screenshot({ path: join(SCREENSHOTS, 'phone-task.png'), fullPage: true });
     await context.close();
-  });
+  }, TEST_MS);
 
   it('lets an admin create and delete an entry, filters the audit trail by SPIFFE ID and time, and signs out', async () => {
     const { page } = await signedInPage();
@@ -251,7 +256,7 @@ describe('web console', () => {
     await page.getByText('You are not signed in.').waitFor();
     expect(await page.evaluate(() => fetch('/api/overview').then((r) => r.status))).toBe(401);
     await page.context().close();
-  });
+  }, TEST_MS);
 
   it('a sign-in link works once; the session cookie is HttpOnly, Secure, SameSite=Strict and expiring; pages carry a CSP without inline scripts', async () => {
     const link = await loginLink();
@@ -269,11 +274,11 @@ describe('web console', () => {
     expect(csp).not.toContain('unsafe-inline');
     expect(csp).toContain("frame-ancestors 'none'");
     expect(index.body).not.toMatch(/<script>|<script[^>]*>[^<]/);
-  });
+  }, TEST_MS);
 
   it('refuses forged state changes: no session, no CSRF token, or a foreign Origin', async () => {
     const work = runWatcher('coder', 't-43');
-    await work.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-43`, 20_000);
+    await work.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-43`, STARTUP_MS);
     const revokeUrl = `${consoleUrl}/api/tasks/coder/t-43/revoke`;
     const body = JSON.stringify({ reason: 'forged' });
 
@@ -301,14 +306,14 @@ describe('web console', () => {
     expect((await t.admin.call('GetTask', { agent: 'coder', id: 't-43' })).state).toBe('active');
     expect(work.out.lines.some((l) => l.error)).toBe(false);
     await context.close();
-  });
+  }, TEST_MS);
 
   it('an orchestrator\'s session sees only its agents\' tasks and cannot see or revoke another agent\'s task', async () => {
     // Another agent's task (started by root), and the orchestrator's own builder task.
     const other = runWatcher('coder', 't-44');
     const own = runWatcher('builder', 'b-7', asOrchestrator);
-    await other.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-44`, 20_000);
-    await own.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/builder/task/b-7`, 20_000);
+    await other.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/coder/task/t-44`, STARTUP_MS);
+    await own.out.next((l) => l.ids?.[0] === `spiffe://${td}/agent/builder/task/b-7`, STARTUP_MS);
 
     const { context, page } = await signedInPage('orchestrator');
     await page.getByText(`uid:${orchestrator.uid} (orchestrator)`).waitFor();
@@ -337,5 +342,5 @@ describe('web console', () => {
     const mine = denied.filter((d) => d.who === `uid:${orchestrator.uid} (orchestrator)`).map((d) => d.action);
     expect(mine).toEqual(expect.arrayContaining(['task.show', 'task.revoke', 'console.entries']));
     await context.close();
-  });
+  }, TEST_MS);
 });
