@@ -126,7 +126,7 @@ describe('task privilege', () => {
     // Without an opt-in entry, the revoked task's process gets PERMISSION_DENIED.
     const { entries } = await t.admin.call('ListEntries', {});
     await t.admin.call('DeleteEntry', { id: entries.find((e: any) => e.spiffe_id === sharedId).id });
-    // (the test client reports the end of its stream by exiting with the error)
+    // (the test client reports the end of its stream with an {"error"} line, and exits)
     await exited;
     expect(stream.lines.filter((l) => l.ids).at(-1).ids).toEqual([sharedId]);
     expect(`${JSON.stringify(stream.lines.at(-1))} ${stderr}`).toMatch(/permission_denied/);

@@ -1,8 +1,8 @@
 /**
  * A workload for integration tests, run as a child process (possibly as another Unix user):
  *   fetch-client.ts <socket> once    -> prints {"ids":[...]} or {"error":"<code>"} and exits
- *   fetch-client.ts <socket> watch   -> prints one JSON line per X.509 update until killed, or
- *                                       {"error":"<code>"} and exits when the stream ends
+ *   fetch-client.ts <socket> watch   -> prints one JSON line per X.509 update until killed; when the
+ *                                       stream ends, {"error":"<code>"} (also on stderr) and exit 1
  */
 import { WorkloadApiClient } from '../../src/client/workload-client.js';
 import { toPem } from '../../src/client/der.js';
@@ -33,8 +33,10 @@ if (mode === 'once') {
   );
 } else {
   const fail = (err: unknown) => {
-    process.stdout.write(`${JSON.stringify({ error: (err as { code?: string }).code ?? String(err) })}\n`);
-    process.exit(0);
+    const code = (err as { code?: string }).code ?? String(err);
+    process.stdout.write(`${JSON.stringify({ error: code })}\n`);
+    process.stderr.write(`fetch-client: stream ended: ${code}\n`);
+    process.exit(1);
   };
   // onError reports a message that does not decode; the promise rejects when the stream ends (e.g. denied).
   client.watchX509Context((ctx) => process.stdout.write(`${JSON.stringify(describe(ctx))}\n`), fail).catch(fail);
