@@ -1,7 +1,6 @@
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { abortError } from '../common/clock.js';
 import { AgentIdError, failedPrecondition, invalidArgument, unavailable, type ErrorCode } from '../common/errors.js';
-import { workloadService } from '../common/proto.js';
 import { Secret } from '../common/secret.js';
 import { SpiffeId } from '../spiffe/spiffe-id.js';
 import { resolveEndpointAddress, type EndpointAddress } from './address.js';
@@ -39,21 +38,45 @@ interface RawWorkloadClient {
   close(): void;
 }
 
-const STATUS_TO_CODE: Partial<Record<grpc.status, ErrorCode>> = {
-  [grpc.status.INVALID_ARGUMENT]: 'invalid_argument',
-  [grpc.status.NOT_FOUND]: 'not_found',
-  [grpc.status.ALREADY_EXISTS]: 'already_exists',
-  [grpc.status.PERMISSION_DENIED]: 'permission_denied',
-  [grpc.status.UNAUTHENTICATED]: 'unauthenticated',
-  [grpc.status.FAILED_PRECONDITION]: 'failed_precondition',
-  [grpc.status.UNIMPLEMENTED]: 'unimplemented',
+/** gRPC status codes (fixed by the gRPC protocol), so mapping them needs no grpc-js at import time. */
+const STATUS_NAMES = [
+  'OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED',
+  'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS',
+  'UNAUTHENTICATED',
+] as const;
+const STATUS = Object.fromEntries(STATUS_NAMES.map((name, code) => [name, code])) as Record<(typeof STATUS_NAMES)[number], number>;
+
+const STATUS_TO_CODE: Partial<Record<number, ErrorCode>> = {
+  [STATUS.INVALID_ARGUMENT]: 'invalid_argument',
+  [STATUS.NOT_FOUND]: 'not_found',
+  [STATUS.ALREADY_EXISTS]: 'already_exists',
+  [STATUS.PERMISSION_DENIED]: 'permission_denied',
+  [STATUS.UNAUTHENTICATED]: 'unauthenticated',
+  [STATUS.FAILED_PRECONDITION]: 'failed_precondition',
+  [STATUS.UNIMPLEMENTED]: 'unimplemented',
   // Transient conditions: the spec's advice for all of them is "retry with backoff".
-  [grpc.status.UNAVAILABLE]: 'unavailable',
-  [grpc.status.CANCELLED]: 'unavailable',
-  [grpc.status.DEADLINE_EXCEEDED]: 'unavailable',
-  [grpc.status.RESOURCE_EXHAUSTED]: 'unavailable',
-  [grpc.status.ABORTED]: 'unavailable',
+  [STATUS.UNAVAILABLE]: 'unavailable',
+  [STATUS.CANCELLED]: 'unavailable',
+  [STATUS.DEADLINE_EXCEEDED]: 'unavailable',
+  [STATUS.RESOURCE_EXHAUSTED]: 'unavailable',
+  [STATUS.ABORTED]: 'unavailable',
 };
+
+type GrpcModule = typeof import('@grpc/grpc-js');
+
+/*
+ * grpc-js and the protobuf loader take several hundred milliseconds to load; a service that
+ * imports agentid/client only to verify something, or before it needs the socket, should not pay
+ * that at import time. They load on the first client construction, once per process.
+ */
+let grpcLoading: Promise<{ grpc: GrpcModule; Ctor: grpc.ServiceClientConstructor }> | undefined;
+function loadGrpc() {
+  grpcLoading ??= Promise.all([import('@grpc/grpc-js'), import('../common/proto.js')]).then(([g, proto]) => ({
+    grpc: g,
+    Ctor: proto.workloadService(),
+  }));
+  return grpcLoading;
+}
 
 /** An AgentIdError that also carries the gRPC status it came from, for callers that need the number. */
 export class WorkloadApiError extends AgentIdError {
@@ -72,7 +95,7 @@ export function fromGrpcError(method: WorkloadMethod, err: unknown): AgentIdErro
   if (err instanceof AgentIdError) return err;
   const e = err as Partial<grpc.ServiceError> | undefined;
   if (typeof e?.code === 'number') {
-    const name = grpc.status[e.code] ?? String(e.code);
+    const name = STATUS_NAMES[e.code] ?? String(e.code);
     const details = e.details ? `: ${e.details}` : '';
     return new WorkloadApiError(STATUS_TO_CODE[e.code] ?? 'internal', `Workload API ${method}: ${name}${details}`, e.code);
   }
@@ -111,16 +134,19 @@ export interface CallOptions {
  */
 export class WorkloadApiClient {
   readonly address: EndpointAddress;
-  private readonly raw: RawWorkloadClient;
+  private readonly raw: Promise<{ grpc: GrpcModule; client: RawWorkloadClient }>;
   private closed = false;
 
   constructor(options: WorkloadApiClientOptions = {}) {
     this.address = resolveEndpointAddress(options.socketPath, options.env);
-    const Ctor = workloadService();
-    this.raw = new Ctor(this.address.grpcTarget, grpc.credentials.createInsecure(), {
-      ...DEFAULT_CHANNEL_OPTIONS,
-      ...options.channelOptions,
-    }) as unknown as RawWorkloadClient;
+    const target = this.address.grpcTarget;
+    this.raw = loadGrpc().then(({ grpc: g, Ctor }) => {
+      const client = new Ctor(target, g.credentials.createInsecure(), { ...DEFAULT_CHANNEL_OPTIONS, ...options.channelOptions }) as unknown as RawWorkloadClient;
+      if (this.closed) client.close();
+      return { grpc: g, client };
+    });
+    // A failure to load surfaces on the first call; never as an unhandled rejection.
+    this.raw.catch(() => undefined);
   }
 
   /** The first message of FetchX509SVID: every SVID the caller is entitled to, CRLs, federated bundles. */
@@ -172,7 +198,7 @@ export class WorkloadApiClient {
     const request = jwtSvidRequest(params);
     return this.unary<RawJwtSvidResponse, JwtSvid[]>(
       'FetchJWTSVID',
-      (md, cb) => this.raw.FetchJWTSVID(request, md, cb),
+      (raw, md, cb) => raw.FetchJWTSVID(request, md, cb),
       (raw) => {
         const svids = decodeJwtSvids(raw);
         if (request.spiffe_id !== '' && svids.some((s) => s.spiffeId !== request.spiffe_id)) {
@@ -201,7 +227,7 @@ export class WorkloadApiClient {
     if (audience === '') throw invalidArgument('validateJwtSvid: audience must not be empty');
     return this.unary<RawValidateJwtSvidResponse, ValidatedJwtSvid>(
       'ValidateJWTSVID',
-      (md, cb) => this.raw.ValidateJWTSVID({ audience, svid }, md, cb),
+      (raw, md, cb) => raw.ValidateJWTSVID({ audience, svid }, md, cb),
       decodeValidateResponse,
       options.signal,
     );
@@ -211,15 +237,15 @@ export class WorkloadApiClient {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.raw.close();
+    this.raw.then(({ client }) => client.close(), () => undefined);
   }
 
   get isClosed(): boolean {
     return this.closed;
   }
 
-  private metadata(): grpc.Metadata {
-    const md = new grpc.Metadata();
+  private metadata(g: GrpcModule): grpc.Metadata {
+    const md = new g.Metadata();
     md.set(SECURITY_HEADER, 'true');
     return md;
   }
@@ -228,16 +254,23 @@ export class WorkloadApiClient {
     if (this.closed) throw failedPrecondition(`Workload API ${method}: client is closed`);
   }
 
-  private openStream<Raw>(method: StreamMethod): grpc.ClientReadableStream<Raw> {
+  private async openStream<Raw>(method: StreamMethod): Promise<grpc.ClientReadableStream<Raw>> {
     this.checkOpen(method);
-    const md = this.metadata();
-    return (this.raw[method] as (req: object, md: grpc.Metadata) => grpc.ClientReadableStream<Raw>).call(this.raw, {}, md);
+    const { grpc: g, client } = await this.raw;
+    this.checkOpen(method);
+    const md = this.metadata(g);
+    return (client[method] as (req: object, md: grpc.Metadata) => grpc.ClientReadableStream<Raw>).call(client, {}, md);
   }
 
-  private first<Raw, T>(method: StreamMethod, decode: (raw: Raw) => T, signal?: AbortSignal): Promise<T> {
+  private async first<Raw, T>(method: StreamMethod, decode: (raw: Raw) => T, signal?: AbortSignal): Promise<T> {
+    if (signal?.aborted) throw abortError();
+    let call: grpc.ClientReadableStream<Raw>;
+    try {
+      call = await this.openStream<Raw>(method);
+    } catch (err) {
+      throw err instanceof AgentIdError ? err : fromGrpcError(method, err);
+    }
     return new Promise<T>((resolve, reject) => {
-      if (signal?.aborted) return reject(abortError());
-      const call = this.openStream<Raw>(method);
       let settled = false;
       const settle = (fn: () => void) => {
         if (settled) return;
@@ -249,6 +282,7 @@ export class WorkloadApiClient {
         settle(() => reject(abortError()));
         call.cancel();
       };
+      if (signal?.aborted) return onAbort();
       signal?.addEventListener('abort', onAbort, { once: true });
       call.on('data', (msg: Raw) => {
         settle(() => {
@@ -277,14 +311,21 @@ export class WorkloadApiClient {
     onError: (err: AgentIdError) => void,
     signal?: AbortSignal,
   ): Promise<void> {
+    if (signal?.aborted) return Promise.resolve();
+    return this.openStream<Raw>(method).then((call) => this.follow(method, call, decode, onUpdate, onError, signal), (err) => {
+      throw err instanceof AgentIdError ? err : fromGrpcError(method, err);
+    });
+  }
+
+  private follow<Raw, T>(
+    method: StreamMethod,
+    call: grpc.ClientReadableStream<Raw>,
+    decode: (raw: Raw) => T,
+    onUpdate: (value: T) => void,
+    onError: (err: AgentIdError) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      if (signal?.aborted) return resolve();
-      let call: grpc.ClientReadableStream<Raw>;
-      try {
-        call = this.openStream<Raw>(method);
-      } catch (err) {
-        return reject(fromGrpcError(method, err));
-      }
       let settled = false;
       const settle = (fn: () => void) => {
         if (settled) return;
@@ -296,6 +337,7 @@ export class WorkloadApiClient {
         settle(resolve);
         call.cancel();
       };
+      if (signal?.aborted) return onAbort();
       signal?.addEventListener('abort', onAbort, { once: true });
       call.on('data', (msg: Raw) => {
         if (settled) return;
@@ -310,22 +352,24 @@ export class WorkloadApiClient {
       });
       call.on('error', (err) => settle(() => reject(fromGrpcError(method, err))));
       call.on('status', (status: grpc.StatusObject) => {
-        if (status.code === grpc.status.OK) {
+        if (status.code === STATUS.OK) {
           settle(() => reject(unavailable(`Workload API ${method}: server ended the stream`)));
         }
       });
     });
   }
 
-  private unary<Raw, T>(
+  private async unary<Raw, T>(
     method: UnaryMethod,
-    start: (md: grpc.Metadata, cb: grpc.requestCallback<Raw>) => grpc.ClientUnaryCall,
+    start: (raw: RawWorkloadClient, md: grpc.Metadata, cb: grpc.requestCallback<Raw>) => grpc.ClientUnaryCall,
     decode: (raw: Raw) => T,
     signal?: AbortSignal,
   ): Promise<T> {
+    if (signal?.aborted) throw abortError();
+    this.checkOpen(method);
+    const { grpc: g, client } = await this.raw;
+    this.checkOpen(method);
     return new Promise<T>((resolve, reject) => {
-      if (signal?.aborted) return reject(abortError());
-      this.checkOpen(method);
       let settled = false;
       const settle = (fn: () => void) => {
         if (settled) return;
@@ -333,7 +377,7 @@ export class WorkloadApiClient {
         signal?.removeEventListener('abort', onAbort);
         fn();
       };
-      const call = start(this.metadata(), (err, response) => {
+      const call = start(client, this.metadata(g), (err, response) => {
         settle(() => {
           if (err) return reject(fromGrpcError(method, err));
           try {
@@ -347,6 +391,7 @@ export class WorkloadApiClient {
         settle(() => reject(abortError()));
         call.cancel();
       };
+      if (signal?.aborted) return onAbort();
       signal?.addEventListener('abort', onAbort, { once: true });
     });
   }

@@ -3,7 +3,6 @@ import https from 'node:https';
 import tls from 'node:tls';
 import type { Clock } from '../common/clock.js';
 import { failedPrecondition } from '../common/errors.js';
-import type { Logger } from '../common/logger.js';
 import type { Secret } from '../common/secret.js';
 import { systemClock } from '../common/system-clock.js';
 import type { Authorizer } from './authorize.js';
@@ -32,8 +31,8 @@ export interface SpiffeTlsConfig {
   authorize: Authorizer;
   /** Time for certificate validity checks (default: the system clock). */
   clock?: Clock;
-  /** Refusals are logged here (peer address, reason, SPIFFE ID when known). */
-  logger?: Pick<Logger, 'warn'>;
+  /** Refusals are logged here (peer address, reason, SPIFFE ID when known); a pino logger fits. */
+  logger?: { warn(fields: object, message: string): void };
 }
 
 /** The peer chain each verified socket presented at its handshake. */
