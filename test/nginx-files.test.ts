@@ -9,7 +9,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { runCli, spawnCli } from './support/cli.js';
+import { spawnCli } from './support/cli.js';
 import { makeTempDir, startTestServer, type TestServer } from './support/server.js';
 
 const TD = 'nginx.example';
@@ -24,6 +24,7 @@ let port: number;
 let nginx: ChildProcess | undefined;
 let watch: ChildProcess | undefined;
 let watchLog = '';
+let task: ChildProcess | undefined;
 
 const freePort = () =>
   new Promise<number>((resolve, reject) => {
@@ -91,13 +92,21 @@ http {
   nginx.stderr!.on('data', (d) => (watchLog += `nginx: ${d}`));
   for (let i = 0; i < 200 && !existsSync(join(prefix, 'nginx.pid')); i++) await sleep(50);
 
-  // The task: `agentid run` binds it, then its command fetches its SVID into the client directory.
-  const r = await runCli(['run', '--admin-socket', t.config.adminSocket, '--socket', t.config.workloadSocket, '--agent', 'coder', '--task', 't-nginx', '--',
-    process.execPath, '--import', 'tsx', 'src/cli/main.ts', 'svid', 'fetch', '--write', join(root, 'client'), '--spiffe-id', TASK], { env: ENV });
-  if (r.code !== 0) throw new Error(`agentid run: ${r.stderr}`);
+  // The task: `agentid run` binds it, then its command fetches its SVID into the client directory
+  // and stays alive (a task ends, and its SVIDs are revoked, when its command exits).
+  const fetch = [process.execPath, '--import', 'tsx', 'src/cli/main.ts', 'svid', 'fetch', '--write', join(root, 'client'), '--spiffe-id', TASK].map((a) => `'${a}'`).join(' ');
+  task = spawnCli(['run', '--admin-socket', t.config.adminSocket, '--socket', t.config.workloadSocket, '--agent', 'coder', '--task', 't-nginx', '--',
+    '/bin/sh', '-c', `${fetch} && exec sleep 600`], ENV);
+  let taskErr = '';
+  task.stderr!.on('data', (d) => (taskErr += d));
+  for (let i = 0; i < 1200 && !existsSync(join(root, 'client', 'svid.pem')); i++) await sleep(50);
+  if (!existsSync(join(root, 'client', 'svid.pem'))) throw new Error(`the task wrote no SVID: ${taskErr}`);
+  // The watcher's reaction to the task's start (new CRLs, a reload) has settled when its last line is a few ticks old.
+  await sleep(1000);
 }, 60_000);
 
 afterAll(async () => {
+  task?.kill('SIGTERM');
   nginx?.kill('SIGQUIT');
   watch?.kill('SIGTERM');
   await t?.cleanup();

@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensureTestUser } from '../src/attest/testing.js';
-import { runCli, spawnCli } from './support/cli.js';
+import { cliArgv, runCli, spawnCli } from './support/cli.js';
 import { makeTempDir, startTestServer, type TestServer } from './support/server.js';
 
 const TD = 'files.example';
@@ -198,27 +198,29 @@ describe('svid watch --write --exec', () => {
   });
 
   it('rewrites and runs the command again when the CRL changes (a revocation elsewhere), keeping the key', async () => {
-    // A process that receives a task X.509-SVID: revoking the task puts that serial on the CRL (a
-    // revocation of an ID that was never issued as X.509 leaves the CRL, and the streams, alone).
-    const child = spawnCli(['svid', 'watch', '--socket', t.config.workloadSocket, '--json'], ENV);
-    let childOut = '';
-    child.stdout!.on('data', (d) => (childOut += d));
+    // A live task that holds an SVID, so its revocation puts a serial on the CRL.
+    const fetched = join(root, 'task-svid');
+    const fetch = cliArgv('svid', 'fetch', '--socket', t.config.workloadSocket, '--write', fetched).map((a) => `'${a}'`).join(' ');
+    const child = spawnCli(['run', '--admin-socket', t.config.adminSocket, '--socket', t.config.workloadSocket, '--agent', 'coder', '--task', 't-files', '--',
+      '/bin/sh', '-c', `${fetch} && exec sleep 600`], ENV);
     try {
-      await t.admin.call('StartTask', { agent: 'coder', id: 't-files', pid: child.pid });
-      for (let i = 0; i < 300 && !childOut.includes('/agent/coder/task/t-files'); i++) await new Promise((r) => setTimeout(r, 50));
-      expect(childOut).toContain('/agent/coder/task/t-files');
+      for (let i = 0; i < 1200 && !existsSync(join(fetched, 'svid.pem')); i++) await new Promise((r) => setTimeout(r, 50));
+      // Let the watcher finish its reaction to the task's start.
+      for (let i = 0; i < 600 && readFileSync(log(), 'utf8').trim().split('\n').length !== stdout.trim().split('\n').length * 2; i++) await new Promise((r) => setTimeout(r, 50));
+      const linesBefore = readFileSync(log(), 'utf8').trim().split('\n').length;
+      const stdoutBefore = stdout.trim().split('\n').length;
       const before = readFileSync(join(dir(), 'crl.pem'), 'utf8');
       await t.admin.call('RevokeTask', { agent: 'coder', id: 't-files', reason: 'test' });
       // The JSON line is printed after the command ran.
-      for (let i = 0; i < 200 && stdout.trim().split('\n').length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 600 && stdout.trim().split('\n').length < stdoutBefore + 1; i++) await new Promise((r) => setTimeout(r, 50));
       const lines = readFileSync(log(), 'utf8').trim().split('\n');
-      expect(lines, stderr).toHaveLength(4);
-      expect(lines[2]).toBe(`URI:${A}`);
+      expect(lines, stderr).toHaveLength(linesBefore + 2);
+      expect(lines[linesBefore]).toBe(`URI:${A}`);
       expect(readFileSync(join(dir(), 'crl.pem'), 'utf8')).not.toBe(before);
       const last = JSON.parse(stdout.trim().split('\n').at(-1)!);
       expect(last.changed).toEqual(['crl.pem']);
     } finally {
-      child.kill('SIGKILL');
+      child.kill('SIGTERM');
     }
   });
 });
