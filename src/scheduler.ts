@@ -6,17 +6,17 @@ export interface ScheduledWork {
   /** Rotates CA slots when due; returns the next time a rotation check is needed. */
   rotateCa(): Promise<number>;
   /** Ends expired tasks; returns the next task expiry, if any. */
-  expireTasks(): number | undefined;
+  expireTasks(): Promise<number | undefined>;
   /** Drops registration entries that reached their expiry from open streams; returns the next one. */
   expireEntries(): number | undefined;
   /** Ends tasks whose bound process or cgroup is gone. */
   endOrphanedTasks(): Promise<void>;
-  /** Prunes expired revocations and issuance records. */
-  prune(): void;
+  /** Prunes expired revocations, issuance records, retired servers' material and old change-feed rows. */
+  prune(): Promise<void>;
   /** Re-mints SVIDs that reached their renewal time and pushes them; returns the next renewal. */
   renew(): number | undefined;
   /** Rebuilds CRLs before they go stale; returns when next. */
-  refreshCrls(): number;
+  refreshCrls(): Promise<number>;
 }
 
 const PRUNE_EVERY_MS = 60_000;
@@ -54,9 +54,9 @@ export class Scheduler {
   /** One pass over all the work; exported for tests that drive time by hand. */
   async tick(): Promise<number> {
     const { clock, logger } = this.deps;
-    const step = <T>(name: string, f: () => T): T | undefined => {
+    const step = async <T>(name: string, f: () => T | Promise<T>): Promise<T | undefined> => {
       try {
-        return f();
+        return await f();
       } catch (err) {
         logger.error({ err, step: name }, 'scheduled step failed');
         return undefined;
@@ -64,24 +64,16 @@ export class Scheduler {
     };
     const now = clock.now();
     const times: (number | undefined)[] = [now + this.deps.livenessIntervalMs];
-    try {
-      times.push(await this.work.rotateCa());
-    } catch (err) {
-      logger.error({ err, step: 'rotate-ca' }, 'scheduled step failed');
-    }
-    times.push(step('expire-tasks', () => this.work.expireTasks()));
-    times.push(step('expire-entries', () => this.work.expireEntries()));
-    try {
-      await this.work.endOrphanedTasks();
-    } catch (err) {
-      logger.error({ err, step: 'end-orphaned-tasks' }, 'scheduled step failed');
-    }
+    times.push(await step('rotate-ca', () => this.work.rotateCa()));
+    times.push(await step('expire-tasks', () => this.work.expireTasks()));
+    times.push(await step('expire-entries', () => this.work.expireEntries()));
+    await step('end-orphaned-tasks', () => this.work.endOrphanedTasks());
     if (now - this.lastPrune >= PRUNE_EVERY_MS) {
       this.lastPrune = now;
-      step('prune', () => this.work.prune());
+      await step('prune', () => this.work.prune());
     }
-    times.push(step('refresh-crls', () => this.work.refreshCrls()));
-    times.push(step('renew', () => this.work.renew()));
+    times.push(await step('refresh-crls', () => this.work.refreshCrls()));
+    times.push(await step('renew', () => this.work.renew()));
     return Math.min(...times.filter((t): t is number => t !== undefined));
   }
 

@@ -42,7 +42,7 @@ export interface AdminServiceDeps {
   tasks: TaskService;
   revoker: Revoker;
   /** Live X.509 serials and issuance count of a SPIFFE ID, for `task show`. */
-  issuanceSummary: (spiffeId: string) => { liveSerials: string[]; count: number };
+  issuanceSummary: (spiffeId: string) => Promise<{ liveSerials: string[]; count: number }>;
   audit: AuditSink;
   logger: Logger;
   /** CA and JWT key prepare/activate/taint/revoke (admin/authorities.ts); absent: not offered. */
@@ -117,8 +117,8 @@ export function revocationToWire(r: Revocation) {
 /** gRPC handlers of agentid.admin.v1.AgentIdAdmin. Every call is authorized by the role `callerOf` maps its caller to. */
 export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementation {
   const callerOf = 'callerOf' in deps ? deps.callerOf : uidCallerOf(deps.peers, deps.roles);
-  const taskToWire = (t: TaskRecord) => {
-    const summary = deps.issuanceSummary(t.spiffeId);
+  const taskToWire = async (t: TaskRecord) => {
+    const summary = await deps.issuanceSummary(t.spiffeId);
     return {
       agent: t.agent,
       id: t.id,
@@ -173,15 +173,15 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
   const taskRef = (req: { agent: string; id: string }) => ({ agent: req.agent || undefined, id: req.id });
 
   return {
-    CreateEntry: admin('CreateEntry', (req, actor) => entryToWire(deps.entries.create(entryFromWire(req.entry), actor))),
-    UpdateEntry: admin('UpdateEntry', (req, actor) =>
-      entryToWire(deps.entries.update(req.id, entryFromWire(req.entry), actor, req.expected_revision > 0 ? req.expected_revision : undefined))),
-    DeleteEntry: admin('DeleteEntry', (req, actor) => entryToWire(deps.entries.delete(req.id, actor))),
-    GetEntry: admin('GetEntry', (req) => entryToWire(deps.entries.get(req.id))),
-    ListEntries: admin('ListEntries', () => ({ entries: deps.entries.list().map(entryToWire) })),
+    CreateEntry: admin('CreateEntry', async (req, actor) => entryToWire(await deps.entries.create(entryFromWire(req.entry), actor))),
+    UpdateEntry: admin('UpdateEntry', async (req, actor) =>
+      entryToWire(await deps.entries.update(req.id, entryFromWire(req.entry), actor, req.expected_revision > 0 ? req.expected_revision : undefined))),
+    DeleteEntry: admin('DeleteEntry', async (req, actor) => entryToWire(await deps.entries.delete(req.id, actor))),
+    GetEntry: admin('GetEntry', async (req) => entryToWire(await deps.entries.get(req.id))),
+    ListEntries: admin('ListEntries', async () => ({ entries: (await deps.entries.list()).map(entryToWire) })),
 
     StartTask: unary('StartTask', async (req, actor) =>
-      taskToWire(
+      await taskToWire(
         await deps.tasks.start(
           {
             agent: req.agent,
@@ -195,16 +195,16 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
           actor,
         ),
       )),
-    EndTask: unary('EndTask', (req, actor) => taskToWire(deps.tasks.end(taskRef(req), req.reason, actor))),
-    RevokeTask: unary('RevokeTask', (req, actor) => taskToWire(deps.tasks.revoke(taskRef(req), req.reason, actor))),
-    GetTask: unary('GetTask', (req, actor) => taskToWire(deps.tasks.get(taskRef(req), actor))),
-    ListTasks: unary('ListTasks', (req, actor) => {
+    EndTask: unary('EndTask', async (req, actor) => taskToWire(await deps.tasks.end(taskRef(req), req.reason, actor))),
+    RevokeTask: unary('RevokeTask', async (req, actor) => taskToWire(await deps.tasks.revoke(taskRef(req), req.reason, actor))),
+    GetTask: unary('GetTask', async (req, actor) => taskToWire(await deps.tasks.get(taskRef(req), actor))),
+    ListTasks: unary('ListTasks', async (req, actor) => {
       if (req.state && !TASK_STATES.has(req.state)) throw invalidArgument(`task list: state must be one of ${[...TASK_STATES].join(', ')}`);
-      const tasks = deps.tasks.list({ agent: req.agent || undefined, state: (req.state || undefined) as TaskState | undefined }, actor);
-      return { tasks: tasks.map(taskToWire) };
+      const tasks = await deps.tasks.list({ agent: req.agent || undefined, state: (req.state || undefined) as TaskState | undefined }, actor);
+      return { tasks: await Promise.all(tasks.map(taskToWire)) };
     }),
 
-    ListRevocations: admin('ListRevocations', () => ({ revocations: deps.revoker.list().map(revocationToWire) })),
+    ListRevocations: admin('ListRevocations', async () => ({ revocations: (await deps.revoker.list()).map(revocationToWire) })),
     WhoAmI: unary('WhoAmI', (_req, actor) => ({ role: actor.role, agents: actor.agents, caller: describeActor(actor) })),
     ...(deps.authorities ? authorityHandlers(deps.authorities, admin) : {}),
     CreateConsoleLogin: unary('CreateConsoleLogin', (_req, actor) => {

@@ -12,7 +12,7 @@ import { isAgentIdError } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { loadProto } from '../common/proto.js';
 import { createMemoryDatastore } from '../datastore/memory.js';
-import { EntryIndex } from '../entries/match.js';
+import { ReadModel } from '../state/read-model.js';
 import { EntryService } from '../entries/service.js';
 import { ServerSvidSource } from '../issuer/server-svid.js';
 import { TrustState } from '../issuer/trust-state.js';
@@ -128,28 +128,27 @@ beforeAll(async () => {
 
   const datastore = createMemoryDatastore();
   const sink = { append: (e: AuditEventInput) => audit.push(e) };
-  const revoker = new Revoker({ datastore, clock, audit: sink, onRevoked: () => {}, maxSvidTtlMs: 3_600_000 });
+  const state = await ReadModel.load({ datastore, logger: silentLogger(), pollIntervalMs: 60_000 });
+  const revoker = new Revoker({ datastore, issuances: datastore.issuances, state, clock, audit: sink, maxSvidTtlMs: 3_600_000 });
   const entries = new EntryService({
     datastore,
-    index: new EntryIndex(),
+    state,
     policy: { trustDomain: TD, defaultX509TtlMs: 900_000, defaultJwtTtlMs: 300_000, maxX509TtlMs: 3_600_000, maxJwtTtlMs: 3_600_000 },
     clock,
     audit: sink,
-    isRevoked: (id) => revoker.isRevoked(id),
-    revoke: (id, reason, actor) => revoker.revoke(id, reason, actor),
-    onChange: () => {},
+    revoker,
   });
   const tasks = new TaskService({
     trustDomain: TD,
     datastore,
     revoker,
+    state,
     processes: { inspect: async () => undefined, isAlive: async () => true, cgroupExists: async () => true, cgroupProcessOwners: async () => new Set<number>() },
     policy: { defaultTtlMs: 600_000, maxTtlMs: 3_600_000, x509TtlMs: 900_000, jwtTtlMs: 300_000 },
     clock,
     audit: sink,
-    onChange: () => {},
   });
-  entryId = entries.create({ spiffeId: 'spiffe://example.org/agent/builder', selectors: ['unix:uid:1000'] }, SYSTEM).id;
+  entryId = (await entries.create({ spiffeId: 'spiffe://example.org/agent/builder', selectors: ['unix:uid:1000'] }, SYSTEM)).id;
   await tasks.start({ agent: 'coder', id: 't-1', cgroup: '/agents/coder/t-1' }, SYSTEM);
   await tasks.start({ agent: 'reviewer', id: 't-2', cgroup: '/agents/reviewer/t-2' }, SYSTEM);
 
@@ -161,7 +160,7 @@ beforeAll(async () => {
     trustDomain: TD,
     roles: ROLES,
     handlers: (callerOf) =>
-      adminHandlers({ callerOf, entries, tasks, revoker, issuanceSummary: () => ({ liveSerials: [], count: 0 }), audit: sink, logger: silentLogger() }),
+      adminHandlers({ callerOf, entries, tasks, revoker, issuanceSummary: async () => ({ liveSerials: [], count: 0 }), audit: sink, logger: silentLogger() }),
     crls: () => crls,
     clock,
     logger: capturingLogger(logs),

@@ -1,70 +1,114 @@
 import type { Logger } from '../common/logger.js';
-import type { Datastore, IssuanceRecord, IssuanceStore } from './types.js';
+import type { IssuanceRecord, IssuanceStore } from './types.js';
+
+export interface BatchedIssuancesOptions {
+  /** Longest a minted SVID waits before its record is written. */
+  flushIntervalMs: number;
+  /** A batch this large is written at once. */
+  maxBatch: number;
+  /**
+   * Records kept while the datastore cannot take them (it is down); beyond this the oldest are
+   * dropped and counted. The deny list's floor of the longest SVID lifetime covers lost records.
+   */
+  maxPending: number;
+}
+
+const DEFAULTS: BatchedIssuancesOptions = { flushIntervalMs: 250, maxBatch: 500, maxPending: 100_000 };
 
 /**
- * Issuance records written in one transaction per event-loop turn instead of one commit per SVID:
- * a rotation storm of thousands of SVIDs costs one commit, not thousands. Every read flushes first,
- * so revocation (latest notAfter) and CRLs (revoked serials) always see every issued SVID.
- * A crash can lose the records of the current turn only; the deny list's floor of the longest
+ * Issuance records written in batches off the hot path: minting an SVID only queues its record;
+ * a timer (or a full batch) writes them in one transaction, so a rotation storm of thousands of
+ * SVIDs costs a few commits and no fetch ever waits on the disk. Reads flush first, so revocation
+ * (latest notAfter) and CRLs (revoked serials) always see every SVID minted by this server.
+ * A crash can lose at most the records of the last interval; the deny list's floor of the longest
  * SVID lifetime (tasks/revocations.ts) covers that.
  */
 export class BatchedIssuances implements IssuanceStore {
   private pending: IssuanceRecord[] = [];
-  private scheduled = false;
+  private timer: NodeJS.Timeout | undefined;
+  private writing: Promise<void> = Promise.resolve();
+  private readonly options: BatchedIssuancesOptions;
+  /** Records dropped because the datastore was unavailable for too long. */
+  dropped = 0;
 
   constructor(
-    private readonly ds: Pick<Datastore, 'issuances' | 'transaction'>,
+    private readonly store: IssuanceStore,
     private readonly logger: Logger,
-  ) {}
+    options: Partial<BatchedIssuancesOptions> = {},
+  ) {
+    this.options = { ...DEFAULTS, ...options };
+  }
 
-  record(issuance: IssuanceRecord): void {
-    this.pending.push(issuance);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(() => this.flushLogged());
+  /** Queues records; never waits. */
+  async record(issuances: readonly IssuanceRecord[]): Promise<void> {
+    this.queue(issuances);
+  }
+
+  queue(issuances: readonly IssuanceRecord[]): void {
+    this.pending.push(...issuances);
+    if (this.pending.length > this.options.maxPending) {
+      const excess = this.pending.length - this.options.maxPending;
+      this.pending.splice(0, excess);
+      this.dropped += excess;
+    }
+    if (this.pending.length >= this.options.maxBatch) void this.flush().catch(() => {});
+    else if (!this.timer) {
+      this.timer = setTimeout(() => void this.flush().catch(() => {}), this.options.flushIntervalMs);
+      this.timer.unref();
     }
   }
 
-  flush(): void {
-    this.scheduled = false;
-    if (this.pending.length === 0) return;
-    const batch = this.pending;
-    this.pending = [];
-    this.ds.transaction(() => {
-      for (const r of batch) this.ds.issuances.record(r);
+  get pendingCount(): number {
+    return this.pending.length;
+  }
+
+  /** Writes everything queued so far (one batch at a time, in order). */
+  flush(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    const run = this.writing.then(async () => {
+      while (this.pending.length > 0) {
+        const batch = this.pending.splice(0, this.options.maxBatch);
+        try {
+          await this.store.record(batch);
+        } catch (err) {
+          // Kept for the next attempt; the caller that needs them (a revocation) sees the error.
+          this.pending.unshift(...batch);
+          this.logger.error({ err, pending: this.pending.length }, 'could not record issuances; will retry');
+          if (!this.timer) {
+            this.timer = setTimeout(() => void this.flush().catch(() => {}), this.options.flushIntervalMs * 4);
+            this.timer.unref();
+          }
+          throw err;
+        }
+      }
     });
+    this.writing = run.catch(() => {});
+    return run;
   }
 
-  listForSpiffeId(spiffeId: string): IssuanceRecord[] {
-    this.flush();
-    return this.ds.issuances.listForSpiffeId(spiffeId);
+  async listForSpiffeId(spiffeId: string): Promise<IssuanceRecord[]> {
+    await this.flush();
+    return this.store.listForSpiffeId(spiffeId);
   }
 
-  latestNotAfter(spiffeId: string): number | undefined {
-    this.flush();
-    return this.ds.issuances.latestNotAfter(spiffeId);
+  async latestNotAfter(spiffeId: string): Promise<number | undefined> {
+    await this.flush();
+    return this.store.latestNotAfter(spiffeId);
   }
 
-  listRevokedUnexpired(now: number): IssuanceRecord[] {
-    this.flush();
-    return this.ds.issuances.listRevokedUnexpired(now);
+  async listRevokedUnexpired(now: number): Promise<IssuanceRecord[]> {
+    await this.flush();
+    return this.store.listRevokedUnexpired(now);
   }
 
-  countForSpiffeId(spiffeId: string): number {
-    this.flush();
-    return this.ds.issuances.countForSpiffeId(spiffeId);
+  async countForSpiffeId(spiffeId: string): Promise<number> {
+    await this.flush();
+    return this.store.countForSpiffeId(spiffeId);
   }
 
-  prune(now: number): number {
-    this.flush();
-    return this.ds.issuances.prune(now);
-  }
-
-  private flushLogged(): void {
-    try {
-      this.flush();
-    } catch (err) {
-      this.logger.error({ err }, 'could not record issuances');
-    }
+  async prune(now: number): Promise<number> {
+    await this.flush();
+    return this.store.prune(now);
   }
 }

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isAgentIdError, type ErrorCode } from '../common/errors.js';
 import type {
+  AuthorityRecord,
   Datastore,
   IssuanceRecord,
   NewRegistrationEntry,
@@ -16,8 +17,10 @@ import type {
 export interface ConformanceTarget {
   ds: Datastore;
   /** Closes and reopens the same storage (persistent implementations only). */
-  reopen?: () => Datastore;
-  cleanup: () => void;
+  reopen?: () => Promise<Datastore>;
+  /** A second, independent handle on the same storage (another server on a shared database). */
+  second?: () => Promise<Datastore>;
+  cleanup: () => Promise<void>;
 }
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -84,10 +87,10 @@ export function issuanceFixture(overrides: Partial<IssuanceRecord> = {}): Issuan
   };
 }
 
-export function expectCode(fn: () => unknown, code: ErrorCode, message?: RegExp): void {
+export async function expectCode(fn: () => unknown, code: ErrorCode, message?: RegExp): Promise<void> {
   let caught: unknown;
   try {
-    fn();
+    await fn();
   } catch (err) {
     caught = err;
   }
@@ -97,19 +100,19 @@ export function expectCode(fn: () => unknown, code: ErrorCode, message?: RegExp)
   if (message) expect(caught.message).toMatch(message);
 }
 
-export function datastoreConformance(name: string, open: () => ConformanceTarget): void {
+export function datastoreConformance(name: string, open: () => Promise<ConformanceTarget> | ConformanceTarget): void {
   describe(`Datastore conformance: ${name}`, () => {
     let target: ConformanceTarget;
     let ds: Datastore;
-    beforeEach(() => {
-      target = open();
+    beforeEach(async () => {
+      target = await open();
       ds = target.ds;
     });
     afterEach(() => target.cleanup());
 
     describe('entries', () => {
-      it('creates an entry with server timestamps, revision 1 and canonical selectors', () => {
-        const created = ds.entries.create(
+      it('creates an entry with server timestamps, revision 1 and canonical selectors', async () => {
+        const created = await ds.entries.create(
           entryFixture({
             selectors: [
               { type: 'unix', value: 'uid:1000' },
@@ -137,34 +140,34 @@ export function datastoreConformance(name: string, open: () => ConformanceTarget
           updatedAt: T0,
           revision: 1,
         });
-        expect(ds.entries.get('e-1')).toEqual(created);
+        expect(await ds.entries.get('e-1')).toEqual(created);
       });
 
-      it('rejects a second entry with the same id', () => {
-        ds.entries.create(entryFixture(), T0);
-        expectCode(() => ds.entries.create(entryFixture({ spiffeId: `${TD}/other` }), T0), 'already_exists', /e-1/);
+      it('rejects a second entry with the same id', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        await expectCode(() => ds.entries.create(entryFixture({ spiffeId: `${TD}/other` }), T0), 'already_exists', /e-1/);
       });
 
-      it('rejects an entry with the same SPIFFE ID and the same selector set, in any order', () => {
+      it('rejects an entry with the same SPIFFE ID and the same selector set, in any order', async () => {
         const selectors = [
           { type: 'unix', value: 'uid:1000' },
           { type: 'unix', value: 'gid:1000' },
         ];
-        ds.entries.create(entryFixture({ selectors }), T0);
-        expectCode(
+        await ds.entries.create(entryFixture({ selectors }), T0);
+        await expectCode(
           () => ds.entries.create(entryFixture({ id: 'e-2', selectors: [...selectors].reverse() }), T0),
           'already_exists',
           /same selectors.*e-1/,
         );
-        expect(ds.entries.list()).toHaveLength(1);
+        expect(await ds.entries.list()).toHaveLength(1);
       });
 
-      it('accepts the same SPIFFE ID with other selectors, and the same selectors for another SPIFFE ID', () => {
-        ds.entries.create(entryFixture(), T0);
-        ds.entries.create(entryFixture({ id: 'e-2', selectors: [{ type: 'unix', value: 'uid:1001' }] }), T0);
-        ds.entries.create(entryFixture({ id: 'e-3', spiffeId: `${TD}/agent/a2` }), T0);
+      it('accepts the same SPIFFE ID with other selectors, and the same selectors for another SPIFFE ID', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        await ds.entries.create(entryFixture({ id: 'e-2', selectors: [{ type: 'unix', value: 'uid:1001' }] }), T0);
+        await ds.entries.create(entryFixture({ id: 'e-3', spiffeId: `${TD}/agent/a2` }), T0);
         // A superset of e-1's selectors is a different set.
-        ds.entries.create(
+        await ds.entries.create(
           entryFixture({
             id: 'e-4',
             selectors: [
@@ -174,154 +177,154 @@ export function datastoreConformance(name: string, open: () => ConformanceTarget
           }),
           T0,
         );
-        expect(ds.entries.list().map((e) => e.id)).toEqual(['e-1', 'e-2', 'e-3', 'e-4']);
+        expect((await ds.entries.list()).map((e) => e.id)).toEqual(['e-1', 'e-2', 'e-3', 'e-4']);
       });
 
-      it('updates with a matching revision, keeps createdAt and bumps revision and updatedAt', () => {
-        ds.entries.create(entryFixture(), T0);
-        const updated = ds.entries.update(entryFixture({ hint: 'v2', x509TtlMs: 60_000 }), T0 + 5, 1);
+      it('updates with a matching revision, keeps createdAt and bumps revision and updatedAt', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        const updated = await ds.entries.update(entryFixture({ hint: 'v2', x509TtlMs: 60_000 }), T0 + 5, 1);
         expect(updated).toMatchObject({ hint: 'v2', x509TtlMs: 60_000, createdAt: T0, updatedAt: T0 + 5, revision: 2 });
-        expect(ds.entries.get('e-1')).toEqual(updated);
-        const again = ds.entries.update(entryFixture({ hint: 'v3' }), T0 + 9);
+        expect(await ds.entries.get('e-1')).toEqual(updated);
+        const again = await ds.entries.update(entryFixture({ hint: 'v3' }), T0 + 9);
         expect(again.revision).toBe(3);
       });
 
-      it('refuses an update with a stale revision and leaves the entry unchanged', () => {
-        ds.entries.create(entryFixture(), T0);
-        ds.entries.update(entryFixture({ hint: 'first writer' }), T0 + 1, 1);
-        expectCode(
+      it('refuses an update with a stale revision and leaves the entry unchanged', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        await ds.entries.update(entryFixture({ hint: 'first writer' }), T0 + 1, 1);
+        await expectCode(
           () => ds.entries.update(entryFixture({ hint: 'second writer' }), T0 + 2, 1),
           'failed_precondition',
           /revision 1 is stale.*revision 2/,
         );
-        expect(ds.entries.get('e-1')).toMatchObject({ hint: 'first writer', revision: 2 });
+        expect(await ds.entries.get('e-1')).toMatchObject({ hint: 'first writer', revision: 2 });
       });
 
-      it('refuses to update a missing entry', () => {
-        expectCode(() => ds.entries.update(entryFixture({ id: 'nope' }), T0), 'not_found', /nope/);
+      it('refuses to update a missing entry', async () => {
+        await expectCode(() => ds.entries.update(entryFixture({ id: 'nope' }), T0), 'not_found', /nope/);
       });
 
-      it('refuses an update that would duplicate another entry, but allows re-saving the same entry', () => {
-        ds.entries.create(entryFixture(), T0);
-        ds.entries.create(entryFixture({ id: 'e-2', selectors: [{ type: 'unix', value: 'uid:2000' }] }), T0);
-        expectCode(() => ds.entries.update(entryFixture({ id: 'e-2' }), T0 + 1), 'already_exists', /e-1/);
-        expect(ds.entries.get('e-2')?.selectors).toEqual([{ type: 'unix', value: 'uid:2000' }]);
-        expect(ds.entries.update(entryFixture({ hint: 'same identity' }), T0 + 1).revision).toBe(2);
+      it('refuses an update that would duplicate another entry, but allows re-saving the same entry', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        await ds.entries.create(entryFixture({ id: 'e-2', selectors: [{ type: 'unix', value: 'uid:2000' }] }), T0);
+        await expectCode(() => ds.entries.update(entryFixture({ id: 'e-2' }), T0 + 1), 'already_exists', /e-1/);
+        expect((await ds.entries.get('e-2'))?.selectors).toEqual([{ type: 'unix', value: 'uid:2000' }]);
+        expect((await ds.entries.update(entryFixture({ hint: 'same identity' }), T0 + 1)).revision).toBe(2);
       });
 
-      it('deletes an entry, returning it; a second delete is not_found', () => {
-        const created = ds.entries.create(entryFixture(), T0);
-        expect(ds.entries.delete('e-1')).toEqual(created);
-        expect(ds.entries.get('e-1')).toBeUndefined();
-        expect(ds.entries.list()).toEqual([]);
-        expectCode(() => ds.entries.delete('e-1'), 'not_found');
+      it('deletes an entry, returning it; a second delete is not_found', async () => {
+        const created = await ds.entries.create(entryFixture(), T0);
+        expect(await ds.entries.delete('e-1')).toEqual(created);
+        expect(await ds.entries.get('e-1')).toBeUndefined();
+        expect(await ds.entries.list()).toEqual([]);
+        await expectCode(() => ds.entries.delete('e-1'), 'not_found');
       });
 
-      it('frees the SPIFFE ID + selectors identity when the entry is deleted', () => {
-        ds.entries.create(entryFixture(), T0);
-        ds.entries.delete('e-1');
-        expect(ds.entries.create(entryFixture({ id: 'e-2' }), T0).id).toBe('e-2');
+      it('frees the SPIFFE ID + selectors identity when the entry is deleted', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        await ds.entries.delete('e-1');
+        expect((await ds.entries.create(entryFixture({ id: 'e-2' }), T0)).id).toBe('e-2');
       });
 
-      it('lists entries oldest first, then by id', () => {
-        ds.entries.create(entryFixture({ id: 'c', spiffeId: `${TD}/c` }), T0 + 10);
-        ds.entries.create(entryFixture({ id: 'b', spiffeId: `${TD}/b` }), T0);
-        ds.entries.create(entryFixture({ id: 'a', spiffeId: `${TD}/a` }), T0 + 10);
-        expect(ds.entries.list().map((e) => e.id)).toEqual(['b', 'a', 'c']);
+      it('lists entries oldest first, then by id', async () => {
+        await ds.entries.create(entryFixture({ id: 'c', spiffeId: `${TD}/c` }), T0 + 10);
+        await ds.entries.create(entryFixture({ id: 'b', spiffeId: `${TD}/b` }), T0);
+        await ds.entries.create(entryFixture({ id: 'a', spiffeId: `${TD}/a` }), T0 + 10);
+        expect((await ds.entries.list()).map((e) => e.id)).toEqual(['b', 'a', 'c']);
       });
 
-      it('returns copies: neither the input nor any returned object aliases stored state', () => {
+      it('returns copies: neither the input nor any returned object aliases stored state', async () => {
         const input = entryFixture({ dnsNames: ['a.example.org'] });
-        const created = ds.entries.create(input, T0);
+        const created = await ds.entries.create(input, T0);
         input.dnsNames.push('injected.example.org');
         (input.selectors as { type: string; value: string }[]).push({ type: 'unix', value: 'uid:0' });
         created.hint = 'mutated';
         created.selectors.push({ type: 'unix', value: 'uid:0' });
-        ds.entries.get('e-1')!.dnsNames.push('x');
-        ds.entries.list()[0]!.federatesWith.push('y');
-        const updated = ds.entries.update(entryFixture({ hint: 'v2' }), T0 + 1);
+        (await ds.entries.get('e-1'))!.dnsNames.push('x');
+        (await ds.entries.list())[0]!.federatesWith.push('y');
+        const updated = await ds.entries.update(entryFixture({ hint: 'v2' }), T0 + 1);
         updated.dnsNames.push('z');
-        expect(ds.entries.get('e-1')).toEqual({ ...entryFixture({ hint: 'v2' }), createdAt: T0, updatedAt: T0 + 1, revision: 2 });
+        expect(await ds.entries.get('e-1')).toEqual({ ...entryFixture({ hint: 'v2' }), createdAt: T0, updatedAt: T0 + 1, revision: 2 });
       });
     });
 
     describe('tasks', () => {
-      it('creates and reads back a task with either binding kind', () => {
-        const p = ds.tasks.create(taskFixture());
-        const c = ds.tasks.create(taskFixture({ id: 't2', binding: { kind: 'cgroup', path: '/agents/a1/t2' } }));
+      it('creates and reads back a task with either binding kind', async () => {
+        const p = await ds.tasks.create(taskFixture());
+        const c = await ds.tasks.create(taskFixture({ id: 't2', binding: { kind: 'cgroup', path: '/agents/a1/t2' } }));
         expect(p).toEqual(taskFixture());
-        expect(ds.tasks.get('a1', 't1')).toEqual(taskFixture());
-        expect(ds.tasks.get('a1', 't2')).toEqual(c);
+        expect(await ds.tasks.get('a1', 't1')).toEqual(taskFixture());
+        expect(await ds.tasks.get('a1', 't2')).toEqual(c);
         expect(c.binding).toEqual({ kind: 'cgroup', path: '/agents/a1/t2' });
-        expect(ds.tasks.get('a1', 'missing')).toBeUndefined();
+        expect(await ds.tasks.get('a1', 'missing')).toBeUndefined();
       });
 
-      it('task ids are unique per agent, not globally', () => {
-        ds.tasks.create(taskFixture());
-        expectCode(() => ds.tasks.create(taskFixture({ createdBy: 'someone else' })), 'already_exists', /a1\/t1/);
-        ds.tasks.create(taskFixture({ agent: 'a2' }));
-        expect(ds.tasks.list().map((t) => `${t.agent}/${t.id}`)).toEqual(['a1/t1', 'a2/t1']);
-        expect(ds.tasks.get('a1', 't1')?.createdBy).toBe(taskFixture().createdBy);
+      it('task ids are unique per agent, not globally', async () => {
+        await ds.tasks.create(taskFixture());
+        await expectCode(() => ds.tasks.create(taskFixture({ createdBy: 'someone else' })), 'already_exists', /a1\/t1/);
+        await ds.tasks.create(taskFixture({ agent: 'a2' }));
+        expect((await ds.tasks.list()).map((t) => `${t.agent}/${t.id}`)).toEqual(['a1/t1', 'a2/t1']);
+        expect((await ds.tasks.get('a1', 't1'))?.createdBy).toBe(taskFixture().createdBy);
       });
 
-      it('filters by agent and by state, in creation order', () => {
-        ds.tasks.create(taskFixture({ agent: 'a2', id: 'x', createdAt: T0 + 3 }));
-        ds.tasks.create(taskFixture({ agent: 'a1', id: 'b', createdAt: T0 + 2 }));
-        ds.tasks.create(taskFixture({ agent: 'a1', id: 'a', createdAt: T0 + 2 }));
-        ds.tasks.create(taskFixture({ agent: 'a1', id: 'old', createdAt: T0 }));
-        ds.tasks.finish('a1', 'b', 'ended', T0 + 10, 'done');
-        const ids = (f?: Parameters<Datastore['tasks']['list']>[0]) => ds.tasks.list(f).map((t) => `${t.agent}/${t.id}`);
-        expect(ids()).toEqual(['a1/old', 'a1/a', 'a1/b', 'a2/x']);
-        expect(ids({})).toEqual(['a1/old', 'a1/a', 'a1/b', 'a2/x']);
-        expect(ids({ agent: 'a1' })).toEqual(['a1/old', 'a1/a', 'a1/b']);
-        expect(ids({ state: 'active' })).toEqual(['a1/old', 'a1/a', 'a2/x']);
-        expect(ids({ agent: 'a1', state: 'ended' })).toEqual(['a1/b']);
-        expect(ids({ agent: 'a2', state: 'ended' })).toEqual([]);
-        expect(ids({ agent: 'nobody' })).toEqual([]);
+      it('filters by agent and by state, in creation order', async () => {
+        await ds.tasks.create(taskFixture({ agent: 'a2', id: 'x', createdAt: T0 + 3 }));
+        await ds.tasks.create(taskFixture({ agent: 'a1', id: 'b', createdAt: T0 + 2 }));
+        await ds.tasks.create(taskFixture({ agent: 'a1', id: 'a', createdAt: T0 + 2 }));
+        await ds.tasks.create(taskFixture({ agent: 'a1', id: 'old', createdAt: T0 }));
+        await ds.tasks.finish('a1', 'b', 'ended', T0 + 10, 'done');
+        const ids = async (f?: Parameters<Datastore['tasks']['list']>[0]) => (await ds.tasks.list(f)).map((t) => `${t.agent}/${t.id}`);
+        expect(await ids()).toEqual(['a1/old', 'a1/a', 'a1/b', 'a2/x']);
+        expect(await ids({})).toEqual(['a1/old', 'a1/a', 'a1/b', 'a2/x']);
+        expect(await ids({ agent: 'a1' })).toEqual(['a1/old', 'a1/a', 'a1/b']);
+        expect(await ids({ state: 'active' })).toEqual(['a1/old', 'a1/a', 'a2/x']);
+        expect(await ids({ agent: 'a1', state: 'ended' })).toEqual(['a1/b']);
+        expect(await ids({ agent: 'a2', state: 'ended' })).toEqual([]);
+        expect(await ids({ agent: 'nobody' })).toEqual([]);
       });
 
-      it.each(['ended', 'revoked', 'expired'] as const)('finishes an active task as %s', (state) => {
-        ds.tasks.create(taskFixture());
-        const done = ds.tasks.finish('a1', 't1', state, T0 + 60_000, `reason for ${state}`);
+      it.each(['ended', 'revoked', 'expired'] as const)('finishes an active task as %s', async (state) => {
+        await ds.tasks.create(taskFixture());
+        const done = await ds.tasks.finish('a1', 't1', state, T0 + 60_000, `reason for ${state}`);
         expect(done).toEqual({ ...taskFixture(), state, endedAt: T0 + 60_000, endReason: `reason for ${state}` });
-        expect(ds.tasks.get('a1', 't1')).toEqual(done);
+        expect(await ds.tasks.get('a1', 't1')).toEqual(done);
       });
 
-      it('refuses to finish a task twice and keeps the first outcome', () => {
-        ds.tasks.create(taskFixture());
-        ds.tasks.finish('a1', 't1', 'ended', T0 + 1, 'done');
-        expectCode(() => ds.tasks.finish('a1', 't1', 'revoked', T0 + 2, 'too late'), 'failed_precondition', /ended, not active/);
-        expect(ds.tasks.get('a1', 't1')).toMatchObject({ state: 'ended', endedAt: T0 + 1, endReason: 'done' });
+      it('refuses to finish a task twice and keeps the first outcome', async () => {
+        await ds.tasks.create(taskFixture());
+        await ds.tasks.finish('a1', 't1', 'ended', T0 + 1, 'done');
+        await expectCode(() => ds.tasks.finish('a1', 't1', 'revoked', T0 + 2, 'too late'), 'failed_precondition', /ended, not active/);
+        expect(await ds.tasks.get('a1', 't1')).toMatchObject({ state: 'ended', endedAt: T0 + 1, endReason: 'done' });
       });
 
-      it('refuses to finish a missing task, or to "finish" into the active state', () => {
-        expectCode(() => ds.tasks.finish('a1', 'nope', 'ended', T0, ''), 'not_found', /a1\/nope/);
-        ds.tasks.create(taskFixture());
-        expectCode(() => ds.tasks.finish('a1', 't1', 'active' as 'ended', T0, ''), 'invalid_argument');
-        expect(ds.tasks.get('a1', 't1')?.state).toBe('active');
+      it('refuses to finish a missing task, or to "finish" into the active state', async () => {
+        await expectCode(() => ds.tasks.finish('a1', 'nope', 'ended', T0, ''), 'not_found', /a1\/nope/);
+        await ds.tasks.create(taskFixture());
+        await expectCode(() => ds.tasks.finish('a1', 't1', 'active' as 'ended', T0, ''), 'invalid_argument');
+        expect((await ds.tasks.get('a1', 't1'))?.state).toBe('active');
       });
 
-      it('returns copies of tasks', () => {
+      it('returns copies of tasks', async () => {
         const input = taskFixture();
-        const created = ds.tasks.create(input);
+        const created = await ds.tasks.create(input);
         input.metadata['injected'] = 'yes';
         created.metadata['mutated'] = 'yes';
         (created.binding as { pid: number }).pid = 1;
-        ds.tasks.get('a1', 't1')!.metadata['x'] = 'y';
-        ds.tasks.list()[0]!.state = 'ended';
-        ds.tasks.finish('a1', 't1', 'ended', T0 + 1, 'done').metadata['z'] = 'z';
-        expect(ds.tasks.get('a1', 't1')).toEqual({ ...taskFixture(), state: 'ended', endedAt: T0 + 1, endReason: 'done' });
+        (await ds.tasks.get('a1', 't1'))!.metadata['x'] = 'y';
+        (await ds.tasks.list())[0]!.state = 'ended';
+        (await ds.tasks.finish('a1', 't1', 'ended', T0 + 1, 'done')).metadata['z'] = 'z';
+        expect(await ds.tasks.get('a1', 't1')).toEqual({ ...taskFixture(), state: 'ended', endedAt: T0 + 1, endReason: 'done' });
       });
     });
 
     describe('revocations', () => {
-      it('adds, gets and lists revocations by revocation time', () => {
-        const b = ds.revocations.add(revocationFixture({ spiffeId: `${TD}/b`, revokedAt: T0 + 1 }));
-        const a = ds.revocations.add(revocationFixture({ spiffeId: `${TD}/a`, revokedAt: T0 + 1 }));
-        const first = ds.revocations.add(revocationFixture({ spiffeId: `${TD}/z`, revokedAt: T0 }));
-        expect(ds.revocations.get(`${TD}/b`)).toEqual(b);
-        expect(ds.revocations.get(`${TD}/none`)).toBeUndefined();
-        expect(ds.revocations.list()).toEqual([first, a, b]);
+      it('adds, gets and lists revocations by revocation time', async () => {
+        const b = await ds.revocations.add(revocationFixture({ spiffeId: `${TD}/b`, revokedAt: T0 + 1 }));
+        const a = await ds.revocations.add(revocationFixture({ spiffeId: `${TD}/a`, revokedAt: T0 + 1 }));
+        const first = await ds.revocations.add(revocationFixture({ spiffeId: `${TD}/z`, revokedAt: T0 }));
+        expect(await ds.revocations.get(`${TD}/b`)).toEqual(b);
+        expect(await ds.revocations.get(`${TD}/none`)).toBeUndefined();
+        expect(await ds.revocations.list()).toEqual([first, a, b]);
       });
 
       // The merge rule, one row per case: [existing, incoming, expected].
@@ -351,198 +354,358 @@ export function datastoreConformance(name: string, open: () => ConformanceTarget
           { revokedAt: T0, revokedBy: 'alice' },
         ],
       ];
-      it.each(merges)('add() on an existing revocation: %s', (_name, existing, incoming, expected) => {
-        ds.revocations.add(revocationFixture(existing));
-        const merged = ds.revocations.add(revocationFixture(incoming));
+      it.each(merges)('add() on an existing revocation: %s', async (_name, existing, incoming, expected) => {
+        await ds.revocations.add(revocationFixture(existing));
+        const merged = await ds.revocations.add(revocationFixture(incoming));
         expect(merged).toMatchObject(expected);
-        expect(ds.revocations.get(revocationFixture().spiffeId)).toEqual(merged);
-        expect(ds.revocations.list()).toHaveLength(1);
+        expect(await ds.revocations.get(revocationFixture().spiffeId)).toEqual(merged);
+        expect(await ds.revocations.list()).toHaveLength(1);
       });
 
-      it('prunes revocations whose keepUntil has passed, keeping those due exactly now', () => {
-        ds.revocations.add(revocationFixture({ spiffeId: `${TD}/past`, keepUntil: T0 - 1 }));
-        ds.revocations.add(revocationFixture({ spiffeId: `${TD}/now`, keepUntil: T0 }));
-        ds.revocations.add(revocationFixture({ spiffeId: `${TD}/future`, keepUntil: T0 + 1 }));
-        expect(ds.revocations.prune(T0)).toBe(1);
-        expect(ds.revocations.list().map((r) => r.spiffeId).sort()).toEqual([`${TD}/future`, `${TD}/now`]);
-        expect(ds.revocations.prune(T0)).toBe(0);
+      it('prunes revocations whose keepUntil has passed, keeping those due exactly now', async () => {
+        await ds.revocations.add(revocationFixture({ spiffeId: `${TD}/past`, keepUntil: T0 - 1 }));
+        await ds.revocations.add(revocationFixture({ spiffeId: `${TD}/now`, keepUntil: T0 }));
+        await ds.revocations.add(revocationFixture({ spiffeId: `${TD}/future`, keepUntil: T0 + 1 }));
+        expect(await ds.revocations.prune(T0)).toBe(1);
+        expect((await ds.revocations.list()).map((r) => r.spiffeId).sort()).toEqual([`${TD}/future`, `${TD}/now`]);
+        expect(await ds.revocations.prune(T0)).toBe(0);
       });
 
-      it('returns copies of revocations', () => {
+      it('returns copies of revocations', async () => {
         const input = revocationFixture();
-        ds.revocations.add(input).reason = 'mutated';
+        (await ds.revocations.add(input)).reason = 'mutated';
         input.keepUntil = 0;
-        ds.revocations.get(input.spiffeId)!.keepUntil = 0;
-        ds.revocations.list()[0]!.reason = 'x';
-        expect(ds.revocations.get(input.spiffeId)).toEqual(revocationFixture());
+        (await ds.revocations.get(input.spiffeId))!.keepUntil = 0;
+        (await ds.revocations.list())[0]!.reason = 'x';
+        expect(await ds.revocations.get(input.spiffeId)).toEqual(revocationFixture());
       });
     });
 
     describe('issuances', () => {
-      it('records issuances and lists them per SPIFFE ID by issue time', () => {
+      it('records issuances and lists them per SPIFFE ID by issue time', async () => {
         const id = revocationFixture().spiffeId;
-        ds.issuances.record(issuanceFixture({ serial: '02', issuedAt: T0 + 2 }));
-        ds.issuances.record(issuanceFixture({ serial: '01', issuedAt: T0 + 1 }));
-        ds.issuances.record(issuanceFixture({ kind: 'jwt', serial: 'jti-1', issuedAt: T0 + 1, task: null }));
-        ds.issuances.record(issuanceFixture({ serial: '03', spiffeId: `${TD}/other` }));
-        expect(ds.issuances.listForSpiffeId(id).map((i) => i.serial)).toEqual(['01', 'jti-1', '02']);
-        expect(ds.issuances.listForSpiffeId(id)[1]).toEqual(issuanceFixture({ kind: 'jwt', serial: 'jti-1', issuedAt: T0 + 1, task: null }));
-        expect(ds.issuances.countForSpiffeId(id)).toBe(3);
-        expect(ds.issuances.countForSpiffeId(`${TD}/nobody`)).toBe(0);
-        expect(ds.issuances.listForSpiffeId(`${TD}/nobody`)).toEqual([]);
+        await ds.issuances.record([issuanceFixture({ serial: '02', issuedAt: T0 + 2 })]);
+        await ds.issuances.record([issuanceFixture({ serial: '01', issuedAt: T0 + 1 })]);
+        await ds.issuances.record([issuanceFixture({ kind: 'jwt', serial: 'jti-1', issuedAt: T0 + 1, task: null })]);
+        await ds.issuances.record([issuanceFixture({ serial: '03', spiffeId: `${TD}/other` })]);
+        expect((await ds.issuances.listForSpiffeId(id)).map((i) => i.serial)).toEqual(['01', 'jti-1', '02']);
+        expect((await ds.issuances.listForSpiffeId(id))[1]).toEqual(issuanceFixture({ kind: 'jwt', serial: 'jti-1', issuedAt: T0 + 1, task: null }));
+        expect(await ds.issuances.countForSpiffeId(id)).toBe(3);
+        expect(await ds.issuances.countForSpiffeId(`${TD}/nobody`)).toBe(0);
+        expect(await ds.issuances.listForSpiffeId(`${TD}/nobody`)).toEqual([]);
       });
 
-      it('refuses a serial recorded twice for the same kind', () => {
-        ds.issuances.record(issuanceFixture());
-        expectCode(() => ds.issuances.record(issuanceFixture({ spiffeId: `${TD}/x` })), 'already_exists', /0a1b2c/);
-        ds.issuances.record(issuanceFixture({ kind: 'jwt' }));
-        expect(ds.issuances.countForSpiffeId(issuanceFixture().spiffeId)).toBe(2);
+      it('refuses a serial recorded twice for the same kind', async () => {
+        await ds.issuances.record([issuanceFixture()]);
+        await expectCode(() => ds.issuances.record([issuanceFixture({ spiffeId: `${TD}/x` })]), 'already_exists', /0a1b2c/);
+        await ds.issuances.record([issuanceFixture({ kind: 'jwt' })]);
+        expect(await ds.issuances.countForSpiffeId(issuanceFixture().spiffeId)).toBe(2);
       });
 
-      it('latestNotAfter is the maximum over both kinds, undefined when nothing was issued', () => {
+      it('latestNotAfter is the maximum over both kinds, undefined when nothing was issued', async () => {
         const id = issuanceFixture().spiffeId;
-        expect(ds.issuances.latestNotAfter(id)).toBeUndefined();
-        ds.issuances.record(issuanceFixture({ serial: '01', notAfter: T0 + 500 }));
-        ds.issuances.record(issuanceFixture({ serial: '02', notAfter: T0 + 300, issuedAt: T0 + 5 }));
-        ds.issuances.record(issuanceFixture({ kind: 'jwt', serial: 'j', notAfter: T0 + 900 }));
-        ds.issuances.record(issuanceFixture({ serial: '03', spiffeId: `${TD}/other`, notAfter: T0 + 99_999 }));
-        expect(ds.issuances.latestNotAfter(id)).toBe(T0 + 900);
+        expect(await ds.issuances.latestNotAfter(id)).toBeUndefined();
+        await ds.issuances.record([issuanceFixture({ serial: '01', notAfter: T0 + 500 })]);
+        await ds.issuances.record([issuanceFixture({ serial: '02', notAfter: T0 + 300, issuedAt: T0 + 5 })]);
+        await ds.issuances.record([issuanceFixture({ kind: 'jwt', serial: 'j', notAfter: T0 + 900 })]);
+        await ds.issuances.record([issuanceFixture({ serial: '03', spiffeId: `${TD}/other`, notAfter: T0 + 99_999 })]);
+        expect(await ds.issuances.latestNotAfter(id)).toBe(T0 + 900);
       });
 
-      it('listRevokedUnexpired returns only X.509 issuances of revoked IDs still valid at now', () => {
+      it('listRevokedUnexpired returns only X.509 issuances of revoked IDs still valid at now', async () => {
         const revoked = `${TD}/revoked`;
-        ds.revocations.add(revocationFixture({ spiffeId: revoked }));
-        ds.issuances.record(issuanceFixture({ serial: 'live', spiffeId: revoked, notAfter: T0 + 10 }));
-        ds.issuances.record(issuanceFixture({ serial: 'due-now', spiffeId: revoked, notAfter: T0, issuedAt: T0 - 5 }));
-        ds.issuances.record(issuanceFixture({ serial: 'expired', spiffeId: revoked, notAfter: T0 - 1 }));
-        ds.issuances.record(issuanceFixture({ kind: 'jwt', serial: 'jwt', spiffeId: revoked, notAfter: T0 + 10 }));
-        ds.issuances.record(issuanceFixture({ serial: 'not-revoked', spiffeId: `${TD}/fine`, notAfter: T0 + 10 }));
-        expect(ds.issuances.listRevokedUnexpired(T0).map((i) => i.serial)).toEqual(['due-now', 'live']);
-        expect(ds.issuances.listRevokedUnexpired(T0 + 11)).toEqual([]);
+        await ds.revocations.add(revocationFixture({ spiffeId: revoked }));
+        await ds.issuances.record([issuanceFixture({ serial: 'live', spiffeId: revoked, notAfter: T0 + 10 })]);
+        await ds.issuances.record([issuanceFixture({ serial: 'due-now', spiffeId: revoked, notAfter: T0, issuedAt: T0 - 5 })]);
+        await ds.issuances.record([issuanceFixture({ serial: 'expired', spiffeId: revoked, notAfter: T0 - 1 })]);
+        await ds.issuances.record([issuanceFixture({ kind: 'jwt', serial: 'jwt', spiffeId: revoked, notAfter: T0 + 10 })]);
+        await ds.issuances.record([issuanceFixture({ serial: 'not-revoked', spiffeId: `${TD}/fine`, notAfter: T0 + 10 })]);
+        expect((await ds.issuances.listRevokedUnexpired(T0)).map((i) => i.serial)).toEqual(['due-now', 'live']);
+        expect(await ds.issuances.listRevokedUnexpired(T0 + 11)).toEqual([]);
       });
 
-      it('prune drops expired issuances only, and latestNotAfter follows', () => {
+      it('prune drops expired issuances only, and latestNotAfter follows', async () => {
         const id = issuanceFixture().spiffeId;
-        ds.issuances.record(issuanceFixture({ serial: 'old', notAfter: T0 - 1 }));
-        ds.issuances.record(issuanceFixture({ serial: 'edge', notAfter: T0 }));
-        ds.issuances.record(issuanceFixture({ serial: 'new', notAfter: T0 + 1 }));
-        expect(ds.issuances.prune(T0)).toBe(1);
-        expect(ds.issuances.listForSpiffeId(id).map((i) => i.serial).sort()).toEqual(['edge', 'new']);
-        expect(ds.issuances.prune(T0 + 2)).toBe(2);
-        expect(ds.issuances.latestNotAfter(id)).toBeUndefined();
-        expect(ds.issuances.countForSpiffeId(id)).toBe(0);
+        await ds.issuances.record([issuanceFixture({ serial: 'old', notAfter: T0 - 1 })]);
+        await ds.issuances.record([issuanceFixture({ serial: 'edge', notAfter: T0 })]);
+        await ds.issuances.record([issuanceFixture({ serial: 'new', notAfter: T0 + 1 })]);
+        expect(await ds.issuances.prune(T0)).toBe(1);
+        expect((await ds.issuances.listForSpiffeId(id)).map((i) => i.serial).sort()).toEqual(['edge', 'new']);
+        expect(await ds.issuances.prune(T0 + 2)).toBe(2);
+        expect(await ds.issuances.latestNotAfter(id)).toBeUndefined();
+        expect(await ds.issuances.countForSpiffeId(id)).toBe(0);
       });
 
-      it('returns copies of issuances', () => {
+      it('returns copies of issuances', async () => {
         const input = issuanceFixture();
-        ds.issuances.record(input);
+        await ds.issuances.record([input]);
         input.notAfter = 0;
-        ds.issuances.listForSpiffeId(input.spiffeId)[0]!.serial = 'mutated';
-        expect(ds.issuances.listForSpiffeId(input.spiffeId)).toEqual([issuanceFixture()]);
+        (await ds.issuances.listForSpiffeId(input.spiffeId))[0]!.serial = 'mutated';
+        expect(await ds.issuances.listForSpiffeId(input.spiffeId)).toEqual([issuanceFixture()]);
       });
     });
 
     describe('transactions', () => {
-      function seed(): void {
-        ds.entries.create(entryFixture(), T0);
-        ds.tasks.create(taskFixture());
+      async function seed(): Promise<void> {
+        await ds.entries.create(entryFixture(), T0);
+        await ds.tasks.create(taskFixture());
       }
 
-      it('commits and returns the value of fn', () => {
-        const result = ds.transaction(() => {
-          ds.entries.create(entryFixture(), T0);
-          ds.revocations.add(revocationFixture());
+      it('commits and returns the value of fn', async () => {
+        const result = await ds.transaction(async (tx) => {
+          await tx.entries.create(entryFixture(), T0);
+          await tx.revocations.add(revocationFixture());
           return 42;
         });
         expect(result).toBe(42);
-        expect(ds.entries.list()).toHaveLength(1);
-        expect(ds.revocations.list()).toHaveLength(1);
+        expect(await ds.entries.list()).toHaveLength(1);
+        expect(await ds.revocations.list()).toHaveLength(1);
       });
 
-      it('rolls back every store when fn throws, and rethrows the same error', () => {
-        seed();
+      it('rolls back every store when fn throws, and rethrows the same error', async () => {
+        await seed();
         const boom = new Error('boom');
-        expect(() =>
-          ds.transaction(() => {
-            ds.entries.create(entryFixture({ id: 'e-2', spiffeId: `${TD}/x` }), T0);
-            ds.entries.update(entryFixture({ hint: 'changed' }), T0 + 1);
-            ds.tasks.finish('a1', 't1', 'revoked', T0 + 1, 'compromised');
-            ds.tasks.create(taskFixture({ id: 't2' }));
-            ds.revocations.add(revocationFixture());
-            ds.issuances.record(issuanceFixture());
-            ds.entries.delete('e-1');
+        const head = await ds.changes.head();
+        await expect(
+          ds.transaction(async (tx) => {
+            await tx.entries.create(entryFixture({ id: 'e-2', spiffeId: `${TD}/x` }), T0);
+            await tx.entries.update(entryFixture({ hint: 'changed' }), T0 + 1);
+            await tx.tasks.finish('a1', 't1', 'revoked', T0 + 1, 'compromised');
+            await tx.tasks.create(taskFixture({ id: 't2' }));
+            await tx.revocations.add(revocationFixture());
+            await tx.issuances.record([issuanceFixture()]);
+            await tx.authorities.put(authorityFixture());
+            await tx.anchors.put('ca', 'fingerprint');
+            await tx.entries.delete('e-1');
             throw boom;
           }),
-        ).toThrow(boom);
-        expect(ds.entries.list()).toEqual([{ ...entryFixture(), createdAt: T0, updatedAt: T0, revision: 1 }]);
-        expect(ds.tasks.list()).toEqual([taskFixture()]);
-        expect(ds.revocations.list()).toEqual([]);
-        expect(ds.issuances.countForSpiffeId(issuanceFixture().spiffeId)).toBe(0);
+        ).rejects.toBe(boom);
+        expect(await ds.entries.list()).toEqual([{ ...entryFixture(), createdAt: T0, updatedAt: T0, revision: 1 }]);
+        expect(await ds.tasks.list()).toEqual([taskFixture()]);
+        expect(await ds.revocations.list()).toEqual([]);
+        expect(await ds.issuances.countForSpiffeId(issuanceFixture().spiffeId)).toBe(0);
+        expect(await ds.authorities.list()).toEqual([]);
+        expect(await ds.anchors.get('ca')).toBeUndefined();
+        expect(await ds.changes.head()).toBe(head);
+        expect(await ds.changes.since(head)).toEqual([]);
       });
 
-      it('rolls back when a store call inside fails (duplicate), keeping the store usable', () => {
-        seed();
-        expectCode(
+      it('rolls back when a store call inside fails (duplicate), keeping the store usable', async () => {
+        await seed();
+        await expectCode(
           () =>
-            ds.transaction(() => {
-              ds.revocations.add(revocationFixture());
-              ds.entries.create(entryFixture(), T0);
+            ds.transaction(async (tx) => {
+              await tx.revocations.add(revocationFixture());
+              await tx.entries.create(entryFixture(), T0);
             }),
           'already_exists',
         );
-        expect(ds.revocations.list()).toEqual([]);
-        ds.revocations.add(revocationFixture());
-        expect(ds.revocations.list()).toHaveLength(1);
+        expect(await ds.revocations.list()).toEqual([]);
+        await ds.revocations.add(revocationFixture());
+        expect(await ds.revocations.list()).toHaveLength(1);
       });
 
-      it('a nested transaction that throws rolls back only its own changes', () => {
-        ds.transaction(() => {
-          ds.entries.create(entryFixture(), T0);
-          expect(() =>
-            ds.transaction(() => {
-              ds.entries.create(entryFixture({ id: 'inner', spiffeId: `${TD}/inner` }), T0);
-              throw new Error('inner');
-            }),
-          ).toThrow('inner');
-          ds.revocations.add(revocationFixture());
+      it('a caught failure inside keeps the rest of the transaction (the failed write left nothing)', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        await ds.transaction(async (tx) => {
+          await expectCode(() => tx.entries.create(entryFixture(), T0), 'already_exists');
+          await tx.revocations.add(revocationFixture());
         });
-        expect(ds.entries.list().map((e) => e.id)).toEqual(['e-1']);
-        expect(ds.revocations.list()).toHaveLength(1);
+        expect(await ds.entries.list()).toHaveLength(1);
+        expect(await ds.revocations.list()).toHaveLength(1);
       });
 
-      it('refuses an async fn and commits nothing it did synchronously', () => {
-        expect(() =>
-          ds.transaction(async () => {
-            ds.entries.create(entryFixture(), T0);
-          }),
-        ).toThrow(/must be synchronous/);
-        expect(ds.entries.list()).toEqual([]);
+      it('an issuance batch with a duplicate records nothing', async () => {
+        await ds.issuances.record([issuanceFixture({ serial: 'dup' })]);
+        await expectCode(() => ds.issuances.record([issuanceFixture({ serial: 'fresh' }), issuanceFixture({ serial: 'dup' })]), 'already_exists', /dup/);
+        expect((await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId)).map((i) => i.serial)).toEqual(['dup']);
+      });
+
+      it('serializes concurrent transactions: read-modify-write never loses an update', async () => {
+        await ds.anchors.put('counter', '0');
+        const bump = () =>
+          ds.transaction(async (tx) => {
+            const n = Number(await tx.anchors.get('counter'));
+            await new Promise((r) => setTimeout(r, 1));
+            await tx.anchors.put('counter', String(n + 1));
+          });
+        await Promise.all(Array.from({ length: 10 }, bump));
+        expect(await ds.anchors.get('counter')).toBe('10');
+      });
+
+      it('concurrent creates of the same task: exactly one wins, the others get already_exists', async () => {
+        const results = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => ds.tasks.create(taskFixture({ createdBy: `writer ${i}` }))));
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        for (const r of results.filter((r) => r.status === 'rejected')) {
+          expect(isAgentIdError((r as PromiseRejectedResult).reason, 'already_exists')).toBe(true);
+        }
+        expect(await ds.tasks.list()).toHaveLength(1);
+      });
+
+      it('writes from outside wait for an open transaction instead of joining it', async () => {
+        let release!: () => void;
+        const gate = new Promise<void>((r) => (release = r));
+        const tx = ds.transaction(async (t) => {
+          await t.entries.create(entryFixture(), T0);
+          await gate;
+          throw new Error('rolled back');
+        });
+        const outside = ds.revocations.add(revocationFixture());
+        release();
+        await expect(tx).rejects.toThrow('rolled back');
+        await outside;
+        expect(await ds.entries.list()).toEqual([]);
+        expect(await ds.revocations.list()).toHaveLength(1);
       });
     });
 
-    it('a reopened store returns exactly what was written (persistent stores only)', (ctx) => {
-      if (!target.reopen) return ctx.skip();
-      ds.entries.create(entryFixture({ expiresAt: T0 + 1, dnsNames: ['a.example.org'], federatesWith: ['other.org'] }), T0);
-      ds.tasks.create(taskFixture({ binding: { kind: 'cgroup', path: '/agents/a1/t1' } }));
-      ds.tasks.finish('a1', 't1', 'expired', T0 + 2, 'deadline');
-      ds.revocations.add(revocationFixture());
-      ds.issuances.record(issuanceFixture());
-      const read = (d: Datastore) => ({
-        entries: d.entries.list(),
-        tasks: d.tasks.list(),
-        revocations: d.revocations.list(),
-        issuances: d.issuances.listForSpiffeId(issuanceFixture().spiffeId),
+    describe('change feed', () => {
+      it('records one change per committed write, in order, with the key to re-read', async () => {
+        const head = await ds.changes.head();
+        await ds.entries.create(entryFixture(), T0);
+        await ds.entries.update(entryFixture({ hint: 'v2' }), T0 + 1);
+        await ds.tasks.create(taskFixture());
+        await ds.tasks.finish('a1', 't1', 'ended', T0 + 2, 'done');
+        await ds.revocations.add(revocationFixture());
+        await ds.issuances.record([issuanceFixture()]);
+        await ds.authorities.put(authorityFixture());
+        await ds.entries.delete('e-1');
+        const changes = await ds.changes.since(head);
+        expect(changes.map((c) => [c.resource, c.key])).toEqual([
+          ['entry', 'e-1'],
+          ['entry', 'e-1'],
+          ['task', 'a1/t1'],
+          ['task', 'a1/t1'],
+          ['revocation', revocationFixture().spiffeId],
+          ['authority', 'server-a'],
+          ['entry', 'e-1'],
+        ]);
+        const revisions = changes.map((c) => c.revision);
+        expect(revisions).toEqual([...revisions].sort((x, y) => x - y));
+        expect(new Set(revisions).size).toBe(revisions.length);
+        expect(await ds.changes.head()).toBe(revisions.at(-1));
+        expect(await ds.changes.since(revisions[4]!, 2)).toEqual(changes.slice(5, 7));
       });
-      const before = read(ds);
-      ds = target.reopen();
-      expect(read(ds)).toEqual(before);
+
+      it('a failed write records no change; pruned revocations are changes', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        const head = await ds.changes.head();
+        await expectCode(() => ds.entries.create(entryFixture(), T0), 'already_exists');
+        await expectCode(() => ds.tasks.finish('a1', 'none', 'ended', T0, ''), 'not_found');
+        expect(await ds.changes.since(head)).toEqual([]);
+        await ds.revocations.add(revocationFixture({ keepUntil: T0 - 1 }));
+        expect(await ds.revocations.prune(T0)).toBe(1);
+        expect((await ds.changes.since(head)).map((c) => c.resource)).toEqual(['revocation', 'revocation']);
+      });
+
+      it('tells watchers after a commit, and stops after unsubscribe', async () => {
+        let calls = 0;
+        const stop = ds.changes.watch(() => calls++);
+        await ds.entries.create(entryFixture(), T0);
+        await expect.poll(() => calls, { timeout: 5000 }).toBeGreaterThan(0);
+        stop();
+        const seen = calls;
+        await ds.revocations.add(revocationFixture());
+        await new Promise((r) => setTimeout(r, 50));
+        expect(calls).toBe(seen);
+      });
+
+      it('prune drops old rows but the head keeps counting', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        await ds.revocations.add(revocationFixture());
+        const head = await ds.changes.head();
+        await ds.changes.prune(head + 1);
+        expect(await ds.changes.since(0)).toEqual([]);
+        expect(await ds.changes.head()).toBe(head);
+        await ds.tasks.create(taskFixture());
+        expect((await ds.changes.since(head)).map((c) => c.revision)).toEqual([head + 1]);
+      });
+
+      it('a second handle on the same storage sees the first one\'s writes through the feed (shared stores only)', async (ctx) => {
+        if (!target.second) return ctx.skip();
+        const other = await target.second();
+        try {
+          const head = await other.changes.head();
+          await ds.tasks.create(taskFixture());
+          await expect.poll(async () => (await other.changes.since(head)).map((c) => c.key), { timeout: 5000 }).toEqual(['a1/t1']);
+          expect(await other.tasks.get('a1', 't1')).toEqual(taskFixture());
+          await expectCode(() => other.tasks.create(taskFixture()), 'already_exists');
+        } finally {
+          await other.close();
+        }
+      });
+    });
+
+    describe('tasks by ID, authorities, anchors', () => {
+      it('findById returns the task in every agent that has that ID', async () => {
+        await ds.tasks.create(taskFixture({ agent: 'b', createdAt: T0 + 1 }));
+        await ds.tasks.create(taskFixture({ agent: 'a', createdAt: T0 + 1 }));
+        await ds.tasks.create(taskFixture({ agent: 'a', id: 'other' }));
+        expect((await ds.tasks.findById('t1')).map((t) => t.agent)).toEqual(['a', 'b']);
+        expect(await ds.tasks.findById('none')).toEqual([]);
+      });
+
+      it('publishes, replaces, lists and prunes authorities', async () => {
+        await ds.authorities.put(authorityFixture({ serverId: 'server-b' }));
+        await ds.authorities.put(authorityFixture());
+        await ds.authorities.put(authorityFixture({ jwtKeys: [{ kid: 'k2', kty: 'EC' }] }));
+        expect(await ds.authorities.get('server-a')).toEqual(authorityFixture({ jwtKeys: [{ kid: 'k2', kty: 'EC' }] }));
+        expect((await ds.authorities.list()).map((a) => a.serverId)).toEqual(['server-a', 'server-b']);
+        await ds.authorities.put(authorityFixture({ serverId: 'server-b', retireAt: T0 }));
+        expect(await ds.authorities.prune(T0)).toBe(0);
+        expect(await ds.authorities.prune(T0 + 1)).toBe(1);
+        expect(await ds.authorities.get('server-b')).toBeUndefined();
+      });
+
+      it('stores and replaces anchors', async () => {
+        expect(await ds.anchors.get('audit')).toBeUndefined();
+        await ds.anchors.put('audit', '1:abc');
+        await ds.anchors.put('audit', '2:def');
+        expect(await ds.anchors.get('audit')).toBe('2:def');
+      });
+    });
+
+    it('a reopened store returns exactly what was written (persistent stores only)', async (ctx) => {
+      if (!target.reopen) return ctx.skip();
+      await ds.entries.create(entryFixture({ expiresAt: T0 + 1, dnsNames: ['a.example.org'], federatesWith: ['other.org'] }), T0);
+      await ds.tasks.create(taskFixture({ binding: { kind: 'cgroup', path: '/agents/a1/t1' } }));
+      await ds.tasks.finish('a1', 't1', 'expired', T0 + 2, 'deadline');
+      await ds.revocations.add(revocationFixture());
+      await ds.issuances.record([issuanceFixture()]);
+      await ds.authorities.put(authorityFixture());
+      await ds.anchors.put('ca', 'fp');
+      const read = async (d: Datastore) => ({
+        entries: await d.entries.list(),
+        tasks: await d.tasks.list(),
+        revocations: await d.revocations.list(),
+        issuances: await d.issuances.listForSpiffeId(issuanceFixture().spiffeId),
+        authorities: await d.authorities.list(),
+        anchor: await d.anchors.get('ca'),
+        changes: await d.changes.since(0),
+        head: await d.changes.head(),
+      });
+      const before = await read(ds);
+      ds = await target.reopen();
+      expect(await read(ds)).toEqual(before);
       expect(before.tasks[0]?.state).toBe('expired');
     });
 
-    it('fails with failed_precondition after close', () => {
-      ds.close();
-      expectCode(() => ds.entries.list(), 'failed_precondition', /closed/);
-      ds.close();
+    it('fails with failed_precondition after close', async () => {
+      await ds.close();
+      await expectCode(() => ds.entries.list(), 'failed_precondition', /closed/);
+      await ds.close();
     });
   });
+}
+
+export function authorityFixture(overrides: Partial<AuthorityRecord> = {}): AuthorityRecord {
+  return {
+    serverId: 'server-a',
+    x509Authorities: ['MIIBroot'],
+    jwtKeys: [{ kid: 'k1', kty: 'EC' }],
+    crls: [],
+    updatedAt: T0,
+    retireAt: null,
+    ...overrides,
+  };
 }

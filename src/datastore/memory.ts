@@ -1,4 +1,4 @@
-import { alreadyExists, failedPrecondition, internal, invalidArgument, notFound } from '../common/errors.js';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../common/errors.js';
 import { normalizeSelectors } from '../spiffe/selector.js';
 import {
   FINAL_TASK_STATES,
@@ -6,23 +6,31 @@ import {
   compareIssuances,
   compareRevocations,
   compareTasks,
+  compareText,
   isExpiredAt,
-  isThenable,
   mergeRevocation,
   selectorSetHash,
 } from './rules.js';
+import {
+  asyncDatastore,
+  type SyncAnchorStore,
+  type SyncAuthorityStore,
+  type SyncEntryStore,
+  type SyncIssuanceStore,
+  type SyncRevocationStore,
+  type SyncTaskStore,
+} from './sync-engine.js';
 import type {
+  AuthorityRecord,
+  Change,
+  ChangeResource,
   Datastore,
-  EntryStore,
   IssuanceRecord,
-  IssuanceStore,
   NewRegistrationEntry,
   RegistrationEntry,
   Revocation,
-  RevocationStore,
   TaskRecord,
   TaskState,
-  TaskStore,
 } from './types.js';
 
 /*
@@ -40,6 +48,10 @@ class State {
   readonly tasks = new Map<string, TaskRecord>();
   readonly revocations = new Map<string, Revocation>();
   readonly issuances = new Map<string, IssuanceRecord>();
+  readonly authorities = new Map<string, AuthorityRecord>();
+  readonly anchors = new Map<string, string>();
+  readonly changes: Change[] = [];
+  head = 0;
   /** Undo actions of the open transaction(s), newest last; null outside any transaction. */
   undo: Array<() => void> | null = null;
   closed = false;
@@ -57,6 +69,31 @@ class State {
     map.set(key, value);
   }
 
+  logChange(resource: ChangeResource, key: string): void {
+    const change = { revision: ++this.head, resource, key };
+    this.changes.push(change);
+    this.undo?.push(() => {
+      this.changes.splice(this.changes.indexOf(change), 1);
+      this.head--;
+    });
+  }
+
+  /** Runs fn all-or-nothing (a failed multi-row write leaves nothing behind, as SQL does). */
+  atomic<T>(fn: () => T): T {
+    const outermost = this.undo === null;
+    if (outermost) this.undo = [];
+    const undo = this.undo!;
+    const mark = undo.length;
+    try {
+      return fn();
+    } catch (err) {
+      while (undo.length > mark) undo.pop()!();
+      throw err;
+    } finally {
+      if (outermost) this.undo = null;
+    }
+  }
+
   delete<K, V>(map: Map<K, V>, key: K): void {
     if (!map.has(key)) return;
     if (this.undo) {
@@ -67,7 +104,7 @@ class State {
   }
 }
 
-class MemoryEntryStore implements EntryStore {
+class MemoryEntryStore implements SyncEntryStore {
   constructor(private readonly s: State) {}
 
   create(entry: NewRegistrationEntry, now: number): RegistrationEntry {
@@ -81,7 +118,10 @@ class MemoryEntryStore implements EntryStore {
       revision: 1,
     };
     this.checkUnique(record);
-    this.s.set(this.s.entries, record.id, record);
+    this.s.atomic(() => {
+      this.s.set(this.s.entries, record.id, record);
+      this.s.logChange('entry', record.id);
+    });
     return copy(record);
   }
 
@@ -102,7 +142,10 @@ class MemoryEntryStore implements EntryStore {
       revision: current.revision + 1,
     };
     this.checkUnique(record);
-    this.s.set(this.s.entries, record.id, record);
+    this.s.atomic(() => {
+      this.s.set(this.s.entries, record.id, record);
+      this.s.logChange('entry', record.id);
+    });
     return copy(record);
   }
 
@@ -110,7 +153,10 @@ class MemoryEntryStore implements EntryStore {
     this.s.check();
     const current = this.s.entries.get(id);
     if (!current) throw notFound(`entry ${id} not found`);
-    this.s.delete(this.s.entries, id);
+    this.s.atomic(() => {
+      this.s.delete(this.s.entries, id);
+      this.s.logChange('entry', id);
+    });
     return copy(current);
   }
 
@@ -137,16 +183,25 @@ class MemoryEntryStore implements EntryStore {
   }
 }
 
-class MemoryTaskStore implements TaskStore {
+class MemoryTaskStore implements SyncTaskStore {
   constructor(private readonly s: State) {}
 
   create(task: TaskRecord): TaskRecord {
     this.s.check();
     const key = taskKey(task.agent, task.id);
     if (this.s.tasks.has(key)) throw alreadyExists(`task ${task.agent}/${task.id} already exists`);
+    if (task.state !== 'active' && !FINAL_TASK_STATES.has(task.state)) throw invalidArgument(`task: unknown state ${String(task.state)}`);
     const record = copy(task);
-    this.s.set(this.s.tasks, key, record);
+    this.s.atomic(() => {
+      this.s.set(this.s.tasks, key, record);
+      this.s.logChange('task', `${task.agent}/${task.id}`);
+    });
     return copy(record);
+  }
+
+  findById(id: string): TaskRecord[] {
+    this.s.check();
+    return [...this.s.tasks.values()].filter((t) => t.id === id).sort(compareTasks).map(copy);
   }
 
   get(agent: string, id: string): TaskRecord | undefined {
@@ -171,18 +226,24 @@ class MemoryTaskStore implements TaskStore {
     if (!current) throw notFound(`task ${agent}/${id} not found`);
     if (current.state !== 'active') throw failedPrecondition(`task ${agent}/${id} is ${current.state}, not active`);
     const record: TaskRecord = { ...copy(current), state, endedAt: at, endReason: reason };
-    this.s.set(this.s.tasks, key, record);
+    this.s.atomic(() => {
+      this.s.set(this.s.tasks, key, record);
+      this.s.logChange('task', `${agent}/${id}`);
+    });
     return copy(record);
   }
 }
 
-class MemoryRevocationStore implements RevocationStore {
+class MemoryRevocationStore implements SyncRevocationStore {
   constructor(private readonly s: State) {}
 
   add(revocation: Revocation): Revocation {
     this.s.check();
     const merged = mergeRevocation(this.s.revocations.get(revocation.spiffeId), revocation);
-    this.s.set(this.s.revocations, merged.spiffeId, merged);
+    this.s.atomic(() => {
+      this.s.set(this.s.revocations, merged.spiffeId, merged);
+      this.s.logChange('revocation', merged.spiffeId);
+    });
     return copy(merged);
   }
 
@@ -200,24 +261,32 @@ class MemoryRevocationStore implements RevocationStore {
   prune(now: number): number {
     this.s.check();
     let n = 0;
-    for (const [key, r] of [...this.s.revocations]) {
-      if (isExpiredAt(r.keepUntil, now)) {
-        this.s.delete(this.s.revocations, key);
-        n++;
+    this.s.atomic(() => {
+      for (const [key, r] of [...this.s.revocations]) {
+        if (isExpiredAt(r.keepUntil, now)) {
+          this.s.delete(this.s.revocations, key);
+          this.s.logChange('revocation', key);
+          n++;
+        }
       }
-    }
+    });
     return n;
   }
 }
 
-class MemoryIssuanceStore implements IssuanceStore {
+class MemoryIssuanceStore implements SyncIssuanceStore {
   constructor(private readonly s: State) {}
 
-  record(issuance: IssuanceRecord): void {
+  record(issuances: readonly IssuanceRecord[]): void {
     this.s.check();
-    const key = issuanceKey(issuance.kind, issuance.serial);
-    if (this.s.issuances.has(key)) throw alreadyExists(`issuance: ${issuance.kind} serial ${issuance.serial} already recorded`);
-    this.s.set(this.s.issuances, key, copy(issuance));
+    this.s.atomic(() => {
+      for (const issuance of issuances) {
+        const key = issuanceKey(issuance.kind, issuance.serial);
+        if (issuance.kind !== 'x509' && issuance.kind !== 'jwt') throw invalidArgument(`issuance: unknown kind ${String(issuance.kind)}`);
+        if (this.s.issuances.has(key)) throw alreadyExists(`issuance: ${issuance.kind} serial ${issuance.serial} already recorded`);
+        this.s.set(this.s.issuances, key, copy(issuance));
+      }
+    });
   }
 
   listForSpiffeId(spiffeId: string): IssuanceRecord[] {
@@ -262,33 +331,96 @@ class MemoryIssuanceStore implements IssuanceStore {
   }
 }
 
+class MemoryAuthorityStore implements SyncAuthorityStore {
+  constructor(private readonly s: State) {}
+
+  put(record: AuthorityRecord): void {
+    this.s.check();
+    this.s.atomic(() => {
+      this.s.set(this.s.authorities, record.serverId, copy(record));
+      this.s.logChange('authority', record.serverId);
+    });
+  }
+
+  get(serverId: string): AuthorityRecord | undefined {
+    this.s.check();
+    const r = this.s.authorities.get(serverId);
+    return r && copy(r);
+  }
+
+  list(): AuthorityRecord[] {
+    this.s.check();
+    return [...this.s.authorities.values()].sort((a, b) => compareText(a.serverId, b.serverId)).map(copy);
+  }
+
+  prune(now: number): number {
+    this.s.check();
+    let n = 0;
+    this.s.atomic(() => {
+      for (const [key, r] of [...this.s.authorities]) {
+        if (r.retireAt !== null && r.retireAt < now) {
+          this.s.delete(this.s.authorities, key);
+          this.s.logChange('authority', key);
+          n++;
+        }
+      }
+    });
+    return n;
+  }
+}
+
+class MemoryAnchorStore implements SyncAnchorStore {
+  constructor(private readonly s: State) {}
+
+  get(name: string): string | undefined {
+    this.s.check();
+    return this.s.anchors.get(name);
+  }
+
+  put(name: string, value: string): void {
+    this.s.check();
+    this.s.set(this.s.anchors, name, value);
+  }
+}
+
 export function createMemoryDatastore(): Datastore {
   const s = new State();
-  return {
-    entries: new MemoryEntryStore(s),
-    tasks: new MemoryTaskStore(s),
-    revocations: new MemoryRevocationStore(s),
-    issuances: new MemoryIssuanceStore(s),
-    transaction<T>(fn: () => T): T {
-      s.check();
-      const outermost = s.undo === null;
-      if (outermost) s.undo = [];
-      const undo = s.undo!;
-      const mark = undo.length;
-      try {
-        const result = fn();
-        // A promise would let the "transaction" commit before its work is done.
-        if (isThenable(result)) throw internal('datastore: transaction function must be synchronous');
-        if (outermost) s.undo = null;
-        return result;
-      } catch (err) {
-        while (undo.length > mark) undo.pop()!();
-        if (outermost) s.undo = null;
-        throw err;
-      }
+  return asyncDatastore({
+    kind: 'memory',
+    stores: {
+      entries: new MemoryEntryStore(s),
+      tasks: new MemoryTaskStore(s),
+      revocations: new MemoryRevocationStore(s),
+      issuances: new MemoryIssuanceStore(s),
+      authorities: new MemoryAuthorityStore(s),
+      anchors: new MemoryAnchorStore(s),
+      changes: {
+        since: (after, limit) => s.changes.filter((c) => c.revision > after).slice(0, limit).map(copy),
+        head: () => s.head,
+        prune(before) {
+          const keep = s.changes.filter((c) => c.revision >= before);
+          const n = s.changes.length - keep.length;
+          s.changes.splice(0, s.changes.length, ...keep);
+          return n;
+        },
+      },
     },
-    close(): void {
+    begin() {
+      s.check();
+      s.undo = [];
+    },
+    commit() {
+      s.undo = null;
+    },
+    rollback() {
+      const undo = s.undo ?? [];
+      while (undo.length > 0) undo.pop()!();
+      s.undo = null;
+    },
+    ping: () => s.check(),
+    close() {
       s.closed = true;
     },
-  };
+    mapError: (err) => err,
+  });
 }

@@ -104,6 +104,35 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 4,
+    description: 'change feed, task ID index, published authorities, anchors',
+    sql: `
+      -- One row per committed change to entries, tasks, revocations or authorities, written in the
+      -- same transaction as the change: readers follow it by revision (the in-memory read model,
+      -- other servers on the same database).
+      CREATE TABLE changes (
+        revision INTEGER PRIMARY KEY AUTOINCREMENT,
+        resource TEXT NOT NULL CHECK (resource IN ('entry', 'task', 'revocation', 'authority')),
+        key      TEXT NOT NULL
+      );
+      CREATE INDEX tasks_id ON tasks (id);
+
+      CREATE TABLE authorities (
+        server_id         TEXT   NOT NULL PRIMARY KEY,
+        x509_authorities  TEXT   NOT NULL,  -- JSON array of base64 DER certificates
+        jwt_keys          TEXT   NOT NULL,  -- JSON array of public JWKs
+        crls              TEXT   NOT NULL,  -- JSON array of base64 DER CRLs
+        updated_at        BIGINT NOT NULL,
+        retire_at         BIGINT
+      );
+
+      CREATE TABLE anchors (
+        name  TEXT NOT NULL PRIMARY KEY,
+        value TEXT NOT NULL
+      );
+    `,
+  },
 ];
 
 /** The schema version this code writes. */

@@ -19,25 +19,25 @@ import type { Datastore } from './types.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 
-for (const durableIssuances of [false, true]) {
-  datastoreConformance(`sqlite${durableIssuances ? ' (durable issuances)' : ''}`, () => {
-    const dir = mkdtempSync(join(tmpdir(), 'agentid-ds-'));
-    const file = join(dir, 'agentid.db');
-    let ds = openSqliteDatastore(file, { durableIssuances });
-    return {
-      ds,
-      reopen: () => {
-        ds.close();
-        ds = openSqliteDatastore(file, { durableIssuances });
-        return ds;
-      },
-      cleanup: () => {
-        ds.close();
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
-  });
-}
+datastoreConformance('sqlite', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'agentid-ds-'));
+  const file = join(dir, 'agentid.db');
+  let ds = openSqliteDatastore(file);
+  return {
+    ds,
+    // Another process on the same file (several handles, one SQLite database).
+    second: async () => openSqliteDatastore(file),
+    reopen: async () => {
+      await ds.close();
+      ds = openSqliteDatastore(file);
+      return ds;
+    },
+    cleanup: async () => {
+      await ds.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+});
 
 describe('sqlite datastore', () => {
   let dir: string;
@@ -52,45 +52,45 @@ describe('sqlite datastore', () => {
     dir = mkdtempSync(join(tmpdir(), 'agentid-ds-'));
     file = join(dir, 'agentid.db');
   });
-  afterEach(() => {
-    for (const ds of open.splice(0)) ds.close();
+  afterEach(async () => {
+    for (const ds of open.splice(0)) await ds.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
-  function writeEverything(ds: Datastore): void {
-    ds.entries.create(entryFixture({ dnsNames: ['a1.example.org'], expiresAt: T0 + 1000 }), T0);
-    ds.tasks.create(taskFixture());
-    ds.tasks.create(taskFixture({ id: 't2', binding: { kind: 'cgroup', path: '/agents/a1/t2' } }));
-    ds.tasks.finish('a1', 't2', 'revoked', T0 + 5, 'compromised');
-    ds.revocations.add(revocationFixture());
-    ds.issuances.record(issuanceFixture());
+  async function writeEverything(ds: Datastore): Promise<void> {
+    await ds.entries.create(entryFixture({ dnsNames: ['a1.example.org'], expiresAt: T0 + 1000 }), T0);
+    await ds.tasks.create(taskFixture());
+    await ds.tasks.create(taskFixture({ id: 't2', binding: { kind: 'cgroup', path: '/agents/a1/t2' } }));
+    await ds.tasks.finish('a1', 't2', 'revoked', T0 + 5, 'compromised');
+    await ds.revocations.add(revocationFixture());
+    await ds.issuances.record([issuanceFixture()]);
   }
 
-  function snapshot(ds: Datastore) {
+  async function snapshot(ds: Datastore) {
     return {
-      entries: ds.entries.list(),
-      tasks: ds.tasks.list(),
-      revocations: ds.revocations.list(),
-      issuances: ds.issuances.listForSpiffeId(issuanceFixture().spiffeId),
+      entries: await ds.entries.list(),
+      tasks: await ds.tasks.list(),
+      revocations: await ds.revocations.list(),
+      issuances: await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId),
     };
   }
 
-  it('keeps everything across close and reopen', () => {
+  it('keeps everything across close and reopen', async () => {
     const first = openDs();
-    writeEverything(first);
-    const before = snapshot(first);
-    first.close();
-    const after = snapshot(openDs());
+    await writeEverything(first);
+    const before = await snapshot(first);
+    await first.close();
+    const after = await snapshot(openDs());
     expect(after).toEqual(before);
     expect(after.entries).toHaveLength(1);
     expect(after.tasks.map((t) => t.state)).toEqual(['active', 'revoked']);
   });
 
-  it('creates the database and its WAL owner-only (0600), even with a permissive umask', () => {
+  it('creates the database and its WAL owner-only (0600), even with a permissive umask', async () => {
     const old = process.umask(0);
     try {
       const ds = openDs();
-      ds.entries.create(entryFixture(), T0);
+      await ds.entries.create(entryFixture(), T0);
       expect(statSync(file).mode & 0o777).toBe(0o600);
       expect(statSync(`${file}-wal`).mode & 0o777).toBe(0o600);
     } finally {
@@ -98,13 +98,13 @@ describe('sqlite datastore', () => {
     }
   });
 
-  it('tightens a pre-existing world-readable database file to 0600', () => {
+  it('tightens a pre-existing world-readable database file to 0600', async () => {
     writeFileSync(file, '', { mode: 0o644 });
     openDs();
     expect(statSync(file).mode & 0o777).toBe(0o600);
   });
 
-  it('applies migrations to an empty database once; re-applying is a no-op', () => {
+  it('applies migrations to an empty database once; re-applying is a no-op', async () => {
     const db = new BetterSqlite3(file);
     try {
       expect(applyMigrations(db)).toEqual({ from: 0, to: SCHEMA_VERSION });
@@ -112,27 +112,27 @@ describe('sqlite datastore', () => {
       const rows = db.prepare('SELECT version, description FROM schema_migrations ORDER BY version').all();
       expect(rows).toEqual(MIGRATIONS.map((m) => ({ version: m.version, description: m.description })));
       const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all();
-      expect(tables).toEqual(['integrity_anchor', 'issuances', 'registration_entries', 'revocations', 'schema_migrations', 'tasks']);
+      expect(tables).toEqual(['anchors', 'authorities', 'changes', 'integrity_anchor', 'issuances', 'registration_entries', 'revocations', 'schema_migrations', 'sqlite_sequence', 'tasks']);
     } finally {
       db.close();
     }
     // And the datastore opens the already migrated file.
-    expect(openDs().entries.list()).toEqual([]);
+    expect(await openDs().entries.list()).toEqual([]);
   });
 
-  it('refuses a database written by a newer schema version, naming both versions', () => {
-    openDs().close();
+  it('refuses a database written by a newer schema version, naming both versions', async () => {
+    await openDs().close();
     const db = new BetterSqlite3(file);
     db.prepare('INSERT INTO schema_migrations (version, description) VALUES (?, ?)').run(SCHEMA_VERSION + 1, 'from the future');
     db.close();
-    expectCode(
+    await expectCode(
       () => openDs(),
       'failed_precondition',
       new RegExp(`schema version ${SCHEMA_VERSION + 1} is newer than this agentid supports \\(${SCHEMA_VERSION}\\)`),
     );
   });
 
-  it('a failing migration leaves neither its tables nor its version behind', () => {
+  it('a failing migration leaves neither its tables nor its version behind', async () => {
     const db = new BetterSqlite3(file);
     try {
       const broken = [
@@ -148,7 +148,7 @@ describe('sqlite datastore', () => {
     }
   });
 
-  it('refuses a migration list with a gap in its versions', () => {
+  it('refuses a migration list with a gap in its versions', async () => {
     const db = new BetterSqlite3(':memory:');
     try {
       const gap = [MIGRATIONS[0]!, { version: 3, description: 'skips 2', sql: 'SELECT 1' }];
@@ -171,11 +171,11 @@ describe('sqlite datastore', () => {
       import { openSqliteDatastore } from ${JSON.stringify(sqliteModule)};
       const f = JSON.parse(process.env.FIXTURES);
       const ds = openSqliteDatastore(process.env.DB_FILE);
-      ds.entries.create(f.entry, ${T0});
-      ds.tasks.create(f.task);
-      ds.tasks.finish(f.task.agent, f.task.id, 'ended', ${T0 + 1}, 'done');
-      ds.revocations.add(f.revocation);
-      ds.issuances.record(f.issuance);
+      await ds.entries.create(f.entry, ${T0});
+      await ds.tasks.create(f.task);
+      await ds.tasks.finish(f.task.agent, f.task.id, 'ended', ${T0 + 1}, 'done');
+      await ds.revocations.add(f.revocation);
+      await ds.issuances.record([f.issuance]);
       process.kill(process.pid, 'SIGKILL');
     `;
     const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
@@ -190,9 +190,9 @@ describe('sqlite datastore', () => {
     expect(statSync(`${file}-wal`).size).toBeGreaterThan(0);
 
     const ds = openDs();
-    expect(ds.entries.list()).toEqual([{ ...entryFixture(), createdAt: T0, updatedAt: T0, revision: 1 }]);
-    expect(ds.tasks.list()).toEqual([{ ...taskFixture(), state: 'ended', endedAt: T0 + 1, endReason: 'done' }]);
-    expect(ds.revocations.list()).toEqual([revocationFixture()]);
-    expect(ds.issuances.listForSpiffeId(issuanceFixture().spiffeId)).toEqual([issuanceFixture()]);
+    expect(await ds.entries.list()).toEqual([{ ...entryFixture(), createdAt: T0, updatedAt: T0, revision: 1 }]);
+    expect(await ds.tasks.list()).toEqual([{ ...taskFixture(), state: 'ended', endedAt: T0 + 1, endReason: 'done' }]);
+    expect(await ds.revocations.list()).toEqual([revocationFixture()]);
+    expect(await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId)).toEqual([issuanceFixture()]);
   });
 });

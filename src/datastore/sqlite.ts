@@ -13,28 +13,40 @@ import {
 import { silentLogger, type Logger } from '../common/logger.js';
 import { normalizeSelectors, type Selector } from '../spiffe/selector.js';
 import { applyMigrations } from './migrations.js';
-import { FINAL_TASK_STATES, isThenable, mergeRevocation, selectorSetHash } from './rules.js';
+import { FINAL_TASK_STATES, mergeRevocation, selectorSetHash } from './rules.js';
+import {
+  asyncDatastore,
+  type SyncAnchorStore,
+  type SyncAuthorityStore,
+  type SyncEngine,
+  type SyncEntryStore,
+  type SyncIssuanceStore,
+  type SyncRevocationStore,
+  type SyncStores,
+  type SyncTaskStore,
+} from './sync-engine.js';
 import type {
+  AuthorityRecord,
+  Change,
+  ChangeResource,
   Datastore,
-  EntryStore,
   IssuanceRecord,
-  IssuanceStore,
   NewRegistrationEntry,
   RegistrationEntry,
   Revocation,
-  RevocationStore,
   TaskBinding,
   TaskRecord,
   TaskState,
-  TaskStore,
 } from './types.js';
 
 /*
- * SQLite Datastore (better-sqlite3, synchronous).
+ * SQLite Datastore (better-sqlite3: a synchronous engine behind the asynchronous contract through
+ * sync-engine.ts).
  *
- * Durability: WAL with synchronous=FULL, so every committed change to entries, tasks and
- * revocations is fsynced before the call returns; neither a killed process nor a power cut loses
- * it. Issuance rows are the exception (see SqliteIssuanceStore.record).
+ * Durability: WAL with synchronous=FULL, so every committed change (entries, tasks, revocations,
+ * issuance batches) is fsynced before the call returns; neither a killed process nor a power cut
+ * loses it. Every write to entries, tasks, revocations and authorities appends its change-feed row
+ * in the same transaction.
  *
  * The SQL stays portable (ON CONFLICT upserts, BIGINT/TEXT columns, JSON as TEXT, ordering in
  * ORDER BY) so a PostgreSQL store can implement the same interfaces with the same statements.
@@ -45,11 +57,6 @@ export interface SqliteDatastoreOptions {
   logger?: Logger;
   /** How long a write waits for another process's lock before failing with `unavailable`. */
   busyTimeoutMs?: number;
-  /**
-   * fsync every issuance row as well (synchronous=FULL for record()). Off by default: see
-   * SqliteIssuanceStore.record for the trade-off.
-   */
-  durableIssuances?: boolean;
 }
 
 type Db = Database;
@@ -211,7 +218,39 @@ const TASK_COLUMNS =
   'agent, id, spiffe_id, binding, metadata, state, x509_ttl_ms, jwt_ttl_ms, created_at, expires_at, ended_at, end_reason, created_by';
 const ISSUANCE_COLUMNS = 'kind, serial, spiffe_id, issuer_id, issued_at, not_after, task';
 
-class SqliteEntryStore implements EntryStore {
+/** Appends change-feed rows; callers run it inside the transaction of the change itself. */
+class ChangeLog {
+  private readonly insert: Statement<[string, string]>;
+  private readonly after: Statement<[number, number], Change>;
+  private readonly latest: Statement<[], { head: number | null }>;
+  private readonly older: Statement<[number]>;
+
+  constructor(db: Db) {
+    this.insert = db.prepare('INSERT INTO changes (resource, key) VALUES (?, ?)');
+    this.after = db.prepare('SELECT revision, resource, key FROM changes WHERE revision > ? ORDER BY revision LIMIT ?');
+    this.latest = db.prepare("SELECT seq AS head FROM sqlite_sequence WHERE name = 'changes'");
+    this.older = db.prepare('DELETE FROM changes WHERE revision < ?');
+  }
+
+  add(resource: ChangeResource, key: string): void {
+    this.insert.run(resource, key);
+  }
+
+  since(after: number, limit: number): Change[] {
+    return this.after.all(after, limit);
+  }
+
+  /** The AUTOINCREMENT sequence, so the head survives pruning of every row. */
+  head(): number {
+    return this.latest.get()?.head ?? 0;
+  }
+
+  prune(beforeRevision: number): number {
+    return this.older.run(beforeRevision).changes;
+  }
+}
+
+class SqliteEntryStore implements SyncEntryStore {
   private readonly insert: Statement;
   private readonly replace: Statement;
   private readonly remove: Statement;
@@ -219,7 +258,10 @@ class SqliteEntryStore implements EntryStore {
   private readonly byIdentity: Statement<[string, string], { id: string }>;
   private readonly all: Statement<[], EntryRow>;
 
-  constructor(private readonly db: Db) {
+  constructor(
+    private readonly db: Db,
+    private readonly log: ChangeLog,
+  ) {
     this.insert = db.prepare(
       `INSERT INTO registration_entries (${ENTRY_COLUMNS}, selectors_hash) VALUES
        (@id, @spiffe_id, @selectors, @x509_ttl_ms, @jwt_ttl_ms, @hint, @dns_names, @federates_with, @include_tasks, @expires_at,
@@ -240,14 +282,19 @@ class SqliteEntryStore implements EntryStore {
   create(entry: NewRegistrationEntry, now: number): RegistrationEntry {
     const record: RegistrationEntry = { ...entry, createdAt: now, updatedAt: now, revision: 1 };
     const params = entryToParams(record);
-    return guard(this.db, 'create entry', () => {
-      try {
-        this.insert.run(params);
-      } catch (err) {
-        throw this.constraintError(err, params) ?? err;
-      }
-      return this.get(record.id)!;
-    });
+    return guard(this.db, 'create entry', () =>
+      this.db
+        .transaction(() => {
+          try {
+            this.insert.run(params);
+          } catch (err) {
+            throw this.constraintError(err, params) ?? err;
+          }
+          this.log.add('entry', record.id);
+          return this.get(record.id)!;
+        })
+        .immediate(),
+    );
   }
 
   update(entry: NewRegistrationEntry, now: number, expectedRevision?: number): RegistrationEntry {
@@ -272,6 +319,7 @@ class SqliteEntryStore implements EntryStore {
           } catch (err) {
             throw this.constraintError(err, params) ?? err;
           }
+          this.log.add('entry', entry.id);
           return this.get(entry.id)!;
         })
         .immediate(),
@@ -285,6 +333,7 @@ class SqliteEntryStore implements EntryStore {
           const current = this.byId.get(id);
           if (!current) throw notFound(`entry ${id} not found`);
           this.remove.run(id);
+          this.log.add('entry', id);
           return entryFromRow(current);
         })
         .immediate(),
@@ -315,19 +364,24 @@ class SqliteEntryStore implements EntryStore {
   }
 }
 
-class SqliteTaskStore implements TaskStore {
+class SqliteTaskStore implements SyncTaskStore {
   private readonly insert: Statement;
   private readonly byKey: Statement<[string, string], TaskRow>;
+  private readonly byId: Statement<[string], TaskRow>;
   private readonly setFinal: Statement;
   private readonly lists: Record<'all' | 'agent' | 'state' | 'both', Statement<unknown[], TaskRow>>;
 
-  constructor(private readonly db: Db) {
+  constructor(
+    private readonly db: Db,
+    private readonly log: ChangeLog,
+  ) {
     this.insert = db.prepare(
       `INSERT INTO tasks (${TASK_COLUMNS}) VALUES
        (@agent, @id, @spiffe_id, @binding, @metadata, @state, @x509_ttl_ms, @jwt_ttl_ms, @created_at, @expires_at,
         @ended_at, @end_reason, @created_by)`,
     );
     this.byKey = db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks WHERE agent = ? AND id = ?`);
+    this.byId = db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = ? ORDER BY created_at, agent, id`);
     this.setFinal = db.prepare(
       `UPDATE tasks SET state = @state, ended_at = @ended_at, end_reason = @end_reason
        WHERE agent = @agent AND id = @id AND state = 'active'`,
@@ -342,7 +396,7 @@ class SqliteTaskStore implements TaskStore {
   }
 
   create(task: TaskRecord): TaskRecord {
-    return guard(this.db, 'create task', () => {
+    return guard(this.db, 'create task', () => this.db.transaction(() => {
       try {
         this.insert.run({
           agent: task.agent,
@@ -366,8 +420,9 @@ class SqliteTaskStore implements TaskStore {
         if (sqliteCode(err) === 'SQLITE_CONSTRAINT_CHECK') throw invalidArgument(`task: unknown state ${task.state}`);
         throw err;
       }
+      this.log.add('task', `${task.agent}/${task.id}`);
       return this.get(task.agent, task.id)!;
-    });
+    }).immediate());
   }
 
   get(agent: string, id: string): TaskRecord | undefined {
@@ -375,6 +430,10 @@ class SqliteTaskStore implements TaskStore {
       const row = this.byKey.get(agent, id);
       return row && taskFromRow(row);
     });
+  }
+
+  findById(id: string): TaskRecord[] {
+    return guard(this.db, 'find task', () => this.byId.all(id).map(taskFromRow));
   }
 
   list(filter: { agent?: string; state?: TaskState } = {}): TaskRecord[] {
@@ -402,6 +461,7 @@ class SqliteTaskStore implements TaskStore {
           const row = this.byKey.get(agent, id);
           if (!row) throw notFound(`task ${agent}/${id} not found`);
           if (changed === 0) throw failedPrecondition(`task ${agent}/${id} is ${row.state}, not active`);
+          this.log.add('task', `${agent}/${id}`);
           return taskFromRow(row);
         })
         .immediate(),
@@ -409,13 +469,16 @@ class SqliteTaskStore implements TaskStore {
   }
 }
 
-class SqliteRevocationStore implements RevocationStore {
+class SqliteRevocationStore implements SyncRevocationStore {
   private readonly upsert: Statement;
   private readonly byId: Statement<[string], RevocationRow>;
   private readonly all: Statement<[], RevocationRow>;
-  private readonly expired: Statement<[number]>;
+  private readonly expired: Statement<[number], { spiffe_id: string }>;
 
-  constructor(private readonly db: Db) {
+  constructor(
+    private readonly db: Db,
+    private readonly log: ChangeLog,
+  ) {
     this.upsert = db.prepare(
       `INSERT INTO revocations (spiffe_id, reason, revoked_at, revoked_by, keep_until)
        VALUES (@spiffe_id, @reason, @revoked_at, @revoked_by, @keep_until)
@@ -426,7 +489,7 @@ class SqliteRevocationStore implements RevocationStore {
     this.all = db.prepare(
       'SELECT spiffe_id, reason, revoked_at, revoked_by, keep_until FROM revocations ORDER BY revoked_at, spiffe_id',
     );
-    this.expired = db.prepare('DELETE FROM revocations WHERE keep_until < ?');
+    this.expired = db.prepare('DELETE FROM revocations WHERE keep_until < ? RETURNING spiffe_id');
   }
 
   add(revocation: Revocation): Revocation {
@@ -442,6 +505,7 @@ class SqliteRevocationStore implements RevocationStore {
             revoked_by: merged.revokedBy,
             keep_until: merged.keepUntil,
           });
+          this.log.add('revocation', merged.spiffeId);
           return merged;
         })
         .immediate(),
@@ -460,7 +524,15 @@ class SqliteRevocationStore implements RevocationStore {
   }
 
   prune(now: number): number {
-    return guard(this.db, 'prune revocations', () => this.expired.run(now).changes);
+    return guard(this.db, 'prune revocations', () =>
+      this.db
+        .transaction(() => {
+          const gone = this.expired.all(now);
+          for (const r of gone) this.log.add('revocation', r.spiffe_id);
+          return gone.length;
+        })
+        .immediate(),
+    );
   }
 }
 
@@ -468,25 +540,18 @@ class SqliteRevocationStore implements RevocationStore {
  * The issuances table is append + prune: record() inserts one row per SVID (hot path), prune()
  * drops expired rows; nothing updates a row.
  */
-class SqliteIssuanceStore implements IssuanceStore {
+class SqliteIssuanceStore implements SyncIssuanceStore {
   private readonly insert: Statement;
-  private readonly syncNormal: Statement;
-  private readonly syncFull: Statement;
   private readonly forId: Statement<[string], IssuanceRow>;
   private readonly latest: Statement<[string], { latest: number | null }>;
   private readonly count: Statement<[string], { n: number }>;
   private readonly revokedUnexpired: Statement<[number], IssuanceRow>;
   private readonly expired: Statement<[number]>;
 
-  constructor(
-    private readonly db: Db,
-    private readonly durable: boolean,
-  ) {
+  constructor(private readonly db: Db) {
     this.insert = db.prepare(
       `INSERT INTO issuances (${ISSUANCE_COLUMNS}) VALUES (@kind, @serial, @spiffe_id, @issuer_id, @issued_at, @not_after, @task)`,
     );
-    this.syncNormal = db.prepare('PRAGMA synchronous = NORMAL');
-    this.syncFull = db.prepare('PRAGMA synchronous = FULL');
     this.forId = db.prepare(
       `SELECT ${ISSUANCE_COLUMNS} FROM issuances WHERE spiffe_id = ? ORDER BY issued_at, serial, kind`,
     );
@@ -501,39 +566,33 @@ class SqliteIssuanceStore implements IssuanceStore {
     this.expired = db.prepare('DELETE FROM issuances WHERE not_after < ?');
   }
 
-  /**
-   * One prepared INSERT per SVID. Outside a transaction the commit runs with synchronous=NORMAL:
-   * in WAL mode that still survives a killed process (the row is in the OS once the call returns)
-   * but skips the fsync, which at thousands of rotations a second would stall the event loop. A
-   * power cut may lose the newest rows; callers that derive a revocation's keepUntil from
-   * latestNotAfter should floor it at now + the maximum TTL. Callers that record many SVIDs at
-   * once can wrap them in transaction() to get one fully synced commit for the batch.
-   */
-  record(issuance: IssuanceRecord): void {
-    guard(this.db, 'record issuance', () => {
-      const params = {
-        kind: issuance.kind,
-        serial: issuance.serial,
-        spiffe_id: issuance.spiffeId,
-        issuer_id: issuance.issuerId,
-        issued_at: issuance.issuedAt,
-        not_after: issuance.notAfter,
-        task: issuance.task,
-      };
-      const relaxed = !this.durable && !this.db.inTransaction;
-      if (relaxed) this.syncNormal.run();
-      try {
-        this.insert.run(params);
-      } catch (err) {
-        if (sqliteCode(err) === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
-          throw alreadyExists(`issuance: ${issuance.kind} serial ${issuance.serial} already recorded`);
-        }
-        if (sqliteCode(err) === 'SQLITE_CONSTRAINT_CHECK') throw invalidArgument(`issuance: unknown kind ${issuance.kind}`);
-        throw err;
-      } finally {
-        if (relaxed) this.syncFull.run();
-      }
-    });
+  /** One transaction (one fsync) per batch: callers batch the SVIDs of a rotation storm. */
+  record(issuances: readonly IssuanceRecord[]): void {
+    guard(this.db, 'record issuances', () =>
+      this.db
+        .transaction(() => {
+          for (const issuance of issuances) {
+            try {
+              this.insert.run({
+                kind: issuance.kind,
+                serial: issuance.serial,
+                spiffe_id: issuance.spiffeId,
+                issuer_id: issuance.issuerId,
+                issued_at: issuance.issuedAt,
+                not_after: issuance.notAfter,
+                task: issuance.task,
+              });
+            } catch (err) {
+              if (sqliteCode(err) === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+                throw alreadyExists(`issuance: ${issuance.kind} serial ${issuance.serial} already recorded`);
+              }
+              if (sqliteCode(err) === 'SQLITE_CONSTRAINT_CHECK') throw invalidArgument(`issuance: unknown kind ${issuance.kind}`);
+              throw err;
+            }
+          }
+        })
+        .immediate(),
+    );
   }
 
   listForSpiffeId(spiffeId: string): IssuanceRecord[] {
@@ -554,6 +613,106 @@ class SqliteIssuanceStore implements IssuanceStore {
 
   prune(now: number): number {
     return guard(this.db, 'prune issuances', () => this.expired.run(now).changes);
+  }
+}
+
+interface AuthorityRow {
+  server_id: string;
+  x509_authorities: string;
+  jwt_keys: string;
+  crls: string;
+  updated_at: number;
+  retire_at: number | null;
+}
+
+const authorityFromRow = (r: AuthorityRow): AuthorityRecord => ({
+  serverId: r.server_id,
+  x509Authorities: JSON.parse(r.x509_authorities) as string[],
+  jwtKeys: JSON.parse(r.jwt_keys) as object[],
+  crls: JSON.parse(r.crls) as string[],
+  updatedAt: r.updated_at,
+  retireAt: r.retire_at,
+});
+
+const AUTHORITY_COLUMNS = 'server_id, x509_authorities, jwt_keys, crls, updated_at, retire_at';
+
+class SqliteAuthorityStore implements SyncAuthorityStore {
+  private readonly upsert: Statement;
+  private readonly byId: Statement<[string], AuthorityRow>;
+  private readonly all: Statement<[], AuthorityRow>;
+  private readonly retired: Statement<[number], { server_id: string }>;
+
+  constructor(
+    private readonly db: Db,
+    private readonly log: ChangeLog,
+  ) {
+    this.upsert = db.prepare(
+      `INSERT INTO authorities (${AUTHORITY_COLUMNS}) VALUES (@server_id, @x509_authorities, @jwt_keys, @crls, @updated_at, @retire_at)
+       ON CONFLICT (server_id) DO UPDATE SET x509_authorities = excluded.x509_authorities, jwt_keys = excluded.jwt_keys,
+         crls = excluded.crls, updated_at = excluded.updated_at, retire_at = excluded.retire_at`,
+    );
+    this.byId = db.prepare(`SELECT ${AUTHORITY_COLUMNS} FROM authorities WHERE server_id = ?`);
+    this.all = db.prepare(`SELECT ${AUTHORITY_COLUMNS} FROM authorities ORDER BY server_id`);
+    this.retired = db.prepare('DELETE FROM authorities WHERE retire_at IS NOT NULL AND retire_at < ? RETURNING server_id');
+  }
+
+  put(record: AuthorityRecord): void {
+    guard(this.db, 'publish authority', () =>
+      this.db
+        .transaction(() => {
+          this.upsert.run({
+            server_id: record.serverId,
+            x509_authorities: JSON.stringify(record.x509Authorities),
+            jwt_keys: JSON.stringify(record.jwtKeys),
+            crls: JSON.stringify(record.crls),
+            updated_at: record.updatedAt,
+            retire_at: record.retireAt,
+          });
+          this.log.add('authority', record.serverId);
+        })
+        .immediate(),
+    );
+  }
+
+  get(serverId: string): AuthorityRecord | undefined {
+    return guard(this.db, 'get authority', () => {
+      const row = this.byId.get(serverId);
+      return row && authorityFromRow(row);
+    });
+  }
+
+  list(): AuthorityRecord[] {
+    return guard(this.db, 'list authorities', () => this.all.all().map(authorityFromRow));
+  }
+
+  prune(now: number): number {
+    return guard(this.db, 'prune authorities', () =>
+      this.db
+        .transaction(() => {
+          const gone = this.retired.all(now);
+          for (const r of gone) this.log.add('authority', r.server_id);
+          return gone.length;
+        })
+        .immediate(),
+    );
+  }
+}
+
+class SqliteAnchorStore implements SyncAnchorStore {
+  private readonly byName: Statement<[string], { value: string }>;
+  private readonly upsert: Statement<[string, string]>;
+
+  constructor(private readonly db: Db) {
+    this.byName = db.prepare('SELECT value FROM anchors WHERE name = ?');
+    this.upsert = db.prepare('INSERT INTO anchors (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value');
+  }
+
+  get(name: string): string | undefined {
+    return guard(this.db, 'get anchor', () => this.byName.get(name)?.value);
+  }
+
+  put(name: string, value: string): void {
+    guard(this.db, 'put anchor', () => this.upsert.run(name, value));
   }
 }
 
@@ -606,40 +765,31 @@ export function openSqliteDatastore(file: string, opts: SqliteDatastoreOptions =
     db.close();
     throw mapped;
   }
-  return new SqliteDatastore(db, opts.durableIssuances ?? false);
-}
-
-class SqliteDatastore implements Datastore {
-  readonly entries: EntryStore;
-  readonly tasks: TaskStore;
-  readonly revocations: RevocationStore;
-  readonly issuances: IssuanceStore;
-
-  constructor(
-    private readonly db: Db,
-    durableIssuances: boolean,
-  ) {
-    this.entries = new SqliteEntryStore(db);
-    this.tasks = new SqliteTaskStore(db);
-    this.revocations = new SqliteRevocationStore(db);
-    this.issuances = new SqliteIssuanceStore(db, durableIssuances);
-  }
-
-  /** Nested calls become savepoints; the outermost takes the write lock at BEGIN (IMMEDIATE). */
-  transaction<T>(fn: () => T): T {
-    return guard(this.db, 'transaction', () =>
-      this.db
-        .transaction(() => {
-          const result = fn();
-          // better-sqlite3 would commit as soon as the promise is returned, before its work is done.
-          if (isThenable(result)) throw internal('datastore: transaction function must be synchronous');
-          return result;
-        })
-        .immediate(),
-    );
-  }
-
-  close(): void {
-    if (this.db.open) this.db.close();
-  }
+  const log = new ChangeLog(db);
+  const stores: SyncStores = {
+    entries: new SqliteEntryStore(db, log),
+    tasks: new SqliteTaskStore(db, log),
+    revocations: new SqliteRevocationStore(db, log),
+    issuances: new SqliteIssuanceStore(db),
+    authorities: new SqliteAuthorityStore(db, log),
+    anchors: new SqliteAnchorStore(db),
+    changes: log,
+  };
+  const ping = db.prepare('SELECT 1');
+  const engine: SyncEngine = {
+    kind: 'sqlite',
+    stores,
+    // IMMEDIATE takes the write lock at BEGIN, so a transaction never fails half-way on a lock.
+    begin: () => db.exec('BEGIN IMMEDIATE'),
+    commit: () => db.exec('COMMIT'),
+    rollback: () => {
+      if (db.inTransaction) db.exec('ROLLBACK');
+    },
+    ping: () => ping.get(),
+    close: () => {
+      if (db.open) db.close();
+    },
+    mapError: (err, what) => mapError(db, err, what),
+  };
+  return asyncDatastore(engine);
 }

@@ -93,49 +93,137 @@ export interface IssuanceRecord {
   task: string | null;
 }
 
+/**
+ * One signing server's public trust material, as published to the shared datastore so that every
+ * server serving the trust domain publishes the same bundle (several servers on one database).
+ * Never contains private keys.
+ */
+export interface AuthorityRecord {
+  /** Stable name of the server (its data directory's server ID). */
+  serverId: string;
+  /** DER X.509 root (or upstream) certificates, base64. */
+  x509Authorities: string[];
+  /** JWT signing public keys as JWKs (with kid). */
+  jwtKeys: object[];
+  /** DER CRLs the server signs (its signing CAs' and the root-signed one), base64. */
+  crls: string[];
+  updatedAt: number;
+  /** Set when the server left: its material stays published until then (its SVIDs may still be presented). */
+  retireAt: number | null;
+}
+
+/** What a change-feed row names; the reader re-reads the current record for it. */
+export type ChangeResource = 'entry' | 'task' | 'revocation' | 'authority';
+
+export interface Change {
+  /** Strictly increasing across the whole store (every writer, every server). */
+  revision: number;
+  resource: ChangeResource;
+  /** entry: id; task: "<agent>/<id>"; revocation: SPIFFE ID; authority: server ID. */
+  key: string;
+}
+
+/*
+ * Every store method is asynchronous: a network database (PostgreSQL) sits behind the same
+ * interface as SQLite and memory. Writes to entries, tasks, revocations and authorities append a
+ * row to the change feed in the same transaction, so readers (the in-memory read model, other
+ * servers) see every committed change exactly once, in commit order.
+ */
+
 export interface EntryStore {
-  create(entry: NewRegistrationEntry, now: number): RegistrationEntry;
+  create(entry: NewRegistrationEntry, now: number): Promise<RegistrationEntry>;
   /** Replaces the entry; fails with not_found, or failed_precondition when expectedRevision is stale. */
-  update(entry: NewRegistrationEntry, now: number, expectedRevision?: number): RegistrationEntry;
-  delete(id: string): RegistrationEntry;
-  get(id: string): RegistrationEntry | undefined;
-  list(): RegistrationEntry[];
+  update(entry: NewRegistrationEntry, now: number, expectedRevision?: number): Promise<RegistrationEntry>;
+  delete(id: string): Promise<RegistrationEntry>;
+  get(id: string): Promise<RegistrationEntry | undefined>;
+  list(): Promise<RegistrationEntry[]>;
 }
 
 export interface TaskStore {
-  create(task: TaskRecord): TaskRecord;
-  get(agent: string, id: string): TaskRecord | undefined;
-  list(filter?: { agent?: string; state?: TaskState }): TaskRecord[];
+  create(task: TaskRecord): Promise<TaskRecord>;
+  get(agent: string, id: string): Promise<TaskRecord | undefined>;
+  /** Tasks with this ID in any agent (task IDs are unique per agent only), by the tasks_id index. */
+  findById(id: string): Promise<TaskRecord[]>;
+  list(filter?: { agent?: string; state?: TaskState }): Promise<TaskRecord[]>;
   /** Moves an active task to a final state; returns the updated record. Fails unless the task is active. */
-  finish(agent: string, id: string, state: Exclude<TaskState, 'active'>, at: number, reason: string): TaskRecord;
+  finish(agent: string, id: string, state: Exclude<TaskState, 'active'>, at: number, reason: string): Promise<TaskRecord>;
 }
 
 export interface RevocationStore {
   /** Adds or extends (keeps the later keepUntil) a revocation. */
-  add(revocation: Revocation): Revocation;
-  get(spiffeId: string): Revocation | undefined;
-  list(): Revocation[];
+  add(revocation: Revocation): Promise<Revocation>;
+  get(spiffeId: string): Promise<Revocation | undefined>;
+  list(): Promise<Revocation[]>;
   /** Drops revocations whose keepUntil has passed; returns how many. */
-  prune(now: number): number;
+  prune(now: number): Promise<number>;
 }
 
 export interface IssuanceStore {
-  record(issuance: IssuanceRecord): void;
-  listForSpiffeId(spiffeId: string): IssuanceRecord[];
+  /** Records SVIDs minted (one batch, one commit). */
+  record(issuances: readonly IssuanceRecord[]): Promise<void>;
+  listForSpiffeId(spiffeId: string): Promise<IssuanceRecord[]>;
   /** Latest notAfter of anything issued for this ID, or undefined. */
-  latestNotAfter(spiffeId: string): number | undefined;
+  latestNotAfter(spiffeId: string): Promise<number | undefined>;
   /** X.509 issuances whose SPIFFE ID is revoked and that have not yet expired at `now`. */
-  listRevokedUnexpired(now: number): IssuanceRecord[];
-  countForSpiffeId(spiffeId: string): number;
-  prune(now: number): number;
+  listRevokedUnexpired(now: number): Promise<IssuanceRecord[]>;
+  countForSpiffeId(spiffeId: string): Promise<number>;
+  prune(now: number): Promise<number>;
 }
 
-export interface Datastore {
+export interface AuthorityStore {
+  /** Publishes (replaces) one server's trust material. */
+  put(record: AuthorityRecord): Promise<void>;
+  get(serverId: string): Promise<AuthorityRecord | undefined>;
+  list(): Promise<AuthorityRecord[]>;
+  /** Removes records whose retireAt has passed; returns how many. */
+  prune(now: number): Promise<number>;
+}
+
+/**
+ * Small named values that tie the datastore to the rest of the server's state (for example the CA
+ * root fingerprint and the audit chain head), so a replaced or rolled-back database is noticed.
+ */
+export interface AnchorStore {
+  get(name: string): Promise<string | undefined>;
+  put(name: string, value: string): Promise<void>;
+}
+
+export interface ChangeFeed {
+  /** Changes with revision > after, oldest first, at most `limit` (default 1000). */
+  since(after: number, limit?: number): Promise<Change[]>;
+  /** Latest revision (0 when nothing was ever written). */
+  head(): Promise<number>;
+  /**
+   * Calls `listener` (without payload) whenever new changes may be readable: at once after a local
+   * commit, and for other writers by the database's notification (PostgreSQL LISTEN) where it has
+   * one. Readers also poll, so a lost notification only delays. Returns the unsubscribe function.
+   */
+  watch(listener: () => void): () => void;
+  /** Drops change rows older than `before` (by revision) that every reader has seen. */
+  prune(beforeRevision: number): Promise<number>;
+}
+
+/** The stores of one datastore (or of one open transaction). */
+export interface Stores {
   readonly entries: EntryStore;
   readonly tasks: TaskStore;
   readonly revocations: RevocationStore;
   readonly issuances: IssuanceStore;
-  /** Runs fn atomically (all or nothing). Implementations without transactions run it as is. */
-  transaction<T>(fn: () => T): T;
-  close(): void;
+  readonly authorities: AuthorityStore;
+  readonly anchors: AnchorStore;
+}
+
+export interface Datastore extends Stores {
+  readonly kind: 'memory' | 'sqlite' | 'postgresql';
+  readonly changes: ChangeFeed;
+  /**
+   * Runs fn atomically: every write made through the `tx` stores commits together or not at all
+   * (a thrown error or rejected promise rolls back and is rethrown). Transactions are serialized
+   * within one process; across servers the database's own locking applies. Do not use the outer
+   * stores inside fn (with SQLite they would wait for the transaction to end: a deadlock).
+   */
+  transaction<T>(fn: (tx: Stores) => Promise<T>): Promise<T>;
+  /** Resolves when the database answers a trivial query (readiness). */
+  ping(): Promise<void>;
+  close(): Promise<void>;
 }

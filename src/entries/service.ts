@@ -3,9 +3,9 @@ import { assertAuditableInput, type AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import { failedPrecondition, notFound } from '../common/errors.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
-import type { Datastore, NewRegistrationEntry, RegistrationEntry } from '../datastore/types.js';
+import type { Datastore, NewRegistrationEntry, RegistrationEntry, Stores } from '../datastore/types.js';
+import type { Revoker } from '../tasks/revocations.js';
 import { validateEntryInput, type EntryInput } from './validate.js';
-import type { EntryIndex } from './match.js';
 
 export interface EntryPolicy {
   trustDomain: TrustDomain;
@@ -17,59 +17,66 @@ export interface EntryPolicy {
 
 export interface EntryServiceDeps {
   datastore: Pick<Datastore, 'entries' | 'transaction'>;
-  index: EntryIndex;
+  /** The read model: whether an ID is denied, and a way to wait until a write is visible. */
+  state: { isRevoked(spiffeId: string): boolean; sync(): Promise<void> };
   policy: EntryPolicy;
   clock: Clock;
   audit: AuditSink;
-  isRevoked: (spiffeId: string) => boolean;
-  /** Revokes a SPIFFE ID that no entry issues any more. */
-  revoke: (spiffeId: string, reason: string, actor: Actor) => void;
-  /** Called after any entry change (the entry before and after) so open streams pick it up. */
-  onChange: (change: { before?: RegistrationEntry; after?: RegistrationEntry }) => void;
+  revoker: Pick<Revoker, 'keepUntilFor' | 'addWithin'>;
 }
 
-/** Registration entries: validated, stored, indexed for matching, audited; streams follow every change. */
+/**
+ * Registration entries: validated, stored and audited in one transaction; the read model (and so
+ * every stream) follows through the datastore's change feed.
+ */
 export class EntryService {
-  constructor(private readonly deps: EntryServiceDeps) {
-    deps.index.replace(deps.datastore.entries.list());
-  }
+  constructor(private readonly deps: EntryServiceDeps) {}
 
-  create(input: EntryInput, actor: Actor): RegistrationEntry {
+  async create(input: EntryInput, actor: Actor): Promise<RegistrationEntry> {
     const entry = this.validate(input);
-    const created = this.deps.datastore.entries.create(entry, this.deps.clock.now());
-    this.deps.index.upsert(created);
-    this.audit('entry.created', created, actor);
-    this.deps.onChange({ after: created });
+    const created = await this.deps.datastore.transaction(async (tx) => {
+      const record = await tx.entries.create(entry, this.deps.clock.now());
+      this.audit('entry.created', record, actor);
+      return record;
+    });
+    await this.deps.state.sync();
     return created;
   }
 
-  update(id: string, input: EntryInput, actor: Actor, expectedRevision?: number): RegistrationEntry {
-    const before = this.get(id);
+  async update(id: string, input: EntryInput, actor: Actor, expectedRevision?: number): Promise<RegistrationEntry> {
     const entry = { ...this.validate(input), id };
-    const updated = this.deps.datastore.entries.update(entry, this.deps.clock.now(), expectedRevision);
-    this.deps.index.upsert(updated);
-    this.audit('entry.updated', updated, actor);
-    if (before.spiffeId !== updated.spiffeId) this.revokeIfUnused(before.spiffeId, `entry ${id} changed its SPIFFE ID`, actor);
-    this.deps.onChange({ before, after: updated });
+    const before = await this.get(id);
+    const keepUntil = await this.deps.revoker.keepUntilFor(before.spiffeId);
+    const updated = await this.deps.datastore.transaction(async (tx) => {
+      const record = await tx.entries.update(entry, this.deps.clock.now(), expectedRevision);
+      this.audit('entry.updated', record, actor);
+      if (before.spiffeId !== record.spiffeId) await this.revokeIfUnused(tx, before.spiffeId, `entry ${id} changed its SPIFFE ID`, actor, keepUntil);
+      return record;
+    });
+    await this.deps.state.sync();
     return updated;
   }
 
-  delete(id: string, actor: Actor): RegistrationEntry {
-    const deleted = this.deps.datastore.entries.delete(id);
-    this.deps.index.remove(id);
-    this.audit('entry.deleted', deleted, actor);
-    this.revokeIfUnused(deleted.spiffeId, `entry ${id} deleted`, actor);
-    this.deps.onChange({ before: deleted });
+  async delete(id: string, actor: Actor): Promise<RegistrationEntry> {
+    const current = await this.get(id);
+    const keepUntil = await this.deps.revoker.keepUntilFor(current.spiffeId);
+    const deleted = await this.deps.datastore.transaction(async (tx) => {
+      const record = await tx.entries.delete(id);
+      this.audit('entry.deleted', record, actor);
+      await this.revokeIfUnused(tx, record.spiffeId, `entry ${id} deleted`, actor, keepUntil);
+      return record;
+    });
+    await this.deps.state.sync();
     return deleted;
   }
 
-  get(id: string): RegistrationEntry {
-    const entry = this.deps.datastore.entries.get(id);
+  async get(id: string): Promise<RegistrationEntry> {
+    const entry = await this.deps.datastore.entries.get(id);
     if (!entry) throw notFound(`entry "${id}" not found`);
     return entry;
   }
 
-  list(): RegistrationEntry[] {
+  list(): Promise<RegistrationEntry[]> {
     return this.deps.datastore.entries.list();
   }
 
@@ -81,21 +88,20 @@ export class EntryService {
     );
     // Audited with these values: refuse what the audit log would refuse, before anything is stored.
     assertAuditableInput({ type: 'entry.created', spiffe_id: entry.spiffeId, selectors: entry.selectors.map((s) => `${s.type}:${s.value}`) }, 'entry');
-    if (this.deps.isRevoked(entry.spiffeId)) {
+    if (this.deps.state.isRevoked(entry.spiffeId)) {
       throw failedPrecondition(`entry: ${entry.spiffeId} is revoked until its last SVID expires (see agentid revocations list)`);
     }
     return entry;
   }
 
   /**
-   * A SPIFFE ID that no entry issues any more goes on the deny list, so SVIDs already out are
-   * refused everywhere; an ID still issued by another entry stays valid.
+   * A SPIFFE ID that no entry issues any more goes on the deny list (in the same transaction), so
+   * SVIDs already out are refused everywhere; an ID still issued by another entry stays valid.
    */
-  private revokeIfUnused(spiffeId: string, reason: string, actor: Actor): void {
-    if (this.deps.datastore.entries.list().some((e) => e.spiffeId === spiffeId)) return;
-    this.deps.revoke(spiffeId, reason, actor);
+  private async revokeIfUnused(tx: Stores, spiffeId: string, reason: string, actor: Actor, keepUntil: number): Promise<void> {
+    if ((await tx.entries.list()).some((e) => e.spiffeId === spiffeId)) return;
+    await this.deps.revoker.addWithin(tx, spiffeId, reason, actor, keepUntil);
   }
-
   private audit(type: 'entry.created' | 'entry.updated' | 'entry.deleted', entry: RegistrationEntry, actor: Actor): void {
     this.deps.audit.append({
       type,

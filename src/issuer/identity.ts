@@ -72,7 +72,7 @@ export interface ResolveInput {
    * caller bound to any of them (live or finished) is a task process and gets nothing else
    * but entries that opt in with includeTasks.
    */
-  tasks: TaskRecord[];
+  tasks: readonly TaskRecord[];
   isRevoked: (spiffeId: string) => boolean;
   now: number;
   taskBufferMs: number;

@@ -15,7 +15,7 @@ function setup() {
       // Every build is new bytes (a new CRL number), as the real CA's are.
       buildCrls: (list) => [Buffer.from(`crl#${++builds}:${list.map((r) => r.serial).join(',')}`)],
     },
-    issuances: { listRevokedUnexpired: () => revoked },
+    issuances: { listRevokedUnexpired: async () => revoked },
     clock,
   });
   const revoke = (serial: string, kind: 'x509' | 'jwt' = 'x509') =>
@@ -24,27 +24,47 @@ function setup() {
 }
 
 describe('TrustState versions', () => {
-  it('moves the CRL version only when the CRLs list a different set of serials', () => {
+  it('moves the CRL version only when the CRLs list a different set of serials', async () => {
     const { trust, revoke } = setup();
+    await trust.rebuildCrls();
     const first = trust.versions();
     const crls = trust.crls();
     // A revocation whose ID has no X.509 serial (never issued, or JWT only): same CRLs, same version.
     revoke('j1', 'jwt');
-    trust.revocationsChanged();
+    await trust.rebuildCrls();
     expect(trust.versions()).toEqual(first);
     expect(trust.crls()).toBe(crls);
     revoke('x1');
-    trust.revocationsChanged();
+    await trust.rebuildCrls();
     expect(trust.versions()).toEqual({ ...first, crl: first.crl + 1 });
     expect(trust.crls()[0]!.toString()).toMatch(/:x1$/);
   });
 
-  it('re-signed CRLs and a CA change move the versions they concern, JWT keys only on a CA change', () => {
+  it('re-signed CRLs and a CA change move the versions they concern, JWT keys only on a CA change', async () => {
     const { trust } = setup();
+    await trust.rebuildCrls();
     const first = trust.versions();
-    trust.refreshCrls();
+    await trust.rebuildCrls({ force: true });
     expect(trust.versions()).toEqual({ ...first, crl: first.crl + 1 });
     trust.invalidate();
     expect(trust.versions()).toEqual({ x509: first.x509 + 1, jwt: first.jwt + 1, crl: first.crl + 2, federation: first.federation });
+  });
+
+  it('serves the other servers\' roots, JWT keys and CRLs with its own, once each', async () => {
+    const clock = new ManualClock(Date.UTC(2026, 5, 1));
+    const peers = [
+      { x509Authorities: [Buffer.from('peer-ca'), Buffer.from('ca')], jwtKeys: [{ kid: 'k2' }, { kid: 'k1' }], crls: [Buffer.from('peer-crl')] },
+    ];
+    const trust = new TrustState({
+      ca: { trustDomain: { idString: 'spiffe://td.example' }, x509Bundle: () => [Buffer.from('ca')], jwtKeys: () => [{ kid: 'k1' }], buildCrls: () => [Buffer.from('own-crl')] },
+      issuances: { listRevokedUnexpired: async () => [] },
+      clock,
+      peers: () => peers,
+    });
+    await trust.rebuildCrls();
+    expect(trust.ownX509Bundle().map(String)).toEqual(['ca', 'peer-ca']);
+    expect(JSON.parse(trust.ownJwtBundle().toString()).keys.map((k: { kid: string }) => k.kid)).toEqual(['k1', 'k2']);
+    expect(trust.crls().map(String)).toEqual(['own-crl', 'peer-crl']);
+    expect(trust.ownCrlsOnly().map(String)).toEqual(['own-crl']);
   });
 });

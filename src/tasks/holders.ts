@@ -1,4 +1,5 @@
 import type { TaskRecord } from '../datastore/types.js';
+import type { StateChange } from '../state/read-model.js';
 import type { ProcessInspector } from './service.js';
 
 /**
@@ -7,30 +8,67 @@ import type { ProcessInspector } from './service.js';
  * a process whose task ended or was revoked must receive nothing, not fall back to the entries
  * its uid matches (resolveIdentities).
  *
- * A finished task is released only after a liveness check says its holder is gone; until the
- * first check after a restart, every finished task counts (fail closed). A process binding names
- * pid and start time, so a released one can never match again; a cgroup path could be recreated,
- * and then the new cgroup is an ordinary one.
+ * Finished tasks are kept here (not in the read model) and only while their holder may live: a
+ * finished task is dropped once a liveness check says its holder is gone. At start-up every
+ * finished task in the datastore counts until the first check (fail closed). A process binding
+ * names pid and start time, so a dropped one can never match again; a cgroup path could be
+ * recreated, and then the new cgroup is an ordinary one.
  */
 export class TaskHolders {
-  private readonly released = new Set<string>();
+  private readonly finished = new Map<string, TaskRecord>();
+  private view: readonly TaskRecord[] | undefined;
+  private viewOf: readonly TaskRecord[] | undefined;
 
-  constructor(private readonly deps: { processes: Pick<ProcessInspector, 'isAlive' | 'cgroupExists'> }) {}
+  constructor(
+    private readonly deps: {
+      processes: Pick<ProcessInspector, 'isAlive' | 'cgroupExists'>;
+      /** The read model's active tasks. */
+      active: () => readonly TaskRecord[];
+    },
+  ) {}
 
-  /** The tasks identity resolution must see, from every task in the store. */
-  select(all: readonly TaskRecord[]): TaskRecord[] {
-    return all.filter((t) => t.state === 'active' || !this.released.has(key(t)));
+  /** Start-up: every finished task the datastore knows may still have its process. */
+  load(all: readonly TaskRecord[]): void {
+    for (const t of all) if (t.state !== 'active') this.finished.set(key(t), t);
+    this.view = undefined;
   }
 
-  /** Releases finished tasks whose process exited or whose cgroup is gone. */
-  async prune(all: readonly TaskRecord[]): Promise<void> {
-    for (const t of all) {
-      if (t.state === 'active' || this.released.has(key(t))) continue;
+  /** Follows the read model: a task that just finished joins the holders. */
+  follow(changes: readonly StateChange[]): void {
+    for (const c of changes) {
+      if (c.kind === 'task' && c.after && c.after.state !== 'active') {
+        this.finished.set(key(c.after), c.after);
+        this.view = undefined;
+      }
+    }
+  }
+
+  /** The tasks identity resolution must see (a shared array, rebuilt only on change). */
+  select(): readonly TaskRecord[] {
+    const active = this.deps.active();
+    if (!this.view || this.viewOf !== active) {
+      this.viewOf = active;
+      this.view = Object.freeze([...active, ...this.finished.values()]);
+    }
+    return this.view;
+  }
+
+  /** True when some task also covers its process's descendants: only then do parent chains matter. */
+  anyWithDescendants(): boolean {
+    return this.select().some((t) => t.binding.kind === 'process' && t.binding.descendants);
+  }
+
+  /** Drops finished tasks whose process exited or whose cgroup is gone. */
+  async prune(): Promise<void> {
+    for (const [k, t] of [...this.finished]) {
       const b = t.binding;
       const alive = b.kind === 'process'
         ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })
         : await this.deps.processes.cgroupExists(b.path);
-      if (!alive) this.released.add(key(t));
+      if (!alive) {
+        this.finished.delete(k);
+        this.view = undefined;
+      }
     }
   }
 }

@@ -1,17 +1,19 @@
 import type { Clock } from '../common/clock.js';
 import type { AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
-import type { Datastore, Revocation } from '../datastore/types.js';
+import type { Datastore, IssuanceStore, Revocation, Stores } from '../datastore/types.js';
 
 export interface RevokerDeps {
-  datastore: Pick<Datastore, 'revocations' | 'issuances'>;
+  datastore: Pick<Datastore, 'revocations' | 'transaction'>;
+  /** Issuance records (flushed before they are read, see datastore/batched-issuances.ts). */
+  issuances: Pick<IssuanceStore, 'latestNotAfter' | 'prune'>;
+  /** The read model: the deny list as the request path sees it, and a way to wait for a write. */
+  state: { isRevoked(spiffeId: string): boolean; sync(): Promise<void> };
   clock: Clock;
   audit: AuditSink;
-  /** Called after the deny list changed: drop cached SVIDs, rebuild CRLs, push to streams. */
-  onRevoked: (spiffeId: string) => void;
   /**
    * Longest SVID lifetime the server issues. The deny list keeps an ID at least this long, so an
-   * issuance record lost in a power cut (they are not fsynced one by one) cannot shorten it.
+   * issuance record lost in a crash (they are written in batches) cannot shorten it.
    */
   maxSvidTtlMs: number;
 }
@@ -22,27 +24,31 @@ export interface RevokerDeps {
  * for as long as it could be presented.
  */
 export class Revoker {
-  private readonly revoked = new Set<string>();
-
-  constructor(private readonly deps: RevokerDeps) {
-    for (const r of deps.datastore.revocations.list()) this.revoked.add(r.spiffeId);
-  }
+  constructor(private readonly deps: RevokerDeps) {}
 
   isRevoked(spiffeId: string): boolean {
-    return this.revoked.has(spiffeId);
+    return this.deps.state.isRevoked(spiffeId);
   }
 
-  revoke(spiffeId: string, reason: string, actor: Actor, minKeepUntil = 0): Revocation {
+  /** How long the deny list must keep this ID (read before the transaction that adds it). */
+  async keepUntilFor(spiffeId: string, minKeepUntil = 0): Promise<number> {
     const now = this.deps.clock.now();
-    const latest = this.deps.datastore.issuances.latestNotAfter(spiffeId) ?? now;
-    const revocation = this.deps.datastore.revocations.add({
+    const latest = (await this.deps.issuances.latestNotAfter(spiffeId)) ?? now;
+    return Math.max(latest, now + this.deps.maxSvidTtlMs, minKeepUntil);
+  }
+
+  /**
+   * Adds the revocation inside the caller's transaction, audit line included: if the audit line
+   * cannot be written, the transaction rolls back and nothing is revoked half-way.
+   */
+  async addWithin(tx: Pick<Stores, 'revocations'>, spiffeId: string, reason: string, actor: Actor, keepUntil: number): Promise<Revocation> {
+    const revocation = await tx.revocations.add({
       spiffeId,
       reason,
-      revokedAt: now,
+      revokedAt: this.deps.clock.now(),
       revokedBy: describeActor(actor),
-      keepUntil: Math.max(latest, now + this.deps.maxSvidTtlMs, minKeepUntil),
+      keepUntil,
     });
-    this.revoked.add(spiffeId);
     this.deps.audit.append({
       type: 'revocation.added',
       outcome: 'ok',
@@ -52,21 +58,25 @@ export class Revoker {
       by: describeActor(actor),
       keep_until: revocation.keepUntil,
     });
-    this.deps.onRevoked(spiffeId);
     return revocation;
   }
 
-  list(): Revocation[] {
+  /** Revokes in one transaction and returns once the read model (and so every stream) has it. */
+  async revoke(spiffeId: string, reason: string, actor: Actor, minKeepUntil = 0): Promise<Revocation> {
+    const keepUntil = await this.keepUntilFor(spiffeId, minKeepUntil);
+    const revocation = await this.deps.datastore.transaction((tx) => this.addWithin(tx, spiffeId, reason, actor, keepUntil));
+    await this.deps.state.sync();
+    return revocation;
+  }
+
+  list(): Promise<Revocation[]> {
     return this.deps.datastore.revocations.list();
   }
 
   /** Drops expired deny-list entries and the issuance records nobody can present any more. */
-  prune(): void {
+  async prune(): Promise<void> {
     const now = this.deps.clock.now();
-    if (this.deps.datastore.revocations.prune(now) > 0) {
-      this.revoked.clear();
-      for (const r of this.deps.datastore.revocations.list()) this.revoked.add(r.spiffeId);
-    }
-    this.deps.datastore.issuances.prune(now);
+    await this.deps.datastore.revocations.prune(now);
+    await this.deps.issuances.prune(now);
   }
 }

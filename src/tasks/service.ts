@@ -1,7 +1,7 @@
 import type { Clock } from '../common/clock.js';
 import { assertAuditableInput, type AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
-import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFound, permissionDenied } from '../common/errors.js';
+import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, isAgentIdError, notFound, permissionDenied } from '../common/errors.js';
 import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import type { Datastore, TaskBinding, TaskRecord, TaskState } from '../datastore/types.js';
 import type { Revoker } from './revocations.js';
@@ -30,14 +30,14 @@ export interface StartTaskInput {
 
 export interface TaskServiceDeps {
   trustDomain: TrustDomain;
-  datastore: Pick<Datastore, 'tasks' | 'issuances' | 'transaction'>;
-  revoker: Revoker;
+  datastore: Pick<Datastore, 'tasks' | 'transaction'>;
+  revoker: Pick<Revoker, 'isRevoked' | 'keepUntilFor' | 'addWithin'>;
+  /** The read model: active tasks as streams see them, and a way to wait until a write is visible. */
+  state: { activeTasks(): readonly TaskRecord[]; sync(): Promise<void> };
   processes: ProcessInspector;
   policy: TaskPolicy;
   clock: Clock;
   audit: AuditSink;
-  /** Called after any task change (the record before and after) so open streams pick it up. */
-  onChange: (change: { before?: TaskRecord; after: TaskRecord }) => void;
 }
 
 const taskNotFound = (ref: { agent?: string; id: string }) => notFound(`task "${ref.agent ? `${ref.agent}/` : ''}${ref.id}" not found`);
@@ -98,7 +98,10 @@ export class TaskService {
       this.deny(actor, 'task.start', `not allowed to start tasks for agent "${input.agent}"`, input.agent, input.id);
     }
     const spiffeId = taskSpiffeId(this.deps.trustDomain, input.agent, input.id).toString();
-    if (this.findById(input.id)) throw alreadyExists(`task "${input.id}" already exists (task IDs are never reused)`);
+    // Task IDs are scoped per agent: another agent's task of the same ID is neither a conflict nor visible.
+    if (await this.deps.datastore.tasks.get(input.agent, input.id)) {
+      throw alreadyExists(`task "${input.agent}/${input.id}" already exists (task IDs are never reused within an agent)`);
+    }
     if (this.deps.revoker.isRevoked(spiffeId)) throw failedPrecondition(`task: ${spiffeId} is revoked and cannot be issued again`);
 
     let binding: TaskBinding;
@@ -126,45 +129,49 @@ export class TaskService {
     }
 
     const now = clock.now();
-    const task = this.deps.datastore.tasks.create({
-      id: input.id,
-      agent: input.agent,
-      spiffeId,
-      binding,
-      metadata: { ...metadata },
-      state: 'active',
-      x509TtlMs: Math.min(policy.x509TtlMs, ttlMs),
-      jwtTtlMs: Math.min(policy.jwtTtlMs, ttlMs),
-      createdAt: now,
-      expiresAt: now + ttlMs,
-      endedAt: null,
-      endReason: null,
-      createdBy: describeActor(actor),
+    const task = await this.deps.datastore.transaction(async (tx) => {
+      const created = await tx.tasks.create({
+        id: input.id,
+        agent: input.agent,
+        spiffeId,
+        binding,
+        metadata: { ...metadata },
+        state: 'active',
+        x509TtlMs: Math.min(policy.x509TtlMs, ttlMs),
+        jwtTtlMs: Math.min(policy.jwtTtlMs, ttlMs),
+        createdAt: now,
+        expiresAt: now + ttlMs,
+        endedAt: null,
+        endReason: null,
+        createdBy: describeActor(actor),
+      });
+      // Inside the transaction: a task that cannot be audited is not started.
+      this.deps.audit.append({
+        type: 'task.started',
+        outcome: 'ok',
+        actor: auditActor(actor),
+        agent: created.agent,
+        task: created.id,
+        spiffe_id: spiffeId,
+        binding,
+        ttl_ms: ttlMs,
+        expires_at: created.expiresAt,
+        metadata: created.metadata,
+        by: describeActor(actor),
+        role: actor.role,
+      });
+      return created;
     });
-    this.deps.audit.append({
-      type: 'task.started',
-      outcome: 'ok',
-      actor: auditActor(actor),
-      agent: task.agent,
-      task: task.id,
-      spiffe_id: spiffeId,
-      binding,
-      ttl_ms: ttlMs,
-      expires_at: task.expiresAt,
-      metadata: task.metadata,
-      by: describeActor(actor),
-      role: actor.role,
-    });
-    this.deps.onChange({ after: task });
+    await this.deps.state.sync();
     return task;
   }
 
-  end(ref: { agent?: string; id: string }, reason: string, actor: Actor): TaskRecord {
+  end(ref: { agent?: string; id: string }, reason: string, actor: Actor): Promise<TaskRecord> {
     assertAuditableInput({ type: 'task.ended', reason }, 'task end');
     return this.finish(ref, 'ended', reason || 'ended', actor);
   }
 
-  revoke(ref: { agent?: string; id: string }, reason: string, actor: Actor): TaskRecord {
+  async revoke(ref: { agent?: string; id: string }, reason: string, actor: Actor): Promise<TaskRecord> {
     if (actor.role !== 'admin') {
       this.deny(actor, 'task.revoke', 'only admins may revoke', ref.agent ?? '', ref.id);
     }
@@ -173,29 +180,27 @@ export class TaskService {
     return this.finish(ref, 'revoked', reason, actor);
   }
 
-  get(ref: { agent?: string; id: string }, actor: Actor): TaskRecord {
-    const task = this.resolve(ref);
-    if (!mayActOnAgent(actor, task.agent)) this.hide(actor, 'task.show', task, ref);
-    return task;
+  get(ref: { agent?: string; id: string }, actor: Actor): Promise<TaskRecord> {
+    return this.resolve(ref, actor, 'task.show');
   }
 
-  list(filter: { agent?: string; state?: TaskState }, actor: Actor): TaskRecord[] {
+  async list(filter: { agent?: string; state?: TaskState }, actor: Actor): Promise<TaskRecord[]> {
     if (filter.agent !== undefined && !mayActOnAgent(actor, filter.agent)) {
       this.deny(actor, 'task.list', `not allowed to list tasks of agent "${filter.agent}"`, filter.agent, '');
     }
-    return this.deps.datastore.tasks.list(filter).filter((t) => mayActOnAgent(actor, t.agent));
+    return (await this.deps.datastore.tasks.list(filter)).filter((t) => mayActOnAgent(actor, t.agent));
   }
 
-  activeTasks(): TaskRecord[] {
-    return this.deps.datastore.tasks.list({ state: 'active' });
+  activeTasks(): readonly TaskRecord[] {
+    return this.deps.state.activeTasks();
   }
 
   /** Ends tasks past their expiry. Returns the earliest expiry still ahead, for the scheduler. */
-  expireDue(actor: Actor): number | undefined {
+  async expireDue(actor: Actor): Promise<number | undefined> {
     const now = this.deps.clock.now();
     let next: number | undefined;
     for (const t of this.activeTasks()) {
-      if (t.expiresAt <= now) this.finish(t, 'expired', 'task lifetime reached', actor);
+      if (t.expiresAt <= now) await this.finishQuietly(t, 'expired', 'task lifetime reached', actor);
       else if (next === undefined || t.expiresAt < next) next = t.expiresAt;
     }
     return next;
@@ -208,53 +213,82 @@ export class TaskService {
       const alive = b.kind === 'process'
         ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })
         : await this.deps.processes.cgroupExists(b.path);
-      if (!alive) {
-        try {
-          this.finish(t, 'ended', b.kind === 'process' ? 'bound process exited' : 'bound cgroup removed', actor);
-        } catch {
-          // Ended concurrently by an admin call: nothing left to do.
-        }
-      }
+      if (!alive) await this.finishQuietly(t, 'ended', b.kind === 'process' ? 'bound process exited' : 'bound cgroup removed', actor);
     }
   }
 
-  private finish(ref: { agent?: string; id: string }, state: Exclude<TaskState, 'active'>, reason: string, actor: Actor): TaskRecord {
-    const task = this.resolve(ref);
-    if (!mayActOnAgent(actor, task.agent)) this.hide(actor, `task.${state === 'revoked' ? 'revoke' : 'end'}`, task, ref);
-    let finished = task;
-    if (task.state === 'active') {
-      finished = this.deps.datastore.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
-      const common = { outcome: 'ok' as const, actor: auditActor(actor), agent: task.agent, task: task.id, spiffe_id: task.spiffeId };
-      this.deps.audit.append(
-        state === 'revoked'
-          ? { ...common, type: 'task.revoked', reason, by: describeActor(actor) }
-          : { ...common, type: 'task.ended', reason: state === 'expired' ? `expired: ${reason}` : reason },
-      );
-    } else if (state !== 'revoked') {
-      throw failedPrecondition(`task "${task.id}" is already ${task.state}`);
+  /** For the scheduler: a task ended concurrently (by an admin, or another server) needs nothing more. */
+  private async finishQuietly(task: TaskRecord, state: 'ended' | 'expired', reason: string, actor: Actor): Promise<void> {
+    try {
+      await this.finishTask(task, state, reason, actor);
+    } catch (err) {
+      if (!isAgentIdError(err, 'failed_precondition') && !isAgentIdError(err, 'not_found')) throw err;
     }
-    // Revoking an ended task still matters: its SVIDs may not have expired yet.
-    this.deps.revoker.revoke(task.spiffeId, `task ${state}: ${reason}`, actor);
-    this.deps.onChange({ before: task, after: finished });
+  }
+
+  private async finish(ref: { agent?: string; id: string }, state: Exclude<TaskState, 'active'>, reason: string, actor: Actor): Promise<TaskRecord> {
+    const task = await this.resolve(ref, actor, `task.${state === 'revoked' ? 'revoke' : 'end'}`);
+    return this.finishTask(task, state, reason, actor);
+  }
+
+  /**
+   * One transaction: the task's final state, its audit line and its deny-list row (with its audit
+   * line) are all written or none is; the caller is told the truth either way.
+   */
+  private async finishTask(task: TaskRecord, state: Exclude<TaskState, 'active'>, reason: string, actor: Actor): Promise<TaskRecord> {
+    const keepUntil = await this.deps.revoker.keepUntilFor(task.spiffeId);
+    const finished = await this.deps.datastore.transaction(async (tx) => {
+      const current = await tx.tasks.get(task.agent, task.id);
+      if (!current) throw notFound(`task "${task.agent}/${task.id}" not found`);
+      let result = current;
+      if (current.state === 'active') {
+        result = await tx.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
+        const common = { outcome: 'ok' as const, actor: auditActor(actor), agent: task.agent, task: task.id, spiffe_id: task.spiffeId };
+        this.deps.audit.append(
+          state === 'revoked'
+            ? { ...common, type: 'task.revoked', reason, by: describeActor(actor) }
+            : { ...common, type: 'task.ended', reason: state === 'expired' ? `expired: ${reason}` : reason },
+        );
+      } else if (state !== 'revoked') {
+        throw failedPrecondition(`task "${task.id}" is already ${current.state}`);
+      }
+      // Revoking an ended task still matters: its SVIDs may not have expired yet.
+      await this.deps.revoker.addWithin(tx, task.spiffeId, `task ${state}: ${reason}`, actor, keepUntil);
+      return result;
+    });
+    await this.deps.state.sync();
     return finished;
   }
 
-  private findById(id: string): TaskRecord | undefined {
-    return this.deps.datastore.tasks.list().find((t) => t.id === id);
-  }
-
-  private resolve(ref: { agent?: string; id: string }): TaskRecord {
-    const task = ref.agent ? this.deps.datastore.tasks.get(ref.agent, ref.id) : this.findById(ref.id);
-    if (!task) throw taskNotFound(ref);
-    return task;
+  /**
+   * Finds a task by agent and ID, or by ID alone among the agents the caller may act on. An
+   * orchestrator learns nothing about other agents' tasks: their IDs are simply not found.
+   */
+  private async resolve(ref: { agent?: string; id: string }, actor: Actor, action: string): Promise<TaskRecord> {
+    if (ref.agent !== undefined && ref.agent !== '') {
+      if (!mayActOnAgent(actor, ref.agent)) this.hide(actor, action, ref);
+      const task = await this.deps.datastore.tasks.get(ref.agent, ref.id);
+      if (!task) throw taskNotFound(ref);
+      return task;
+    }
+    const all = await this.deps.datastore.tasks.findById(ref.id);
+    const visible = all.filter((t) => mayActOnAgent(actor, t.agent));
+    if (visible.length === 0) {
+      if (all.length > 0) this.hide(actor, action, ref, all[0]!.agent);
+      throw taskNotFound(ref);
+    }
+    if (visible.length > 1) {
+      throw invalidArgument(`task "${ref.id}" exists in several agents (${visible.map((t) => t.agent).join(', ')}): name the agent (--agent)`);
+    }
+    return visible[0]!;
   }
 
   /**
    * Refuses a task of an agent the caller may not act on exactly as a missing one: an orchestrator
    * learns neither that the task exists nor which agent holds it. The audit trail has the truth.
    */
-  private hide(actor: Actor, action: string, task: TaskRecord, ref: { agent?: string; id: string }): never {
-    this.auditDenied(actor, action, `not allowed to act on tasks of agent "${task.agent}" (task ${task.agent}/${task.id})`);
+  private hide(actor: Actor, action: string, ref: { agent?: string; id: string }, agent = ref.agent): never {
+    this.auditDenied(actor, action, `not allowed to act on tasks of agent "${agent}" (task ${agent}/${ref.id})`);
     throw taskNotFound(ref);
   }
 

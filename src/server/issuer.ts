@@ -1,0 +1,218 @@
+import { join } from 'node:path';
+import type { Clock } from '../common/clock.js';
+import type { Logger } from '../common/logger.js';
+import type { Config } from '../config/index.js';
+import type { CertificateAuthority } from '../ca/authority.js';
+import type { AuditLog } from '../audit/index.js';
+import type { DiskReserve } from '../audit/disk-reserve.js';
+import type { TaskHolders } from '../tasks/holders.js';
+import type { AuthorityRecord, Datastore } from '../datastore/types.js';
+import type { BatchedIssuances } from '../datastore/batched-issuances.js';
+import type { ReadModel } from '../state/read-model.js';
+import { SpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
+import { Federation } from '../federation/index.js';
+import { resolveIdentities } from '../issuer/identity.js';
+import { TasksByBinding } from '../issuer/task-candidates.js';
+import { SvidCache } from '../issuer/svid-cache.js';
+import { StreamHub } from '../issuer/hub.js';
+import { TrustState, type PeerAuthority } from '../issuer/trust-state.js';
+import { ServerSvidSource } from '../issuer/server-svid.js';
+import { JwtValidator } from '../issuer/jwt-validator.js';
+import { auditedIssuances } from '../issuer/issuance-audit.js';
+import { workloadStateEncoders } from '../workload/encode.js';
+
+export interface IssuerDeps {
+  config: Config;
+  trustDomain: TrustDomain;
+  serverId: string;
+  clock: Clock;
+  logger: Logger;
+  ca: CertificateAuthority;
+  audit: AuditLog;
+  reserve: Pick<DiskReserve, 'assertRoom'>;
+  holders: TaskHolders;
+  datastore: Pick<Datastore, 'authorities'>;
+  issuances: BatchedIssuances;
+  state: ReadModel;
+}
+
+export interface Issuer {
+  trust: TrustState;
+  cache: SvidCache;
+  hub: StreamHub;
+  serverSvid: ServerSvidSource;
+  federation: Federation;
+  jwtValidator: JwtValidator;
+  /** Publishes this server's roots, JWT keys and CRLs for the other servers on the datastore. */
+  publish(retireAt?: number | null): Promise<void>;
+  /** CRLs re-signed from the deny list, pushed, and published. */
+  refreshCrls(): Promise<void>;
+  /** After a CA rotation: every SVID re-minted and pushed, bundles republished. */
+  caRotated(): Promise<void>;
+  /** After a manual CA change (taint, revoke): what the condemned keys signed is re-minted at once. */
+  authorityChanged(condemned: ReadonlySet<string>): Promise<void>;
+  close(): Promise<void>;
+}
+
+const b64 = (b: Buffer) => b.toString('base64');
+
+/**
+ * The mint/push half of the server: trust material, the SVID cache, the stream hub and the
+ * server's own SVID, and how they react to what the read model reports (entry, task, revocation
+ * and other servers' trust changes all re-enter here, never further up).
+ */
+export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
+  const { config, trustDomain, serverId, clock, logger, ca, audit, state, holders, reserve } = deps;
+
+  // Other servers' published trust material, decoded once per change.
+  let peerCache: PeerAuthority[] | undefined;
+  const peers = (): PeerAuthority[] =>
+    (peerCache ??= state
+      .authorities()
+      .filter((a) => a.serverId !== serverId)
+      .map((a) => ({
+        x509Authorities: a.x509Authorities.map((s) => Buffer.from(s, 'base64')),
+        jwtKeys: a.jwtKeys,
+        crls: a.crls.map((s) => Buffer.from(s, 'base64')),
+      })));
+
+  const federation = new Federation({
+    relationships: config.federation,
+    ownTrustDomain: trustDomain,
+    clock,
+    logger: logger.child({ module: 'federation' }),
+    stateFile: join(config.dataDir, 'federation.json'),
+    onChange: (trustDomain) => hub.changed({ kind: 'federation', trustDomain }),
+  });
+  const trust = new TrustState({
+    ca,
+    issuances: deps.issuances,
+    clock,
+    federation,
+    revokedAt: (id) => state.revocation(id)?.revokedAt,
+    peers,
+  });
+  const cache = new SvidCache({
+    // New issuance pauses while the data volumes are short of their reserve.
+    minter: {
+      mintX509Svid: (req) => (reserve.assertRoom(), ca.mintX509Svid(req)),
+      mintJwtSvid: (req) => (reserve.assertRoom(), ca.mintJwtSvid(req)),
+    },
+    recordIssuance: (r) => deps.issuances.queue([r]),
+    clock,
+    logger,
+    events: auditedIssuances(audit),
+  });
+  const hub: StreamHub = new StreamHub({
+    identitiesFor: (caller, now) =>
+      resolveIdentities({
+        caller,
+        matchedEntries: state.entries.match(caller.selectors, now),
+        tasks: TasksByBinding.of(holders.select()).candidatesFor(caller),
+        isRevoked: (id) => state.isRevoked(id),
+        now,
+        taskBufferMs: config.tasks.bufferMs,
+      }),
+    cache,
+    trust,
+    encoders: workloadStateEncoders(),
+    clock,
+    logger,
+    around: (fn) => audit.batch(fn),
+  });
+  await trust.rebuildCrls();
+  // agentid's own SVID, for the TLS listeners it serves itself.
+  const serverSvid = new ServerSvidSource({
+    spiffeId: SpiffeId.fromSegments(trustDomain, 'agentid', 'server'),
+    ttlMs: config.svid.x509TtlMs,
+    minter: ca,
+    trust,
+    clock,
+  });
+  const jwtValidator = new JwtValidator({
+    trustDomain,
+    trust,
+    federation,
+    federatedTrustDomains: config.federation.map((r) => r.trustDomain),
+    isRevoked: (id) => state.isRevoked(id),
+    clock,
+  });
+
+  const publish = async (retireAt: number | null = null) => {
+    const record: AuthorityRecord = {
+      serverId,
+      x509Authorities: ca.x509Bundle().map(b64),
+      jwtKeys: ca.jwtKeys(),
+      crls: trust.ownCrlsOnly().map(b64),
+      updatedAt: clock.now(),
+      retireAt,
+    };
+    await deps.datastore.authorities.put(record);
+  };
+  /** Re-signed CRLs (after revocations, or forced: periodic re-signing) go to streams and peers. */
+  const crlsChanged = async (force: boolean) => {
+    const before = trust.versions().crl;
+    await trust.rebuildCrls({ force });
+    if (trust.versions().crl === before) return;
+    serverSvid.trustChanged();
+    hub.changed({ kind: 'trust' });
+    await publish();
+  };
+
+  const stopFollowing = state.onChange((changes) => {
+    holders.follow(changes);
+    let revoked = false;
+    for (const change of changes) {
+      if (change.kind === 'revocation') {
+        cache.forgetSpiffeId(change.spiffeId);
+        revoked = true;
+        hub.changed(change);
+      } else if (change.kind === 'authority') {
+        if (change.serverId === serverId) continue;
+        peerCache = undefined;
+        trust.invalidate();
+        serverSvid.trustChanged();
+        hub.changed({ kind: 'trust' });
+      } else {
+        hub.changed(change);
+      }
+    }
+    // The streams drop a revoked identity in this fan-out; the re-signed CRLs follow in the next.
+    if (revoked) void crlsChanged(false).catch((err) => logger.error({ err }, 'could not re-sign CRLs after a revocation'));
+  });
+  await publish();
+
+  return {
+    trust,
+    cache,
+    hub,
+    serverSvid,
+    federation,
+    jwtValidator,
+    publish,
+    refreshCrls: () => crlsChanged(true),
+    async caRotated() {
+      cache.invalidateAll();
+      trust.invalidate();
+      await trust.rebuildCrls({ force: true });
+      serverSvid.renew(true);
+      hub.refresh();
+      await publish();
+    },
+    async authorityChanged(condemned) {
+      cache.forgetIssuers(condemned);
+      trust.invalidate();
+      await trust.rebuildCrls({ force: true });
+      serverSvid.renew(true);
+      hub.refresh();
+      await publish();
+    },
+    async close() {
+      stopFollowing();
+      // Leaving: the other servers keep this server's roots and keys until its last SVID expires.
+      const maxTtl = Math.max(config.svid.maxX509TtlMs, config.svid.maxJwtTtlMs);
+      await publish(clock.now() + maxTtl).catch((err) => logger.warn({ err }, 'could not mark this server as leaving'));
+    },
+  };
+}
+

@@ -1,0 +1,38 @@
+import { join } from 'node:path';
+import type { Config } from '../config/index.js';
+import type { Logger } from '../common/logger.js';
+import { openSqliteDatastore } from '../datastore/sqlite.js';
+import { BatchedIssuances } from '../datastore/batched-issuances.js';
+import type { Datastore } from '../datastore/types.js';
+import { ReadModel } from '../state/read-model.js';
+import type { ServerMetrics } from '../ops/index.js';
+
+/** How often the read model looks at the change feed without a notification. */
+const POLL_INTERVAL_MS = 500;
+
+export interface Storage {
+  datastore: Datastore;
+  /** Issuance records, written in batches off the request path. */
+  issuances: BatchedIssuances;
+  close(): Promise<void>;
+}
+
+export async function buildStorage(config: Config, deps: { logger: Logger; metrics: Pick<ServerMetrics, 'timeDatastore'> }): Promise<Storage> {
+  // Write latency is measured at the store (metrics); reads come from the read model.
+  const datastore = deps.metrics.timeDatastore(openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger: deps.logger }));
+  const issuances = new BatchedIssuances(datastore.issuances, deps.logger);
+  return {
+    datastore,
+    issuances,
+    async close() {
+      await issuances.flush().catch((err) => deps.logger.error({ err }, 'could not record the last issuances'));
+      await datastore.close();
+    },
+  };
+}
+
+export async function buildReadModel(datastore: Datastore, deps: { logger: Logger }): Promise<ReadModel> {
+  const model = await ReadModel.load({ datastore, logger: deps.logger.child({ module: 'state' }), pollIntervalMs: POLL_INTERVAL_MS });
+  model.start();
+  return model;
+}
