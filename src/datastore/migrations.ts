@@ -149,13 +149,13 @@ export function currentSchemaVersion(db: Database): number {
   return row.v ?? 0;
 }
 
-function checkOrder(migrations: readonly Migration[]): void {
+export function checkOrder(migrations: readonly Migration[]): void {
   migrations.forEach((m, i) => {
     if (m.version !== i + 1) throw internal(`datastore: migration #${i} has version ${m.version}, expected ${i + 1}`);
   });
 }
 
-function refuseNewer(found: number, known: number): never {
+export function refuseNewer(found: number, known: number): never {
   throw failedPrecondition(
     `datastore: database schema version ${found} is newer than this agentid supports (${known}); ` +
       'run a newer agentid or restore a backup taken before the upgrade',
