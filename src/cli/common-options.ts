@@ -8,6 +8,7 @@ export interface CommonFlags {
   trustDomain?: string;
   socket?: string;
   adminSocket?: string;
+  datastore?: string;
   logLevel?: string;
   logFormat?: string;
   consoleListen?: string;
@@ -55,6 +56,7 @@ export function configFrom(flags: CommonFlags): Config {
       dataDir: flags.dataDir,
       socket: flags.socket,
       adminSocket: flags.adminSocket,
+      datastore: flags.datastore,
       logLevel: flags.logLevel,
       logFormat: flags.logFormat as 'json' | 'pretty' | undefined,
       consoleListen: flags.consoleListen,

@@ -52,6 +52,7 @@ export function registerServerCommand(program: Command): void {
     .description('run the agentid server in the foreground (Workload API + admin API); SIGINT/SIGTERM stop it, SIGHUP reloads')
     .option('--socket <path>', 'Workload API socket (default <data-dir>/workload.sock)')
     .option('--admin-socket <path>', 'admin API socket (default <data-dir>/admin.sock)')
+    .option('--datastore <url>', 'sqlite (default) or postgresql://... shared by several servers (env AGENTID_DATASTORE; keep passwords in PGPASSWORD or ~/.pgpass)')
     .option('--log-level <level>', 'log level (trace, debug, info, warn, error)')
     .addOption(new Option('--log-format <format>', 'json, pretty, or auto (pretty on a terminal)'))
     .option('--console-listen <host:port>', 'serve the web console over HTTPS here, e.g. 127.0.0.1:8445 (env AGENTID_CONSOLE_LISTEN)')

@@ -1,5 +1,6 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { inspect } from 'node:util';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -326,6 +327,38 @@ federation: [{ trust_domain: BAD2, bundle_endpoint_url: "ftp://x", profile: http
 
   it('refuses a missing file', () => {
     expect(problemOf(() => loadConfig({ ...BASE, file: join(dir, 'absent.yaml') })).message).toMatch(/does not exist/);
+  });
+});
+
+describe('datastore.url', () => {
+  it('defaults to SQLite in the data directory, which follows data_dir', () => {
+    expect(load(undefined).datastore).toEqual({ kind: 'sqlite', file: '/home/op/.local/share/agentid/agentid.db' });
+    expect(load('data_dir: /var/lib/agentid\n').datastore).toEqual({ kind: 'sqlite', file: '/var/lib/agentid/agentid.db' });
+  });
+
+  it.each<[string, Partial<LoadConfigOptions>, string | undefined, { host: string; database: string }]>([
+    ['file', {}, 'datastore: { url: "postgresql://agentid:s3cret@db.example.org:5433/agentid?sslmode=require" }\n', { host: 'db.example.org:5433', database: 'agentid' }],
+    ['env', { env: { ...ENV, AGENTID_DATASTORE: 'postgresql://agentid:s3cret@db.example.org/ids' } }, undefined, { host: 'db.example.org', database: 'ids' }],
+    ['flag over env', { env: { ...ENV, AGENTID_DATASTORE: 'sqlite' }, flags: { datastore: 'postgres://u:s3cret@h/flagdb' } }, undefined, { host: 'h', database: 'flagdb' }],
+    ['unix socket', { flags: { datastore: 'postgresql:///agentid?host=/tmp/pg&password=s3cret' } }, undefined, { host: '/tmp/pg', database: 'agentid' }],
+    ['socket directory as host', { flags: { datastore: 'postgresql://u:s3cret@%2Frun%2Fpostgresql/agentid' } }, undefined, { host: '/run/postgresql', database: 'agentid' }],
+  ])('PostgreSQL from the %s; the password never prints', (_name, options, yaml, target) => {
+    const c = load(yaml, options);
+    expect(c.datastore).toMatchObject({ kind: 'postgresql', ...target });
+    if (c.datastore.kind !== 'postgresql') throw new Error('expected postgresql');
+    expect(c.datastore.url.reveal()).toContain('s3cret');
+    expect(JSON.stringify(c)).not.toContain('s3cret');
+    expect(inspect(c, { depth: 10 })).not.toContain('s3cret');
+  });
+
+  it.each<[string, Record<string, string>, string]>([
+    ['another database', { AGENTID_DATASTORE: 'mysql://root:s3cret@db/agentid' }, 'datastore.url (env AGENTID_DATASTORE): must be sqlite or a PostgreSQL URL'],
+    ['no database name', { AGENTID_DATASTORE: 'postgresql://root:s3cret@db' }, 'datastore.url (env AGENTID_DATASTORE): must be sqlite or a PostgreSQL URL naming a database'],
+    ['not a URL', { AGENTID_DATASTORE: 'SQLite s3cret' }, 'datastore.url (env AGENTID_DATASTORE): must be sqlite'],
+  ])('refuses %s without quoting it', (_name, env, expected) => {
+    const { message } = problemOf(() => load(undefined, { env: { ...ENV, ...env } }));
+    expect(message).toContain(expected);
+    expect(message).not.toContain('s3cret');
   });
 });
 

@@ -23,6 +23,15 @@ export const DEFAULTS = deepFreeze({
   workload_socket: null as string | null,
   /** Admin API socket (0600 plus uid checks). null: <data_dir>/admin.sock. env AGENTID_ADMIN_SOCKET, flag --admin-socket. */
   admin_socket: null as string | null,
+  datastore: {
+    /**
+     * Where entries, tasks and revocations live: sqlite (the file agentid.db in data_dir, for one
+     * server) or a PostgreSQL URL shared by several servers: postgresql://user:password@host:5432/agentid,
+     * or postgresql:///agentid?host=/run/postgresql for a Unix socket. Prefer PGPASSWORD or ~/.pgpass
+     * to a password in the URL. env AGENTID_DATASTORE, flag --datastore.
+     */
+    url: 'sqlite',
+  },
   log: {
     /** fatal, error, warn, info, debug, trace or silent. env AGENTID_LOG_LEVEL, flag --log-level. */
     level: 'info',

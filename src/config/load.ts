@@ -4,6 +4,8 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { parseDuration } from '../common/duration.js';
 import { internal, invalidArgument, ProblemList } from '../common/errors.js';
+import { Secret } from '../common/secret.js';
+import { parsePostgresUrl } from '../datastore/postgres-url.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
 import { DEFAULTS, deepFreeze } from './defaults.js';
 import type {
@@ -11,6 +13,7 @@ import type {
   BundleProfile,
   CaKeyType,
   Config,
+  DatastoreConfig,
   FlagValues,
   HostPort,
   JwtKeyType,
@@ -44,6 +47,7 @@ const SHAPE: Shape = {
   data_dir: true,
   workload_socket: true,
   admin_socket: true,
+  datastore: { url: true },
   log: { level: true, format: true },
   ca: { key_type: true, ttl: true, root_ttl: true, upstream: { cert_file: true, key_file: true, bundle_file: true } },
   jwt: { key_type: true, key_ttl: true, issuer: true },
@@ -84,6 +88,7 @@ const OVERRIDES: readonly [string[], string, keyof FlagValues][] = [
   [['data_dir'], 'AGENTID_DATA_DIR', 'dataDir'],
   [['workload_socket'], 'SPIFFE_ENDPOINT_SOCKET', 'socket'],
   [['admin_socket'], 'AGENTID_ADMIN_SOCKET', 'adminSocket'],
+  [['datastore', 'url'], 'AGENTID_DATASTORE', 'datastore'],
   [['log', 'level'], 'AGENTID_LOG_LEVEL', 'logLevel'],
   [['log', 'format'], 'AGENTID_LOG_FORMAT', 'logFormat'],
   [['console', 'listen'], 'AGENTID_CONSOLE_LISTEN', 'consoleListen'],
@@ -95,6 +100,7 @@ const FLAG_NAMES: Record<keyof FlagValues, string> = {
   dataDir: '--data-dir',
   socket: '--socket',
   adminSocket: '--admin-socket',
+  datastore: '--datastore',
   logLevel: '--log-level',
   logFormat: '--log-format',
   consoleListen: '--console-listen',
@@ -439,6 +445,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     value === null ? (dataDir === undefined ? undefined : join(dataDir, name)) : value;
 
   const log = c.map(raw.log, 'log');
+  const datastoreRaw = c.map(raw.datastore, 'datastore');
   const caRaw = c.map(raw.ca, 'ca');
   const jwtRaw = c.map(raw.jwt, 'jwt');
   const svidRaw = c.map(raw.svid, 'svid');
@@ -486,6 +493,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     dataDir,
     workloadSocket: c.socket(derived(raw.workload_socket, 'workload.sock'), 'workload_socket'),
     adminSocket: c.socket(derived(raw.admin_socket, 'admin.sock'), 'admin_socket'),
+    datastore: datastoreRaw && datastore(datastoreRaw.url, c, dataDir),
     log: log && {
       level: c.oneOf(log.level, 'log.level', LOG_LEVELS),
       format: c.oneOf(log.format, 'log.format', LOG_FORMATS),
@@ -519,6 +527,22 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     metrics: metricsRaw && { listen: metricsRaw.listen === null ? null : c.hostPort(metricsRaw.listen, 'metrics.listen') },
     limits: limitsRaw && limits(limitsRaw, c),
   };
+}
+
+/**
+ * sqlite, or a PostgreSQL URL. Problems never quote the value: it may hold a password.
+ */
+function datastore(value: unknown, c: Checker, dataDir: string | undefined): DatastoreConfig | undefined {
+  if (value === 'sqlite') return dataDir === undefined ? undefined : { kind: 'sqlite', file: join(dataDir, 'agentid.db') };
+  const target = typeof value === 'string' ? parsePostgresUrl(value) : undefined;
+  if (typeof value !== 'string' || target === undefined) {
+    c.add(
+      'datastore.url',
+      'must be sqlite or a PostgreSQL URL naming a database (postgresql://user@host:5432/agentid or postgresql:///agentid?host=/socket/dir)',
+    );
+    return undefined;
+  }
+  return { kind: 'postgresql', url: new Secret(value), ...target };
 }
 
 function upstream(value: unknown, c: Checker) {

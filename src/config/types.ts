@@ -1,3 +1,5 @@
+import type { Secret } from '../common/secret.js';
+
 /*
  * The validated configuration: camelCase, durations in milliseconds (fields end in Ms), paths
  * absolute, every optional block either fully present or null. Deeply frozen by loadConfig.
@@ -18,11 +20,24 @@ export interface HostPort {
   readonly port: number;
 }
 
+/** Where the server keeps its registration data (config key datastore.url). */
+export type DatastoreConfig =
+  | { readonly kind: 'sqlite'; readonly file: string }
+  | {
+      readonly kind: 'postgresql';
+      /** The connection URL; it may carry a password, hence the wrapper (prints as [redacted]). */
+      readonly url: Secret<string>;
+      /** For logs: host (or socket directory) and database, never credentials. */
+      readonly host: string;
+      readonly database: string;
+    };
+
 export interface Config {
   readonly trustDomain: string;
   readonly dataDir: string;
   readonly workloadSocket: string;
   readonly adminSocket: string;
+  readonly datastore: DatastoreConfig;
   readonly log: { readonly level: LogLevel; readonly format: LogFormat };
   readonly ca: {
     readonly keyType: CaKeyType;
@@ -119,6 +134,7 @@ export interface FlagValues {
   dataDir: string;
   socket: string;
   adminSocket: string;
+  datastore: string;
   logLevel: string;
   logFormat: string;
   consoleListen: string;

@@ -1,10 +1,14 @@
 import BetterSqlite3 from 'better-sqlite3';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../config/index.js';
+import { openDatastore } from './index.js';
 import { isAgentIdError, type ErrorCode } from '../common/errors.js';
 import { startPostgresCluster, type PostgresCluster } from '../../test/support/postgres.js';
 import { entryFixture, issuanceFixture, revocationFixture, taskFixture } from './conformance.js';
 import { applyMigrations, SCHEMA_VERSION } from './migrations.js';
-import { describePostgresUrl, openPostgresDatastore } from './postgres.js';
+import { openPostgresDatastore } from './postgres.js';
+import { describePostgresUrl } from './postgres-url.js';
 import { applyPostgresMigrations, POSTGRES_MIGRATIONS } from './postgres-migrations.js';
 import { MIGRATIONS } from './migrations.js';
 import type { Datastore } from './types.js';
@@ -147,7 +151,7 @@ describe('postgres datastore', () => {
   });
 
   it('reports unavailable when the server cannot be reached', async () => {
-    await expectCode(openPostgresDatastore('postgresql://postgres@/agentid?host=/nonexistent-agentid-dir'), 'unavailable', /unreachable/);
+    await expectCode(openPostgresDatastore('postgresql:///agentid?host=/nonexistent-agentid-dir'), 'unavailable', /unreachable/);
   });
 
   it('orders text binary (as SQLite and memory do) in a database whose default collation is linguistic', async () => {
@@ -211,6 +215,33 @@ describe('postgres datastore', () => {
     const many = Array.from({ length: 2500 }, (_, n) => issuanceFixture({ serial: `s${n}` }));
     await ds.issuances.record(many);
     expect(await ds.issuances.countForSpiffeId(issuanceFixture().spiffeId)).toBe(2501);
+  });
+});
+
+describe('openDatastore', () => {
+  it('opens the PostgreSQL database datastore.url names, logging host and database but never the password', async () => {
+    const url = `${await freshDatabase()}&password=s3cret-in-url`;
+    const lines: string[] = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(line) });
+    const config = loadConfig({ env: { HOME: '/home/op' }, flags: { datastore: url }, uid: 1000, cwd: '/' });
+    const ds = await openDatastore(config, { logger });
+    opened.push(ds);
+    expect(ds.kind).toBe('postgresql');
+    await ds.entries.create(entryFixture(), T0);
+    const log = lines.join('');
+    expect(log).toContain(dbName(url));
+    expect(log).toContain(cluster.socketDir);
+    expect(log).not.toContain('s3cret');
+
+    const unreachable = loadConfig({
+      env: { HOME: '/home/op' },
+      flags: { datastore: 'postgresql://agentid:s3cret@%2Fnonexistent-agentid-dir/agentid' },
+      uid: 1000,
+      cwd: '/',
+    });
+    const err = await rejection(openDatastore(unreachable, { logger }));
+    expect(isAgentIdError(err, 'unavailable')).toBe(true);
+    expect(JSON.stringify({ message: (err as Error).message, log: lines.join('') })).not.toContain('s3cret');
   });
 });
 

@@ -10,6 +10,7 @@ import {
 } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { applyPostgresMigrations } from './postgres-migrations.js';
+import { describePostgresUrl } from './postgres-url.js';
 import { FINAL_TASK_STATES } from './rules.js';
 import {
   AUTHORITY_COLUMNS,
@@ -104,20 +105,6 @@ const LISTEN_BACKOFF_MIN_MS = 100;
 const LISTEN_BACKOFF_MAX_MS = 5_000;
 /** Rows per multi-row INSERT of issuances (7 parameters each, well below PostgreSQL's 65535). */
 const ISSUANCE_CHUNK = 1_000;
-
-/** Where a URL points, for logs and errors: never the user or password. */
-export function describePostgresUrl(url: string): { host: string; database: string } {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return { host: 'unparsable URL', database: '' };
-  }
-  const socketHost = parsed.searchParams.get('host');
-  const host = decodeURIComponent(parsed.hostname) || socketHost || 'localhost';
-  const port = parsed.port ? `:${parsed.port}` : '';
-  return { host: `${host}${port}`, database: decodeURIComponent(parsed.pathname.replace(/^\//, '')) };
-}
 
 /*
  * BIGINT (int8) comes back from the driver as a string, because it may exceed 2^53. Every BIGINT
