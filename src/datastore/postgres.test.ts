@@ -429,6 +429,51 @@ describe('postgres datastore: losing the server', () => {
     expect(await b.revocations.list()).toHaveLength(1);
   });
 
+  it('a server stuck inside a transaction loses it, and with it the change lock, so other servers can write', async () => {
+    const url = await freshDatabase();
+    const stuck = await openPostgresDatastore(url, { idleInTransactionTimeoutMs: 300 });
+    opened.push(stuck);
+    const other = await open(url);
+    let reached!: () => void;
+    const inside = new Promise<void>((r) => (reached = r));
+    let release!: () => void;
+    const never = new Promise<void>((r) => (release = r));
+    const held = stuck.transaction(async (tx) => {
+      await tx.entries.create(entryFixture({ id: 'stuck' }), T0);
+      reached();
+      await never;
+      await tx.revocations.add(revocationFixture());
+    });
+    await inside;
+    // Waits for the lock until the database ends the idle transaction, then goes through.
+    await other.entries.create(entryFixture({ id: 'other', spiffeId: `${TD}/other` }), T0);
+    release();
+    await expectCode(held, 'unavailable');
+    expect((await other.entries.list()).map((e) => e.id)).toEqual(['other']);
+    expect(await other.revocations.list()).toEqual([]);
+  });
+
+  it('a statement that waits longer than the statement timeout fails with unavailable', async () => {
+    const url = await freshDatabase();
+    const impatient = await openPostgresDatastore(url, { statementTimeoutMs: 200 });
+    opened.push(impatient);
+    const holder = await open(url);
+    let reached!: () => void;
+    const inside = new Promise<void>((r) => (reached = r));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const held = holder.transaction(async (tx) => {
+      await tx.entries.create(entryFixture({ id: 'holder' }), T0);
+      reached();
+      await gate;
+    });
+    await inside;
+    await expectCode(impatient.entries.create(entryFixture({ id: 'late', spiffeId: `${TD}/late` }), T0), 'unavailable');
+    release();
+    await held;
+    expect((await impatient.entries.list()).map((e) => e.id)).toEqual(['holder']);
+  });
+
   it('fails with failed_precondition after close', async () => {
     const ds = await openPostgresDatastore(await freshDatabase());
     await ds.close();

@@ -94,6 +94,16 @@ export interface PostgresDatastoreOptions {
   poolSize?: number;
   /** How long to wait for a connection before failing with `unavailable` (default 5000 ms). */
   connectTimeoutMs?: number;
+  /**
+   * Longest a statement may run, waits for the change lock included (default 30000 ms); past it the
+   * call fails with `unavailable` instead of hanging.
+   */
+  statementTimeoutMs?: number;
+  /**
+   * The database ends a session that sits in an open transaction this long (default 60000 ms), so a
+   * stuck or paused server cannot hold the change lock and stop every other server's writes.
+   */
+  idleInTransactionTimeoutMs?: number;
 }
 
 /** Serializes change-writing transactions (see the header). An arbitrary constant: "agch". */
@@ -118,7 +128,7 @@ const typeParsers = {
 };
 
 /** SQLSTATEs that mean the server is gone, going or not accepting us yet: retry later. */
-const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400', '40001', '40P01']);
+const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '57014', '25P03', '53300', '53400', '40001', '40P01']);
 const UNAVAILABLE_ERRNOS = new Set([
   'ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND',
 ]);
@@ -913,16 +923,22 @@ export async function openPostgresDatastore(url: string, opts: PostgresDatastore
   const clientConfig: pg.ClientConfig = {
     connectionString: url,
     connectionTimeoutMillis: opts.connectTimeoutMs ?? 5_000,
+    statement_timeout: opts.statementTimeoutMs ?? 30_000,
+    idle_in_transaction_session_timeout: opts.idleInTransactionTimeoutMs ?? 60_000,
     application_name: 'agentid',
     types: typeParsers,
     keepAlive: true,
   };
   const pool = new pg.Pool({ ...clientConfig, max: opts.poolSize ?? 10, idleTimeoutMillis: 30_000 });
-  // An idle pooled connection that the server drops reports here; the next query gets a fresh one.
-  pool.on('error', (err) => {
+  const connectionLost = (err: Error) => {
     const code = (err as { code?: unknown }).code;
-    logger.warn({ ...target, code: typeof code === 'string' ? code : undefined }, 'datastore: idle connection lost');
-  });
+    logger.warn({ ...target, code: typeof code === 'string' ? code : undefined }, 'datastore: connection lost');
+  };
+  // Every pooled connection reports its loss on itself (without a listener that event would crash
+  // the process); the pool drops it if idle, else the call using it fails with `unavailable`.
+  pool.on('connect', (client) => client.on('error', connectionLost));
+  // The pool repeats an idle connection's error on itself; already logged above.
+  pool.on('error', () => undefined);
   try {
     const client = await pool.connect();
     try {
