@@ -18,7 +18,7 @@ const TD = 'spiffe://example.org';
 
 /*
  * PostgreSQL-specific behaviour against a real server: one throwaway cluster for this file, a
- * fresh database per test. Two Datastore instances on one database stand for two servers (two
+ * fresh database (schema tests) or schema per test. Two Datastore instances on one database stand for two servers (two
  * pools, two listeners).
  */
 
@@ -35,6 +35,13 @@ afterAll(async () => {
 afterEach(async () => {
   await Promise.all(opened.splice(0).map((ds) => ds.close()));
 });
+
+let schemas = 0;
+/** A fresh schema in one shared database: most tests need only their own tables. */
+async function freshSchema(): Promise<string> {
+  schemas += 1;
+  return cluster.createSchema('pgtest', `t${schemas}`);
+}
 
 async function freshDatabase(): Promise<string> {
   databases += 1;
@@ -155,13 +162,13 @@ describe('postgres datastore', () => {
   });
 
   it('orders text binary (as SQLite and memory do) in a database whose default collation is linguistic', async () => {
-    const ds = await open(await freshDatabase());
+    const ds = await open(await freshSchema());
     for (const id of ['a', 'B', '_c']) await ds.entries.create(entryFixture({ id, spiffeId: `${TD}/${id}` }), T0);
     expect((await ds.entries.list()).map((e) => e.id)).toEqual(['B', '_c', 'a']);
   });
 
   it('a store call that fails inside a transaction undoes only itself, as in SQLite', async () => {
-    const ds = await open(await freshDatabase());
+    const ds = await open(await freshSchema());
     await ds.entries.create(entryFixture(), T0);
     await ds.transaction(async (tx) => {
       await tx.revocations.add(revocationFixture());
@@ -173,7 +180,7 @@ describe('postgres datastore', () => {
   });
 
   it('rolls back every write of a failed transaction, change rows included', async () => {
-    const ds = await open(await freshDatabase());
+    const ds = await open(await freshSchema());
     await ds.entries.create(entryFixture(), T0);
     const head = await ds.changes.head();
     const boom = new Error('boom');
@@ -199,7 +206,7 @@ describe('postgres datastore', () => {
   });
 
   it('a whole batch of issuances rolls back when one serial was already recorded', async () => {
-    const ds = await open(await freshDatabase());
+    const ds = await open(await freshSchema());
     await ds.issuances.record([issuanceFixture({ serial: 'dup' })]);
     await expectCode(
       ds.issuances.record([issuanceFixture({ serial: 'new' }), issuanceFixture({ serial: 'dup' })]),
@@ -220,7 +227,7 @@ describe('postgres datastore', () => {
 
 describe('openDatastore', () => {
   it('opens the PostgreSQL database datastore.url names, logging host and database but never the password', async () => {
-    const url = `${await freshDatabase()}&password=s3cret-in-url`;
+    const url = `${await freshSchema()}&password=s3cret-in-url`;
     const lines: string[] = [];
     const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(line) });
     const config = loadConfig({ env: { HOME: '/home/op' }, flags: { datastore: url }, uid: 1000, cwd: '/' });
@@ -247,7 +254,7 @@ describe('openDatastore', () => {
 
 describe('postgres datastore: two servers on one database', () => {
   it('unique-constraint races: exactly one create wins, the other gets already_exists', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b] = [await open(url), await open(url)];
     for (let round = 0; round < 10; round++) {
       const results = await Promise.allSettled([
@@ -270,7 +277,7 @@ describe('postgres datastore: two servers on one database', () => {
   });
 
   it('concurrent revocations of one ID merge: the latest keepUntil and the earliest revokedAt survive', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b] = [await open(url, 4), await open(url, 4)];
     const adds = Array.from({ length: 40 }, (_, n) =>
       (n % 2 === 0 ? a : b).revocations.add(
@@ -285,7 +292,7 @@ describe('postgres datastore: two servers on one database', () => {
   });
 
   it('a write on server A wakes server B through LISTEN/NOTIFY, and B reads it by revision', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b] = [await open(url), await open(url)];
     await nextWake(b); // the first wake comes once B is listening
     const cursor = await b.changes.head();
@@ -296,7 +303,7 @@ describe('postgres datastore: two servers on one database', () => {
   });
 
   it('when B loses its notification connection it reconnects and wakes, so a change made meanwhile is read', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b] = [await open(url), await open(url)];
     await nextWake(b);
     const cursor = await b.changes.head();
@@ -317,7 +324,7 @@ describe('postgres datastore: two servers on one database', () => {
   });
 
   it('a reader that gets no notification at all still finds every change by polling the feed', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b] = [await open(url), await open(url)];
     await a.entries.create(entryFixture(), T0);
     await a.tasks.create(taskFixture());
@@ -338,7 +345,7 @@ describe('postgres datastore: two servers on one database', () => {
   });
 
   it('revisions become visible in order: a writer that drew a later revision waits for the earlier to commit', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b, reader] = [await open(url), await open(url), await open(url)];
     let reached!: () => void;
     const inside = new Promise<void>((r) => (reached = r));
@@ -370,7 +377,7 @@ describe('postgres datastore: two servers on one database', () => {
   });
 
   it('many concurrent writers on two servers: a reader following the feed by revision misses nothing', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b, reader] = [await open(url, 4), await open(url, 4), await open(url)];
     let cursor = 0;
     const seen: number[] = [];
@@ -404,7 +411,7 @@ describe('postgres datastore: two servers on one database', () => {
 
 describe('postgres datastore: losing the server', () => {
   it('is unavailable while the server is down, and recovers when it is back', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const [a, b] = [await open(url), await open(url)];
     await a.entries.create(entryFixture(), T0);
     await nextWake(b);
@@ -430,7 +437,7 @@ describe('postgres datastore: losing the server', () => {
   });
 
   it('a server stuck inside a transaction loses it, and with it the change lock, so other servers can write', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const stuck = await openPostgresDatastore(url, { idleInTransactionTimeoutMs: 300 });
     opened.push(stuck);
     const other = await open(url);
@@ -454,7 +461,7 @@ describe('postgres datastore: losing the server', () => {
   });
 
   it('a statement that waits longer than the statement timeout fails with unavailable', async () => {
-    const url = await freshDatabase();
+    const url = await freshSchema();
     const impatient = await openPostgresDatastore(url, { statementTimeoutMs: 200 });
     opened.push(impatient);
     const holder = await open(url);
@@ -475,7 +482,7 @@ describe('postgres datastore: losing the server', () => {
   });
 
   it('fails with failed_precondition after close', async () => {
-    const ds = await openPostgresDatastore(await freshDatabase());
+    const ds = await openPostgresDatastore(await freshSchema());
     await ds.close();
     await expectCode(ds.entries.list(), 'failed_precondition', /closed/);
     await expectCode(ds.entries.create(entryFixture(), T0), 'failed_precondition', /closed/);

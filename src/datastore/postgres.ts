@@ -111,6 +111,9 @@ export const CHANGE_LOCK_KEY = 0x61676368;
 /** NOTIFY channel that wakes change-feed readers on other servers. */
 export const CHANGE_CHANNEL = 'agentid_changes';
 
+/** Anchor (in the anchors table) holding the highest pruned revision; see PgChangeFeed.head. */
+const PRUNED_ANCHOR = 'datastore.changes.pruned_through';
+
 const LISTEN_BACKOFF_MIN_MS = 100;
 const LISTEN_BACKOFF_MAX_MS = 5_000;
 /** Rows per multi-row INSERT of issuances (7 parameters each, well below PostgreSQL's 65535). */
@@ -801,8 +804,18 @@ class PgChangeFeed implements ChangeFeed {
     );
   }
 
+  /**
+   * The newest committed revision. Rows may all be pruned, and a rolled-back writer's drawn
+   * revision is never committed, so neither the identity sequence nor MAX(revision) alone is the
+   * head: prune() records the highest revision it dropped (PRUNED_ANCHOR), in its transaction.
+   */
   async head(): Promise<number> {
-    const rows = await this.x.read<{ head: number }>('read change head', 'SELECT COALESCE(MAX(revision), 0) AS head FROM changes');
+    const rows = await this.x.read<{ head: number }>(
+      'read change head',
+      `SELECT GREATEST(COALESCE((SELECT MAX(revision) FROM changes), 0),
+                       COALESCE((SELECT value::bigint FROM anchors WHERE name = $1), 0)) AS head`,
+      [PRUNED_ANCHOR],
+    );
     return rows[0]?.head ?? 0;
   }
 
@@ -817,17 +830,22 @@ class PgChangeFeed implements ChangeFeed {
     };
   }
 
-  /**
-   * The newest row is always kept, even when older than `beforeRevision`: head() reads it, and it
-   * must not fall back to 0 (readers would take that for a reset database).
-   */
   async prune(beforeRevision: number): Promise<number> {
     return this.x.write('prune changes', { changes: false }, async (q) => {
-      const result = await q.query(
-        'DELETE FROM changes WHERE revision < $1 AND revision < (SELECT MAX(revision) FROM changes)',
+      const { rows } = await q.query<{ n: number; top: number | null }>(
+        `WITH gone AS (DELETE FROM changes WHERE revision < $1 RETURNING revision)
+         SELECT COUNT(*) AS n, MAX(revision) AS top FROM gone`,
         [beforeRevision],
       );
-      return result.rowCount ?? 0;
+      const top = rows[0]?.top ?? null;
+      if (top !== null) {
+        await q.query(
+          `INSERT INTO anchors (name, value) VALUES ($1, $2)
+           ON CONFLICT (name) DO UPDATE SET value = GREATEST(anchors.value::bigint, excluded.value::bigint)::text`,
+          [PRUNED_ANCHOR, String(top)],
+        );
+      }
+      return rows[0]?.n ?? 0;
     });
   }
 
@@ -858,6 +876,8 @@ class PostgresDatastore implements Datastore {
   readonly changes: PgChangeFeed;
   private readonly x: PoolExecutor;
   private closed = false;
+  /** Tail of this process's transactions: they run one at a time (see transaction()). */
+  private transactions: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly pool: pg.Pool,
@@ -881,7 +901,18 @@ class PostgresDatastore implements Datastore {
     } = new PgStores(this.x));
   }
 
-  async transaction<T>(fn: (tx: Stores) => Promise<T>): Promise<T> {
+  /**
+   * Transactions of one process run one at a time, as with SQLite, so a read-modify-write inside
+   * one never races another from the same server. Between servers, PostgreSQL's locks apply: the
+   * change lock for change-writing transactions, row locks otherwise (READ COMMITTED).
+   */
+  transaction<T>(fn: (tx: Stores) => Promise<T>): Promise<T> {
+    const run = this.transactions.then(() => this.runTransaction(fn));
+    this.transactions = run.catch(() => undefined);
+    return run;
+  }
+
+  private async runTransaction<T>(fn: (tx: Stores) => Promise<T>): Promise<T> {
     const client = await connect(this.pool, () => this.closed, 'transaction');
     const tx = new TransactionExecutor(client);
     let discard: Error | undefined;

@@ -75,6 +75,13 @@ export interface PostgresCluster {
   url(database: string): string;
   /** Creates an empty database (with a linguistic, not binary, default collation) and returns its URL. */
   createDatabase(name: string): Promise<string>;
+  /**
+   * A fresh schema in `database` (created with createDatabase's collation on first use), as a URL
+   * whose search_path is that schema: tables land there. Much faster than a database per test
+   * (tens of milliseconds instead of most of a second); advisory locks and NOTIFY channels are
+   * per database, so schemas of one database suit tests that run one after another.
+   */
+  createSchema(database: string, schema: string): Promise<string>;
   /** Runs one statement as the superuser against `database` (terminating backends, inspecting locks). */
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(database: string, sql: string, values?: unknown[]): Promise<R[]>;
   /** Fast shutdown (disconnects every client); the data stays for start(). */
@@ -155,6 +162,8 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
     throw err;
   }
 
+  /** Databases made by createSchema, so each is created once however many schemas are asked for at once. */
+  const databases = new Map<string, Promise<string>>();
   const url = (database: string) =>
     `postgresql:///${encodeURIComponent(database)}?host=${encodeURIComponent(root)}&user=${SUPERUSER}`;
   const query = async <R extends pg.QueryResultRow>(database: string, sql: string, values?: unknown[]) => {
@@ -176,6 +185,13 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
       // COLLATE "C" gives a different order than SQLite and memory, and the conformance suite sees it.
       await query('postgres', `CREATE DATABASE ${name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'`);
       return url(name);
+    },
+    async createSchema(database, schema) {
+      if (!/^[a-z_][a-z0-9_]*$/.test(schema)) throw new Error(`test postgres: schema name ${schema} is not a plain identifier`);
+      if (!databases.has(database)) databases.set(database, this.createDatabase(database));
+      await databases.get(database);
+      await query(database, `CREATE SCHEMA ${schema}`);
+      return `${url(database)}&options=${encodeURIComponent(`-c search_path=${schema}`)}`;
     },
     query,
     pause,
