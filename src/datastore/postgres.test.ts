@@ -11,7 +11,7 @@ import { openPostgresDatastore } from './postgres.js';
 import { describePostgresUrl } from './postgres-url.js';
 import { applyPostgresMigrations, POSTGRES_MIGRATIONS } from './postgres-migrations.js';
 import { MIGRATIONS } from './migrations.js';
-import type { Datastore } from './types.js';
+import type { Datastore, Stores } from './types.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 const TD = 'spiffe://example.org';
@@ -80,6 +80,29 @@ function nextWake(ds: Datastore): Promise<void> {
       resolve();
     });
   });
+}
+
+/**
+ * A transaction on `ds` that has created entry `id` (so it holds the change lock) and then waits;
+ * resolves once it is waiting. `release` lets it go on: to `then`, and to commit.
+ */
+async function holdTransaction(
+  ds: Datastore,
+  id: string,
+  then: (tx: Stores) => Promise<unknown> = async () => undefined,
+): Promise<{ release: () => void; done: Promise<unknown> }> {
+  let reached!: () => void;
+  const inside = new Promise<void>((r) => (reached = r));
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const done = ds.transaction(async (tx) => {
+    await tx.entries.create(entryFixture({ id, spiffeId: `${TD}/${id}` }), T0);
+    reached();
+    await gate;
+    return then(tx);
+  });
+  await inside;
+  return { release, done };
 }
 
 async function waitFor<T>(probe: () => Promise<T | undefined>): Promise<T> {
@@ -347,16 +370,7 @@ describe('postgres datastore: two servers on one database', () => {
   it('revisions become visible in order: a writer that drew a later revision waits for the earlier to commit', async () => {
     const url = await freshSchema();
     const [a, b, reader] = [await open(url), await open(url), await open(url)];
-    let reached!: () => void;
-    const inside = new Promise<void>((r) => (reached = r));
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const slow = a.transaction(async (tx) => {
-      await tx.entries.create(entryFixture({ id: 'first' }), T0);
-      reached();
-      await gate;
-    });
-    await inside;
+    const slow = await holdTransaction(a, 'first');
     const fast = b.entries.create(entryFixture({ id: 'second', spiffeId: `${TD}/second` }), T0);
     // B must now be waiting for A (without the change lock it would simply commit revision 2).
     const database = dbName(url);
@@ -368,8 +382,8 @@ describe('postgres datastore: two servers on one database', () => {
       }),
     ]);
     const seen = (await reader.changes.since(0)).map((c) => c.revision);
-    release();
-    await Promise.all([slow, fast]);
+    slow.release();
+    await Promise.all([slow.done, fast]);
     expect(waiting).toBe('waiting');
     expect(seen).toEqual([]);
     const cursor = Math.max(0, ...seen);
@@ -441,21 +455,11 @@ describe('postgres datastore: losing the server', () => {
     const stuck = await openPostgresDatastore(url, { idleInTransactionTimeoutMs: 300 });
     opened.push(stuck);
     const other = await open(url);
-    let reached!: () => void;
-    const inside = new Promise<void>((r) => (reached = r));
-    let release!: () => void;
-    const never = new Promise<void>((r) => (release = r));
-    const held = stuck.transaction(async (tx) => {
-      await tx.entries.create(entryFixture({ id: 'stuck' }), T0);
-      reached();
-      await never;
-      await tx.revocations.add(revocationFixture());
-    });
-    await inside;
+    const held = await holdTransaction(stuck, 'stuck', (tx) => tx.revocations.add(revocationFixture()));
     // Waits for the lock until the database ends the idle transaction, then goes through.
     await other.entries.create(entryFixture({ id: 'other', spiffeId: `${TD}/other` }), T0);
-    release();
-    await expectCode(held, 'unavailable');
+    held.release();
+    await expectCode(held.done, 'unavailable');
     expect((await other.entries.list()).map((e) => e.id)).toEqual(['other']);
     expect(await other.revocations.list()).toEqual([]);
   });
@@ -465,19 +469,10 @@ describe('postgres datastore: losing the server', () => {
     const impatient = await openPostgresDatastore(url, { statementTimeoutMs: 200 });
     opened.push(impatient);
     const holder = await open(url);
-    let reached!: () => void;
-    const inside = new Promise<void>((r) => (reached = r));
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const held = holder.transaction(async (tx) => {
-      await tx.entries.create(entryFixture({ id: 'holder' }), T0);
-      reached();
-      await gate;
-    });
-    await inside;
+    const held = await holdTransaction(holder, 'holder');
     await expectCode(impatient.entries.create(entryFixture({ id: 'late', spiffeId: `${TD}/late` }), T0), 'unavailable');
-    release();
-    await held;
+    held.release();
+    await held.done;
     expect((await impatient.entries.list()).map((e) => e.id)).toEqual(['holder']);
   });
 

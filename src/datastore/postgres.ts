@@ -208,8 +208,32 @@ const columns = (cols: readonly string[], prefix = '') => cols.map((c) => `${pre
 const placeholders = (count: number, offset = 0) => Array.from({ length: count }, (_, i) => `$${offset + i + 1}`).join(', ');
 const valuesOf = <R extends object>(row: R, cols: readonly (keyof R)[]) => cols.map((c) => row[c]);
 
+/** Reads one table's records: its record columns, through an executor, converted from rows. */
+class RecordReader<R extends pg.QueryResultRow, T> {
+  constructor(
+    private readonly x: Executor,
+    private readonly table: string,
+    private readonly cols: readonly string[],
+    private readonly fromRow: (row: R) => T,
+  ) {}
+
+  async one(what: string, where: string, values: unknown[]): Promise<T | undefined> {
+    const rows = await this.x.read<R>(what, `SELECT ${columns(this.cols)} FROM ${this.table} WHERE ${where}`, values);
+    return rows[0] && this.fromRow(rows[0]);
+  }
+
+  async all(what: string, whereAndOrder: string, values: unknown[] = []): Promise<T[]> {
+    const rows = await this.x.read<R>(what, `SELECT ${columns(this.cols)} FROM ${this.table} ${whereAndOrder}`, values);
+    return rows.map(this.fromRow);
+  }
+}
+
 class PgEntryStore implements EntryStore {
-  constructor(private readonly x: Executor) {}
+  private readonly records: RecordReader<EntryRow, RegistrationEntry>;
+
+  constructor(private readonly x: Executor) {
+    this.records = new RecordReader(x, 'registration_entries', ENTRY_COLUMNS, entryFromRow);
+  }
 
   async create(entry: NewRegistrationEntry, now: number): Promise<RegistrationEntry> {
     const row = entryToRow({ ...entry, createdAt: now, updatedAt: now, revision: 1 });
@@ -274,16 +298,11 @@ class PgEntryStore implements EntryStore {
   }
 
   async get(id: string): Promise<RegistrationEntry | undefined> {
-    const rows = await this.x.read<EntryRow>('get entry', `SELECT ${columns(ENTRY_COLUMNS)} FROM registration_entries WHERE id = $1`, [id]);
-    return rows[0] && entryFromRow(rows[0]);
+    return this.records.one('get entry', 'id = $1', [id]);
   }
 
   async list(): Promise<RegistrationEntry[]> {
-    const rows = await this.x.read<EntryRow>(
-      'list entries',
-      `SELECT ${columns(ENTRY_COLUMNS)} FROM registration_entries ORDER BY created_at, id COLLATE "C"`,
-    );
-    return rows.map(entryFromRow);
+    return this.records.all('list entries', 'ORDER BY created_at, id COLLATE "C"');
   }
 
   /** The unique-violation cause of a failed insert/update, with SQLite's messages; the write was rolled back. */
@@ -304,7 +323,11 @@ class PgEntryStore implements EntryStore {
 const TASK_ORDER = 'ORDER BY created_at, agent COLLATE "C", id COLLATE "C"';
 
 class PgTaskStore implements TaskStore {
-  constructor(private readonly x: Executor) {}
+  private readonly records: RecordReader<TaskRow, TaskRecord>;
+
+  constructor(private readonly x: Executor) {
+    this.records = new RecordReader(x, 'tasks', TASK_COLUMNS, taskFromRow);
+  }
 
   async create(task: TaskRecord): Promise<TaskRecord> {
     const row = taskToRow(task);
@@ -326,13 +349,11 @@ class PgTaskStore implements TaskStore {
   }
 
   async get(agent: string, id: string): Promise<TaskRecord | undefined> {
-    const rows = await this.x.read<TaskRow>('get task', `SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE agent = $1 AND id = $2`, [agent, id]);
-    return rows[0] && taskFromRow(rows[0]);
+    return this.records.one('get task', 'agent = $1 AND id = $2', [agent, id]);
   }
 
   async findById(id: string): Promise<TaskRecord[]> {
-    const rows = await this.x.read<TaskRow>('find task', `SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE id = $1 ${TASK_ORDER}`, [id]);
-    return rows.map(taskFromRow);
+    return this.records.all('find task', `WHERE id = $1 ${TASK_ORDER}`, [id]);
   }
 
   async list(filter: { agent?: string; state?: TaskState } = {}): Promise<TaskRecord[]> {
@@ -347,8 +368,7 @@ class PgTaskStore implements TaskStore {
       conditions.push(`state = $${values.length}`);
     }
     const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
-    const rows = await this.x.read<TaskRow>('list tasks', `SELECT ${columns(TASK_COLUMNS)} FROM tasks ${where} ${TASK_ORDER}`, values);
-    return rows.map(taskFromRow);
+    return this.records.all('list tasks', `${where} ${TASK_ORDER}`, values);
   }
 
   async finish(agent: string, id: string, state: Exclude<TaskState, 'active'>, at: number, reason: string): Promise<TaskRecord> {
@@ -372,7 +392,11 @@ class PgTaskStore implements TaskStore {
 }
 
 class PgRevocationStore implements RevocationStore {
-  constructor(private readonly x: Executor) {}
+  private readonly records: RecordReader<RevocationRow, Revocation>;
+
+  constructor(private readonly x: Executor) {
+    this.records = new RecordReader(x, 'revocations', REVOCATION_COLUMNS, revocationFromRow);
+  }
 
   /**
    * mergeRevocation (rules.ts), applied by the database in one upsert: two servers adding the same
@@ -398,20 +422,11 @@ class PgRevocationStore implements RevocationStore {
   }
 
   async get(spiffeId: string): Promise<Revocation | undefined> {
-    const rows = await this.x.read<RevocationRow>(
-      'get revocation',
-      `SELECT ${columns(REVOCATION_COLUMNS)} FROM revocations WHERE spiffe_id = $1`,
-      [spiffeId],
-    );
-    return rows[0] && revocationFromRow(rows[0]);
+    return this.records.one('get revocation', 'spiffe_id = $1', [spiffeId]);
   }
 
   async list(): Promise<Revocation[]> {
-    const rows = await this.x.read<RevocationRow>(
-      'list revocations',
-      `SELECT ${columns(REVOCATION_COLUMNS)} FROM revocations ORDER BY revoked_at, spiffe_id COLLATE "C"`,
-    );
-    return rows.map(revocationFromRow);
+    return this.records.all('list revocations', 'ORDER BY revoked_at, spiffe_id COLLATE "C"');
   }
 
   /** Dropping a revocation is a change too: readers must take the ID off their deny lists. */
@@ -428,7 +443,11 @@ class PgRevocationStore implements RevocationStore {
 const ISSUANCE_ORDER = 'ORDER BY issued_at, serial COLLATE "C", kind COLLATE "C"';
 
 class PgIssuanceStore implements IssuanceStore {
-  constructor(private readonly x: Executor) {}
+  private readonly records: RecordReader<IssuanceRow, IssuanceRecord>;
+
+  constructor(private readonly x: Executor) {
+    this.records = new RecordReader(x, 'issuances', ISSUANCE_COLUMNS, issuanceFromRow);
+  }
 
   /**
    * One transaction for the batch, a multi-row INSERT per chunk. Conflicting rows are skipped by
@@ -459,12 +478,7 @@ class PgIssuanceStore implements IssuanceStore {
   }
 
   async listForSpiffeId(spiffeId: string): Promise<IssuanceRecord[]> {
-    const rows = await this.x.read<IssuanceRow>(
-      'list issuances',
-      `SELECT ${columns(ISSUANCE_COLUMNS)} FROM issuances WHERE spiffe_id = $1 ${ISSUANCE_ORDER}`,
-      [spiffeId],
-    );
-    return rows.map(issuanceFromRow);
+    return this.records.all('list issuances', `WHERE spiffe_id = $1 ${ISSUANCE_ORDER}`, [spiffeId]);
   }
 
   async latestNotAfter(spiffeId: string): Promise<number | undefined> {
@@ -501,7 +515,11 @@ class PgIssuanceStore implements IssuanceStore {
 }
 
 class PgAuthorityStore implements AuthorityStore {
-  constructor(private readonly x: Executor) {}
+  private readonly records: RecordReader<AuthorityRow, AuthorityRecord>;
+
+  constructor(private readonly x: Executor) {
+    this.records = new RecordReader(x, 'authorities', AUTHORITY_COLUMNS, authorityFromRow);
+  }
 
   async put(record: AuthorityRecord): Promise<void> {
     const row = authorityToRow(record);
@@ -517,20 +535,11 @@ class PgAuthorityStore implements AuthorityStore {
   }
 
   async get(serverId: string): Promise<AuthorityRecord | undefined> {
-    const rows = await this.x.read<AuthorityRow>(
-      'get authority',
-      `SELECT ${columns(AUTHORITY_COLUMNS)} FROM authorities WHERE server_id = $1`,
-      [serverId],
-    );
-    return rows[0] && authorityFromRow(rows[0]);
+    return this.records.one('get authority', 'server_id = $1', [serverId]);
   }
 
   async list(): Promise<AuthorityRecord[]> {
-    const rows = await this.x.read<AuthorityRow>(
-      'list authorities',
-      `SELECT ${columns(AUTHORITY_COLUMNS)} FROM authorities ORDER BY server_id COLLATE "C"`,
-    );
-    return rows.map(authorityFromRow);
+    return this.records.all('list authorities', 'ORDER BY server_id COLLATE "C"');
   }
 
   async prune(now: number): Promise<number> {

@@ -175,20 +175,21 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
       await client.end();
     }
   };
+  const createDatabase = async (name: string) => {
+    if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`test postgres: database name ${name} is not a plain identifier`);
+    // ICU's en-US collation sorts 'B' after 'a' and ignores '_': any ORDER BY that forgets
+    // COLLATE "C" gives a different order than SQLite and memory, and the conformance suite sees it.
+    await query('postgres', `CREATE DATABASE ${name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'`);
+    return url(name);
+  };
 
   return {
     socketDir: root,
     url,
-    async createDatabase(name) {
-      if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`test postgres: database name ${name} is not a plain identifier`);
-      // ICU's en-US collation sorts 'B' after 'a' and ignores '_': any ORDER BY that forgets
-      // COLLATE "C" gives a different order than SQLite and memory, and the conformance suite sees it.
-      await query('postgres', `CREATE DATABASE ${name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'`);
-      return url(name);
-    },
+    createDatabase,
     async createSchema(database, schema) {
       if (!/^[a-z_][a-z0-9_]*$/.test(schema)) throw new Error(`test postgres: schema name ${schema} is not a plain identifier`);
-      if (!databases.has(database)) databases.set(database, this.createDatabase(database));
+      if (!databases.has(database)) databases.set(database, createDatabase(database));
       await databases.get(database);
       await query(database, `CREATE SCHEMA ${schema}`);
       return `${url(database)}&options=${encodeURIComponent(`-c search_path=${schema}`)}`;
