@@ -45,10 +45,20 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = MIGRATIONS.map((m) => (
  */
 export const MIGRATION_LOCK_KEY = 0x61676d69; // "agmi"
 
-const VERSION_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
+const VERSION_TABLE = `CREATE TABLE schema_migrations (
   version     BIGINT NOT NULL PRIMARY KEY,
   description TEXT   NOT NULL
 )`;
+
+/**
+ * Creates the version table when it is missing. Checked first rather than CREATE TABLE IF NOT
+ * EXISTS, which needs the CREATE privilege even when the table exists: a server running as a user
+ * limited to reading and writing rows can then open a database that is already up to date.
+ */
+async function ensureVersionTable(client: pg.ClientBase): Promise<void> {
+  const { rows } = await client.query<{ present: boolean }>("SELECT to_regclass('schema_migrations') IS NOT NULL AS present");
+  if (!rows[0]?.present) await client.query(VERSION_TABLE);
+}
 
 async function recordedVersion(client: pg.ClientBase): Promise<number> {
   const { rows } = await client.query<{ v: string | number | null }>('SELECT MAX(version) AS v FROM schema_migrations');
@@ -58,8 +68,8 @@ async function recordedVersion(client: pg.ClientBase): Promise<number> {
 /**
  * Brings the database to the latest known version, one transaction per migration (with the row
  * that records it). Each step takes the migration lock first and then re-reads the version; even
- * the version table is created under the lock, because two concurrent CREATE TABLE IF NOT EXISTS
- * can both pass the check and one then fails on the catalog's unique index.
+ * the version table is created under the lock, because two servers creating it at once would
+ * otherwise both pass the check and one then fail on the catalog's unique index.
  */
 export async function applyPostgresMigrations(
   client: pg.ClientBase,
@@ -74,7 +84,7 @@ export async function applyPostgresMigrations(
     await client.query('BEGIN');
     try {
       await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK_KEY]);
-      await client.query(VERSION_TABLE);
+      await ensureVersionTable(client);
       const current = await recordedVersion(client);
       from ??= current;
       if (current > known) refuseNewer(current, known);

@@ -181,7 +181,33 @@ describe('postgres datastore', () => {
   });
 
   it('reports unavailable when the server cannot be reached', async () => {
-    await expectCode(openPostgresDatastore('postgresql:///agentid?host=/nonexistent-agentid-dir'), 'unavailable', /unreachable/);
+    await expectCode(openPostgresDatastore('postgresql:///agentid?host=/nonexistent-agentid-dir'), 'unavailable', /unreachable \(ENOENT\)/);
+    await expectCode(openPostgresDatastore('postgresql://agentid@127.0.0.1:1/agentid'), 'unavailable', /unreachable \(ECONNREFUSED\)/);
+  });
+
+  it('reports failed_precondition, not unavailable, for what retrying cannot fix', async () => {
+    await expectCode(openPostgresDatastore(cluster.url('no_such_database')), 'failed_precondition', /no_such_database .*does not exist \(3D000\)/);
+    const url = await freshDatabase();
+    await cluster.query(dbName(url), 'CREATE ROLE limited LOGIN');
+    const limited = url.replace('user=postgres', 'user=limited');
+    await expectCode(openPostgresDatastore(limited), 'failed_precondition', /may not create or change the tables.*\(42501\)/);
+  });
+
+  it('a user limited to reading and writing rows can run on a database the owner has migrated', async () => {
+    const url = await freshDatabase();
+    await (await open(url)).entries.create(entryFixture(), T0);
+    for (const statement of [
+      'CREATE ROLE app LOGIN',
+      'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app',
+      'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app',
+    ]) {
+      await cluster.query(dbName(url), statement);
+    }
+    const app = await open(url.replace('user=postgres', 'user=app'));
+    await app.revocations.add(revocationFixture());
+    await app.changes.prune(1);
+    expect((await app.entries.list()).map((e) => e.id)).toEqual(['e-1']);
+    expect(await app.changes.head()).toBe(2);
   });
 
   it('orders text binary (as SQLite and memory do) in a database whose default collation is linguistic', async () => {

@@ -803,6 +803,7 @@ class PgChangeFeed implements ChangeFeed {
     private readonly x: Executor,
     private readonly makeNotifications: (wake: () => void) => ChangeNotifications,
     private readonly logger: Logger,
+    private readonly isClosed: () => boolean,
   ) {}
 
   async since(after: number, limit = 1000): Promise<Change[]> {
@@ -830,7 +831,7 @@ class PgChangeFeed implements ChangeFeed {
 
   watch(listener: () => void): () => void {
     this.listeners.add(listener);
-    if (!this.notifications) {
+    if (!this.notifications && !this.isClosed()) {
       this.notifications = this.makeNotifications(() => this.wake());
       this.notifications.start();
     }
@@ -899,6 +900,7 @@ class PostgresDatastore implements Datastore {
       this.x,
       (wake) => new ChangeNotifications(clientConfig, wake, logger, target),
       logger,
+      () => this.closed,
     );
     ({
       entries: this.entries,
@@ -953,6 +955,22 @@ class PostgresDatastore implements Datastore {
   }
 }
 
+/** Refusals that retrying will not fix (credentials, a missing database, privileges) are configuration errors. */
+const MISCONFIGURED: Readonly<Record<string, string>> = {
+  '28P01': 'the server refused the credentials',
+  '28000': 'the server refused the connection (pg_hba.conf)',
+  '3D000': 'the database does not exist',
+  '42501': 'the user may not create or change the tables (grant CREATE on the schema, or run the first start as the owner)',
+};
+
+function openError(err: unknown, target: { host: string; database: string }): unknown {
+  const where = `PostgreSQL database ${target.database} on ${target.host}`;
+  const state = sqlState(err);
+  const problem = state === undefined ? undefined : MISCONFIGURED[state];
+  if (problem !== undefined) return failedPrecondition(`datastore: cannot open ${where}: ${problem} (${state})`, err);
+  return mapError(err, `open ${where}`);
+}
+
 /**
  * Opens a pool on `url` (postgresql://user:password@host:port/db, or postgresql:///db?host=/socket/dir)
  * and brings the schema to the current version. The URL is never logged, only host and database.
@@ -989,8 +1007,7 @@ export async function openPostgresDatastore(url: string, opts: PostgresDatastore
     }
   } catch (err) {
     await pool.end().catch(() => undefined);
-    const mapped = mapError(err, `open PostgreSQL database ${target.database} on ${target.host}`);
-    throw mapped;
+    throw openError(err, target);
   }
   return new PostgresDatastore(pool, clientConfig, logger, target);
 }
