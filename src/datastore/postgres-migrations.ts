@@ -6,13 +6,14 @@ import { checkOrder, MIGRATIONS, refuseNewer, type Migration } from './migration
  * The PostgreSQL schema follows the SQLite migrations version for version (same numbers, same
  * descriptions, same tables and columns), so a database's version means the same thing whichever
  * store wrote it. Most statements are portable as written; where the dialects differ, the
- * PostgreSQL text of that version is given here:
- *  - version 2: changes.revision is an identity column (SQLite: INTEGER PRIMARY KEY AUTOINCREMENT).
- *    Both never reuse a revision; only PostgreSQL needs the advisory lock of postgres.ts to make
- *    revisions also become visible in order.
+ * PostgreSQL text of that migration is given here, by its description (a test checks that each
+ * names a migration, so a renamed or renumbered one cannot silently fall back to SQLite's text):
+ *  - the change feed: changes.revision is an identity column (SQLite: INTEGER PRIMARY KEY
+ *    AUTOINCREMENT). Both never reuse a revision; only PostgreSQL needs the advisory lock of
+ *    postgres.ts to make revisions also become visible in order.
  */
-const POSTGRES_SQL: Readonly<Record<number, string>> = {
-  2: `
+export const POSTGRES_SQL: Readonly<Record<string, string>> = {
+  'change feed, task ID index, published authorities, anchors': `
     CREATE TABLE changes (
       revision BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
       resource TEXT NOT NULL CHECK (resource IN ('entry', 'task', 'revocation', 'authority')),
@@ -36,7 +37,7 @@ const POSTGRES_SQL: Readonly<Record<number, string>> = {
   `,
 };
 
-export const POSTGRES_MIGRATIONS: readonly Migration[] = MIGRATIONS.map((m) => ({ ...m, sql: POSTGRES_SQL[m.version] ?? m.sql }));
+export const POSTGRES_MIGRATIONS: readonly Migration[] = MIGRATIONS.map((m) => ({ ...m, sql: POSTGRES_SQL[m.description] ?? m.sql }));
 
 /**
  * Serializes schema changes between servers starting at once: every migration step holds this

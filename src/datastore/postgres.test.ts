@@ -9,7 +9,7 @@ import { entryFixture, issuanceFixture, revocationFixture, taskFixture } from '.
 import { applyMigrations, SCHEMA_VERSION } from './migrations.js';
 import { openPostgresDatastore } from './postgres.js';
 import { describePostgresUrl } from './postgres-url.js';
-import { applyPostgresMigrations, POSTGRES_MIGRATIONS } from './postgres-migrations.js';
+import { applyPostgresMigrations, POSTGRES_MIGRATIONS, POSTGRES_SQL } from './postgres-migrations.js';
 import { MIGRATIONS } from './migrations.js';
 import type { Datastore, Stores } from './types.js';
 
@@ -116,6 +116,7 @@ async function waitFor<T>(probe: () => Promise<T | undefined>): Promise<T> {
 describe('postgres datastore: schema', () => {
   it('applies the same migration versions as SQLite, once, and reopening changes nothing', async () => {
     expect(POSTGRES_MIGRATIONS.map((m) => [m.version, m.description])).toEqual(MIGRATIONS.map((m) => [m.version, m.description]));
+    for (const description of Object.keys(POSTGRES_SQL)) expect(MIGRATIONS.map((m) => m.description)).toContain(description);
     const url = await freshDatabase();
     // Two servers starting at once on an empty database: each migration is applied exactly once.
     await Promise.all([open(url), open(url), open(url)]);
