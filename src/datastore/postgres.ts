@@ -15,6 +15,7 @@ import { FINAL_TASK_STATES } from './rules.js';
 import {
   AUTHORITY_COLUMNS,
   authorityFromRow,
+  columns,
   authorityToRow,
   duplicateIdentityMessage,
   ENTRY_COLUMNS,
@@ -204,7 +205,6 @@ async function appendChanges(q: Queryable, resource: ChangeResource, keys: reado
   await q.query('SELECT pg_notify($1, $2)', [CHANGE_CHANNEL, '']);
 }
 
-const columns = (cols: readonly string[], prefix = '') => cols.map((c) => `${prefix}${c}`).join(', ');
 const placeholders = (count: number, offset = 0) => Array.from({ length: count }, (_, i) => `$${offset + i + 1}`).join(', ');
 const valuesOf = <R extends object>(row: R, cols: readonly (keyof R)[]) => cols.map((c) => row[c]);
 
@@ -268,13 +268,13 @@ class PgEntryStore implements EntryStore {
         attempted = entryToRow({ ...entry, createdAt: current.created_at, updatedAt: now, revision: current.revision + 1 });
         const { rows } = await q.query<EntryRow>(
           `UPDATE registration_entries SET spiffe_id = $2, selectors = $3, selectors_hash = $4, x509_ttl_ms = $5,
-             jwt_ttl_ms = $6, hint = $7, dns_names = $8, federates_with = $9, expires_at = $10, updated_at = $11,
-             revision = $12
+             jwt_ttl_ms = $6, hint = $7, dns_names = $8, federates_with = $9, include_tasks = $10, expires_at = $11,
+             updated_at = $12, revision = $13
            WHERE id = $1 RETURNING ${columns(ENTRY_COLUMNS)}`,
           [
             attempted.id, attempted.spiffe_id, attempted.selectors, attempted.selectors_hash, attempted.x509_ttl_ms,
-            attempted.jwt_ttl_ms, attempted.hint, attempted.dns_names, attempted.federates_with, attempted.expires_at,
-            attempted.updated_at, attempted.revision,
+            attempted.jwt_ttl_ms, attempted.hint, attempted.dns_names, attempted.federates_with, attempted.include_tasks,
+            attempted.expires_at, attempted.updated_at, attempted.revision,
           ],
         );
         await appendChanges(q, 'entry', [entry.id]);

@@ -26,6 +26,8 @@ export interface EntryRow {
   hint: string;
   dns_names: string;
   federates_with: string;
+  /** 0/1 in SQLite, a boolean in PostgreSQL. */
+  include_tasks: number | boolean;
   expires_at: number | null;
   created_at: number;
   updated_at: number;
@@ -78,7 +80,7 @@ export interface AuthorityRow {
 /** Column order of each table's INSERT (and of its SELECT lists). */
 export const ENTRY_COLUMNS = [
   'id', 'spiffe_id', 'selectors', 'selectors_hash', 'x509_ttl_ms', 'jwt_ttl_ms', 'hint', 'dns_names',
-  'federates_with', 'expires_at', 'created_at', 'updated_at', 'revision',
+  'federates_with', 'include_tasks', 'expires_at', 'created_at', 'updated_at', 'revision',
 ] as const satisfies readonly (keyof EntryRow)[];
 export const TASK_COLUMNS = [
   'agent', 'id', 'spiffe_id', 'binding', 'metadata', 'state', 'x509_ttl_ms', 'jwt_ttl_ms', 'created_at',
@@ -94,6 +96,9 @@ export const AUTHORITY_COLUMNS = [
   'server_id', 'x509_authorities', 'jwt_keys', 'crls', 'updated_at', 'retire_at',
 ] as const satisfies readonly (keyof AuthorityRow)[];
 
+/** A column list for SQL text, optionally qualified ("i." for a join). */
+export const columns = (cols: readonly string[], prefix = ''): string => cols.map((c) => `${prefix}${c}`).join(', ');
+
 export function entryFromRow(r: EntryRow): RegistrationEntry {
   return {
     id: r.id,
@@ -104,6 +109,7 @@ export function entryFromRow(r: EntryRow): RegistrationEntry {
     hint: r.hint,
     dnsNames: JSON.parse(r.dns_names) as string[],
     federatesWith: JSON.parse(r.federates_with) as string[],
+    includeTasks: r.include_tasks === true || r.include_tasks === 1,
     expiresAt: r.expires_at,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
@@ -124,6 +130,8 @@ export function entryToRow(e: RegistrationEntry): EntryRow {
     hint: e.hint,
     dns_names: JSON.stringify(e.dnsNames),
     federates_with: JSON.stringify(e.federatesWith),
+    // better-sqlite3 binds no booleans; PostgreSQL reads '1'/'0' as a boolean.
+    include_tasks: e.includeTasks ? 1 : 0,
     expires_at: e.expiresAt,
     created_at: e.createdAt,
     updated_at: e.updatedAt,

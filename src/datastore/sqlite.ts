@@ -11,9 +11,32 @@ import {
   unavailable,
 } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
-import { normalizeSelectors, type Selector } from '../spiffe/selector.js';
 import { applyMigrations } from './migrations.js';
-import { FINAL_TASK_STATES, mergeRevocation, selectorSetHash } from './rules.js';
+import { FINAL_TASK_STATES, mergeRevocation } from './rules.js';
+import {
+  AUTHORITY_COLUMNS,
+  authorityFromRow,
+  authorityToRow,
+  columns,
+  duplicateIdentityMessage,
+  ENTRY_COLUMNS,
+  entryFromRow,
+  entryToRow,
+  ISSUANCE_COLUMNS,
+  issuanceFromRow,
+  issuanceToRow,
+  REVOCATION_COLUMNS,
+  revocationFromRow,
+  revocationToRow,
+  TASK_COLUMNS,
+  taskFromRow,
+  taskToRow,
+  type AuthorityRow,
+  type EntryRow,
+  type IssuanceRow,
+  type RevocationRow,
+  type TaskRow,
+} from './sql-rows.js';
 import {
   asyncDatastore,
   type SyncAnchorStore,
@@ -34,7 +57,6 @@ import type {
   NewRegistrationEntry,
   RegistrationEntry,
   Revocation,
-  TaskBinding,
   TaskRecord,
   TaskState,
 } from './types.js';
@@ -61,56 +83,6 @@ export interface SqliteDatastoreOptions {
 
 type Db = Database;
 
-interface EntryRow {
-  id: string;
-  spiffe_id: string;
-  selectors: string;
-  x509_ttl_ms: number;
-  jwt_ttl_ms: number;
-  hint: string;
-  dns_names: string;
-  federates_with: string;
-  include_tasks: number;
-  expires_at: number | null;
-  created_at: number;
-  updated_at: number;
-  revision: number;
-}
-
-interface TaskRow {
-  agent: string;
-  id: string;
-  spiffe_id: string;
-  binding: string;
-  metadata: string;
-  state: TaskState;
-  x509_ttl_ms: number;
-  jwt_ttl_ms: number;
-  created_at: number;
-  expires_at: number;
-  ended_at: number | null;
-  end_reason: string | null;
-  created_by: string;
-}
-
-interface RevocationRow {
-  spiffe_id: string;
-  reason: string;
-  revoked_at: number;
-  revoked_by: string;
-  keep_until: number;
-}
-
-interface IssuanceRow {
-  kind: 'x509' | 'jwt';
-  serial: string;
-  spiffe_id: string;
-  issuer_id: string;
-  issued_at: number;
-  not_after: number;
-  task: string | null;
-}
-
 const sqliteCode = (err: unknown): string | undefined =>
   err instanceof BetterSqlite3.SqliteError ? err.code : undefined;
 
@@ -136,87 +108,6 @@ function guard<T>(db: Db, what: string, fn: () => T): T {
     throw mapError(db, err, what);
   }
 }
-
-function entryFromRow(r: EntryRow): RegistrationEntry {
-  return {
-    id: r.id,
-    spiffeId: r.spiffe_id,
-    selectors: JSON.parse(r.selectors) as Selector[],
-    x509TtlMs: r.x509_ttl_ms,
-    jwtTtlMs: r.jwt_ttl_ms,
-    hint: r.hint,
-    dnsNames: JSON.parse(r.dns_names) as string[],
-    federatesWith: JSON.parse(r.federates_with) as string[],
-    includeTasks: r.include_tasks !== 0,
-    expiresAt: r.expires_at,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-    revision: r.revision,
-  };
-}
-
-function entryToParams(e: RegistrationEntry) {
-  // Only {type, value} is stored, whatever extra properties a caller's selector objects carry.
-  const selectors = normalizeSelectors(e.selectors).map((s) => ({ type: s.type, value: s.value }));
-  return {
-    id: e.id,
-    spiffe_id: e.spiffeId,
-    selectors: JSON.stringify(selectors),
-    selectors_hash: selectorSetHash(selectors),
-    x509_ttl_ms: e.x509TtlMs,
-    jwt_ttl_ms: e.jwtTtlMs,
-    hint: e.hint,
-    dns_names: JSON.stringify(e.dnsNames),
-    federates_with: JSON.stringify(e.federatesWith),
-    include_tasks: e.includeTasks ? 1 : 0,
-    expires_at: e.expiresAt,
-    created_at: e.createdAt,
-    updated_at: e.updatedAt,
-    revision: e.revision,
-  };
-}
-
-function taskFromRow(r: TaskRow): TaskRecord {
-  return {
-    id: r.id,
-    agent: r.agent,
-    spiffeId: r.spiffe_id,
-    binding: JSON.parse(r.binding) as TaskBinding,
-    metadata: JSON.parse(r.metadata) as Record<string, string>,
-    state: r.state,
-    x509TtlMs: r.x509_ttl_ms,
-    jwtTtlMs: r.jwt_ttl_ms,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    endedAt: r.ended_at,
-    endReason: r.end_reason,
-    createdBy: r.created_by,
-  };
-}
-
-const revocationFromRow = (r: RevocationRow): Revocation => ({
-  spiffeId: r.spiffe_id,
-  reason: r.reason,
-  revokedAt: r.revoked_at,
-  revokedBy: r.revoked_by,
-  keepUntil: r.keep_until,
-});
-
-const issuanceFromRow = (r: IssuanceRow): IssuanceRecord => ({
-  kind: r.kind,
-  serial: r.serial,
-  spiffeId: r.spiffe_id,
-  issuerId: r.issuer_id,
-  issuedAt: r.issued_at,
-  notAfter: r.not_after,
-  task: r.task,
-});
-
-const ENTRY_COLUMNS =
-  'id, spiffe_id, selectors, x509_ttl_ms, jwt_ttl_ms, hint, dns_names, federates_with, include_tasks, expires_at, created_at, updated_at, revision';
-const TASK_COLUMNS =
-  'agent, id, spiffe_id, binding, metadata, state, x509_ttl_ms, jwt_ttl_ms, created_at, expires_at, ended_at, end_reason, created_by';
-const ISSUANCE_COLUMNS = 'kind, serial, spiffe_id, issuer_id, issued_at, not_after, task';
 
 /** Appends change-feed rows; callers run it inside the transaction of the change itself. */
 class ChangeLog {
@@ -263,9 +154,7 @@ class SqliteEntryStore implements SyncEntryStore {
     private readonly log: ChangeLog,
   ) {
     this.insert = db.prepare(
-      `INSERT INTO registration_entries (${ENTRY_COLUMNS}, selectors_hash) VALUES
-       (@id, @spiffe_id, @selectors, @x509_ttl_ms, @jwt_ttl_ms, @hint, @dns_names, @federates_with, @include_tasks, @expires_at,
-        @created_at, @updated_at, @revision, @selectors_hash)`,
+      `INSERT INTO registration_entries (${columns(ENTRY_COLUMNS)}) VALUES (${columns(ENTRY_COLUMNS, '@')})`,
     );
     this.replace = db.prepare(
       `UPDATE registration_entries SET spiffe_id = @spiffe_id, selectors = @selectors, selectors_hash = @selectors_hash,
@@ -274,14 +163,14 @@ class SqliteEntryStore implements SyncEntryStore {
        WHERE id = @id`,
     );
     this.remove = db.prepare('DELETE FROM registration_entries WHERE id = ?');
-    this.byId = db.prepare(`SELECT ${ENTRY_COLUMNS} FROM registration_entries WHERE id = ?`);
+    this.byId = db.prepare(`SELECT ${columns(ENTRY_COLUMNS)} FROM registration_entries WHERE id = ?`);
     this.byIdentity = db.prepare('SELECT id FROM registration_entries WHERE spiffe_id = ? AND selectors_hash = ?');
-    this.all = db.prepare(`SELECT ${ENTRY_COLUMNS} FROM registration_entries ORDER BY created_at, id`);
+    this.all = db.prepare(`SELECT ${columns(ENTRY_COLUMNS)} FROM registration_entries ORDER BY created_at, id`);
   }
 
   create(entry: NewRegistrationEntry, now: number): RegistrationEntry {
     const record: RegistrationEntry = { ...entry, createdAt: now, updatedAt: now, revision: 1 };
-    const params = entryToParams(record);
+    const params = entryToRow(record);
     return guard(this.db, 'create entry', () =>
       this.db
         .transaction(() => {
@@ -308,7 +197,7 @@ class SqliteEntryStore implements SyncEntryStore {
               `entry ${entry.id}: revision ${expectedRevision} is stale (current revision ${current.revision})`,
             );
           }
-          const params = entryToParams({
+          const params = entryToRow({
             ...entry,
             createdAt: current.created_at,
             updatedAt: now,
@@ -351,14 +240,12 @@ class SqliteEntryStore implements SyncEntryStore {
     return guard(this.db, 'list entries', () => this.all.all().map(entryFromRow));
   }
 
-  private constraintError(err: unknown, params: ReturnType<typeof entryToParams>): AgentIdError | undefined {
+  private constraintError(err: unknown, params: EntryRow): AgentIdError | undefined {
     const code = sqliteCode(err);
     if (code === 'SQLITE_CONSTRAINT_PRIMARYKEY') return alreadyExists(`entry ${params.id} already exists`);
     if (code === 'SQLITE_CONSTRAINT_UNIQUE') {
       const other = this.byIdentity.get(params.spiffe_id, params.selectors_hash);
-      return alreadyExists(
-        `entry: an entry with spiffe_id ${params.spiffe_id} and the same selectors already exists (${other?.id ?? 'unknown'})`,
-      );
+      return alreadyExists(duplicateIdentityMessage(params.spiffe_id, other?.id));
     }
     return undefined;
   }
@@ -376,43 +263,27 @@ class SqliteTaskStore implements SyncTaskStore {
     private readonly log: ChangeLog,
   ) {
     this.insert = db.prepare(
-      `INSERT INTO tasks (${TASK_COLUMNS}) VALUES
-       (@agent, @id, @spiffe_id, @binding, @metadata, @state, @x509_ttl_ms, @jwt_ttl_ms, @created_at, @expires_at,
-        @ended_at, @end_reason, @created_by)`,
+      `INSERT INTO tasks (${columns(TASK_COLUMNS)}) VALUES (${columns(TASK_COLUMNS, '@')})`,
     );
-    this.byKey = db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks WHERE agent = ? AND id = ?`);
-    this.byId = db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = ? ORDER BY created_at, agent, id`);
+    this.byKey = db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE agent = ? AND id = ?`);
+    this.byId = db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE id = ? ORDER BY created_at, agent, id`);
     this.setFinal = db.prepare(
       `UPDATE tasks SET state = @state, ended_at = @ended_at, end_reason = @end_reason
        WHERE agent = @agent AND id = @id AND state = 'active'`,
     );
     const order = 'ORDER BY created_at, agent, id';
     this.lists = {
-      all: db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks ${order}`),
-      agent: db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks WHERE agent = ? ${order}`),
-      state: db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks WHERE state = ? ${order}`),
-      both: db.prepare(`SELECT ${TASK_COLUMNS} FROM tasks WHERE agent = ? AND state = ? ${order}`),
+      all: db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks ${order}`),
+      agent: db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE agent = ? ${order}`),
+      state: db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE state = ? ${order}`),
+      both: db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE agent = ? AND state = ? ${order}`),
     };
   }
 
   create(task: TaskRecord): TaskRecord {
     return guard(this.db, 'create task', () => this.db.transaction(() => {
       try {
-        this.insert.run({
-          agent: task.agent,
-          id: task.id,
-          spiffe_id: task.spiffeId,
-          binding: JSON.stringify(task.binding),
-          metadata: JSON.stringify(task.metadata),
-          state: task.state,
-          x509_ttl_ms: task.x509TtlMs,
-          jwt_ttl_ms: task.jwtTtlMs,
-          created_at: task.createdAt,
-          expires_at: task.expiresAt,
-          ended_at: task.endedAt,
-          end_reason: task.endReason,
-          created_by: task.createdBy,
-        });
+        this.insert.run(taskToRow(task));
       } catch (err) {
         if (sqliteCode(err) === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
           throw alreadyExists(`task ${task.agent}/${task.id} already exists`);
@@ -480,14 +351,13 @@ class SqliteRevocationStore implements SyncRevocationStore {
     private readonly log: ChangeLog,
   ) {
     this.upsert = db.prepare(
-      `INSERT INTO revocations (spiffe_id, reason, revoked_at, revoked_by, keep_until)
-       VALUES (@spiffe_id, @reason, @revoked_at, @revoked_by, @keep_until)
+      `INSERT INTO revocations (${columns(REVOCATION_COLUMNS)}) VALUES (${columns(REVOCATION_COLUMNS, '@')})
        ON CONFLICT (spiffe_id) DO UPDATE SET reason = excluded.reason, revoked_at = excluded.revoked_at,
          revoked_by = excluded.revoked_by, keep_until = excluded.keep_until`,
     );
-    this.byId = db.prepare('SELECT spiffe_id, reason, revoked_at, revoked_by, keep_until FROM revocations WHERE spiffe_id = ?');
+    this.byId = db.prepare(`SELECT ${columns(REVOCATION_COLUMNS)} FROM revocations WHERE spiffe_id = ?`);
     this.all = db.prepare(
-      'SELECT spiffe_id, reason, revoked_at, revoked_by, keep_until FROM revocations ORDER BY revoked_at, spiffe_id',
+      `SELECT ${columns(REVOCATION_COLUMNS)} FROM revocations ORDER BY revoked_at, spiffe_id`,
     );
     this.expired = db.prepare('DELETE FROM revocations WHERE keep_until < ? RETURNING spiffe_id');
   }
@@ -498,13 +368,7 @@ class SqliteRevocationStore implements SyncRevocationStore {
         .transaction(() => {
           const existing = this.byId.get(revocation.spiffeId);
           const merged = mergeRevocation(existing && revocationFromRow(existing), revocation);
-          this.upsert.run({
-            spiffe_id: merged.spiffeId,
-            reason: merged.reason,
-            revoked_at: merged.revokedAt,
-            revoked_by: merged.revokedBy,
-            keep_until: merged.keepUntil,
-          });
+          this.upsert.run(revocationToRow(merged));
           this.log.add('revocation', merged.spiffeId);
           return merged;
         })
@@ -550,15 +414,15 @@ class SqliteIssuanceStore implements SyncIssuanceStore {
 
   constructor(private readonly db: Db) {
     this.insert = db.prepare(
-      `INSERT INTO issuances (${ISSUANCE_COLUMNS}) VALUES (@kind, @serial, @spiffe_id, @issuer_id, @issued_at, @not_after, @task)`,
+      `INSERT INTO issuances (${columns(ISSUANCE_COLUMNS)}) VALUES (${columns(ISSUANCE_COLUMNS, '@')})`,
     );
     this.forId = db.prepare(
-      `SELECT ${ISSUANCE_COLUMNS} FROM issuances WHERE spiffe_id = ? ORDER BY issued_at, serial, kind`,
+      `SELECT ${columns(ISSUANCE_COLUMNS)} FROM issuances WHERE spiffe_id = ? ORDER BY issued_at, serial, kind`,
     );
     this.latest = db.prepare('SELECT MAX(not_after) AS latest FROM issuances WHERE spiffe_id = ?');
     this.count = db.prepare('SELECT COUNT(*) AS n FROM issuances WHERE spiffe_id = ?');
     this.revokedUnexpired = db.prepare(
-      `SELECT ${ISSUANCE_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ')}
+      `SELECT ${columns(ISSUANCE_COLUMNS, 'i.')}
        FROM issuances i JOIN revocations r ON r.spiffe_id = i.spiffe_id
        WHERE i.kind = 'x509' AND i.not_after >= ?
        ORDER BY i.issued_at, i.serial, i.kind`,
@@ -573,15 +437,7 @@ class SqliteIssuanceStore implements SyncIssuanceStore {
         .transaction(() => {
           for (const issuance of issuances) {
             try {
-              this.insert.run({
-                kind: issuance.kind,
-                serial: issuance.serial,
-                spiffe_id: issuance.spiffeId,
-                issuer_id: issuance.issuerId,
-                issued_at: issuance.issuedAt,
-                not_after: issuance.notAfter,
-                task: issuance.task,
-              });
+              this.insert.run(issuanceToRow(issuance));
             } catch (err) {
               if (sqliteCode(err) === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
                 throw alreadyExists(`issuance: ${issuance.kind} serial ${issuance.serial} already recorded`);
@@ -616,26 +472,6 @@ class SqliteIssuanceStore implements SyncIssuanceStore {
   }
 }
 
-interface AuthorityRow {
-  server_id: string;
-  x509_authorities: string;
-  jwt_keys: string;
-  crls: string;
-  updated_at: number;
-  retire_at: number | null;
-}
-
-const authorityFromRow = (r: AuthorityRow): AuthorityRecord => ({
-  serverId: r.server_id,
-  x509Authorities: JSON.parse(r.x509_authorities) as string[],
-  jwtKeys: JSON.parse(r.jwt_keys) as object[],
-  crls: JSON.parse(r.crls) as string[],
-  updatedAt: r.updated_at,
-  retireAt: r.retire_at,
-});
-
-const AUTHORITY_COLUMNS = 'server_id, x509_authorities, jwt_keys, crls, updated_at, retire_at';
-
 class SqliteAuthorityStore implements SyncAuthorityStore {
   private readonly upsert: Statement;
   private readonly byId: Statement<[string], AuthorityRow>;
@@ -647,12 +483,12 @@ class SqliteAuthorityStore implements SyncAuthorityStore {
     private readonly log: ChangeLog,
   ) {
     this.upsert = db.prepare(
-      `INSERT INTO authorities (${AUTHORITY_COLUMNS}) VALUES (@server_id, @x509_authorities, @jwt_keys, @crls, @updated_at, @retire_at)
+      `INSERT INTO authorities (${columns(AUTHORITY_COLUMNS)}) VALUES (${columns(AUTHORITY_COLUMNS, '@')})
        ON CONFLICT (server_id) DO UPDATE SET x509_authorities = excluded.x509_authorities, jwt_keys = excluded.jwt_keys,
          crls = excluded.crls, updated_at = excluded.updated_at, retire_at = excluded.retire_at`,
     );
-    this.byId = db.prepare(`SELECT ${AUTHORITY_COLUMNS} FROM authorities WHERE server_id = ?`);
-    this.all = db.prepare(`SELECT ${AUTHORITY_COLUMNS} FROM authorities ORDER BY server_id`);
+    this.byId = db.prepare(`SELECT ${columns(AUTHORITY_COLUMNS)} FROM authorities WHERE server_id = ?`);
+    this.all = db.prepare(`SELECT ${columns(AUTHORITY_COLUMNS)} FROM authorities ORDER BY server_id`);
     this.retired = db.prepare('DELETE FROM authorities WHERE retire_at IS NOT NULL AND retire_at < ? RETURNING server_id');
   }
 
@@ -660,14 +496,7 @@ class SqliteAuthorityStore implements SyncAuthorityStore {
     guard(this.db, 'publish authority', () =>
       this.db
         .transaction(() => {
-          this.upsert.run({
-            server_id: record.serverId,
-            x509_authorities: JSON.stringify(record.x509Authorities),
-            jwt_keys: JSON.stringify(record.jwtKeys),
-            crls: JSON.stringify(record.crls),
-            updated_at: record.updatedAt,
-            retire_at: record.retireAt,
-          });
+          this.upsert.run(authorityToRow(record));
           this.log.add('authority', record.serverId);
         })
         .immediate(),
