@@ -1,7 +1,6 @@
-import { join } from 'node:path';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../common/logger.js';
-import { openSqliteDatastore } from '../datastore/sqlite.js';
+import { openDatastore } from '../datastore/index.js';
 import { BatchedIssuances } from '../datastore/batched-issuances.js';
 import type { Datastore } from '../datastore/types.js';
 import { ReadModel } from '../state/read-model.js';
@@ -19,7 +18,7 @@ export interface Storage {
 
 export async function buildStorage(config: Config, deps: { logger: Logger; metrics: Pick<ServerMetrics, 'timeDatastore'> }): Promise<Storage> {
   // Write latency is measured at the store (metrics); reads come from the read model.
-  const datastore = deps.metrics.timeDatastore(openSqliteDatastore(join(config.dataDir, 'agentid.db'), { logger: deps.logger }));
+  const datastore = deps.metrics.timeDatastore(await openDatastore(config, deps));
   const issuances = new BatchedIssuances(datastore.issuances, deps.logger);
   return {
     datastore,
