@@ -239,7 +239,7 @@ describe('postgres datastore', () => {
     expect((await ds.entries.list()).map((e) => e.id)).toEqual(['B', '_c', 'a']);
   });
 
-  it('issuance batches: a serial twice in one batch is refused, and batches larger than one INSERT commit whole', async () => {
+  it('issuance batches: a serial twice in one batch is refused, and a large batch commits or fails whole', async () => {
     const ds = await open(await freshSchema());
     await expectCode(
       () => ds.issuances.record([issuanceFixture({ serial: 'fresh' }), issuanceFixture({ serial: 'twice' }), issuanceFixture({ serial: 'twice' })]),

@@ -117,8 +117,6 @@ const PRUNED_ANCHOR = 'datastore.changes.pruned_through';
 
 const LISTEN_BACKOFF_MIN_MS = 100;
 const LISTEN_BACKOFF_MAX_MS = 5_000;
-/** Rows per multi-row INSERT of issuances (7 parameters each, well below PostgreSQL's 65535). */
-const ISSUANCE_CHUNK = 1_000;
 
 /*
  * BIGINT (int8) comes back from the driver as a string, because it may exceed 2^53. Every BIGINT
@@ -450,9 +448,10 @@ class PgIssuanceStore implements IssuanceStore {
   }
 
   /**
-   * One transaction for the batch, a multi-row INSERT per chunk. Conflicting rows are skipped by
-   * ON CONFLICT and found by comparing what came back, so the error names the first duplicate
-   * in the batch's order (SQLite's message); the whole batch then rolls back.
+   * One statement for the batch: each column travels as one array parameter (unnest), so a batch
+   * of thousands costs one round trip and no parameter-count limit applies. Conflicting rows are
+   * skipped by ON CONFLICT and found by comparing what came back, so the error names the first
+   * duplicate in the batch's order (SQLite's message); the whole batch then rolls back.
    */
   async record(issuances: readonly IssuanceRecord[]): Promise<void> {
     if (issuances.length === 0) return;
@@ -460,20 +459,17 @@ class PgIssuanceStore implements IssuanceStore {
       if (i.kind !== 'x509' && i.kind !== 'jwt') throw invalidArgument(`issuance: unknown kind ${String(i.kind)}`);
     }
     await this.x.write('record issuances', { changes: false }, async (q) => {
-      for (let start = 0; start < issuances.length; start += ISSUANCE_CHUNK) {
-        const chunk = issuances.slice(start, start + ISSUANCE_CHUNK);
-        const values = chunk.flatMap((i) => valuesOf(issuanceToRow(i), ISSUANCE_COLUMNS));
-        const tuples = chunk.map((_, n) => `(${placeholders(ISSUANCE_COLUMNS.length, n * ISSUANCE_COLUMNS.length)})`);
-        const { rows } = await q.query<{ kind: string; serial: string }>(
-          `INSERT INTO issuances (${columns(ISSUANCE_COLUMNS)}) VALUES ${tuples.join(', ')}
-           ON CONFLICT (kind, serial) DO NOTHING RETURNING kind, serial`,
-          values,
-        );
-        if (rows.length === chunk.length) continue;
-        const inserted = new Set(rows.map((r) => `${r.kind}\n${r.serial}`));
-        const duplicate = chunk.find((i) => !inserted.delete(`${i.kind}\n${i.serial}`))!;
-        throw alreadyExists(`issuance: ${duplicate.kind} serial ${duplicate.serial} already recorded`);
-      }
+      const rowsIn = issuances.map(issuanceToRow);
+      const { rows } = await q.query<{ kind: string; serial: string }>(
+        `INSERT INTO issuances (${columns(ISSUANCE_COLUMNS)})
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[])
+         ON CONFLICT (kind, serial) DO NOTHING RETURNING kind, serial`,
+        ISSUANCE_COLUMNS.map((c) => rowsIn.map((r) => r[c])),
+      );
+      if (rows.length === issuances.length) return;
+      const inserted = new Set(rows.map((r) => `${r.kind}\n${r.serial}`));
+      const duplicate = issuances.find((i) => !inserted.delete(`${i.kind}\n${i.serial}`))!;
+      throw alreadyExists(`issuance: ${duplicate.kind} serial ${duplicate.serial} already recorded`);
     });
   }
 
