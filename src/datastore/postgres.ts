@@ -67,13 +67,17 @@ import type {
  * row is inserted but become visible when its transaction commits, so transaction 1 may draw 5,
  * transaction 2 draw 6 and commit first; a reader that sees 6 moves its cursor past 5 and never
  * reads it. Therefore every change-writing transaction takes one transaction-level advisory lock
- * (CHANGE_LOCK_KEY) before it writes anything, and holds it until it commits or rolls back. Writers
+ * (CHANGE_LOCK_KEY) before its first change-writing statement (a single store call: before
+ * anything; inside transaction(): at its first such call, before that call's row locks), and holds
+ * it until it commits or rolls back. Writers
  * are thus serialized from the moment they draw a revision to the moment it is visible, and
  * revisions become visible in order, across every server on the database. PostgreSQL releases the
  * lock only after the commit is visible to other sessions, so the next writer's revision is always
  * drawn after the previous one can be read. The cost is that change-writing transactions (admin
  * writes: entries, tasks, revocations, authorities) run one at a time; issuances and anchors do
- * not take the lock.
+ * not take the lock. (A transaction() that upserts an anchor and then writes a change could, in
+ * theory, deadlock with another server doing the same the other way round; PostgreSQL then aborts
+ * one, which the caller sees as `unavailable` and retries.)
  *
  * Other servers learn of changes by LISTEN/NOTIFY: a writer calls pg_notify in the transaction
  * (delivered at commit, dropped on rollback), and one dedicated connection per datastore listens
