@@ -97,7 +97,8 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
   const parts = new Lifecycle(logger);
   try {
     // Refuses a missing, replaced or rolled-back database, CA or audit trail (unless --recover names it).
-    const integrity = buildIntegrity({ dataDir: config.dataDir, auditFile: config.audit.file, recover: deps.recover ?? new Set(), logger });
+    const dbFile = config.datastore.kind === 'sqlite' ? config.datastore.file : null;
+    const integrity = buildIntegrity({ dataDir: config.dataDir, dbFile, auditFile: config.audit.file, recover: deps.recover ?? new Set(), logger });
     const metrics = new ServerMetrics();
     const { datastore, issuances } = parts.add('datastore', await buildStorage(config, { logger, metrics }));
     const ca = await CertificateAuthority.open(caOptionsFrom(config, { clock, logger }));

@@ -36,7 +36,11 @@ interface Anchors {
 
 export interface IntegrityPaths {
   dataDir: string;
-  dbFile: string;
+  /**
+   * The SQLite file; null when the datastore is not a local file (PostgreSQL, shared by several
+   * servers): the database part is then not anchored, only the CA and the audit trail are.
+   */
+  dbFile: string | null;
   caDir: string;
   auditFile: string;
 }
@@ -86,8 +90,9 @@ export class IntegrityAnchors {
   static beforeOpen(paths: IntegrityPaths, recover: ReadonlySet<Component>, logger: Logger): IntegrityAnchors {
     const self = new IntegrityAnchors(paths, recover, logger);
     self.marker = readMarker(join(paths.dataDir, MARKER_FILE));
+    if (paths.dbFile === null) logger.warn('integrity: the datastore is not a local file; only the CA and the audit trail are anchored');
     if (self.marker) {
-      if (!existsSync(paths.dbFile)) self.finding('database', `the database ${paths.dbFile} is missing`);
+      if (paths.dbFile !== null && !existsSync(paths.dbFile)) self.finding('database', `the database ${paths.dbFile} is missing`);
       if (!existsSync(paths.caDir)) self.finding('ca', `the CA directory ${paths.caDir} is missing`);
       if (!existsSync(paths.auditFile)) self.finding('audit', `the audit trail ${paths.auditFile} is missing`);
     }
@@ -106,7 +111,9 @@ export class IntegrityAnchors {
       }
       return [...this.recoveries];
     }
-    if (!inDb) this.finding('database', `the database ${this.paths.dbFile} is not the anchored one (it has no anchors: new or replaced)`);
+    if (this.paths.dbFile === null) {
+      // Nothing to compare: see IntegrityPaths.dbFile.
+    } else if (!inDb) this.finding('database', `the database ${this.paths.dbFile} is not the anchored one (it has no anchors: new or replaced)`);
     else if (inDb.dbId !== marker.dbId) this.finding('database', `the database ${this.paths.dbFile} was replaced (identity ${inDb.dbId}, expected ${marker.dbId})`);
     else if (inDb.generation < marker.generation) this.finding('database', `the database ${this.paths.dbFile} was rolled back (generation ${inDb.generation}, expected ${marker.generation})`);
     else if (inDb.generation > marker.generation + 1) this.finding('database', `the integrity marker is older than the database (generation ${marker.generation}, database ${inDb.generation}): restored from a backup?`);
@@ -182,8 +189,8 @@ function readMarker(file: string): Anchors | undefined {
 }
 
 /** The database anchors, read over a connection of our own (the datastore stays as it is). */
-function readDbAnchors(dbFile: string): Anchors | undefined {
-  if (!existsSync(dbFile)) return undefined;
+function readDbAnchors(dbFile: string | null): Anchors | undefined {
+  if (dbFile === null || !existsSync(dbFile)) return undefined;
   const db = new BetterSqlite3(dbFile, { fileMustExist: true });
   try {
     const row = db.prepare(`SELECT value FROM ${TABLE} WHERE id = 1`).get() as { value: string } | undefined;
@@ -195,7 +202,8 @@ function readDbAnchors(dbFile: string): Anchors | undefined {
   }
 }
 
-function writeDbAnchors(dbFile: string, anchors: Anchors): void {
+function writeDbAnchors(dbFile: string | null, anchors: Anchors): void {
+  if (dbFile === null) return;
   const db = new BetterSqlite3(dbFile, { fileMustExist: true });
   try {
     db.pragma('busy_timeout = 5000');

@@ -10,9 +10,16 @@ export { parseRecover, RECOVERABLE, MARKER_FILE, type Component } from './anchor
  * trail are opened (it refuses missing parts then), verified once they are, re-anchored at start,
  * periodically, after CA rotation and at stop.
  */
-export function buildIntegrity(deps: { dataDir: string; auditFile: string; recover: ReadonlySet<Component>; logger: Logger }) {
+export function buildIntegrity(deps: {
+  dataDir: string;
+  /** The SQLite file, or null for a datastore that is not a local file (see IntegrityPaths). */
+  dbFile: string | null;
+  auditFile: string;
+  recover: ReadonlySet<Component>;
+  logger: Logger;
+}) {
   const anchors = IntegrityAnchors.beforeOpen(
-    { dataDir: deps.dataDir, dbFile: join(deps.dataDir, 'agentid.db'), caDir: join(deps.dataDir, 'ca'), auditFile: deps.auditFile },
+    { dataDir: deps.dataDir, dbFile: deps.dbFile, caDir: join(deps.dataDir, 'ca'), auditFile: deps.auditFile },
     deps.recover,
     deps.logger,
   );
