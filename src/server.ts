@@ -102,7 +102,7 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     const metrics = new ServerMetrics();
     const { datastore, issuances } = parts.add('datastore', await buildStorage(config, { logger, metrics }));
     const ca = await CertificateAuthority.open(caOptionsFrom(config, { clock, logger }));
-    const auditSession = openAuditSession(config, { clock, logger });
+    const auditSession = openAuditSession(config, { clock, logger, serverId });
     parts.add('audit log', { close: () => auditSession.close((log) => integrity.anchor(ca, log)) });
     const { audit, reserve, refusals } = auditSession;
     audit.observe(metrics.auditObserver);

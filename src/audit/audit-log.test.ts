@@ -355,4 +355,14 @@ describe('batch', () => {
     log.close();
     expect(verifyAuditFile(file)).toEqual({ ok: true, count: 1 });
   });
+
+  it('names the writing server in every line (several servers, one chain each), and refuses an event that tries to set it', () => {
+    const log = AuditLog.open({ file, clock, logger: silentLogger(), server: 'host-a-1f2e3d' });
+    log.append({ type: 'server.started', outcome: 'ok', version: '0', trust_domain: 'example.org', pid: 1 });
+    expect(() => log.append({ type: 'server.stopped', outcome: 'ok', pid: 1, records: 2, server: 'forged' } as unknown as AuditEventInput)).toThrow(/reserved/);
+    log.close();
+    const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.server)).toEqual(['host-a-1f2e3d']);
+    expect(verifyAuditFile(file)).toEqual({ ok: true, count: 1 });
+  });
 });

@@ -25,9 +25,14 @@ export interface AuditLogOptions {
   syncIntervalMs?: number;
   /** ...or as soon as this many of them are waiting. Default 256. */
   syncBatch?: number;
+  /**
+   * The server writing this trail, recorded in every line: with several servers on one datastore
+   * each keeps its own chain, and a line says whose it is. Omitted when empty.
+   */
+  server?: string;
 }
 
-const RESERVED_FIELDS = ['seq', 'time', 'prev', 'hash'];
+const RESERVED_FIELDS = ['seq', 'time', 'server', 'prev', 'hash'];
 const TAIL_CHUNK = 64 * 1024;
 
 /**
@@ -101,7 +106,7 @@ export class AuditLog {
       const torn = tornTail(fd, st.size);
       if (torn) ftruncateSync(fd, st.size - torn.length);
       const size = st.size - (torn?.length ?? 0);
-      const log = new AuditLog(fd, { syncIntervalMs: 1000, syncBatch: 256, ...options }, readHead(fd, size, file), size);
+      const log = new AuditLog(fd, { syncIntervalMs: 1000, syncBatch: 256, server: '', ...options }, readHead(fd, size, file), size);
       if (torn) {
         logger.warn({ file, removedBytes: torn.length }, 'audit file ended in a torn line (a write cut short); removed it and recorded the repair');
         log.append({
@@ -150,6 +155,7 @@ export class AuditLog {
     const body = {
       seq: this.seq + 1,
       time: new Date(this.options.clock.now()).toISOString(),
+      ...(this.options.server ? { server: this.options.server } : {}),
       type,
       ...fields,
       prev: this.hash,

@@ -12,9 +12,9 @@ import { RefusalAggregator } from '../audit/refusals.js';
  * Also what protects it: refusals counted per uid, reason and interval instead of one line each,
  * and a free-space reserve that pauses new issuance before the volume fills.
  */
-export function openAuditSession(config: Config, deps: { clock: Clock; logger: Logger }) {
+export function openAuditSession(config: Config, deps: { clock: Clock; logger: Logger; serverId: string }) {
   const { clock, logger } = deps;
-  const audit = AuditLog.open({ file: config.audit.file, clock, logger });
+  const audit = AuditLog.open({ file: config.audit.file, clock, logger, server: deps.serverId });
   // Room for revocations and task ends: new issuance pauses while the data volumes run short.
   const reserve = new DiskReserve({ files: [config.audit.file, join(config.dataDir, 'agentid.db')], reserveBytes: config.audit.reserveBytes, clock, logger });
   const refusals = new RefusalAggregator({ append: (e) => audit.append(e), clock, logger, intervalMs: config.audit.refusalIntervalMs });
