@@ -3,7 +3,7 @@
  * the database, not in a SQLite file, are served over the Workload API, and are still there after
  * a restart. The cluster is the tests' own (test/support/postgres.ts).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WorkloadApiClient } from '../src/client/workload-client.js';
@@ -25,6 +25,8 @@ describe('agentid server with datastore.url = postgresql://', () => {
   });
   afterAll(async () => {
     await t?.cleanup();
+    // Also when a start failed and left no server to clean up after.
+    if (dir) rmSync(dir, { recursive: true, force: true });
     await cluster?.stop();
   });
 
