@@ -213,9 +213,20 @@ export class ServerMetrics {
         },
       });
     const stores = new Map<PropertyKey, object>();
+    // Writes inside a transaction are timed too, each store call on the transaction's own stores.
+    const wrapTransaction = (tx: object) =>
+      new Proxy(tx, {
+        get: (target, prop, receiver) => {
+          const value = Reflect.get(target, prop, receiver);
+          return value !== null && typeof value === 'object' && typeof prop === 'string' ? wrapStore(prop, value) : value;
+        },
+      });
     return new Proxy(datastore, {
       get: (target, prop, receiver) => {
         const value = Reflect.get(target, prop, receiver);
+        if (prop === 'transaction' && typeof value === 'function') {
+          return (fn: (tx: object) => unknown) => value.call(target, (tx: object) => fn(wrapTransaction(tx)));
+        }
         if (typeof value === 'function') return value.bind(target);
         if (value === null || typeof value !== 'object' || typeof prop !== 'string') return value;
         if (!stores.has(prop)) stores.set(prop, wrapStore(prop, value));
