@@ -338,7 +338,10 @@ class AgentidServer {
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const gone = new Promise<void>((r) => p.once('exit', () => r()));
     p.kill(signal);
+    // A clean stop that hangs must not hang the benchmark (nor lose its results).
+    const timer = setTimeout(() => p.kill('SIGKILL'), 30_000);
     await gone;
+    clearTimeout(timer);
   }
 
   /** Task IDs are unique across agents: the bench prefixes each with its agent. */
