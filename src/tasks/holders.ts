@@ -58,18 +58,23 @@ export class TaskHolders {
     return this.select().some((t) => t.binding.kind === 'process' && t.binding.descendants);
   }
 
-  /** Drops finished tasks whose process exited or whose cgroup is gone. */
+  /**
+   * Drops finished tasks whose process exited or whose cgroup is gone. They are dropped together
+   * after the pass: the view (and the binding index built on it, per array) changes once per pass,
+   * not once per task while requests keep arriving between the checks.
+   */
   async prune(): Promise<void> {
+    const gone: string[] = [];
     for (const [k, t] of [...this.finished]) {
       const b = t.binding;
       const alive = b.kind === 'process'
         ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })
         : await this.deps.processes.cgroupExists(b.path);
-      if (!alive) {
-        this.finished.delete(k);
-        this.view = undefined;
-      }
+      if (!alive) gone.push(k);
     }
+    if (gone.length === 0) return;
+    for (const k of gone) this.finished.delete(k);
+    this.view = undefined;
   }
 }
 

@@ -1,0 +1,40 @@
+import { describe, expect, it } from 'vitest';
+import { taskFixture } from '../datastore/conformance.js';
+import type { TaskRecord } from '../datastore/types.js';
+import { TaskHolders } from './holders.js';
+
+describe('TaskHolders', () => {
+  it('counts finished tasks until their holder is seen gone, and rebuilds its view once per prune', async () => {
+    const alive = new Set(['2']);
+    const active: TaskRecord[] = [taskFixture({ id: 'live' })];
+    // Requests keep resolving identities between the liveness checks of one pass.
+    const seenDuringPrune = new Set<readonly TaskRecord[]>();
+    const holders: TaskHolders = new TaskHolders({
+      processes: {
+        isAlive: async (ref) => {
+          seenDuringPrune.add(holders.select());
+          return alive.has(String(ref.pid));
+        },
+        cgroupExists: async () => false,
+      },
+      active: () => active,
+    });
+    const finished = (id: string, pid: number) =>
+      taskFixture({ id, state: 'revoked', binding: { kind: 'process', pid, startTime: '1', descendants: false } });
+    holders.load([finished('a', 1), finished('b', 2), finished('c', 3), active[0]!]);
+    // Fail closed until checked: every finished task counts.
+    expect(holders.select().map((t) => t.id)).toEqual(['live', 'a', 'b', 'c']);
+    const before = holders.select();
+    expect(holders.select()).toBe(before);
+    await holders.prune();
+    // One view for the whole pass: requests in between never rebuild the binding index.
+    expect(seenDuringPrune).toEqual(new Set([before]));
+    const after = holders.select();
+    expect(after.map((t) => t.id)).toEqual(['live', 'b']);
+    await holders.prune();
+    // Nothing released: the same view (and so the same binding index) is kept.
+    expect(holders.select()).toBe(after);
+    holders.follow([{ kind: 'task', before: taskFixture({ id: 'd' }), after: finished('d', 2) }]);
+    expect(holders.select().map((t) => t.id)).toEqual(['live', 'b', 'd']);
+  });
+});
