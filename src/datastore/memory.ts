@@ -10,6 +10,7 @@ import {
   isExpiredAt,
   mergeRevocation,
   selectorSetHash,
+  taskChangeKey,
 } from './rules.js';
 import {
   asyncDatastore,
@@ -194,7 +195,7 @@ class MemoryTaskStore implements SyncTaskStore {
     const record = copy(task);
     this.s.atomic(() => {
       this.s.set(this.s.tasks, key, record);
-      this.s.logChange('task', `${task.agent}/${task.id}`);
+      this.s.logChange('task', taskChangeKey(task.agent, task.id));
     });
     return copy(record);
   }
@@ -228,7 +229,7 @@ class MemoryTaskStore implements SyncTaskStore {
     const record: TaskRecord = { ...copy(current), state, endedAt: at, endReason: reason };
     this.s.atomic(() => {
       this.s.set(this.s.tasks, key, record);
-      this.s.logChange('task', `${agent}/${id}`);
+      this.s.logChange('task', taskChangeKey(agent, id));
     });
     return copy(record);
   }

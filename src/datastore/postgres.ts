@@ -11,7 +11,7 @@ import {
 import { silentLogger, type Logger } from '../common/logger.js';
 import { applyPostgresMigrations } from './postgres-migrations.js';
 import { describePostgresUrl } from './postgres-url.js';
-import { FINAL_TASK_STATES } from './rules.js';
+import { FINAL_TASK_STATES, taskChangeKey } from './rules.js';
 import {
   AUTHORITY_COLUMNS,
   authorityFromRow,
@@ -339,7 +339,7 @@ class PgTaskStore implements TaskStore {
           `INSERT INTO tasks (${columns(TASK_COLUMNS)}) VALUES (${placeholders(TASK_COLUMNS.length)}) RETURNING ${columns(TASK_COLUMNS)}`,
           valuesOf(row, TASK_COLUMNS),
         );
-        await appendChanges(q, 'task', [`${task.agent}/${task.id}`]);
+        await appendChanges(q, 'task', [taskChangeKey(task.agent, task.id)]);
         return taskFromRow(rows[0]!);
       });
     } catch (err) {
@@ -387,7 +387,7 @@ class PgTaskStore implements TaskStore {
         if (!found.rows[0]) throw notFound(`task ${agent}/${id} not found`);
         throw failedPrecondition(`task ${agent}/${id} is ${found.rows[0].state}, not active`);
       }
-      await appendChanges(q, 'task', [`${agent}/${id}`]);
+      await appendChanges(q, 'task', [taskChangeKey(agent, id)]);
       return taskFromRow(rows[0]);
     });
   }

@@ -76,4 +76,17 @@ export function isThenable(value: unknown): boolean {
   );
 }
 
+/**
+ * A task's key in the change feed, "<agent>/<id>": every store writes it, the read model parses it.
+ * Agent names are SPIFFE ID path segments (no "/"), so the first "/" splits it.
+ */
+export function taskChangeKey(agent: string, id: string): string {
+  return `${agent}/${id}`;
+}
+
+export function parseTaskChangeKey(key: string): { agent: string; id: string } {
+  const slash = key.indexOf('/');
+  return { agent: key.slice(0, slash), id: key.slice(slash + 1) };
+}
+
 export const FINAL_TASK_STATES: ReadonlySet<string> = new Set(['ended', 'revoked', 'expired']);

@@ -12,7 +12,7 @@ import {
 } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { applyMigrations } from './migrations.js';
-import { FINAL_TASK_STATES, mergeRevocation } from './rules.js';
+import { FINAL_TASK_STATES, mergeRevocation, taskChangeKey } from './rules.js';
 import {
   AUTHORITY_COLUMNS,
   authorityFromRow,
@@ -291,7 +291,7 @@ class SqliteTaskStore implements SyncTaskStore {
         if (sqliteCode(err) === 'SQLITE_CONSTRAINT_CHECK') throw invalidArgument(`task: unknown state ${task.state}`);
         throw err;
       }
-      this.log.add('task', `${task.agent}/${task.id}`);
+      this.log.add('task', taskChangeKey(task.agent, task.id));
       return this.get(task.agent, task.id)!;
     }).immediate());
   }
@@ -332,7 +332,7 @@ class SqliteTaskStore implements SyncTaskStore {
           const row = this.byKey.get(agent, id);
           if (!row) throw notFound(`task ${agent}/${id} not found`);
           if (changed === 0) throw failedPrecondition(`task ${agent}/${id} is ${row.state}, not active`);
-          this.log.add('task', `${agent}/${id}`);
+          this.log.add('task', taskChangeKey(agent, id));
           return taskFromRow(row);
         })
         .immediate(),

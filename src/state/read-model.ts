@@ -1,5 +1,6 @@
 import type { Logger } from '../common/logger.js';
 import { EntryIndex } from '../entries/match.js';
+import { compareTasks, parseTaskChangeKey, taskChangeKey } from '../datastore/rules.js';
 import type { AuthorityRecord, Change, Datastore, RegistrationEntry, Revocation, TaskRecord } from '../datastore/types.js';
 
 /** One applied change, with the record before and after (undefined: absent). */
@@ -60,7 +61,7 @@ export class ReadModel {
       ds.authorities.list(),
     ]);
     model.entries.replace(entries);
-    for (const t of tasks) model.tasks.set(taskKey(t.agent, t.id), t);
+    for (const t of tasks) model.tasks.set(taskChangeKey(t.agent, t.id), t);
     for (const r of revocations) model.revocations.set(r.spiffeId, r);
     for (const a of authorities) model.authorityRecords.set(a.serverId, a);
     await model.sync();
@@ -109,14 +110,14 @@ export class ReadModel {
   activeTasks(): readonly TaskRecord[] {
     if (!this.activeCache) {
       this.activeCache = Object.freeze(
-        [...this.tasks.values()].sort((a, b) => a.createdAt - b.createdAt || (a.agent < b.agent ? -1 : a.agent > b.agent ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
+        [...this.tasks.values()].sort(compareTasks),
       ) as TaskRecord[];
     }
     return this.activeCache;
   }
 
   activeTask(agent: string, id: string): TaskRecord | undefined {
-    return this.tasks.get(taskKey(agent, id));
+    return this.tasks.get(taskChangeKey(agent, id));
   }
 
   isRevoked(spiffeId: string): boolean {
@@ -193,9 +194,7 @@ export class ReadModel {
         return { kind: 'entry', before, after: after && this.entries.get(after.id) };
       }
       case 'task': {
-        const slash = change.key.indexOf('/');
-        const agent = change.key.slice(0, slash);
-        const id = change.key.slice(slash + 1);
+        const { agent, id } = parseTaskChangeKey(change.key);
         const before = this.tasks.get(change.key);
         const after = await ds.tasks.get(agent, id);
         if (after?.state === 'active') this.tasks.set(change.key, after);
@@ -234,8 +233,4 @@ export class ReadModel {
       }
     }
   }
-}
-
-export function taskKey(agent: string, id: string): string {
-  return `${agent}/${id}`;
 }

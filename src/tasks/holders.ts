@@ -1,4 +1,5 @@
 import type { TaskRecord } from '../datastore/types.js';
+import { taskChangeKey } from '../datastore/rules.js';
 import type { StateChange } from '../state/read-model.js';
 import type { ProcessInspector } from './service.js';
 
@@ -78,4 +79,4 @@ export class TaskHolders {
   }
 }
 
-const key = (t: TaskRecord) => `${t.agent}/${t.id}`;
+const key = (t: TaskRecord) => taskChangeKey(t.agent, t.id);
