@@ -46,7 +46,8 @@ export class EntryService {
   async update(id: string, input: EntryInput, actor: Actor, expectedRevision?: number): Promise<RegistrationEntry> {
     const entry = { ...this.validate(input), id };
     const before = await this.get(id);
-    const keepUntil = await this.deps.revoker.keepUntilFor(before.spiffeId);
+    // Only a changed SPIFFE ID may need revoking (below): read its issuance horizon only then.
+    const keepUntil = before.spiffeId !== entry.spiffeId ? await this.deps.revoker.keepUntilFor(before.spiffeId) : 0;
     const updated = await this.deps.datastore.transaction(async (tx) => {
       const record = await tx.entries.update(entry, this.deps.clock.now(), expectedRevision);
       this.audit('entry.updated', record, actor);
