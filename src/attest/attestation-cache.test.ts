@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { copyFile, mkdir, mkdtemp, readlink, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readlink, rm, rmdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +14,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
 import { formatSelector } from '../spiffe/selector.js';
 import { AttestationCache } from './attestation-cache.js';
-import { Attestor, type Attestation } from './attestor.js';
+import { Attestor, type Attestation, type RecheckNeeds } from './attestor.js';
+import { cgroup2Mount } from './processes.js';
 import { readPeerCredentials, type PeerCredentials } from './peercred.js';
 import { firstLine, killAll } from './testing.js';
 
@@ -29,6 +30,12 @@ const CONNECT_THEN_EXEC = [
   'sys.stdin.readline()',
   `os.execv('${SLEEP}', ['sleep', '600'])`,
 ].join('\n');
+
+/** Nothing depends on the cgroup or on account names: only the process and its executable are compared. */
+const NOTHING_ELSE: RecheckNeeds = { cgroup: false, accountNames: false };
+const CGROUP_MOUNT = cgroup2Mount();
+/** A cgroup v2 directory this test may create and move its child into (root on a writable hierarchy). */
+const testCgroup = join(CGROUP_MOUNT, `agentid-attest-cache-${process.pid}`);
 
 let dir: string;
 let server: net.Server;
@@ -113,6 +120,44 @@ describe('AttestationCache', () => {
     expect(cache.stats()).toEqual({ hits: 0, misses: 2 });
   });
 
+  it('sees an exec after connecting also when nothing depends on the cgroup or account names', async () => {
+    const { child, peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const before = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBe(before);
+
+    child.stdin!.write('exec\n');
+    while ((await readlink(`/proc/${child.pid}/exe`).catch(() => '')) !== SLEEP) await delay(10);
+
+    const after = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(paths(after)).toEqual([`unix:path:${SLEEP}`]);
+    expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
+  });
+
+  it('re-attests a process moved to another cgroup when some entry or task depends on cgroups, and only then', async (ctx) => {
+    try {
+      await mkdir(testCgroup);
+    } catch {
+      ctx.skip(); // no writable cgroup v2 hierarchy here (not root)
+    }
+    try {
+      const { child, peer } = await connectedChild();
+      const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+      const first = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+      expect(first.cgroup).not.toBe(testCgroup.slice(CGROUP_MOUNT.length));
+      await writeFile(join(testCgroup, 'cgroup.procs'), `${child.pid}\n`);
+
+      expect(await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBe(first);
+      const moved = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { cgroup: true, accountNames: false } });
+      expect(moved.cgroup).toBe(testCgroup.slice(CGROUP_MOUNT.length));
+      expect(moved.selectors.map(formatSelector)).toContain(`unix:cgroup:${moved.cgroup}`);
+      expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
+    } finally {
+      await killAll(children);
+      await rmdir(testCgroup).catch(() => undefined);
+    }
+  });
+
   it('re-attests when the account files change (names come from them)', async () => {
     const etcRoot = await fakeEtc('etc');
     const { peer } = await connectedChild();
@@ -120,9 +165,11 @@ describe('AttestationCache', () => {
     const first = await cache.attest(peer, { withSha256: false, withAncestors: false });
     expect(first.selectors.map(formatSelector)).toContain('unix:user:root');
     await writeFile(join(etcRoot, 'passwd'), 'superuser:x:0:0::/root:/bin/sh\n');
-    const second = await cache.attest(peer, { withSha256: false, withAncestors: false });
+    // No entry uses a name selector: the old names cannot change what the caller matches.
+    expect(await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBe(first);
+    const second = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { cgroup: false, accountNames: true } });
     expect(second.selectors.map(formatSelector)).toContain('unix:user:superuser');
-    expect(cache.stats()).toEqual({ hits: 0, misses: 2 });
+    expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
   });
 
   it('fails closed once the connected process is gone, cached or not', async () => {

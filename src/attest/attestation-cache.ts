@@ -1,12 +1,14 @@
-import type { Attestation, AttestOptions, Attestor } from './attestor.js';
+import { RECHECK_ALL, type Attestation, type AttestOptions, type Attestor, type RecheckNeeds } from './attestor.js';
 import type { PeerCredentials } from './peercred.js';
 
 /**
  * Attests each connection once, not once per call. The attestation is kept with the
  * connection's credentials (so it goes away with the connection) and reused while
- * Attestor.stillDescribes() says its process is the same and unchanged: same pidfd-pinned process
- * and start time, same executable file, cgroup, parent and account files. Otherwise, or when the
- * cached one lacks something now needed (a sha256, the parent chain), it attests again.
+ * Attestor.stillDescribes() says its process is the same and unchanged: the same (pidfd-pinned)
+ * process, running the same executable file, and, when some entry or task depends on them
+ * (`recheck`), in the same cgroup with unchanged account files. Otherwise, or when the cached one
+ * lacks something now needed (a sha256), it attests again. The parent chain is walked again on
+ * every call that needs it.
  *
  * Checked on every call, so a process that connects and then execs another binary is attested
  * as the new binary on its next call (the executable's identity changed); see SECURITY.md for
@@ -19,10 +21,10 @@ export class AttestationCache {
 
   constructor(private readonly attestor: Pick<Attestor, 'attest' | 'stillDescribes' | 'ancestorsOf'>) {}
 
-  async attest(peer: PeerCredentials, opts: AttestOptions): Promise<Attestation> {
+  async attest(peer: PeerCredentials, opts: AttestOptions & { recheck?: RecheckNeeds }): Promise<Attestation> {
     const withAncestors = opts.withAncestors ?? true;
     const cached = this.byConnection.get(peer);
-    if (cached && (cached.facts.withSha256 || !opts.withSha256) && (await this.attestor.stillDescribes(cached))) {
+    if (cached && (cached.facts.withSha256 || !opts.withSha256) && (await this.attestor.stillDescribes(cached, opts.recheck ?? RECHECK_ALL))) {
       this.hitCount++;
       if (!withAncestors) return cached.ancestors.length === 0 ? cached : { ...cached, ancestors: [] };
       // A grandparent may have exited since (the chain changes above an unchanged parent): walk
@@ -30,7 +32,7 @@ export class AttestationCache {
       return { ...cached, ancestors: await this.attestor.ancestorsOf(cached.process) };
     }
     this.missCount++;
-    const fresh = await this.attestor.attest(peer, { ...opts, withAncestors });
+    const fresh = await this.attestor.attest(peer, { withSha256: opts.withSha256, withAncestors });
     this.byConnection.set(peer, fresh);
     return fresh;
   }

@@ -393,6 +393,34 @@ describe('Attestor on /proc fixtures', () => {
     }
   });
 
+  it('a reused attestation without a pidfd (kernel < 6.5) is refused once another process has its PID (start time)', async () => {
+    const procRoot = join(dir, 'proc-reuse-after');
+    await fakeProcess(procRoot, { pid: 4343, startTime: '100' });
+    const attestor = new Attestor({ procRoot, etcRoot: await fakeEtc('etc-reuse-after'), logger: silentLogger() });
+    const first = await attestor.attest(rootPeer(4343), { withSha256: false });
+    const nothingElse = { cgroup: false, accountNames: false };
+    expect(await attestor.stillDescribes(first, nothingElse)).toBe(true);
+    // Same PID, same executable, same everything but the start time: another process.
+    await writeFile(join(procRoot, '4343', 'stat'), statLine({ pid: 4343, startTime: '101' }));
+    expect(await attestor.stillDescribes(first, nothingElse)).toBe(false);
+  });
+
+  it('compares the cgroup and the account files of a reused attestation only when asked to', async () => {
+    const procRoot = join(dir, 'proc-recheck');
+    await fakeProcess(procRoot, { pid: 4444, cgroup: '0::/agents/a1\n' });
+    const etcRoot = await fakeEtc('etc-recheck');
+    const attestor = new Attestor({ procRoot, etcRoot, logger: silentLogger() });
+    const first = await attestor.attest(rootPeer(4444), { withSha256: false });
+    await writeFile(join(procRoot, '4444', 'cgroup'), '0::/agents/a2\n');
+    expect(await attestor.stillDescribes(first, { cgroup: false, accountNames: false })).toBe(true);
+    expect(await attestor.stillDescribes(first, { cgroup: true, accountNames: false })).toBe(false);
+    expect(await attestor.stillDescribes(first)).toBe(false); // the default compares everything
+    await writeFile(join(procRoot, '4444', 'cgroup'), '0::/agents/a1\n');
+    await writeFile(join(etcRoot, 'passwd'), 'superuser:x:0:0::/root:/bin/sh\n');
+    expect(await attestor.stillDescribes(first, { cgroup: true, accountNames: false })).toBe(true);
+    expect(await attestor.stillDescribes(first, { cgroup: false, accountNames: true })).toBe(false);
+  });
+
   it('path of a deleted binary is left out when no file by that name is the running inode', async () => {
     const procRoot = join(dir, 'proc-exe-deleted');
     await fakeProcess(procRoot, { pid: 92, exe: '/nonexistent/agent (deleted)' });

@@ -48,8 +48,6 @@ export interface ProcessFacts {
   cgroupText: string;
   /** Identity of /etc/passwd and /etc/group: user: and group: names come from them. */
   accounts: string;
-  /** The parent: it changes when the parent exits (reparenting). */
-  ppid: number;
   withSha256: boolean;
   withAncestors: boolean;
 }
@@ -59,6 +57,24 @@ export interface AttestOptions {
   withSha256: boolean;
   /** Walk the parent chain (only when some task is bound with its descendants). Default true. */
   withAncestors?: boolean;
+}
+
+/** What Attestor.stillDescribes compares besides the process and its executable (see there). */
+export interface RecheckNeeds {
+  /** Some entry has a cgroup: selector, or some task is bound to a cgroup. */
+  cgroup: boolean;
+  /** Some entry has a user:, group: or supplementary_group: selector. */
+  accountNames: boolean;
+}
+
+export const RECHECK_ALL: RecheckNeeds = Object.freeze({ cgroup: true, accountNames: true });
+
+/** Selector kinds whose values come from /etc/passwd and /etc/group. */
+const ACCOUNT_NAME_KINDS = ['user', 'group', 'supplementary_group'];
+
+/** What a reused attestation must compare, given the selector kinds entries use and whether some task is bound to a cgroup. */
+export function recheckNeeds(entriesUse: (kind: string) => boolean, anyCgroupTask: boolean): RecheckNeeds {
+  return { cgroup: anyCgroupTask || entriesUse('cgroup'), accountNames: ACCOUNT_NAME_KINDS.some(entriesUse) };
 }
 
 export interface AttestorOptions {
@@ -128,12 +144,28 @@ export class Attestor {
   }
 
   /**
-   * Whether `previous` still describes its process, checked cheaply: the connector is still
-   * alive (pidfd), with the same start time and parent, running the same executable file, in the
-   * same cgroup, with unchanged account files. True means every selector and the cgroup are as
-   * they were; the caller may reuse it. Any doubt answers false (attest again).
+   * Whether `previous` still describes its process, checked on every call that reuses it, so it
+   * must stay cheap (it was most of a cached FetchJWTSVID's time when it read /proc twice). True
+   * means every selector an entry could match, and the cgroup, are as they were; any doubt answers
+   * false (attest again).
+   *
+   * PID reuse (fail closed): with SO_PEERPIDFD the kernel hands out a pidfd for exactly the process
+   * that connected, whenever it is asked, so "that pidfd has not exited" after the reads below
+   * proves /proc/PID named the connector throughout (a PID is freed only once its process has
+   * exited and been reaped), and no start-time read is needed. Without a pidfd (kernel < 6.5) the
+   * start time in /proc/PID/stat is compared instead, as at attestation.
+   *
+   * Exec (fail closed): execve(2) keeps PID, pidfd and start time but changes the running
+   * executable, so stat(/proc/PID/exe) is compared on every call (one syscall).
+   *
+   * What a process or an administrator can change while the process lives is compared only when
+   * some entry or task can depend on it (`recheck`): the cgroup (one read) and the account files
+   * behind user:/group: names (two stats). The caller passes what the current entries and tasks
+   * use; an attestation reused while they did not care keeps the old value, and the first call
+   * after an entry or task starts depending on it compares it again. Supplementary groups are not
+   * re-read (a process needs CAP_SETGID to change them).
    */
-  async stillDescribes(previous: Attestation): Promise<boolean> {
+  async stillDescribes(previous: Attestation, recheck: RecheckNeeds = RECHECK_ALL): Promise<boolean> {
     const { pid } = previous.process;
     let pidfd: number | undefined;
     try {
@@ -142,13 +174,14 @@ export class Attestor {
       return false;
     }
     try {
-      if (pidfd !== undefined && !pidfdIsAlive(pidfd)) return false;
-      const stat = await readStat(pid, this.procRoot);
-      if (!stat || stat.startTime !== previous.process.startTime || stat.ppid !== previous.facts.ppid) return false;
+      if (pidfd === undefined) {
+        const stat = await readStat(pid, this.procRoot);
+        if (!stat || stat.startTime !== previous.process.startTime) return false;
+      }
       if (this.executableIdentity(pid) !== previous.facts.exe) return false;
-      if ((await readProcFile(this.procRoot, pid, 'cgroup')) !== previous.facts.cgroupText) return false;
-      if (this.accounts.identity() !== previous.facts.accounts) return false;
-      // Alive after the reads too: they were all about the connecting process.
+      if (recheck.cgroup && (await readProcFile(this.procRoot, pid, 'cgroup')) !== previous.facts.cgroupText) return false;
+      if (recheck.accountNames && this.accounts.identity() !== previous.facts.accounts) return false;
+      // Alive after the reads: they were all about the connecting process.
       return pidfd === undefined || pidfdIsAlive(pidfd);
     } catch {
       return false;
@@ -225,7 +258,7 @@ export class Attestor {
       selectors: normalizeSelectors(values.flatMap((v) => this.selector(pid, v))),
       cgroup,
       ancestors,
-      facts: { exe: exeBefore, cgroupText, accounts, ppid: before.ppid, withSha256: opts.withSha256, withAncestors },
+      facts: { exe: exeBefore, cgroupText, accounts, withSha256: opts.withSha256, withAncestors },
     };
   }
 

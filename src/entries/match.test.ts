@@ -132,6 +132,8 @@ describe('EntryIndex', () => {
     expect(index.requiredSelectorTypes().has('sha256')).toBe(false);
     index.requiredSelectorTypes().add('sha256');
     expect(index.requiredSelectorTypes().has('sha256')).toBe(false);
+    expect(index.usesSelectorKind('sha256')).toBe(false);
+    expect(index.usesSelectorKind('uid')).toBe(true);
   });
 
   it('matches exactly like matchEntries over 10k entries sharing common selectors, through churn', () => {

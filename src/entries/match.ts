@@ -163,4 +163,9 @@ export class EntryIndex {
   requiredSelectorTypes(): Set<string> {
     return new Set(this.kindCounts.keys());
   }
+
+  /** Whether some entry has a selector of this kind (see requiredSelectorTypes); no allocation, for per-call use. */
+  usesSelectorKind(kind: string): boolean {
+    return this.kindCounts.has(kind);
+  }
 }

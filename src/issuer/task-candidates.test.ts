@@ -40,6 +40,14 @@ describe('TasksByBinding', () => {
     expect(new Set(candidates).size).toBe(candidates.length);
   });
 
+  it('says whether some task is bound with descendants or to a cgroup (what attestation must look at)', () => {
+    const index = TasksByBinding.of(tasks);
+    expect([index.anyWithDescendants, index.anyCgroupBinding]).toEqual([true, true]);
+    const plain = TasksByBinding.of([tasks[0]!, tasks[3]!]);
+    expect([plain.anyWithDescendants, plain.anyCgroupBinding]).toEqual([false, false]);
+    expect(TasksByBinding.of([tasks[4]!]).anyCgroupBinding).toBe(true);
+  });
+
   it('builds one index per task list', () => {
     expect(TasksByBinding.of(tasks)).toBe(TasksByBinding.of(tasks));
     expect(TasksByBinding.of([...tasks])).not.toBe(TasksByBinding.of(tasks));

@@ -13,6 +13,8 @@ export class TasksByBinding {
   private static readonly built = new WeakMap<readonly TaskRecord[], TasksByBinding>();
   private readonly byProcess = new Map<string, TaskRecord[]>();
   private readonly byCgroup = new Map<string, TaskRecord[]>();
+  /** Some task is bound with its process's descendants: callers' parent chains matter. */
+  readonly anyWithDescendants: boolean;
 
   /** The index of a task list, built once per list (the list is replaced, never changed, on a task change). */
   static of(tasks: readonly TaskRecord[]): TasksByBinding {
@@ -22,13 +24,21 @@ export class TasksByBinding {
   }
 
   private constructor(tasks: readonly TaskRecord[]) {
+    let descendants = false;
     for (const t of tasks) {
+      if (t.binding.kind === 'process' && t.binding.descendants) descendants = true;
       const key = t.binding.kind === 'process' ? processKey(t.binding) : t.binding.path;
       const map = t.binding.kind === 'process' ? this.byProcess : this.byCgroup;
       const list = map.get(key);
       if (list) list.push(t);
       else map.set(key, [t]);
     }
+    this.anyWithDescendants = descendants;
+  }
+
+  /** Some task is bound to a cgroup: callers' cgroups matter. */
+  get anyCgroupBinding(): boolean {
+    return this.byCgroup.size > 0;
   }
 
   candidatesFor(caller: CallerFacts): TaskRecord[] {

@@ -8,7 +8,8 @@ import type { TrustDomain } from '../spiffe/spiffe-id.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { ReadModel } from '../state/read-model.js';
 import type { IssuanceStore } from '../datastore/types.js';
-import { AttestationCache, Attestor } from '../attest/index.js';
+import { AttestationCache, Attestor, recheckNeeds } from '../attest/index.js';
+import { TasksByBinding } from '../issuer/task-candidates.js';
 import type { RefusalAggregator } from '../audit/refusals.js';
 import type { TaskHolders } from '../tasks/holders.js';
 import { refuseMalformedRequests, strictRequests } from '../workload/strict-input.js';
@@ -32,7 +33,7 @@ export async function buildWorkloadApi(deps: {
   logger: Logger;
   refusals: Pick<RefusalAggregator, 'refused'>;
   state: ReadModel;
-  holders: Pick<TaskHolders, 'anyWithDescendants'>;
+  holders: Pick<TaskHolders, 'select'>;
   issuer: Issuer;
   peers: PeerRegistry;
   descriptors: DescriptorBudget;
@@ -47,8 +48,16 @@ export async function buildWorkloadApi(deps: {
     strictRequests(workloadServiceDefinition()),
     metrics.instrumentWorkload(workloadHandlers({
       peers,
-      attest: metrics.timeAttestation((peer: PeerCredentialsLike, { streaming }: { streaming: boolean }) =>
-        attestations.attest(peer, { withSha256: state.entries.requiredSelectorTypes().has('sha256'), withAncestors: streaming || holders.anyWithDescendants() })),
+      attest: metrics.timeAttestation((peer: PeerCredentialsLike, { streaming }: { streaming: boolean }) => {
+        // Both answer from indexes kept per entry or task change: nothing here scans per call.
+        const entriesUse = (kind: string) => state.entries.usesSelectorKind(kind);
+        const tasks = TasksByBinding.of(holders.select());
+        return attestations.attest(peer, {
+          withSha256: entriesUse('sha256'),
+          withAncestors: streaming || tasks.anyWithDescendants,
+          recheck: recheckNeeds(entriesUse, tasks.anyCgroupBinding),
+        });
+      }),
       hub: issuer.hub,
       cache: issuer.cache,
       validateJwt: (token, audience) => issuer.jwtValidator.validate(token, audience),
