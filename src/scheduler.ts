@@ -30,6 +30,7 @@ export class Scheduler {
   private wake: AbortController | undefined;
   private running: Promise<void> | undefined;
   private lastPrune = -Infinity;
+  private lastLiveness = -Infinity;
 
   constructor(
     private readonly work: ScheduledWork,
@@ -40,7 +41,11 @@ export class Scheduler {
     this.running ??= this.loop();
   }
 
-  /** Re-plans now (something changed that may move the next due time earlier). */
+  /**
+   * Re-plans now (something changed that may move the next due time earlier). Only the steps that
+   * plan by due time run again; the liveness pass keeps its interval (it reads /proc once per task,
+   * and every admin call pokes: with a thousand tasks, a pass per call made each call wait for it).
+   */
   poke(): void {
     this.wake?.abort();
   }
@@ -63,11 +68,15 @@ export class Scheduler {
       }
     };
     const now = clock.now();
-    const times: (number | undefined)[] = [now + this.deps.livenessIntervalMs];
+    const times: (number | undefined)[] = [];
     times.push(await step('rotate-ca', () => this.work.rotateCa()));
     times.push(await step('expire-tasks', () => this.work.expireTasks()));
     times.push(await step('expire-entries', () => this.work.expireEntries()));
-    await step('end-orphaned-tasks', () => this.work.endOrphanedTasks());
+    if (now - this.lastLiveness >= this.deps.livenessIntervalMs) {
+      this.lastLiveness = now;
+      await step('end-orphaned-tasks', () => this.work.endOrphanedTasks());
+    }
+    times.push(this.lastLiveness + this.deps.livenessIntervalMs);
     if (now - this.lastPrune >= PRUNE_EVERY_MS) {
       this.lastPrune = now;
       await step('prune', () => this.work.prune());

@@ -2,6 +2,7 @@ import type { TaskRecord } from '../datastore/types.js';
 import { taskChangeKey } from '../datastore/rules.js';
 import type { StateChange } from '../state/read-model.js';
 import type { ProcessInspector } from './service.js';
+import { LIVENESS_SLICE, nextTurn } from '../common/turns.js';
 
 /**
  * Which tasks may still hold processes: every active task, and every finished one until its bound
@@ -66,7 +67,9 @@ export class TaskHolders {
    */
   async prune(): Promise<void> {
     const gone: string[] = [];
+    let checked = 0;
     for (const [k, t] of [...this.finished]) {
+      if (++checked % LIVENESS_SLICE === 0) await nextTurn();
       const b = t.binding;
       const alive = b.kind === 'process'
         ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })

@@ -6,6 +6,7 @@ import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import type { Datastore, TaskBinding, TaskRecord, TaskState } from '../datastore/types.js';
 import type { Revoker } from './revocations.js';
 import type { ProcessInspector } from '../attest/processes.js';
+import { LIVENESS_SLICE, nextTurn } from '../common/turns.js';
 
 export interface TaskPolicy {
   defaultTtlMs: number;
@@ -208,7 +209,9 @@ export class TaskService {
 
   /** Ends tasks whose bound process is gone (a PID that was reused by another process counts as gone). */
   async endOrphaned(actor: Actor): Promise<void> {
+    let checked = 0;
     for (const t of this.activeTasks()) {
+      if (++checked % LIVENESS_SLICE === 0) await nextTurn();
       const b = t.binding;
       const alive = b.kind === 'process'
         ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })

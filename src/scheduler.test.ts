@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { ManualClock } from './common/clock.js';
+import { silentLogger } from './common/logger.js';
+import { Scheduler, type ScheduledWork } from './scheduler.js';
+
+/** Lets the scheduler's loop run until it sleeps again. */
+async function untilAsleep(clock: ManualClock): Promise<void> {
+  while (clock.pendingSleeps() === 0) await new Promise((r) => setImmediate(r));
+}
+
+describe('Scheduler', () => {
+  it('re-plans due work on every poke but runs the liveness pass once per interval', async () => {
+    const clock = new ManualClock();
+    const runs = { expireTasks: 0, liveness: 0 };
+    const work: ScheduledWork = {
+      rotateCa: async () => clock.now() + 3_600_000,
+      expireTasks: async () => {
+        runs.expireTasks++;
+        return undefined;
+      },
+      expireEntries: () => undefined,
+      endOrphanedTasks: async () => {
+        runs.liveness++;
+      },
+      prune: async () => {},
+      renew: () => undefined,
+      refreshCrls: async () => clock.now() + 600_000,
+    };
+    const scheduler = new Scheduler(work, { clock, logger: silentLogger(), livenessIntervalMs: 1000 });
+    scheduler.start();
+    await untilAsleep(clock);
+    expect(runs).toEqual({ expireTasks: 1, liveness: 1 });
+
+    // Admin calls poke (a new task may expire sooner): expiry is planned again, liveness is not re-run.
+    for (let i = 0; i < 3; i++) {
+      await clock.advance(100);
+      scheduler.poke();
+      await untilAsleep(clock);
+    }
+    expect(runs).toEqual({ expireTasks: 4, liveness: 1 });
+
+    // The liveness interval since the last pass has passed: the sleep ends then, and the pass runs.
+    await clock.advance(700);
+    await untilAsleep(clock);
+    expect(runs).toEqual({ expireTasks: 5, liveness: 2 });
+    await scheduler.stop();
+  });
+});
