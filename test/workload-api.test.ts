@@ -140,4 +140,25 @@ describe('Workload API', () => {
       w.child.kill();
     }
   });
+
+  it('moves an open stream to the new SPIFFE ID when an entry update renames it, and denies the old one', async () => {
+    const renamed = await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/before-rename`, selectors: ['unix:uid:0'] } });
+    const client = new WorkloadApiClient({ socketPath: t.config.workloadSocket });
+    const w = watch(t.config.workloadSocket);
+    try {
+      await w.next((l) => l.ids?.includes(`spiffe://${td}/before-rename`));
+      const old = await client.fetchJwtSvid({ audience: ['https://api.example'], spiffeId: `spiffe://${td}/before-rename` });
+      await t.admin.call('UpdateEntry', { id: renamed.id, entry: { spiffe_id: `spiffe://${td}/after-rename`, selectors: ['unix:uid:0'] } });
+      const moved = await w.next((l) => l.ids?.includes(`spiffe://${td}/after-rename`));
+      expect(moved.ids).not.toContain(`spiffe://${td}/before-rename`);
+      // No entry issues the old ID any more: what was already handed out for it is refused everywhere.
+      const { revocations } = await t.admin.call('ListRevocations', {});
+      expect(revocations.map((r: { spiffe_id: string }) => r.spiffe_id)).toContain(`spiffe://${td}/before-rename`);
+      await expect(client.validateJwtSvid(old.token, 'https://api.example')).rejects.toMatchObject({ code: 'invalid_argument' });
+    } finally {
+      w.child.kill();
+      client.close();
+      await t.admin.call('DeleteEntry', { id: renamed.id });
+    }
+  });
 });
