@@ -1,6 +1,7 @@
 import type { Clock } from './common/clock.js';
 import { setLogLevel, type Logger } from './common/logger.js';
 import { failedPrecondition } from './common/errors.js';
+import { SYSTEM_ACTOR } from './common/actor.js';
 import { TrustDomain } from './spiffe/spiffe-id.js';
 import type { Config } from './config/index.js';
 import { CertificateAuthority, type CaOptions } from './ca/authority.js';
@@ -155,6 +156,11 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     metrics.timeFanout(issuer.hub);
     const peers = new PeerRegistry();
     const descriptors = new DescriptorBudget(raiseOpenFileLimit(logger).soft, config.limits.descriptorReserve);
+    // Before the socket appears: tasks whose process died while the server was down end now (one
+    // transaction, one CRL change), and finished tasks whose process is gone stop counting, so the
+    // reconnect storm that follows a restart does not wait on either.
+    await tasks.endOrphaned(SYSTEM_ACTOR);
+    await holders.prune();
     const workload = parts.add('workload API', await buildWorkloadApi({ config, logger, refusals, state, holders, issuer, peers, descriptors, metrics, clock }));
     const authorities = new AuthorityService({
       ca,

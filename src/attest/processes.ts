@@ -8,6 +8,12 @@ export interface ProcessInspector {
   /** Start time and owner of a live process, or undefined when there is no such process. */
   inspect(pid: number): Promise<{ pid: number; startTime: string; uid: number } | undefined>;
   isAlive(ref: ProcessRef): Promise<boolean>;
+  /**
+   * The PIDs of every running process (one directory listing), for passes over many bound tasks
+   * (tasks/liveness.ts). A PID in it may since have been reused: isAlive() tells. Optional: without
+   * it each task is checked on its own.
+   */
+  runningPids?(): Promise<ReadonlySet<number>>;
   cgroupExists(path: string): Promise<boolean>;
   /**
    * The uids owning the processes in a cgroup v2 subtree (the cgroup and every cgroup below it),
@@ -61,6 +67,15 @@ export function systemProcessInspector(options: { cgroupMount?: string; procRoot
       return uid === undefined ? undefined : { pid, startTime: ref.startTime, uid };
     },
     isAlive: (ref) => isAlive(ref, procRoot),
+    async runningPids() {
+      const pids = new Set<number>();
+      // Numeric entries of /proc are the processes (thread-group leaders) of this PID namespace.
+      for (const name of await readdir(procRoot)) {
+        const c = name.charCodeAt(0);
+        if (c >= 48 && c <= 57) pids.add(Number(name));
+      }
+      return pids;
+    },
     async cgroupExists(path) {
       try {
         return (await stat(dirOf(path))).isDirectory();

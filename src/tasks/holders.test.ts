@@ -37,4 +37,24 @@ describe('TaskHolders', () => {
     holders.follow([{ kind: 'task', before: taskFixture({ id: 'd' }), after: finished('d', 2) }]);
     expect(holders.select().map((t) => t.id)).toEqual(['live', 'b', 'd']);
   });
+
+  it('after a restart, drops the finished history whose processes are gone without reading /proc per task', async () => {
+    const reads: number[] = [];
+    const holders = new TaskHolders({
+      processes: {
+        isAlive: async (ref) => (reads.push(ref.pid), ref.pid === 7),
+        cgroupExists: async () => false,
+        runningPids: async () => new Set([1, 7]),
+      },
+      active: () => [],
+    });
+    const history = Array.from({ length: 2000 }, (_, i) =>
+      taskFixture({ id: `old-${i}`, state: 'ended', binding: { kind: 'process', pid: 10_000 + i, startTime: '1', descendants: false } }));
+    const stillRunning = taskFixture({ id: 'kept', state: 'revoked', binding: { kind: 'process', pid: 7, startTime: '1', descendants: false } });
+    holders.load([...history, stillRunning]);
+    await holders.prune();
+    expect(holders.select().map((t) => t.id)).toEqual(['kept']);
+    // One read, for the one finished task whose PID still runs (its start time decides).
+    expect(reads).toEqual([7]);
+  });
 });

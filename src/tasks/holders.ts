@@ -1,8 +1,7 @@
 import type { TaskRecord } from '../datastore/types.js';
 import { taskChangeKey } from '../datastore/rules.js';
 import type { StateChange } from '../state/read-model.js';
-import type { ProcessInspector } from './service.js';
-import { LIVENESS_SLICE, nextTurn } from '../common/turns.js';
+import { goneBindings, type LivenessInspector } from './liveness.js';
 
 /**
  * Which tasks may still hold processes: every active task, and every finished one until its bound
@@ -23,7 +22,7 @@ export class TaskHolders {
 
   constructor(
     private readonly deps: {
-      processes: Pick<ProcessInspector, 'isAlive' | 'cgroupExists'>;
+      processes: LivenessInspector;
       /** The read model's active tasks. */
       active: () => readonly TaskRecord[];
     },
@@ -61,23 +60,15 @@ export class TaskHolders {
   }
 
   /**
-   * Drops finished tasks whose process exited or whose cgroup is gone. They are dropped together
+   * Drops finished tasks whose process exited or whose cgroup is gone (one listing of the running
+   * PIDs, then a read only for a task whose PID is taken). They are dropped together
    * after the pass: the view (and the binding index built on it, per array) changes once per pass,
    * not once per task while requests keep arriving between the checks.
    */
   async prune(): Promise<void> {
-    const gone: string[] = [];
-    let checked = 0;
-    for (const [k, t] of [...this.finished]) {
-      if (++checked % LIVENESS_SLICE === 0) await nextTurn();
-      const b = t.binding;
-      const alive = b.kind === 'process'
-        ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })
-        : await this.deps.processes.cgroupExists(b.path);
-      if (!alive) gone.push(k);
-    }
+    const gone = await goneBindings(this.finished.values(), this.deps.processes);
     if (gone.length === 0) return;
-    for (const k of gone) this.finished.delete(k);
+    for (const t of gone) if (this.finished.get(key(t)) === t) this.finished.delete(key(t));
     this.view = undefined;
   }
 }

@@ -1,12 +1,12 @@
 import type { Clock } from '../common/clock.js';
 import { assertAuditableInput, type AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
-import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, isAgentIdError, notFound, permissionDenied } from '../common/errors.js';
+import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFound, permissionDenied } from '../common/errors.js';
 import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import type { Datastore, TaskBinding, TaskRecord, TaskState } from '../datastore/types.js';
 import type { Revoker } from './revocations.js';
 import type { ProcessInspector } from '../attest/processes.js';
-import { LIVENESS_SLICE, nextTurn } from '../common/turns.js';
+import { goneBindings } from './liveness.js';
 
 export interface TaskPolicy {
   defaultTtlMs: number;
@@ -196,37 +196,49 @@ export class TaskService {
     return this.deps.state.activeTasks();
   }
 
-  /** Ends tasks past their expiry. Returns the earliest expiry still ahead, for the scheduler. */
+  /** Ends tasks past their expiry (in one transaction). Returns the earliest expiry still ahead, for the scheduler. */
   async expireDue(actor: Actor): Promise<number | undefined> {
     const now = this.deps.clock.now();
     let next: number | undefined;
+    const due: TaskRecord[] = [];
     for (const t of this.activeTasks()) {
-      if (t.expiresAt <= now) await this.finishQuietly(t, 'expired', 'task lifetime reached', actor);
+      if (t.expiresAt <= now) due.push(t);
       else if (next === undefined || t.expiresAt < next) next = t.expiresAt;
     }
+    await this.finishAll(due.map((task) => ({ task, reason: 'task lifetime reached' })), 'expired', actor);
     return next;
   }
 
-  /** Ends tasks whose bound process is gone (a PID that was reused by another process counts as gone). */
+  /**
+   * Ends tasks whose bound process is gone (a PID that was reused by another process counts as
+   * gone). All of a pass's ends go in one transaction: the read model then reports them together
+   * and the CRLs are re-signed once, where one transaction each (after a restart, or when many
+   * agents exit at once) re-signed and re-sent the CRLs to every stream once per task.
+   */
   async endOrphaned(actor: Actor): Promise<void> {
-    let checked = 0;
-    for (const t of this.activeTasks()) {
-      if (++checked % LIVENESS_SLICE === 0) await nextTurn();
-      const b = t.binding;
-      const alive = b.kind === 'process'
-        ? await this.deps.processes.isAlive({ pid: b.pid, startTime: b.startTime })
-        : await this.deps.processes.cgroupExists(b.path);
-      if (!alive) await this.finishQuietly(t, 'ended', b.kind === 'process' ? 'bound process exited' : 'bound cgroup removed', actor);
-    }
+    const gone = await goneBindings(this.activeTasks(), this.deps.processes);
+    await this.finishAll(gone.map((task) => ({ task, reason: task.binding.kind === 'process' ? 'bound process exited' : 'bound cgroup removed' })), 'ended', actor);
   }
 
-  /** For the scheduler: a task ended concurrently (by an admin, or another server) needs nothing more. */
-  private async finishQuietly(task: TaskRecord, state: 'ended' | 'expired', reason: string, actor: Actor): Promise<void> {
-    try {
-      await this.finishTask(task, state, reason, actor);
-    } catch (err) {
-      if (!isAgentIdError(err, 'failed_precondition') && !isAgentIdError(err, 'not_found')) throw err;
-    }
+  /**
+   * For the scheduler: ends tasks in one transaction, each with its audit line and deny-list row
+   * (as finishTask). A task ended concurrently (by an admin, or another server) needs nothing more.
+   */
+  private async finishAll(items: readonly { task: TaskRecord; reason: string }[], state: 'ended' | 'expired', actor: Actor): Promise<void> {
+    if (items.length === 0) return;
+    const keepUntil = new Map<string, number>();
+    for (const { task } of items) keepUntil.set(task.spiffeId, await this.deps.revoker.keepUntilFor(task.spiffeId));
+    await this.deps.datastore.transaction(async (tx) => {
+      for (const { task, reason } of items) {
+        const current = await tx.tasks.get(task.agent, task.id);
+        if (current?.state !== 'active') continue;
+        await tx.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
+        const audited = state === 'expired' ? `expired: ${reason}` : reason;
+        this.deps.audit.append({ type: 'task.ended', outcome: 'ok', actor: auditActor(actor), agent: task.agent, task: task.id, spiffe_id: task.spiffeId, reason: audited });
+        await this.deps.revoker.addWithin(tx, task.spiffeId, `task ${state}: ${reason}`, actor, keepUntil.get(task.spiffeId)!);
+      }
+    });
+    await this.deps.state.sync();
   }
 
   private async finish(ref: { agent?: string; id: string }, state: Exclude<TaskState, 'active'>, reason: string, actor: Actor): Promise<TaskRecord> {
