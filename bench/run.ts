@@ -236,6 +236,15 @@ interface ProcStats {
   fds: number;
 }
 
+/** CPU time (user + system, all threads) a process has used so far, in ms (clock-tick resolution). */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // utime and stime are fields 14 and 15; fields[0] is field 3.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+
 function procStats(pid: number): ProcStats {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const rssKb = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? NaN);
@@ -441,7 +450,8 @@ async function firstSvidBench(o: Options, a: AgentidServer, bareSocket: string, 
   checks.push(`first SVID: ${checked} first messages verified (chain, key, expected SPIFFE ID)`);
 }
 
-async function jwtBench(o: Options, a: AgentidServer, bareSocket: string, client: ChildHandle, ctx: { token: string; jwtBundles: string; captureId: string }): Promise<void> {
+async function jwtBench(o: Options, a: AgentidServer, bare: { socket: string; pid: number }, client: ChildHandle, ctx: { token: string; jwtBundles: string; captureId: string }): Promise<void> {
+  const bareSocket = bare.socket;
   const fetchReq = serialize('FetchJWTSVID', { audience: [AUDIENCE] }).toString('base64');
   const validateReq = serialize('ValidateJWTSVID', { audience: AUDIENCE, svid: ctx.token }).toString('base64');
   const cases = [
@@ -451,11 +461,15 @@ async function jwtBench(o: Options, a: AgentidServer, bareSocket: string, client
     { method: 'ValidateJWTSVID' as const, callers: 16 },
   ];
   const rates = cases.map(() => ({ a: [] as number[], b: [] as number[] }));
+  /** Server CPU per call (us): less disturbed by other work on a shared machine than a rate. */
+  const cpu = cases.map(() => ({ a: [] as number[], b: [] as number[] }));
   let checked = 0;
   for (let round = 0; round < o.rounds; round++) {
     for (const [ci, c] of cases.entries()) {
       for (const side of round % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const)) {
-        const r = await client.request<{ calls: number; ms: number; distinct: number }>('unaryRate', {
+        const serverPid = side === 'a' ? a.pid : bare.pid;
+        const cpuBefore = cpuMs(serverPid);
+        const r = await client.request<{ calls: number; allCalls: number; ms: number; distinct: number }>('unaryRate', {
           socket: side === 'a' ? a.socket : bareSocket,
           method: c.method,
           request: c.method === 'FetchJWTSVID' ? fetchReq : validateReq,
@@ -466,6 +480,7 @@ async function jwtBench(o: Options, a: AgentidServer, bareSocket: string, client
         });
         if (r.calls === 0) throw new Error(`${c.method}: no call completed in the window`);
         rates[ci]![side].push(r.calls / (r.ms / 1000));
+        cpu[ci]![side].push(((cpuMs(serverPid) - cpuBefore) * 1000) / r.allCalls);
         checked += r.distinct;
       }
     }
@@ -478,6 +493,16 @@ async function jwtBench(o: Options, a: AgentidServer, bareSocket: string, client
       samples: rates[i]!.a,
       baseline: { name: 'bare grpc-js', samples: rates[i]!.b },
       ...(c.method === 'FetchJWTSVID' && c.callers === 16 ? { target: { direction: 'at-least' as const, bound: 0.8, text: '>= 0.8x' } } : {}),
+    });
+  });
+  cases.forEach((c, i) => {
+    if (c.callers === 1) return;
+    addFigure({
+      bench: `${c.method}, one client process`,
+      name: `server CPU per call, ${c.callers} callers (connections opened included)`,
+      unit: 'us',
+      samples: cpu[i]!.a,
+      baseline: { name: 'bare grpc-js', samples: cpu[i]!.b },
     });
   });
   checks.push(`JWT: ${checked} distinct responses checked (JWT-SVID signatures against the JWT bundle; ValidateJWTSVID answers)`);
@@ -845,7 +870,7 @@ async function main(): Promise<void> {
     bareRef.bare = await startBare('bare', bareSocket, responses);
 
     await phase(`first SVID, ${o.firstSvidClients} new processes at once`, () => firstSvidBench(o, a, bareSocket, captureId), log, o.skip.has('first'));
-    await phase('FetchJWTSVID / ValidateJWTSVID rates', () => jwtBench(o, a, bareSocket, capture, { token, jwtBundles, captureId }), log, o.skip.has('jwt'));
+    await phase('FetchJWTSVID / ValidateJWTSVID rates', () => jwtBench(o, a, { socket: bareSocket, pid: bareRef.bare!.pid }, capture, { token, jwtBundles, captureId }), log, o.skip.has('jwt'));
     const streams = new StreamsBench(o, a, a0, bareRef, bareSocket, runDir, responses);
     try {
       let opened = false;
