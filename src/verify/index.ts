@@ -24,6 +24,7 @@ export {
   JWT_SVID_ALGORITHMS,
   MAX_JWT_BYTES,
   verifyJwtSvid,
+  VerifiedSignatures,
   type JwtSvidAlgorithm,
   type JwtVerifyOptions,
   type VerifiedJwtSvid,

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { fixture, fixtureText, FIXTURE_NOW, JWT_AUDIENCE, reasonOf } from '../../test/fixtures/load.js';
 import { BundleSet, JwtBundle } from './bundle.js';
 import type { VerificationReason } from './errors.js';
-import { MAX_JWT_BYTES, verifyJwtSvid, type JwtVerifyOptions } from './jwt.js';
+import { MAX_JWT_BYTES, VerifiedSignatures, verifyJwtSvid, type JwtVerifyOptions } from './jwt.js';
 
 const exampleJwt = JwtBundle.fromJwkSet('example.org', fixture('jwt/jwt-bundle.json'));
 const bundles = new BundleSet([exampleJwt]);
@@ -93,5 +93,39 @@ describe('verifyJwtSvid refuses, one rule per defect-named fixture', () => {
     expect(Buffer.from('e31', 'base64url').toString()).toBe('{}');
     const [, p, sig] = token('jwt-good.txt').split('.') as [string, string, string];
     expect(reasonOf(() => verifyJwtSvid(`e31.${p}.${sig}`, bundles, opts))).toBe('malformed');
+  });
+});
+
+describe('VerifiedSignatures (a memo of tokens whose signature verified)', () => {
+  it('remembers a token only once its signature verified, and still runs every other check on it', () => {
+    const memo = new VerifiedSignatures();
+    expect(reasonOf(() => verifyJwtSvid(token('jwt-bad-signature.txt'), bundles, { ...opts, verifiedSignatures: memo }))).toBe('bad_signature');
+    expect(memo.size).toBe(0);
+    const good = token('jwt-good.txt');
+    verifyJwtSvid(good, bundles, { ...opts, verifiedSignatures: memo });
+    expect(memo.has(good)).toBe(true);
+    expect(reasonOf(() => verifyJwtSvid(good, bundles, { ...opts, audience: 'someone-else', verifiedSignatures: memo }))).toBe('bad_audience');
+    expect(reasonOf(() => verifyJwtSvid(good, bundles, { ...opts, now: Date.UTC(2037, 0, 1), verifiedSignatures: memo }))).toBe('expired');
+    expect(reasonOf(() => verifyJwtSvid(good, bundles, { ...opts, revoked: () => true, verifiedSignatures: memo }))).toBe('revoked');
+    // A bundle without the token's key refuses it, memo or not.
+    expect(reasonOf(() => verifyJwtSvid(good, JwtBundle.fromJwkSet('example.org', { keys: [] }), { ...opts, verifiedSignatures: memo }))).toBe('unknown_kid');
+  });
+
+  it('vouches for the exact token only: the same signature on another payload is verified, and refused', () => {
+    const memo = new VerifiedSignatures();
+    const good = token('jwt-good.txt');
+    verifyJwtSvid(good, bundles, { ...opts, verifiedSignatures: memo });
+    const [h, p, sig] = good.split('.') as [string, string, string];
+    const claims = JSON.parse(Buffer.from(p, 'base64url').toString()) as Record<string, unknown>;
+    const forged = `${h}.${Buffer.from(JSON.stringify({ ...claims, sub: 'spiffe://example.org/admin' })).toString('base64url')}.${sig}`;
+    expect(reasonOf(() => verifyJwtSvid(forged, bundles, { ...opts, verifiedSignatures: memo }))).toBe('bad_signature');
+  });
+
+  it('stays within its capacity', () => {
+    const memo = new VerifiedSignatures(2);
+    for (const t of ['a', 'b', 'c']) memo.add(t);
+    expect(memo.size).toBeLessThanOrEqual(2);
+    expect(memo.has('c')).toBe(true);
+    expect(() => new VerifiedSignatures(0)).toThrow();
   });
 });

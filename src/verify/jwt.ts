@@ -19,6 +19,39 @@ export interface JwtVerifyOptions {
   skewMs?: number;
   /** Called with the token's SPIFFE ID (string form) after every other check; true refuses. */
   revoked?: (spiffeId: string) => boolean;
+  /**
+   * Tokens whose signature already verified against these same bundles (see VerifiedSignatures).
+   * A token found here skips only the signature computation; every other check runs as usual.
+   */
+  verifiedSignatures?: VerifiedSignatures;
+}
+
+/**
+ * Remembers which whole tokens had a good signature, for a verifier that sees the same token many
+ * times (a service checking each request's bearer token). The token string covers header (alg,
+ * kid), payload and signature, so the same string verifies the same way against the same key.
+ * Use one memo per bundle set and drop it when the bundles change: a key removed from a bundle
+ * must stop vouching for tokens at once. Bounded: when full it starts over.
+ */
+export class VerifiedSignatures {
+  private readonly tokens = new Set<string>();
+
+  constructor(private readonly capacity = 4096) {
+    if (!Number.isSafeInteger(capacity) || capacity <= 0) throw invalidArgument('VerifiedSignatures: capacity must be a positive integer');
+  }
+
+  has(token: string): boolean {
+    return this.tokens.has(token);
+  }
+
+  add(token: string): void {
+    if (this.tokens.size >= this.capacity) this.tokens.clear();
+    this.tokens.add(token);
+  }
+
+  get size(): number {
+    return this.tokens.size;
+  }
 }
 
 export interface VerifiedJwtSvid {
@@ -170,8 +203,12 @@ export function verifyJwtSvid(
   }
   if (!keyFits(authority.key, spec)) throw refuse('bad_alg', `JWT-SVID: key ${kid} cannot be used with ${alg}`);
   const signature = decodePart(s, 'signature');
-  if (!checkSignature(spec, Buffer.from(`${h}.${p}`), authority.key, signature)) {
-    throw refuse('bad_signature', `JWT-SVID: signature does not verify with key ${kid}`);
+  const memo = opts.verifiedSignatures;
+  if (!memo?.has(token)) {
+    if (!checkSignature(spec, Buffer.from(`${h}.${p}`), authority.key, signature)) {
+      throw refuse('bad_signature', `JWT-SVID: signature does not verify with key ${kid}`);
+    }
+    memo?.add(token);
   }
 
   const aud = claims.aud;

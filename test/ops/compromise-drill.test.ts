@@ -134,12 +134,14 @@ describe('key compromise drill', () => {
     const svid2 = await workload.fetchJwtSvid({ audience: ['drill'] });
     expect(kidOf(svid2.token.reveal())).toBe(newKey.id);
 
+    // Validated (and its signature remembered) while its key is still in the bundle...
+    await expect(workload.validateJwtSvid(svid1.token.reveal(), 'drill')).resolves.toBeDefined();
     const bundlesBefore = await workload.fetchJwtBundles();
     expect(bundlesBefore.get(`spiffe://${TD}`)!.keys.map((k) => k.kid)).toContain(oldKey.id);
     await cli('jwt-key', 'revoke', oldKey.id);
     const bundlesAfter = await workload.fetchJwtBundles();
     expect(bundlesAfter.get(`spiffe://${TD}`)!.keys.map((k) => k.kid)).toEqual([newKey.id]);
-    // A token of the revoked key no longer validates.
+    // ...a token of the revoked key no longer validates.
     await expect(workload.validateJwtSvid(svid1.token.reveal(), 'drill')).rejects.toThrow();
   });
 
