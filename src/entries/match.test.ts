@@ -133,6 +133,14 @@ describe('EntryIndex', () => {
     index.requiredSelectorTypes().add('sha256');
     expect(index.requiredSelectorTypes().has('sha256')).toBe(false);
     expect(index.usesSelectorKind('sha256')).toBe(false);
+    const version = index.version;
+    index.upsert(entry('e4', '/d', ['unix:uid:2']));
+    expect(index.version).toBeGreaterThan(version);
+    const afterUpsert = index.version;
+    index.remove('no-such-entry');
+    expect(index.version).toBe(afterUpsert);
+    index.remove('e4');
+    expect(index.version).toBeGreaterThan(afterUpsert);
     expect(index.usesSelectorKind('uid')).toBe(true);
   });
 

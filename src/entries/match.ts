@@ -74,6 +74,7 @@ export class EntryIndex {
   private readonly selectorCounts = new Map<string, number>();
   /** How many entries use each selector kind ("uid", "sha256", ...). */
   private readonly kindCounts = new Map<string, number>();
+  private changes = 0;
 
   get size(): number {
     return this.entries.size;
@@ -86,12 +87,18 @@ export class EntryIndex {
     return out;
   }
 
+  /** Grows on every change to the set of entries: an answer memoized at one version is stale at another. */
+  get version(): number {
+    return this.changes;
+  }
+
   get(id: string): RegistrationEntry | undefined {
     return this.entries.get(id)?.entry;
   }
 
   /** Swaps in a whole new set of entries (startup, full resync). */
   replace(entries: readonly RegistrationEntry[]): void {
+    this.changes++;
     this.entries.clear();
     this.postings.clear();
     this.selectorCounts.clear();
@@ -105,6 +112,7 @@ export class EntryIndex {
   }
 
   upsert(entry: RegistrationEntry): void {
+    this.changes++;
     this.remove(entry.id);
     const frozen = frozenCopy(entry);
     const keys = [...new Set(frozen.selectors.map(selectorKey))];
@@ -131,6 +139,7 @@ export class EntryIndex {
   remove(id: string): void {
     const current = this.entries.get(id);
     if (!current) return;
+    this.changes++;
     this.entries.delete(id);
     const { entry, anchor } = current;
     for (const k of new Set(entry.selectors.map(selectorKey))) bump(this.selectorCounts, k, -1);

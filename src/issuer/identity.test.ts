@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
-import { resolveIdentities, taskBindingMatches, type CallerFacts } from './identity.js';
+import { matchEntries } from '../entries/match.js';
+import { identitiesUnchangedUntil, resolveIdentities, taskBindingMatches, type CallerFacts } from './identity.js';
 import { cappedTtl, renewalTime } from './renewal.js';
 
 const NOW = Date.UTC(2026, 5, 1);
@@ -126,5 +127,35 @@ describe('renewal', () => {
     expect(cappedTtl(NOW, 900_000, null)).toBe(900_000);
     expect(cappedTtl(NOW, 900_000, NOW + 60_000)).toBe(60_000);
     expect(cappedTtl(NOW, 900_000, NOW - 1)).toBe(0);
+  });
+});
+
+describe('identitiesUnchangedUntil', () => {
+  const BUFFER = 30_000;
+  const keysAt = (entries: RegistrationEntry[], tasks: TaskRecord[], c: CallerFacts, now: number) =>
+    resolveIdentities({ caller: c, matchedEntries: matchEntries(entries, c.selectors, now), tasks, isRevoked: () => false, now, taskBufferMs: BUFFER }).map((i) => i.key);
+  const expiring = (id: string, spiffeId: string, expiresAt: number, includeTasks = false) => ({ ...entry(id, spiffeId, NOW - 5000, includeTasks), expiresAt });
+  const other = caller({ pid: 999, ancestors: [] }); // bound to no task
+
+  it.each<[string, RegistrationEntry[], TaskRecord[], CallerFacts, number]>([
+    ['an entry that expires', [expiring('e1', 'spiffe://td.example/a', NOW + 10_000), entry('e2', 'spiffe://td.example/b')], [], other, NOW + 9_001],
+    ['the earliest of two expiring entries', [expiring('e1', 'spiffe://td.example/a', NOW + 20_000), expiring('e2', 'spiffe://td.example/b', NOW + 10_000)], [], other, NOW + 9_001],
+    // The task stops being live at expiresAt, before its cap (expiresAt + buffer); then the
+    // entry with the same SPIFFE ID, hidden behind it until then, is offered instead.
+    ['a task hiding an entry with its SPIFFE ID', [entry('e1', 'spiffe://td.example/agent/coder/task/t1', NOW - 5000, true)], [task({ expiresAt: NOW + 60_000 })], caller(), NOW + 60_000],
+  ])('%s', (_name, entries, tasks, c, want) => {
+    const now = NOW;
+    const identities = resolveIdentities({ caller: c, matchedEntries: matchEntries(entries, c.selectors, now), tasks, isRevoked: () => false, now, taskBufferMs: BUFFER });
+    const until = identitiesUnchangedUntil(identities, BUFFER);
+    expect(until).toBe(want);
+    const before = keysAt(entries, tasks, c, now);
+    for (const t of [now + 1, (now + until) / 2, until - 1]) expect(keysAt(entries, tasks, c, t)).toEqual(before);
+    expect(keysAt(entries, tasks, c, until)).not.toEqual(before);
+  });
+
+  it('is unbounded when nothing offered has an end', () => {
+    const identities = resolveIdentities({ caller: other, matchedEntries: [entry('e1', 'spiffe://td.example/a')], tasks: [], isRevoked: () => false, now: NOW, taskBufferMs: BUFFER });
+    expect(identitiesUnchangedUntil(identities, BUFFER)).toBe(Infinity);
+    expect(identitiesUnchangedUntil([], BUFFER)).toBe(Infinity);
   });
 });

@@ -141,3 +141,21 @@ export function resolveIdentities(input: ResolveInput): Identity[] {
   }
   return out;
 }
+
+/**
+ * The first time at which resolveIdentities, given the same caller and the same entries, tasks and
+ * revocations, may stop returning these identities. Time alone only takes identities away: an
+ * entry or task comes within MIN_REMAINING_MS of its end (entry expiry; task end plus buffer), or
+ * a task stops being live (its expiresAt, taskBufferMs before its cap). An identity it does not return can appear later
+ * only when one it returns, with the same SPIFFE ID, goes; a task process stays one whatever the
+ * time. So the earliest of those ends among the returned identities bounds the answer.
+ */
+export function identitiesUnchangedUntil(identities: readonly Identity[], taskBufferMs: number): number {
+  let until = Infinity;
+  for (const identity of identities) {
+    if (identity.notAfterCap === null) continue;
+    until = Math.min(until, identity.notAfterCap - MIN_REMAINING_MS + 1);
+    if (identity.task) until = Math.min(until, identity.notAfterCap - taskBufferMs);
+  }
+  return until;
+}

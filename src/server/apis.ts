@@ -59,6 +59,7 @@ export async function buildWorkloadApi(deps: {
         });
       }),
       hub: issuer.hub,
+      identities: (connection, caller) => issuer.identities.identitiesFor(connection, caller, deps.clock.now()),
       cache: issuer.cache,
       validateJwt: (token, audience) => issuer.jwtValidator.validate(token, audience),
       onRefused(peer, method, reason) {

@@ -15,6 +15,8 @@ import { resolveIdentities } from '../issuer/identity.js';
 import { TasksByBinding } from '../issuer/task-candidates.js';
 import { SvidCache } from '../issuer/svid-cache.js';
 import { StreamHub } from '../issuer/hub.js';
+import { IdentityMemo } from '../issuer/identity-memo.js';
+import type { CallerFacts } from '../issuer/identity.js';
 import { TrustState, type PeerAuthority } from '../issuer/trust-state.js';
 import { ServerSvidSource } from '../issuer/server-svid.js';
 import { JwtValidator } from '../issuer/jwt-validator.js';
@@ -40,6 +42,8 @@ export interface Issuer {
   trust: TrustState;
   cache: SvidCache;
   hub: StreamHub;
+  /** The caller's identities for unary calls, remembered per connection (identity-memo.ts). */
+  identities: IdentityMemo;
   serverSvid: ServerSvidSource;
   federation: Federation;
   jwtValidator: JwtValidator;
@@ -103,16 +107,24 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     logger,
     events: auditedIssuances(audit),
   });
+  const identitiesFor = (caller: CallerFacts, now: number) =>
+    resolveIdentities({
+      caller,
+      matchedEntries: state.entries.match(caller.selectors, now),
+      tasks: TasksByBinding.of(holders.select()).candidatesFor(caller),
+      isRevoked: (id) => state.isRevoked(id),
+      now,
+      taskBufferMs: config.tasks.bufferMs,
+    });
+  const identities = new IdentityMemo({
+    resolve: identitiesFor,
+    // The entries, the task list (active and finished holders) and the feed revision (anything else).
+    version: () => [state.entries.version, holders.select(), state.revision],
+    isRevoked: (id) => state.isRevoked(id),
+    taskBufferMs: config.tasks.bufferMs,
+  });
   const hub: StreamHub = new StreamHub({
-    identitiesFor: (caller, now) =>
-      resolveIdentities({
-        caller,
-        matchedEntries: state.entries.match(caller.selectors, now),
-        tasks: TasksByBinding.of(holders.select()).candidatesFor(caller),
-        isRevoked: (id) => state.isRevoked(id),
-        now,
-        taskBufferMs: config.tasks.bufferMs,
-      }),
+    identitiesFor,
     cache,
     trust,
     encoders: workloadStateEncoders(),
@@ -186,6 +198,7 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     trust,
     cache,
     hub,
+    identities,
     serverSvid,
     federation,
     jwtValidator,

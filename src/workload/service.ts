@@ -6,6 +6,7 @@ import { assertAuditableInput } from '../audit/index.js';
 import { SpiffeId } from '../spiffe/spiffe-id.js';
 import { formatSelector, type Selector } from '../spiffe/selector.js';
 import type { Caller, StreamHub } from '../issuer/hub.js';
+import type { Identity } from '../issuer/identity.js';
 import type { SvidCache } from '../issuer/svid-cache.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import { LatestWinsWriter } from './latest-writer.js';
@@ -24,6 +25,11 @@ export interface WorkloadDeps {
   /** streaming: the result is kept for a long-lived stream (identity.ts then needs the parent chain). */
   attest: (peer: PeerCredentialsLike, call: { streaming: boolean }) => Promise<AttestationResult>;
   hub: StreamHub;
+  /**
+   * The caller's identities for a unary call (empty: none); `connection` is the same object for
+   * every call on one connection, so an answer may be remembered per connection.
+   */
+  identities: (connection: object, caller: Caller) => Identity[];
   cache: SvidCache;
   validateJwt: (token: string, audience: string) => { spiffeId: string; claims: Record<string, unknown> };
   onRefused: (peer: { pid: number; uid: number } | undefined, method: string, reason: string) => void;
@@ -45,7 +51,7 @@ function checkSecurityHeader(metadata: grpc.Metadata): void {
 export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImplementation {
   const { hub, logger } = deps;
 
-  async function attestCaller(call: { getPeer(): string }, method: string, streaming = false): Promise<Caller> {
+  async function attestCaller(call: { getPeer(): string }, method: string, streaming = false): Promise<Caller & { connection: object }> {
     const peer = deps.peers.lookup(call.getPeer());
     if (!peer) {
       deps.onRefused(undefined, method, 'no peer credentials');
@@ -54,6 +60,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     try {
       const a = await deps.attest(peer, { streaming });
       return {
+        connection: peer,
         pid: a.process.pid,
         uid: a.peer.uid,
         startTime: a.process.startTime,
@@ -127,12 +134,8 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
           }
         }
         const caller = await attestCaller(call, 'FetchJWTSVID');
-        let identities;
-        try {
-          identities = hub.identities(caller);
-        } catch {
-          refuseNoIdentity(caller, 'FetchJWTSVID');
-        }
+        let identities = deps.identities(caller.connection, caller);
+        if (identities.length === 0) refuseNoIdentity(caller, 'FetchJWTSVID');
         if (wanted !== undefined) {
           identities = identities.filter((i) => i.spiffeId.toString() === wanted);
           if (identities.length === 0) {
@@ -157,11 +160,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
         if (!call.request.audience) throw invalidArgument('audience must be specified');
         if (!call.request.svid) throw invalidArgument('svid must be specified');
         const caller = await attestCaller(call, 'ValidateJWTSVID');
-        try {
-          hub.identities(caller);
-        } catch {
-          refuseNoIdentity(caller, 'ValidateJWTSVID');
-        }
+        if (deps.identities(caller.connection, caller).length === 0) refuseNoIdentity(caller, 'ValidateJWTSVID');
         let result;
         try {
           result = deps.validateJwt(call.request.svid, call.request.audience);
