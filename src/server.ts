@@ -19,6 +19,7 @@ import { buildReadModel, buildStorage } from './server/storage.js';
 import { buildIssuer } from './server/issuer.js';
 import { buildAdminApi, buildBundleEndpoint, buildWorkloadApi } from './server/apis.js';
 import { buildScheduler } from './server/scheduled-work.js';
+import { buildNodeService } from './server/nodes.js';
 import { buildConsole } from './console/index.js';
 import { buildIntegrity, type Component } from './integrity/index.js';
 import { DescriptorBudget, raiseOpenFileLimit } from './workload/descriptors.js';
@@ -171,7 +172,8 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     // The web console for security teams (off unless console.listen is set).
     const webConsole = await buildConsole(config, { trustDomain, tasks, entries, revoker, issuances, hub: issuer.hub, ca, serverSvid: issuer.serverSvid, crls: () => issuer.trust.crls(), audit, clock, logger });
     if (webConsole) parts.add('web console', webConsole);
-    const services = { entries, tasks, revoker, audit, authorities, consoleLogin: webConsole?.createLogin };
+    const nodes = buildNodeService({ config, trustDomain, datastore, state, ca, issuances, revoker, tasks, clock, audit });
+    const services = { entries, tasks, revoker, audit, authorities, nodes, consoleLogin: webConsole?.createLogin };
     const admin = parts.add('admin API', await buildAdminApi({ config, trustDomain, tcpRoles, clock, logger, peers, descriptors, issuer, services, issuances }));
     const bundleEndpoint = parts.add('bundle endpoint', await buildBundleEndpoint({ config, trustDomain, clock, logger, ca, issuer }));
     metrics.watch({ openConnections: () => peers.size, openStreams: () => issuer.hub.size, authorities: () => ca.authorities(), now: () => clock.now(), workloadLimits: workload.limits });

@@ -5,7 +5,7 @@ import type { Actor } from '../common/actor.js';
 import { describeActor, auditActor } from '../common/actor.js';
 import { failedPrecondition, invalidArgument, permissionDenied } from '../common/errors.js';
 import { toGrpcError } from '../common/grpc-errors.js';
-import type { RegistrationEntry, Revocation, TaskRecord, TaskState } from '../datastore/types.js';
+import type { NodeRecord, RegistrationEntry, Revocation, TaskRecord, TaskState } from '../datastore/types.js';
 import type { EntryService } from '../entries/service.js';
 import type { EntryInput } from '../entries/validate.js';
 import type { TaskService } from '../tasks/service.js';
@@ -13,6 +13,7 @@ import type { Revoker } from '../tasks/revocations.js';
 import type { PeerRegistry } from '../workload/peers.js';
 import { actorForUid, type RoleConfig } from './roles.js';
 import { authorityHandlers, type AuthorityService } from './authorities.js';
+import type { NodeService } from '../nodes/service.js';
 
 /**
  * Who is calling: the role the caller holds, or, when it holds none, how to name it in the audit
@@ -47,6 +48,8 @@ export interface AdminServiceDeps {
   logger: Logger;
   /** CA and JWT key prepare/activate/taint/revoke (admin/authorities.ts); absent: not offered. */
   authorities?: AuthorityService;
+  /** Per-host agents: join tokens, node list, eviction (src/nodes); absent: not offered. */
+  nodes?: NodeService;
   /** Issues a one-time web console sign-in link for this actor; absent when the console is off. */
   consoleLogin?: (actor: Actor) => { url: string; expiresAt: number };
 }
@@ -76,6 +79,7 @@ export function entryToWire(e: RegistrationEntry) {
     dns_names: e.dnsNames,
     federates_with: e.federatesWith,
     include_tasks: e.includeTasks,
+    node: e.node ?? '',
     expires_at: seconds(e.expiresAt),
     created_at: seconds(e.createdAt),
     updated_at: seconds(e.updatedAt),
@@ -93,6 +97,7 @@ interface WireEntryInput {
   federates_with: string[];
   include_tasks: boolean;
   expires_at: number;
+  node?: string;
 }
 
 function entryFromWire(w: WireEntryInput | null | undefined): EntryInput {
@@ -107,6 +112,21 @@ function entryFromWire(w: WireEntryInput | null | undefined): EntryInput {
     federatesWith: w.federates_with,
     includeTasks: w.include_tasks === true,
     expiresAt: w.expires_at > 0 ? w.expires_at * 1000 : null,
+    node: w.node ? w.node : null,
+  };
+}
+
+export function nodeToWire(n: NodeRecord) {
+  return {
+    name: n.name,
+    spiffe_id: n.spiffeId,
+    attestation: n.attestation,
+    state: n.state,
+    task_agents: n.taskAgents,
+    created_at: seconds(n.createdAt),
+    last_seen_at: seconds(n.lastSeenAt),
+    svid_expires_at: seconds(n.svidExpiresAt),
+    evicted_at: seconds(n.evictedAt),
   };
 }
 
@@ -137,6 +157,7 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
       created_by: t.createdBy,
       live_serials: summary.liveSerials,
       issuance_count: summary.count,
+      node: t.node ?? '',
     };
   };
 
@@ -191,6 +212,8 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
             descendants: req.descendants,
             ttlMs: req.ttl_seconds > 0 ? req.ttl_seconds * 1000 : undefined,
             metadata: req.metadata,
+            node: req.node || undefined,
+            startTime: req.start_time || undefined,
           },
           actor,
         ),
@@ -207,10 +230,29 @@ export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementatio
     ListRevocations: admin('ListRevocations', async () => ({ revocations: (await deps.revoker.list()).map(revocationToWire) })),
     WhoAmI: unary('WhoAmI', (_req, actor) => ({ role: actor.role, agents: actor.agents, caller: describeActor(actor) })),
     ...(deps.authorities ? authorityHandlers(deps.authorities, admin) : {}),
+    ...(deps.nodes ? nodeHandlers(deps.nodes, admin) : {}),
     CreateConsoleLogin: unary('CreateConsoleLogin', (_req, actor) => {
       if (!deps.consoleLogin) throw failedPrecondition('the web console is not enabled (set console.listen or --console-listen)');
       const login = deps.consoleLogin(actor);
       return { url: login.url, expires_at: seconds(login.expiresAt) };
     }),
+  };
+}
+
+type AdminHandler = (method: string, handler: (req: any, actor: Actor) => unknown | Promise<unknown>) => grpc.handleUnaryCall<unknown, unknown>;
+
+/** Join tokens and nodes (admin only). The token is in the response and nowhere else: not logged, not audited. */
+function nodeHandlers(nodes: NodeService, admin: AdminHandler): grpc.UntypedServiceImplementation {
+  return {
+    GenerateJoinToken: admin('GenerateJoinToken', async (req, actor) => {
+      const t = await nodes.generateJoinToken(
+        { node: req.node, ttlMs: req.ttl_seconds > 0 ? req.ttl_seconds * 1000 : undefined, taskAgents: req.task_agents },
+        actor,
+      );
+      return { token: t.token, node: t.node, expires_at: seconds(t.expiresAt) };
+    }),
+    ListNodes: admin('ListNodes', async () => ({ nodes: (await nodes.list()).map(nodeToWire) })),
+    GetNode: admin('GetNode', async (req) => nodeToWire(await nodes.get(req.name))),
+    EvictNode: admin('EvictNode', async (req, actor) => nodeToWire((await nodes.evict(req.name, req.reason, actor)).node)),
   };
 }

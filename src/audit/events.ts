@@ -57,6 +57,8 @@ interface SvidCommon extends Common {
   selectors: string[];
   /** Milliseconds since the epoch; written as an ISO-8601 string. */
   not_after: number;
+  /** Minted for this node's agent (the pid and uid are then 0 and -1: the caller is on that host). */
+  node?: string;
 }
 
 export type SvidIssuedEvent =
@@ -87,6 +89,8 @@ export interface TaskStartedEvent extends Common {
   expires_at: number;
   /** Capped: see AUDIT_METADATA_LIMITS. */
   metadata: Record<string, string>;
+  /** The node the task is bound on; absent: the server's host. */
+  node?: string;
   /** "uid:1000 (orchestrator)" */
   by: string;
   role: AuditRole;
@@ -185,6 +189,28 @@ export interface ServerStoppedEvent extends Common {
   records: number;
 }
 
+/**
+ * Per-host agents (src/nodes): a join token issued (never the token itself), an attestation
+ * (accepted or refused), a node SVID renewal, an eviction. `peer` is the agent's address.
+ */
+export interface NodeEvent extends Common {
+  type: 'node.join_token_created' | 'node.attested' | 'node.svid_renewed' | 'node.evicted';
+  node: string;
+  spiffe_id?: string;
+  attestation?: 'join_token' | 'x509pop';
+  /** Node SVID serial (lowercase hex). */
+  serial?: string;
+  /** Join token expiry, or the node SVID's notAfter; written as an ISO-8601 string. */
+  expires_at?: number;
+  task_agents?: string[];
+  /** Refusals: why. Evictions: the operator's reason. */
+  reason?: string;
+  by?: string;
+  peer?: string;
+  /** Evictions: tasks bound on the node that were revoked. */
+  tasks_revoked?: number;
+}
+
 export type AuditEventInput =
   | AttestationRefusedEvent
   | AuditRepairedEvent
@@ -200,7 +226,8 @@ export type AuditEventInput =
   | CaRotatedEvent
   | ServerStartedEvent
   | IntegrityRecoveredEvent
-  | ServerStoppedEvent;
+  | ServerStoppedEvent
+  | NodeEvent;
 
 export type AuditEventType = AuditEventInput['type'];
 
@@ -243,4 +270,8 @@ export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEve
   'integrity.recovered',
   'server.started',
   'server.stopped',
+  'node.join_token_created',
+  'node.attested',
+  'node.svid_renewed',
+  'node.evicted',
 ]);

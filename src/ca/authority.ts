@@ -20,7 +20,7 @@ import {
   writeFileAtomic,
   writeKeyFile,
 } from './key-files.js';
-import { generateLeafKeyPair, isKeyType, randomId, SigningKey, type KeyType } from './keys.js';
+import { checkLeafSpki, generateLeafKeyPair, isKeyType, randomId, SigningKey, type KeyType } from './keys.js';
 import {
   applyToItems,
   nextRotationAt as planNextRotationAt,
@@ -450,6 +450,19 @@ export class CertificateAuthority {
   // -- minting (hot path, synchronous) -----------------------------------------------------------
 
   mintX509Svid(req: { spiffeId: SpiffeId; ttlMs: number; dnsNames?: string[] }): MintedX509Svid {
+    const keyPair = generateLeafKeyPair(this.cfg.svidKeyType);
+    return { ...this.mintLeaf(req, keyPair.spki), privateKeyPkcs8: keyPair.pkcs8 };
+  }
+
+  /**
+   * Mints for a key generated elsewhere (a per-host agent keeps its private keys; only the public
+   * key travels). The SPKI must be of this CA's SVID key type (checkLeafSpki); nothing else differs.
+   */
+  mintX509SvidForKey(req: { spiffeId: SpiffeId; ttlMs: number; dnsNames?: string[]; spki: Buffer }): Omit<MintedX509Svid, 'privateKeyPkcs8'> {
+    return this.mintLeaf(req, checkLeafSpki(req.spki, this.cfg.svidKeyType));
+  }
+
+  private mintLeaf(req: { spiffeId: SpiffeId; ttlMs: number; dnsNames?: string[] }, spki: Buffer): Omit<MintedX509Svid, 'privateKeyPkcs8'> {
     this.checkMember(req.spiffeId);
     if (!Number.isFinite(req.ttlMs) || req.ttlMs < 1000) throw invalidArgument('X.509-SVID: TTL must be at least one second');
     const now = this.clock.now();
@@ -457,20 +470,18 @@ export class CertificateAuthority {
     if (!active || now >= active.notAfter) throw unavailable('no active signing CA: CA rotation is overdue');
     const validity = svidValidity(now, req.ttlMs, active.notAfter);
     if (validity.notAfter <= now) throw unavailable('the active signing CA expires within a second: CA rotation is overdue');
-    const keyPair = generateLeafKeyPair(this.cfg.svidKeyType);
     const spiffeId = req.spiffeId.toString();
     const leaf = active.ca.template.mint({
       spiffeId,
       dnsNames: req.dnsNames ?? [],
       notBefore: validity.notBefore,
       notAfter: validity.notAfter,
-      spki: keyPair.spki,
+      spki,
     });
     return {
       spiffeId,
       certDer: leaf.certDer,
       chainDer: [leaf.certDer, ...active.ca.chainTail],
-      privateKeyPkcs8: keyPair.pkcs8,
       serial: leaf.serial,
       notBefore: validity.notBefore,
       notAfter: validity.notAfter,

@@ -268,3 +268,23 @@ export function encodeLeafKeyPair(type: KeyType, rawScalar: Buffer, point: Buffe
   const pkcs8 = Buffer.concat([layout.pkcs8Prefix, pad, rawScalar, layout.pkcs8Middle, point]);
   return { spki, publicPoint: spki.subarray(layout.spkiPrefix.length), pkcs8: new Secret(pkcs8) };
 }
+
+/**
+ * Checks a public key sent by a per-host agent for an SVID: the exact SPKI DER layout this CA
+ * writes for `type` (uncompressed point), and a point on the curve (node:crypto refuses others).
+ * Returns the SPKI unchanged; throws invalid_argument otherwise.
+ */
+export function checkLeafSpki(spki: Buffer, type: KeyType = 'ec-p256'): Buffer {
+  const layout = LEAF_LAYOUTS[type];
+  const shaped =
+    spki.length === layout.spkiPrefix.length + layout.pointSize &&
+    spki.subarray(0, layout.spkiPrefix.length).equals(layout.spkiPrefix) &&
+    spki[layout.spkiPrefix.length] === 0x04;
+  if (!shaped) throw invalidArgument(`public key: must be a ${type} SubjectPublicKeyInfo (DER, uncompressed point)`);
+  try {
+    createPublicKey({ key: spki, format: 'der', type: 'spki' });
+  } catch {
+    throw invalidArgument('public key: the point is not on the curve');
+  }
+  return spki;
+}

@@ -77,6 +77,7 @@ interface EntryFlags extends CommonFlags {
   federatesWith?: string[];
   includeTasks?: boolean;
   expiresAt?: string;
+  node?: string;
 }
 
 function entryInput(flags: EntryFlags) {
@@ -99,6 +100,7 @@ function entryInput(flags: EntryFlags) {
     federates_with: flags.federatesWith ?? [],
     include_tasks: flags.includeTasks === true,
     expires_at: expiresAt,
+    node: flags.node ?? '',
   };
 }
 
@@ -113,7 +115,8 @@ const entryOptions = (cmd: Command) =>
     .option('--federates-with <td>', 'deliver this foreign trust domain\'s bundle (repeatable)', collect)
     .option('--expires-at <time>', 'ISO 8601 time after which the entry no longer matches')
     .option('--include-tasks', 'also serve processes bound to a task (by default they receive only their task identity)')
-    .option('--no-include-tasks', 'serve no process bound to a task (the default)');
+    .option('--no-include-tasks', 'serve no process bound to a task (the default)')
+    .option('--node <name>', 'serve only on this node\'s agent, never on the server\'s socket ("" on update: everywhere again)');
 
 function entryText(e: any): string {
   return table([
@@ -127,6 +130,7 @@ function entryText(e: any): string {
     ['Federates with', e.federates_with.join(' ') || '-'],
     ['Serves tasks', e.include_tasks ? 'yes' : 'no'],
     ['Expires', isoSeconds(e.expires_at)],
+    ['Node', e.node || '- (every agent and the server)'],
     ['Revision', String(e.revision)],
   ]);
 }
@@ -136,7 +140,8 @@ function taskText(t: any): string {
     ['Task', `${t.agent}/${t.id}`],
     ['SPIFFE ID', t.spiffe_id],
     ['State', t.state + (t.end_reason ? ` (${t.end_reason})` : '')],
-    ['Bound to', t.binding_kind === 'process' ? `pid ${t.pid} (start ${t.start_time})${t.descendants ? ' and descendants' : ''}` : `cgroup ${t.cgroup}`],
+    ['Bound to', t.binding_kind === 'process' ? `pid ${t.pid} (start ${t.start_time || 'pinned by the node agent'})${t.descendants ? ' and descendants' : ''}` : `cgroup ${t.cgroup}`],
+    ['Host', t.node ? `node ${t.node}` : 'the server'],
     ['Created', `${isoSeconds(t.created_at)} by ${t.created_by}`],
     ['Expires', isoSeconds(t.expires_at)],
     ['Ended', isoSeconds(t.ended_at)],
@@ -194,6 +199,7 @@ export function registerAdminCommands(program: Command): void {
           x509Ttl: flags.x509Ttl ?? `${current.x509_ttl_seconds}s`,
           jwtTtl: flags.jwtTtl ?? `${current.jwt_ttl_seconds}s`,
           expiresAt: flags.expiresAt ?? (current.expires_at > 0 ? new Date(current.expires_at * 1000).toISOString() : undefined),
+          node: flags.node ?? current.node,
         };
         const e = await c.call('UpdateEntry', { id, entry: entryInput(merged), expected_revision: Number(flags.revision ?? current.revision) });
         emit(!!flags.json, e, () => entryText(e));
@@ -217,13 +223,16 @@ export function registerAdminCommands(program: Command): void {
     .option('--descendants', 'with --pid: also issue to descendants of the process')
     .option('--ttl <duration>', 'task lifetime (default 30m, capped by policy)')
     .option('--meta <k=v>', 'audit metadata (repeatable)', collect)
-    .action((flags: CommonFlags & { agent: string; task: string; pid?: string; cgroup?: string; descendants?: boolean; ttl?: string; meta?: string[] }) =>
+    .option('--node <name>', 'bind on that node\'s host, not the server\'s (admin only)')
+    .option('--start-time <ticks>', 'with --node and --pid: the process start time from /proc/<pid>/stat on that host (omitted: the node agent pins it when it first sees the task)')
+    .action((flags: CommonFlags & { agent: string; task: string; pid?: string; cgroup?: string; descendants?: boolean; ttl?: string; meta?: string[]; node?: string; startTime?: string }) =>
       withAdmin(flags, async (c) => {
         const pid = flags.pid === undefined ? 0 : Number(flags.pid);
         if (flags.pid !== undefined && (!Number.isInteger(pid) || pid <= 0)) throw invalidArgument(`--pid "${flags.pid}" is not a process ID`);
         const t = await c.call('StartTask', {
           agent: flags.agent, id: flags.task, pid, cgroup: flags.cgroup ?? '', descendants: !!flags.descendants,
           ttl_seconds: seconds(flags.ttl, '--ttl'), metadata: parseMeta(flags.meta),
+          node: flags.node ?? '', start_time: flags.startTime ?? '',
         });
         emit(!!flags.json, t, () => t.spiffe_id);
       }));

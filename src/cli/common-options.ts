@@ -14,6 +14,7 @@ export interface CommonFlags {
   consoleListen?: string;
   healthListen?: string;
   metricsListen?: string;
+  agentListen?: string;
   json?: boolean;
 }
 
@@ -62,6 +63,7 @@ export function configFrom(flags: CommonFlags): Config {
       consoleListen: flags.consoleListen,
       healthListen: flags.healthListen,
       metricsListen: flags.metricsListen,
+      agentListen: flags.agentListen,
     },
   });
 }

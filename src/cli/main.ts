@@ -5,6 +5,7 @@ import { registerLocalCommands } from './local-commands.js';
 import { registerAdminCommands } from './admin-commands.js';
 import { registerWorkloadCommands } from './workload-commands.js';
 import { registerAuthorityCommands } from './authority-commands.js';
+import { registerNodeCommands } from './node-commands.js';
 import { registerHealthcheckCommand, registerServerCommand } from './server-command.js';
 
 export function buildProgram(): Command {
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerAdminCommands(program);
   registerWorkloadCommands(program);
   registerAuthorityCommands(program);
+  registerNodeCommands(program);
   registerHealthcheckCommand(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();

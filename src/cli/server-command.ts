@@ -58,6 +58,7 @@ export function registerServerCommand(program: Command): void {
     .option('--console-listen <host:port>', 'serve the web console over HTTPS here, e.g. 127.0.0.1:8445 (env AGENTID_CONSOLE_LISTEN)')
     .option('--health-listen <host:port>', 'serve GET /live and /ready here (env AGENTID_HEALTH_LISTEN)')
     .option('--metrics-listen <host:port>', 'serve GET /metrics (Prometheus) here; may equal --health-listen (env AGENTID_METRICS_LISTEN)')
+    .option('--agent-listen <host:port>', 'serve per-host agents (agentid agent) over TLS here, e.g. 0.0.0.0:8446 (env AGENTID_AGENT_LISTEN)')
     .option('--recover <parts>', 'start although the database, ca or audit trail (comma list) was lost or replaced; recorded in the audit trail', collectRecover, [] as string[])
     .action(async (flags: ServerFlags) => {
       const config = configFrom(flags);

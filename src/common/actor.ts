@@ -9,9 +9,12 @@ export interface Actor {
   spiffeId?: string;
   /** Agent namespaces an orchestrator may act in. */
   agents: string[];
+  /** Set when a node's agent acts for a local orchestrator on that node (uid is then the node's uid). */
+  node?: string;
 }
 
 export function describeActor(actor: Actor): string {
+  if (actor.node !== undefined) return `uid:${actor.uid ?? '?'} on node ${actor.node} (${actor.role})`;
   const who = actor.uid !== undefined ? `uid:${actor.uid}` : (actor.spiffeId ?? 'unknown');
   return `${who} (${actor.role})`;
 }

@@ -142,6 +142,16 @@ export const DEFAULTS = deepFreeze({
     /** host:port serving GET /metrics (Prometheus text) over plain HTTP; may equal health.listen. null: off. env AGENTID_METRICS_LISTEN, flag --metrics-listen. */
     listen: null as string | null,
   },
+  agents: {
+    /** host:port where per-host agents (`agentid agent`) attest, sync and mint, over TLS (gRPC, agentid.node.v1). null: off. env AGENTID_AGENT_LISTEN, flag --agent-listen. */
+    listen: null as string | null,
+    /** Lifetime of node SVIDs (spiffe://<td>/agentid/node/<name>); agents renew at half-life. An evicted node's SVID is refused at once regardless. */
+    node_svid_ttl: '1h',
+    x509pop: {
+      /** PEM CA certificates whose host certificates may attest (node name = subject CN). null: x509pop is refused, join tokens only. */
+      ca_bundle: null as string | null,
+    },
+  },
   /*
    * Workload API limits. Any local user can connect to the Workload API socket, so every resource
    * a connection can hold is bounded; a caller over a limit gets RESOURCE_EXHAUSTED (or, for

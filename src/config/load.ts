@@ -74,6 +74,7 @@ const SHAPE: Shape = {
   attest: { sha256_max_bytes: true },
   health: { listen: true },
   metrics: { listen: true },
+  agents: { listen: true, node_svid_ttl: true, x509pop: { ca_bundle: true } },
   limits: {
     max_header_list_bytes: true, max_message_bytes: true, first_request_timeout: true, idle_timeout: true,
     keepalive_time: true, keepalive_timeout: true, max_connections_per_uid: true, max_connections: true,
@@ -94,6 +95,7 @@ const OVERRIDES: readonly [string[], string, keyof FlagValues][] = [
   [['console', 'listen'], 'AGENTID_CONSOLE_LISTEN', 'consoleListen'],
   [['health', 'listen'], 'AGENTID_HEALTH_LISTEN', 'healthListen'],
   [['metrics', 'listen'], 'AGENTID_METRICS_LISTEN', 'metricsListen'],
+  [['agents', 'listen'], 'AGENTID_AGENT_LISTEN', 'agentListen'],
 ];
 const FLAG_NAMES: Record<keyof FlagValues, string> = {
   trustDomain: '--trust-domain',
@@ -106,6 +108,7 @@ const FLAG_NAMES: Record<keyof FlagValues, string> = {
   consoleListen: '--console-listen',
   healthListen: '--health-listen',
   metricsListen: '--metrics-listen',
+  agentListen: '--agent-listen',
 };
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -458,6 +461,8 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
   const healthRaw = c.map(raw.health, 'health');
   const metricsRaw = c.map(raw.metrics, 'metrics');
   const limitsRaw = c.map(raw.limits, 'limits');
+  const agentsRaw = c.map(raw.agents, 'agents');
+  const x509popRaw = agentsRaw && c.map(agentsRaw.x509pop, 'agents.x509pop');
 
   const ca = caRaw && {
     keyType: c.oneOf(caRaw.key_type, 'ca.key_type', CA_KEY_TYPES),
@@ -526,6 +531,11 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     health: healthRaw && { listen: healthRaw.listen === null ? null : c.hostPort(healthRaw.listen, 'health.listen') },
     metrics: metricsRaw && { listen: metricsRaw.listen === null ? null : c.hostPort(metricsRaw.listen, 'metrics.listen') },
     limits: limitsRaw && limits(limitsRaw, c),
+    agents: agentsRaw && {
+      listen: agentsRaw.listen === null ? null : c.hostPort(agentsRaw.listen, 'agents.listen'),
+      nodeSvidTtlMs: c.duration(agentsRaw.node_svid_ttl, 'agents.node_svid_ttl'),
+      x509pop: x509popRaw && { caBundle: c.optionalPath(x509popRaw.ca_bundle, 'agents.x509pop.ca_bundle') },
+    },
   };
 }
 

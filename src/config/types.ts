@@ -108,6 +108,13 @@ export interface Config {
   readonly metrics: { readonly listen: HostPort | null };
   /** Workload API limits (see DEFAULTS.limits for what each one does and why its default). */
   readonly limits: WorkloadLimits;
+  /** The listener for per-host agents (`agentid agent`); see DEFAULTS.agents. */
+  readonly agents: {
+    /** null: off. */
+    readonly listen: HostPort | null;
+    readonly nodeSvidTtlMs: number;
+    readonly x509pop: { readonly caBundle: string | null };
+  };
 }
 
 export interface WorkloadLimits {
@@ -140,4 +147,5 @@ export interface FlagValues {
   consoleListen: string;
   healthListen: string;
   metricsListen: string;
+  agentListen: string;
 }

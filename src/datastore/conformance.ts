@@ -4,7 +4,9 @@ import type {
   AuthorityRecord,
   Datastore,
   IssuanceRecord,
+  JoinTokenRecord,
   NewRegistrationEntry,
+  NodeRecord,
   Revocation,
   TaskRecord,
 } from './types.js';
@@ -38,6 +40,7 @@ export function entryFixture(overrides: Partial<NewRegistrationEntry> = {}): New
     federatesWith: [],
     includeTasks: false,
     expiresAt: null,
+    node: null,
     ...overrides,
   };
 }
@@ -59,6 +62,7 @@ export function taskFixture(overrides: Partial<TaskRecord> = {}): TaskRecord {
     endedAt: null,
     endReason: null,
     createdBy: 'uid:1000 (orchestrator)',
+    node: null,
     ...overrides,
   };
 }
@@ -665,6 +669,86 @@ export function datastoreConformance(name: string, open: () => Promise<Conforman
       });
     });
 
+    describe('nodes and join tokens', () => {
+      it('entries and tasks keep their node; the same selectors may exist once per node', async () => {
+        await ds.entries.create(entryFixture(), T0);
+        const scoped = await ds.entries.create(entryFixture({ id: 'e-n1', node: 'n1' }), T0 + 1);
+        await ds.entries.create(entryFixture({ id: 'e-n2', node: 'n2' }), T0 + 2);
+        expect(scoped.node).toBe('n1');
+        await expectCode(() => ds.entries.create(entryFixture({ id: 'e-dup', node: 'n1' }), T0), 'already_exists');
+        await expectCode(() => ds.entries.update(entryFixture({ id: 'e-n2', node: 'n1' }), T0 + 3), 'already_exists');
+        const moved = await ds.entries.update(entryFixture({ id: 'e-n2', node: null, hint: 'x', selectors: [{ type: 'unix', value: 'uid:7' }] }), T0 + 3);
+        expect(moved.node).toBeNull();
+        expect((await ds.entries.list()).map((e) => [e.id, e.node])).toEqual([['e-1', null], ['e-n1', 'n1'], ['e-n2', null]]);
+        await ds.tasks.create(taskFixture({ node: 'n1', binding: { kind: 'process', pid: 77, startTime: '', descendants: false } }));
+        expect(await ds.tasks.get('a1', 't1')).toEqual(taskFixture({ node: 'n1', binding: { kind: 'process', pid: 77, startTime: '', descendants: false } }));
+        expect((await ds.tasks.finish('a1', 't1', 'revoked', T0 + 5, 'evicted')).node).toBe('n1');
+      });
+
+      it('puts, replaces and lists nodes by name, each write a node change', async () => {
+        const head = await ds.changes.head();
+        await ds.nodes.put(nodeFixture({ name: 'web-2' }));
+        await ds.nodes.put(nodeFixture());
+        const evicted = nodeFixture({ state: 'evicted', evictedAt: T0 + 9, lastSeenAt: T0 + 5 });
+        expect(await ds.nodes.put(evicted)).toEqual(evicted);
+        expect(await ds.nodes.get('web-1')).toEqual(evicted);
+        expect(await ds.nodes.get('none')).toBeUndefined();
+        expect((await ds.nodes.list()).map((n) => n.name)).toEqual(['web-1', 'web-2']);
+        expect((await ds.changes.since(head)).map((c) => [c.resource, c.key])).toEqual([
+          ['node', 'web-2'],
+          ['node', 'web-1'],
+          ['node', 'web-1'],
+        ]);
+        await expectCode(() => ds.nodes.put(nodeFixture({ state: 'gone' as never })), 'invalid_argument');
+      });
+
+      it('a join token is consumed once and only once, never when expired, and is pruned after expiry', async () => {
+        const token = joinTokenFixture();
+        expect(await ds.joinTokens.create(token)).toEqual(token);
+        await expectCode(() => ds.joinTokens.create(token), 'already_exists');
+        await expectCode(() => ds.joinTokens.consume('00'.repeat(32), T0), 'not_found');
+        const used = await ds.joinTokens.consume(token.hash, T0 + 10);
+        expect(used).toEqual({ ...token, usedAt: T0 + 10 });
+        await expectCode(() => ds.joinTokens.consume(token.hash, T0 + 11), 'failed_precondition', /already used/);
+        const late = joinTokenFixture({ hash: 'bb'.repeat(32) });
+        await ds.joinTokens.create(late);
+        // Expiry is inclusive of the instant itself.
+        await expectCode(() => ds.joinTokens.consume(late.hash, late.expiresAt + 1), 'failed_precondition', /expired/);
+        expect((await ds.joinTokens.consume(late.hash, late.expiresAt)).usedAt).toBe(late.expiresAt);
+        expect(await ds.joinTokens.prune(late.expiresAt)).toBe(0);
+        expect(await ds.joinTokens.prune(late.expiresAt + 1)).toBe(2);
+        await expectCode(() => ds.joinTokens.consume(token.hash, T0), 'not_found');
+      });
+
+      it('of concurrent consumers of one token exactly one succeeds', async () => {
+        const token = joinTokenFixture();
+        await ds.joinTokens.create(token);
+        const handles = [ds, ...(target.second ? [await target.second()] : [])];
+        try {
+          const results = await Promise.allSettled(
+            Array.from({ length: 6 }, (_, i) => handles[i % handles.length]!.joinTokens.consume(token.hash, T0 + i)),
+          );
+          expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        } finally {
+          for (const h of handles.slice(1)) await h.close();
+        }
+      });
+
+      it('a rolled-back transaction leaves the token unused and the node unwritten', async () => {
+        const token = joinTokenFixture();
+        await ds.joinTokens.create(token);
+        await expect(
+          ds.transaction(async (tx) => {
+            await tx.joinTokens.consume(token.hash, T0);
+            await tx.nodes.put(nodeFixture());
+            throw new Error('attestation failed');
+          }),
+        ).rejects.toThrow('attestation failed');
+        expect(await ds.nodes.get('web-1')).toBeUndefined();
+        expect((await ds.joinTokens.consume(token.hash, T0)).usedAt).toBe(T0);
+      });
+    });
+
     it('a reopened store returns exactly what was written (persistent stores only)', async (ctx) => {
       if (!target.reopen) return ctx.skip();
       await ds.entries.create(entryFixture({ expiresAt: T0 + 1, dnsNames: ['a.example.org'], federatesWith: ['other.org'] }), T0);
@@ -674,7 +758,10 @@ export function datastoreConformance(name: string, open: () => Promise<Conforman
       await ds.issuances.record([issuanceFixture()]);
       await ds.authorities.put(authorityFixture());
       await ds.anchors.put('ca', 'fp');
+      await ds.nodes.put(nodeFixture());
+      await ds.entries.create(entryFixture({ id: 'e-n1', node: 'web-1' }), T0);
       const read = async (d: Datastore) => ({
+        nodes: await d.nodes.list(),
         entries: await d.entries.list(),
         tasks: await d.tasks.list(),
         revocations: await d.revocations.list(),
@@ -696,6 +783,35 @@ export function datastoreConformance(name: string, open: () => Promise<Conforman
       await ds.close();
     });
   });
+}
+
+export function nodeFixture(overrides: Partial<NodeRecord> = {}): NodeRecord {
+  const name = overrides.name ?? 'web-1';
+  return {
+    name,
+    spiffeId: `${TD}/agentid/node/${name}`,
+    attestation: 'join_token',
+    state: 'active',
+    taskAgents: ['coder'],
+    createdAt: T0,
+    lastSeenAt: T0,
+    svidExpiresAt: T0 + 3_600_000,
+    evictedAt: null,
+    ...overrides,
+  };
+}
+
+export function joinTokenFixture(overrides: Partial<JoinTokenRecord> = {}): JoinTokenRecord {
+  return {
+    hash: 'aa'.repeat(32),
+    node: 'web-1',
+    taskAgents: ['coder'],
+    createdAt: T0,
+    expiresAt: T0 + 3_600_000,
+    usedAt: null,
+    createdBy: 'uid:0 (admin)',
+    ...overrides,
+  };
 }
 
 export function authorityFixture(overrides: Partial<AuthorityRecord> = {}): AuthorityRecord {

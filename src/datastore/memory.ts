@@ -4,10 +4,12 @@ import {
   FINAL_TASK_STATES,
   compareEntries,
   compareIssuances,
+  compareNodes,
   compareRevocations,
   compareTasks,
   compareText,
   isExpiredAt,
+  joinTokenRefusal,
   mergeRevocation,
   selectorSetHash,
   taskChangeKey,
@@ -18,6 +20,8 @@ import {
   type SyncAuthorityStore,
   type SyncEntryStore,
   type SyncIssuanceStore,
+  type SyncJoinTokenStore,
+  type SyncNodeStore,
   type SyncRevocationStore,
   type SyncTaskStore,
 } from './sync-engine.js';
@@ -27,7 +31,9 @@ import type {
   ChangeResource,
   Datastore,
   IssuanceRecord,
+  JoinTokenRecord,
   NewRegistrationEntry,
+  NodeRecord,
   RegistrationEntry,
   Revocation,
   TaskRecord,
@@ -51,6 +57,8 @@ class State {
   readonly issuances = new Map<string, IssuanceRecord>();
   readonly authorities = new Map<string, AuthorityRecord>();
   readonly anchors = new Map<string, string>();
+  readonly nodes = new Map<string, NodeRecord>();
+  readonly joinTokens = new Map<string, JoinTokenRecord>();
   readonly changes: Change[] = [];
   head = 0;
   /** Undo actions of the open transaction(s), newest last; null outside any transaction. */
@@ -173,9 +181,9 @@ class MemoryEntryStore implements SyncEntryStore {
   }
 
   private checkUnique(record: RegistrationEntry): void {
-    const hash = selectorSetHash(record.selectors);
+    const hash = selectorSetHash(record.selectors, record.node);
     for (const other of this.s.entries.values()) {
-      if (other.id !== record.id && other.spiffeId === record.spiffeId && selectorSetHash(other.selectors) === hash) {
+      if (other.id !== record.id && other.spiffeId === record.spiffeId && selectorSetHash(other.selectors, other.node) === hash) {
         throw alreadyExists(
           `entry: an entry with spiffe_id ${record.spiffeId} and the same selectors already exists (${other.id})`,
         );
@@ -384,6 +392,71 @@ class MemoryAnchorStore implements SyncAnchorStore {
   }
 }
 
+class MemoryNodeStore implements SyncNodeStore {
+  constructor(private readonly s: State) {}
+
+  put(node: NodeRecord): NodeRecord {
+    this.s.check();
+    if (!['active', 'evicted'].includes(node.state) || !['join_token', 'x509pop'].includes(node.attestation)) {
+      throw invalidArgument(`node: unknown state or attestation (${node.state}, ${node.attestation})`);
+    }
+    const record = copy(node);
+    this.s.atomic(() => {
+      this.s.set(this.s.nodes, record.name, record);
+      this.s.logChange('node', record.name);
+    });
+    return copy(record);
+  }
+
+  get(name: string): NodeRecord | undefined {
+    this.s.check();
+    const n = this.s.nodes.get(name);
+    return n && copy(n);
+  }
+
+  list(): NodeRecord[] {
+    this.s.check();
+    return [...this.s.nodes.values()].sort(compareNodes).map(copy);
+  }
+}
+
+class MemoryJoinTokenStore implements SyncJoinTokenStore {
+  constructor(private readonly s: State) {}
+
+  create(token: JoinTokenRecord): JoinTokenRecord {
+    this.s.check();
+    if (this.s.joinTokens.has(token.hash)) throw alreadyExists('join token already exists');
+    this.s.set(this.s.joinTokens, token.hash, copy(token));
+    return copy(token);
+  }
+
+  consume(hash: string, now: number): JoinTokenRecord {
+    this.s.check();
+    const current = this.s.joinTokens.get(hash);
+    if (!current) throw notFound('join token not found');
+    if (current.usedAt !== null || isExpiredAt(current.expiresAt, now)) {
+      throw failedPrecondition(joinTokenRefusal({ used_at: current.usedAt, expires_at: current.expiresAt })!);
+    }
+    const used = { ...copy(current), usedAt: now };
+    this.s.set(this.s.joinTokens, hash, used);
+    return copy(used);
+  }
+
+  prune(now: number): number {
+    this.s.check();
+    let n = 0;
+    this.s.atomic(() => {
+      for (const [key, t] of [...this.s.joinTokens]) {
+        if (isExpiredAt(t.expiresAt, now)) {
+          this.s.delete(this.s.joinTokens, key);
+          n++;
+        }
+      }
+    });
+    return n;
+  }
+}
+
 export function createMemoryDatastore(): Datastore {
   const s = new State();
   return asyncDatastore({
@@ -395,6 +468,8 @@ export function createMemoryDatastore(): Datastore {
       issuances: new MemoryIssuanceStore(s),
       authorities: new MemoryAuthorityStore(s),
       anchors: new MemoryAnchorStore(s),
+      nodes: new MemoryNodeStore(s),
+      joinTokens: new MemoryJoinTokenStore(s),
       changes: {
         since: (after, limit) => s.changes.filter((c) => c.revision > after).slice(0, limit).map(copy),
         head: () => s.head,

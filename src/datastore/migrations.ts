@@ -20,6 +20,39 @@ export interface Migration {
   sql: string;
 }
 
+/** The tables and columns of per-host agents (version 5), the same text on SQLite and PostgreSQL. */
+export const NODES_SQL = `
+  -- null: the entry applies on every agent and on the server's own socket; a name: only on that node's agent.
+  ALTER TABLE registration_entries ADD COLUMN node TEXT;
+  -- null: bound on the server's host; a name: bound on that node's host (the server never checks it in its /proc).
+  ALTER TABLE tasks ADD COLUMN node TEXT;
+  CREATE INDEX tasks_node ON tasks (node) WHERE node IS NOT NULL;
+
+  CREATE TABLE nodes (
+    name            TEXT   NOT NULL PRIMARY KEY,
+    spiffe_id       TEXT   NOT NULL,
+    attestation     TEXT   NOT NULL CHECK (attestation IN ('join_token', 'x509pop')),
+    state           TEXT   NOT NULL CHECK (state IN ('active', 'evicted')),
+    task_agents     TEXT   NOT NULL,  -- JSON array of agent namespaces
+    created_at      BIGINT NOT NULL,
+    last_seen_at    BIGINT NOT NULL,
+    svid_expires_at BIGINT NOT NULL,
+    evicted_at      BIGINT
+  );
+
+  -- The SHA-256 of each join token, never the token; a row is used at most once (used_at).
+  CREATE TABLE join_tokens (
+    hash        TEXT   NOT NULL PRIMARY KEY,
+    node        TEXT   NOT NULL,
+    task_agents TEXT   NOT NULL,  -- JSON array of agent namespaces
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT,
+    created_by  TEXT   NOT NULL
+  );
+  CREATE INDEX join_tokens_expires_at ON join_tokens (expires_at);
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -131,6 +164,25 @@ export const MIGRATIONS: readonly Migration[] = [
         name  TEXT NOT NULL PRIMARY KEY,
         value TEXT NOT NULL
       );
+    `,
+  },
+  {
+    version: 5,
+    description: 'nodes, join tokens, entry and task node',
+    sql: `${NODES_SQL}
+      -- The change feed learns resource 'node'. SQLite cannot change a CHECK constraint in place:
+      -- the table is rebuilt, and its AUTOINCREMENT sequence carried over, so no revision is ever
+      -- reused (the head survives pruning of every row).
+      CREATE TABLE changes_v5 (
+        revision INTEGER PRIMARY KEY AUTOINCREMENT,
+        resource TEXT NOT NULL CHECK (resource IN ('entry', 'task', 'revocation', 'authority', 'node')),
+        key      TEXT NOT NULL
+      );
+      INSERT INTO changes_v5 (revision, resource, key) SELECT revision, resource, key FROM changes ORDER BY revision;
+      DELETE FROM sqlite_sequence WHERE name = 'changes_v5';
+      INSERT INTO sqlite_sequence (name, seq) SELECT 'changes_v5', seq FROM sqlite_sequence WHERE name = 'changes';
+      DROP TABLE changes;
+      ALTER TABLE changes_v5 RENAME TO changes;
     `,
   },
 ];

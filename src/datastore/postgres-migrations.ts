@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from '../common/logger.js';
-import { checkOrder, MIGRATIONS, refuseNewer, type Migration } from './migrations.js';
+import { checkOrder, MIGRATIONS, NODES_SQL, refuseNewer, type Migration } from './migrations.js';
 
 /*
  * The PostgreSQL schema follows the SQLite migrations version for version (same numbers, same
@@ -10,7 +10,8 @@ import { checkOrder, MIGRATIONS, refuseNewer, type Migration } from './migration
  * names a migration, so a renamed or renumbered one cannot silently fall back to SQLite's text):
  *  - the change feed: changes.revision is an identity column (SQLite: INTEGER PRIMARY KEY
  *    AUTOINCREMENT). Both never reuse a revision; only PostgreSQL needs the advisory lock of
- *    postgres.ts to make revisions also become visible in order.
+ *    postgres.ts to make revisions also become visible in order. Version 5 widens its resource
+ *    check in place (SQLite rebuilds the table).
  */
 export const POSTGRES_SQL: Readonly<Record<string, string>> = {
   'change feed, task ID index, published authorities, anchors': `
@@ -34,6 +35,11 @@ export const POSTGRES_SQL: Readonly<Record<string, string>> = {
       name  TEXT NOT NULL PRIMARY KEY,
       value TEXT NOT NULL
     );
+  `,
+  'nodes, join tokens, entry and task node': `${NODES_SQL}
+    ALTER TABLE changes DROP CONSTRAINT changes_resource_check;
+    ALTER TABLE changes ADD CONSTRAINT changes_resource_check
+      CHECK (resource IN ('entry', 'task', 'revocation', 'authority', 'node'));
   `,
 };
 

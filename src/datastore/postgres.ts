@@ -11,7 +11,7 @@ import {
 import { silentLogger, type Logger } from '../common/logger.js';
 import { applyPostgresMigrations } from './postgres-migrations.js';
 import { describePostgresUrl } from './postgres-url.js';
-import { FINAL_TASK_STATES, taskChangeKey } from './rules.js';
+import { FINAL_TASK_STATES, joinTokenRefusal, taskChangeKey } from './rules.js';
 import {
   AUTHORITY_COLUMNS,
   authorityFromRow,
@@ -24,6 +24,12 @@ import {
   ISSUANCE_COLUMNS,
   issuanceFromRow,
   issuanceToRow,
+  JOIN_TOKEN_COLUMNS,
+  joinTokenFromRow,
+  joinTokenToRow,
+  NODE_COLUMNS,
+  nodeFromRow,
+  nodeToRow,
   REVOCATION_COLUMNS,
   revocationFromRow,
   revocationToRow,
@@ -33,6 +39,8 @@ import {
   type AuthorityRow,
   type EntryRow,
   type IssuanceRow,
+  type JoinTokenRow,
+  type NodeRow,
   type RevocationRow,
   type TaskRow,
 } from './sql-rows.js';
@@ -47,7 +55,11 @@ import type {
   EntryStore,
   IssuanceRecord,
   IssuanceStore,
+  JoinTokenRecord,
+  JoinTokenStore,
   NewRegistrationEntry,
+  NodeRecord,
+  NodeStore,
   RegistrationEntry,
   Revocation,
   RevocationStore,
@@ -271,12 +283,12 @@ class PgEntryStore implements EntryStore {
         const { rows } = await q.query<EntryRow>(
           `UPDATE registration_entries SET spiffe_id = $2, selectors = $3, selectors_hash = $4, x509_ttl_ms = $5,
              jwt_ttl_ms = $6, hint = $7, dns_names = $8, federates_with = $9, include_tasks = $10, expires_at = $11,
-             updated_at = $12, revision = $13
+             updated_at = $12, revision = $13, node = $14
            WHERE id = $1 RETURNING ${columns(ENTRY_COLUMNS)}`,
           [
             attempted.id, attempted.spiffe_id, attempted.selectors, attempted.selectors_hash, attempted.x509_ttl_ms,
             attempted.jwt_ttl_ms, attempted.hint, attempted.dns_names, attempted.federates_with, attempted.include_tasks,
-            attempted.expires_at, attempted.updated_at, attempted.revision,
+            attempted.expires_at, attempted.updated_at, attempted.revision, attempted.node,
           ],
         );
         await appendChanges(q, 'entry', [entry.id]);
@@ -573,6 +585,90 @@ class PgAnchorStore implements AnchorStore {
   }
 }
 
+class PgNodeStore implements NodeStore {
+  private readonly records: RecordReader<NodeRow, NodeRecord>;
+
+  constructor(private readonly x: Executor) {
+    this.records = new RecordReader(x, 'nodes', NODE_COLUMNS, nodeFromRow);
+  }
+
+  async put(node: NodeRecord): Promise<NodeRecord> {
+    const row = nodeToRow(node);
+    try {
+      return await this.x.write('put node', { changes: true }, async (q) => {
+        const { rows } = await q.query<NodeRow>(
+          `INSERT INTO nodes (${columns(NODE_COLUMNS)}) VALUES (${placeholders(NODE_COLUMNS.length)})
+           ON CONFLICT (name) DO UPDATE SET spiffe_id = excluded.spiffe_id, attestation = excluded.attestation, state = excluded.state,
+             task_agents = excluded.task_agents, created_at = excluded.created_at, last_seen_at = excluded.last_seen_at,
+             svid_expires_at = excluded.svid_expires_at, evicted_at = excluded.evicted_at
+           RETURNING ${columns(NODE_COLUMNS)}`,
+          valuesOf(row, NODE_COLUMNS),
+        );
+        await appendChanges(q, 'node', [node.name]);
+        return nodeFromRow(rows[0]!);
+      });
+    } catch (err) {
+      if (err instanceof AgentIdError && sqlState(err.cause) === '23514') {
+        throw invalidArgument(`node: unknown state or attestation (${node.state}, ${node.attestation})`);
+      }
+      throw err;
+    }
+  }
+
+  async get(name: string): Promise<NodeRecord | undefined> {
+    return this.records.one('get node', 'name = $1', [name]);
+  }
+
+  async list(): Promise<NodeRecord[]> {
+    return this.records.all('list nodes', 'ORDER BY name COLLATE "C"');
+  }
+}
+
+class PgJoinTokenStore implements JoinTokenStore {
+  constructor(private readonly x: Executor) {}
+
+  async create(token: JoinTokenRecord): Promise<JoinTokenRecord> {
+    const row = joinTokenToRow(token);
+    try {
+      return await this.x.write('create join token', { changes: false }, async (q) => {
+        const { rows } = await q.query<JoinTokenRow>(
+          `INSERT INTO join_tokens (${columns(JOIN_TOKEN_COLUMNS)}) VALUES (${placeholders(JOIN_TOKEN_COLUMNS.length)})
+           RETURNING ${columns(JOIN_TOKEN_COLUMNS)}`,
+          valuesOf(row, JOIN_TOKEN_COLUMNS),
+        );
+        return joinTokenFromRow(rows[0]!);
+      });
+    } catch (err) {
+      if (err instanceof AgentIdError && sqlState(err.cause) === '23505') throw alreadyExists('join token already exists');
+      throw err;
+    }
+  }
+
+  async consume(hash: string, now: number): Promise<JoinTokenRecord> {
+    return this.x.write('consume join token', { changes: false }, async (q) => {
+      // The conditions in the UPDATE are what make a token one-time: of two concurrent uses, the
+      // second waits for the first's row lock, re-checks used_at, and matches nothing.
+      const { rows } = await q.query<JoinTokenRow>(
+        `UPDATE join_tokens SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND expires_at >= $1
+         RETURNING ${columns(JOIN_TOKEN_COLUMNS)}`,
+        [now, hash],
+      );
+      if (rows[0]) return joinTokenFromRow(rows[0]);
+      const found = await q.query<JoinTokenRow>(`SELECT ${columns(JOIN_TOKEN_COLUMNS)} FROM join_tokens WHERE hash = $1`, [hash]);
+      const refusal = joinTokenRefusal(found.rows[0]);
+      if (!refusal) throw notFound('join token not found');
+      throw failedPrecondition(refusal);
+    });
+  }
+
+  async prune(now: number): Promise<number> {
+    return this.x.write('prune join tokens', { changes: false }, async (q) => {
+      const result = await q.query('DELETE FROM join_tokens WHERE expires_at < $1', [now]);
+      return result.rowCount ?? 0;
+    });
+  }
+}
+
 class PgStores implements Stores {
   readonly entries: EntryStore;
   readonly tasks: TaskStore;
@@ -580,8 +676,12 @@ class PgStores implements Stores {
   readonly issuances: IssuanceStore;
   readonly authorities: AuthorityStore;
   readonly anchors: AnchorStore;
+  readonly nodes: NodeStore;
+  readonly joinTokens: JoinTokenStore;
 
   constructor(x: Executor) {
+    this.nodes = new PgNodeStore(x);
+    this.joinTokens = new PgJoinTokenStore(x);
     this.entries = new PgEntryStore(x);
     this.tasks = new PgTaskStore(x);
     this.revocations = new PgRevocationStore(x);
@@ -883,6 +983,8 @@ class PostgresDatastore implements Datastore {
   readonly issuances: IssuanceStore;
   readonly authorities: AuthorityStore;
   readonly anchors: AnchorStore;
+  readonly nodes: NodeStore;
+  readonly joinTokens: JoinTokenStore;
   readonly changes: PgChangeFeed;
   private readonly x: PoolExecutor;
   private closed = false;
@@ -909,6 +1011,8 @@ class PostgresDatastore implements Datastore {
       issuances: this.issuances,
       authorities: this.authorities,
       anchors: this.anchors,
+      nodes: this.nodes,
+      joinTokens: this.joinTokens,
     } = new PgStores(this.x));
   }
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { normalizeSelectors, selectorKey, type Selector } from '../spiffe/selector.js';
-import type { IssuanceRecord, RegistrationEntry, Revocation, TaskRecord } from './types.js';
+import type { IssuanceRecord, NodeRecord, RegistrationEntry, Revocation, TaskRecord } from './types.js';
 
 /*
  * Semantics shared by every Datastore implementation, so that memory, SQLite (and later
@@ -31,12 +31,18 @@ export function compareIssuances(a: IssuanceRecord, b: IssuanceRecord): number {
 
 /**
  * Identity of an entry's selector set for the uniqueness rule (same SPIFFE ID + same selectors
- * is a duplicate, as in SPIRE). Hashed so a unique index stays small whatever the selector count
- * (PostgreSQL limits btree keys to about 2.7 kB).
+ * + same node is a duplicate, as in SPIRE, where the parent counts too). Hashed so a unique index
+ * stays small whatever the selector count (PostgreSQL limits btree keys to about 2.7 kB). An entry
+ * without a node hashes its selectors alone, so rows written before nodes existed keep their hash;
+ * a node-scoped entry adds a line no selector can produce ("type:value" always has a colon).
  */
-export function selectorSetHash(selectors: readonly Selector[]): string {
+export function selectorSetHash(selectors: readonly Selector[], node: string | null = null): string {
   const canonical = normalizeSelectors(selectors).map(selectorKey).join('\n');
-  return createHash('sha256').update(canonical).digest('hex');
+  return createHash('sha256').update(node === null ? canonical : `${canonical}\n@node ${node}`).digest('hex');
+}
+
+export function compareNodes(a: NodeRecord, b: NodeRecord): number {
+  return compareText(a.name, b.name);
 }
 
 /**
@@ -90,3 +96,9 @@ export function parseTaskChangeKey(key: string): { agent: string; id: string } {
 }
 
 export const FINAL_TASK_STATES: ReadonlySet<string> = new Set(['ended', 'revoked', 'expired']);
+
+/** Why a join token could not be consumed (it exists): the message every store gives. */
+export function joinTokenRefusal(row: { used_at: number | null; expires_at: number } | undefined): string | undefined {
+  if (!row) return undefined;
+  return row.used_at !== null ? 'join token already used' : 'join token expired';
+}

@@ -3,6 +3,10 @@ import { selectorSetHash } from './rules.js';
 import type {
   AuthorityRecord,
   IssuanceRecord,
+  JoinTokenRecord,
+  NodeAttestation,
+  NodeRecord,
+  NodeState,
   RegistrationEntry,
   Revocation,
   TaskBinding,
@@ -29,6 +33,7 @@ export interface EntryRow {
   /** 0/1 in SQLite, a boolean in PostgreSQL. */
   include_tasks: number | boolean;
   expires_at: number | null;
+  node: string | null;
   created_at: number;
   updated_at: number;
   revision: number;
@@ -48,6 +53,7 @@ export interface TaskRow {
   ended_at: number | null;
   end_reason: string | null;
   created_by: string;
+  node: string | null;
 }
 
 export interface RevocationRow {
@@ -77,14 +83,36 @@ export interface AuthorityRow {
   retire_at: number | null;
 }
 
+export interface NodeRow {
+  name: string;
+  spiffe_id: string;
+  attestation: NodeAttestation;
+  state: NodeState;
+  task_agents: string;
+  created_at: number;
+  last_seen_at: number;
+  svid_expires_at: number;
+  evicted_at: number | null;
+}
+
+export interface JoinTokenRow {
+  hash: string;
+  node: string;
+  task_agents: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+  created_by: string;
+}
+
 /** Column order of each table's INSERT (and of its SELECT lists). */
 export const ENTRY_COLUMNS = [
   'id', 'spiffe_id', 'selectors', 'selectors_hash', 'x509_ttl_ms', 'jwt_ttl_ms', 'hint', 'dns_names',
-  'federates_with', 'include_tasks', 'expires_at', 'created_at', 'updated_at', 'revision',
+  'federates_with', 'include_tasks', 'expires_at', 'node', 'created_at', 'updated_at', 'revision',
 ] as const satisfies readonly (keyof EntryRow)[];
 export const TASK_COLUMNS = [
   'agent', 'id', 'spiffe_id', 'binding', 'metadata', 'state', 'x509_ttl_ms', 'jwt_ttl_ms', 'created_at',
-  'expires_at', 'ended_at', 'end_reason', 'created_by',
+  'expires_at', 'ended_at', 'end_reason', 'created_by', 'node',
 ] as const satisfies readonly (keyof TaskRow)[];
 export const REVOCATION_COLUMNS = [
   'spiffe_id', 'reason', 'revoked_at', 'revoked_by', 'keep_until',
@@ -95,6 +123,13 @@ export const ISSUANCE_COLUMNS = [
 export const AUTHORITY_COLUMNS = [
   'server_id', 'x509_authorities', 'jwt_keys', 'crls', 'updated_at', 'retire_at',
 ] as const satisfies readonly (keyof AuthorityRow)[];
+
+export const NODE_COLUMNS = [
+  'name', 'spiffe_id', 'attestation', 'state', 'task_agents', 'created_at', 'last_seen_at', 'svid_expires_at', 'evicted_at',
+] as const satisfies readonly (keyof NodeRow)[];
+export const JOIN_TOKEN_COLUMNS = [
+  'hash', 'node', 'task_agents', 'created_at', 'expires_at', 'used_at', 'created_by',
+] as const satisfies readonly (keyof JoinTokenRow)[];
 
 /** A column list for SQL text, optionally qualified ("i." for a join). */
 export const columns = (cols: readonly string[], prefix = ''): string => cols.map((c) => `${prefix}${c}`).join(', ');
@@ -111,6 +146,7 @@ export function entryFromRow(r: EntryRow): RegistrationEntry {
     federatesWith: JSON.parse(r.federates_with) as string[],
     includeTasks: r.include_tasks === true || r.include_tasks === 1,
     expiresAt: r.expires_at,
+    node: r.node,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
     revision: r.revision,
@@ -124,7 +160,7 @@ export function entryToRow(e: RegistrationEntry): EntryRow {
     id: e.id,
     spiffe_id: e.spiffeId,
     selectors: JSON.stringify(selectors),
-    selectors_hash: selectorSetHash(selectors),
+    selectors_hash: selectorSetHash(selectors, e.node),
     x509_ttl_ms: e.x509TtlMs,
     jwt_ttl_ms: e.jwtTtlMs,
     hint: e.hint,
@@ -133,6 +169,7 @@ export function entryToRow(e: RegistrationEntry): EntryRow {
     // better-sqlite3 binds no booleans; PostgreSQL reads '1'/'0' as a boolean.
     include_tasks: e.includeTasks ? 1 : 0,
     expires_at: e.expiresAt,
+    node: e.node,
     created_at: e.createdAt,
     updated_at: e.updatedAt,
     revision: e.revision,
@@ -154,6 +191,7 @@ export function taskFromRow(r: TaskRow): TaskRecord {
     endedAt: r.ended_at,
     endReason: r.end_reason,
     createdBy: r.created_by,
+    node: r.node,
   };
 }
 
@@ -172,6 +210,7 @@ export function taskToRow(t: TaskRecord): TaskRow {
     ended_at: t.endedAt,
     end_reason: t.endReason,
     created_by: t.createdBy,
+    node: t.node,
   };
 }
 
@@ -227,6 +266,50 @@ export const authorityToRow = (a: AuthorityRecord): AuthorityRow => ({
   crls: JSON.stringify(a.crls),
   updated_at: a.updatedAt,
   retire_at: a.retireAt,
+});
+
+export const nodeFromRow = (r: NodeRow): NodeRecord => ({
+  name: r.name,
+  spiffeId: r.spiffe_id,
+  attestation: r.attestation,
+  state: r.state,
+  taskAgents: JSON.parse(r.task_agents) as string[],
+  createdAt: r.created_at,
+  lastSeenAt: r.last_seen_at,
+  svidExpiresAt: r.svid_expires_at,
+  evictedAt: r.evicted_at,
+});
+
+export const nodeToRow = (n: NodeRecord): NodeRow => ({
+  name: n.name,
+  spiffe_id: n.spiffeId,
+  attestation: n.attestation,
+  state: n.state,
+  task_agents: JSON.stringify(n.taskAgents),
+  created_at: n.createdAt,
+  last_seen_at: n.lastSeenAt,
+  svid_expires_at: n.svidExpiresAt,
+  evicted_at: n.evictedAt,
+});
+
+export const joinTokenFromRow = (r: JoinTokenRow): JoinTokenRecord => ({
+  hash: r.hash,
+  node: r.node,
+  taskAgents: JSON.parse(r.task_agents) as string[],
+  createdAt: r.created_at,
+  expiresAt: r.expires_at,
+  usedAt: r.used_at,
+  createdBy: r.created_by,
+});
+
+export const joinTokenToRow = (t: JoinTokenRecord): JoinTokenRow => ({
+  hash: t.hash,
+  node: t.node,
+  task_agents: JSON.stringify(t.taskAgents),
+  created_at: t.createdAt,
+  expires_at: t.expiresAt,
+  used_at: t.usedAt,
+  created_by: t.createdBy,
 });
 
 /** The message both SQL stores give for an entry that duplicates another's identity. */

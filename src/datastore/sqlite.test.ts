@@ -10,6 +10,7 @@ import {
   entryFixture,
   expectCode,
   issuanceFixture,
+  nodeFixture,
   revocationFixture,
   taskFixture,
 } from './conformance.js';
@@ -112,12 +113,32 @@ describe('sqlite datastore', () => {
       const rows = db.prepare('SELECT version, description FROM schema_migrations ORDER BY version').all();
       expect(rows).toEqual(MIGRATIONS.map((m) => ({ version: m.version, description: m.description })));
       const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all();
-      expect(tables).toEqual(['anchors', 'authorities', 'changes', 'integrity_anchor', 'issuances', 'registration_entries', 'revocations', 'schema_migrations', 'sqlite_sequence', 'tasks']);
+      expect(tables).toEqual(['anchors', 'authorities', 'changes', 'integrity_anchor', 'issuances', 'join_tokens', 'nodes', 'registration_entries', 'revocations', 'schema_migrations', 'sqlite_sequence', 'tasks']);
     } finally {
       db.close();
     }
     // And the datastore opens the already migrated file.
     expect(await openDs().entries.list()).toEqual([]);
+  });
+
+  it('version 5 keeps the change feed of a version-4 database: rows, pruned head, and no revision reused', async () => {
+    const db = new BetterSqlite3(file);
+    try {
+      applyMigrations(db, { migrations: MIGRATIONS.slice(0, 4) });
+      const add = db.prepare('INSERT INTO changes (resource, key) VALUES (?, ?)');
+      for (let i = 0; i < 5; i++) add.run('entry', `e-${i}`);
+      db.prepare('DELETE FROM changes WHERE revision < 4').run();
+      db.prepare("INSERT INTO tasks (agent, id, spiffe_id, binding, metadata, state, x509_ttl_ms, jwt_ttl_ms, created_at, expires_at, created_by) VALUES ('a1', 't0', 'spiffe://example.org/agent/a1/task/t0', '{}', '{}', 'active', 1, 1, 1, 2, 'old')").run();
+      expect(applyMigrations(db)).toEqual({ from: 4, to: SCHEMA_VERSION });
+    } finally {
+      db.close();
+    }
+    const ds = openDs();
+    expect(await ds.changes.head()).toBe(5);
+    expect((await ds.changes.since(0)).map((c) => [c.revision, c.key])).toEqual([[4, 'e-3'], [5, 'e-4']]);
+    expect((await ds.tasks.get('a1', 't0'))?.node).toBeNull();
+    await ds.nodes.put(nodeFixture());
+    expect(await ds.changes.since(5)).toEqual([{ revision: 6, resource: 'node', key: 'web-1' }]);
   });
 
   it('refuses a database written by a newer schema version, naming both versions', async () => {

@@ -12,7 +12,7 @@ import {
 } from '../common/errors.js';
 import { silentLogger, type Logger } from '../common/logger.js';
 import { applyMigrations } from './migrations.js';
-import { FINAL_TASK_STATES, mergeRevocation, taskChangeKey } from './rules.js';
+import { FINAL_TASK_STATES, joinTokenRefusal, mergeRevocation, taskChangeKey } from './rules.js';
 import {
   AUTHORITY_COLUMNS,
   authorityFromRow,
@@ -25,6 +25,12 @@ import {
   ISSUANCE_COLUMNS,
   issuanceFromRow,
   issuanceToRow,
+  JOIN_TOKEN_COLUMNS,
+  joinTokenFromRow,
+  joinTokenToRow,
+  NODE_COLUMNS,
+  nodeFromRow,
+  nodeToRow,
   REVOCATION_COLUMNS,
   revocationFromRow,
   revocationToRow,
@@ -34,6 +40,8 @@ import {
   type AuthorityRow,
   type EntryRow,
   type IssuanceRow,
+  type JoinTokenRow,
+  type NodeRow,
   type RevocationRow,
   type TaskRow,
 } from './sql-rows.js';
@@ -44,6 +52,8 @@ import {
   type SyncEngine,
   type SyncEntryStore,
   type SyncIssuanceStore,
+  type SyncJoinTokenStore,
+  type SyncNodeStore,
   type SyncRevocationStore,
   type SyncStores,
   type SyncTaskStore,
@@ -54,7 +64,9 @@ import type {
   ChangeResource,
   Datastore,
   IssuanceRecord,
+  JoinTokenRecord,
   NewRegistrationEntry,
+  NodeRecord,
   RegistrationEntry,
   Revocation,
   TaskRecord,
@@ -159,7 +171,7 @@ class SqliteEntryStore implements SyncEntryStore {
     this.replace = db.prepare(
       `UPDATE registration_entries SET spiffe_id = @spiffe_id, selectors = @selectors, selectors_hash = @selectors_hash,
          x509_ttl_ms = @x509_ttl_ms, jwt_ttl_ms = @jwt_ttl_ms, hint = @hint, dns_names = @dns_names,
-         federates_with = @federates_with, include_tasks = @include_tasks, expires_at = @expires_at, updated_at = @updated_at, revision = @revision
+         federates_with = @federates_with, include_tasks = @include_tasks, expires_at = @expires_at, node = @node, updated_at = @updated_at, revision = @revision
        WHERE id = @id`,
     );
     this.remove = db.prepare('DELETE FROM registration_entries WHERE id = ?');
@@ -545,6 +557,101 @@ class SqliteAnchorStore implements SyncAnchorStore {
   }
 }
 
+class SqliteNodeStore implements SyncNodeStore {
+  private readonly upsert: Statement;
+  private readonly byName: Statement<[string], NodeRow>;
+  private readonly all: Statement<[], NodeRow>;
+
+  constructor(
+    private readonly db: Db,
+    private readonly log: ChangeLog,
+  ) {
+    this.upsert = db.prepare(
+      `INSERT INTO nodes (${columns(NODE_COLUMNS)}) VALUES (${columns(NODE_COLUMNS, '@')})
+       ON CONFLICT (name) DO UPDATE SET spiffe_id = excluded.spiffe_id, attestation = excluded.attestation, state = excluded.state,
+         task_agents = excluded.task_agents, created_at = excluded.created_at, last_seen_at = excluded.last_seen_at,
+         svid_expires_at = excluded.svid_expires_at, evicted_at = excluded.evicted_at`,
+    );
+    this.byName = db.prepare(`SELECT ${columns(NODE_COLUMNS)} FROM nodes WHERE name = ?`);
+    this.all = db.prepare(`SELECT ${columns(NODE_COLUMNS)} FROM nodes ORDER BY name`);
+  }
+
+  put(node: NodeRecord): NodeRecord {
+    return guard(this.db, 'put node', () =>
+      this.db
+        .transaction(() => {
+          try {
+            this.upsert.run(nodeToRow(node));
+          } catch (err) {
+            if (sqliteCode(err) === 'SQLITE_CONSTRAINT_CHECK') throw invalidArgument(`node: unknown state or attestation (${node.state}, ${node.attestation})`);
+            throw err;
+          }
+          this.log.add('node', node.name);
+          return this.get(node.name)!;
+        })
+        .immediate(),
+    );
+  }
+
+  get(name: string): NodeRecord | undefined {
+    return guard(this.db, 'get node', () => {
+      const row = this.byName.get(name);
+      return row && nodeFromRow(row);
+    });
+  }
+
+  list(): NodeRecord[] {
+    return guard(this.db, 'list nodes', () => this.all.all().map(nodeFromRow));
+  }
+}
+
+class SqliteJoinTokenStore implements SyncJoinTokenStore {
+  private readonly insert: Statement;
+  private readonly use: Statement<[number, string, number], JoinTokenRow>;
+  private readonly byHash: Statement<[string], JoinTokenRow>;
+  private readonly expired: Statement<[number]>;
+
+  constructor(private readonly db: Db) {
+    this.insert = db.prepare(`INSERT INTO join_tokens (${columns(JOIN_TOKEN_COLUMNS)}) VALUES (${columns(JOIN_TOKEN_COLUMNS, '@')})`);
+    // The conditions in the UPDATE are what make a token one-time: two concurrent uses cannot both match.
+    this.use = db.prepare(
+      `UPDATE join_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at >= ? RETURNING ${columns(JOIN_TOKEN_COLUMNS)}`,
+    );
+    this.byHash = db.prepare(`SELECT ${columns(JOIN_TOKEN_COLUMNS)} FROM join_tokens WHERE hash = ?`);
+    this.expired = db.prepare('DELETE FROM join_tokens WHERE expires_at < ?');
+  }
+
+  create(token: JoinTokenRecord): JoinTokenRecord {
+    return guard(this.db, 'create join token', () => {
+      try {
+        this.insert.run(joinTokenToRow(token));
+      } catch (err) {
+        if (sqliteCode(err) === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw alreadyExists('join token already exists');
+        throw err;
+      }
+      return joinTokenFromRow(this.byHash.get(token.hash)!);
+    });
+  }
+
+  consume(hash: string, now: number): JoinTokenRecord {
+    return guard(this.db, 'consume join token', () =>
+      this.db
+        .transaction(() => {
+          const row = this.use.get(now, hash, now);
+          if (row) return joinTokenFromRow(row);
+          const refusal = joinTokenRefusal(this.byHash.get(hash));
+          if (!refusal) throw notFound('join token not found');
+          throw failedPrecondition(refusal);
+        })
+        .immediate(),
+    );
+  }
+
+  prune(now: number): number {
+    return guard(this.db, 'prune join tokens', () => this.expired.run(now).changes);
+  }
+}
+
 /**
  * Creates the file owner-only (0600) before SQLite touches it: it holds the registration data
  * that decides who gets which identity. SQLite gives the -wal and -shm files the main file's mode.
@@ -602,6 +709,8 @@ export function openSqliteDatastore(file: string, opts: SqliteDatastoreOptions =
     issuances: new SqliteIssuanceStore(db),
     authorities: new SqliteAuthorityStore(db, log),
     anchors: new SqliteAnchorStore(db),
+    nodes: new SqliteNodeStore(db, log),
+    joinTokens: new SqliteJoinTokenStore(db),
     changes: log,
   };
   const ping = db.prepare('SELECT 1');

@@ -3,6 +3,8 @@ import type {
   AnchorStore,
   AuthorityStore,
   Change,
+  JoinTokenStore,
+  NodeStore,
   ChangeFeed,
   Datastore,
   EntryStore,
@@ -32,6 +34,8 @@ export interface SyncStores {
   issuances: Sync<IssuanceStore>;
   authorities: Sync<AuthorityStore>;
   anchors: Sync<AnchorStore>;
+  nodes: Sync<NodeStore>;
+  joinTokens: Sync<JoinTokenStore>;
   changes: { since(after: number, limit: number): Change[]; head(): number; prune(beforeRevision: number): number };
 }
 
@@ -54,10 +58,12 @@ const METHODS = {
   issuances: ['record', 'listForSpiffeId', 'latestNotAfter', 'listRevokedUnexpired', 'countForSpiffeId', 'prune'],
   authorities: ['put', 'get', 'list', 'prune'],
   anchors: ['get', 'put'],
+  nodes: ['put', 'get', 'list'],
+  joinTokens: ['create', 'consume', 'prune'],
 } as const satisfies { [K in keyof Stores]: readonly (keyof Stores[K])[] };
 
 /** Methods that can append to the change feed. */
-const WRITES = new Set(['create', 'update', 'delete', 'finish', 'add', 'prune', 'put']);
+const WRITES = new Set(['create', 'update', 'delete', 'finish', 'add', 'prune', 'put', 'consume']);
 
 type Call = <T>(what: string, write: boolean, fn: () => T) => Promise<T>;
 
@@ -183,3 +189,5 @@ export type SyncRevocationStore = SyncStores['revocations'];
 export type SyncIssuanceStore = SyncStores['issuances'];
 export type SyncAuthorityStore = SyncStores['authorities'];
 export type SyncAnchorStore = SyncStores['anchors'];
+export type SyncNodeStore = SyncStores['nodes'];
+export type SyncJoinTokenStore = SyncStores['joinTokens'];

@@ -25,6 +25,11 @@ export interface RegistrationEntry {
   includeTasks: boolean;
   /** The entry stops matching at this time; null for never. */
   expiresAt: number | null;
+  /**
+   * The node (per-host agent) this entry is limited to. null: every agent and the server's own
+   * Workload API socket; a name: only that node's agent, never the server's socket.
+   */
+  node: string | null;
   createdAt: number;
   updatedAt: number;
   /** Incremented on every update; lets updates detect a concurrent change. */
@@ -69,6 +74,12 @@ export interface TaskRecord {
   endReason: string | null;
   /** Who started it: "uid:1000 (orchestrator)". */
   createdBy: string;
+  /**
+   * The host the binding refers to. null: the server's own host (its /proc decides liveness);
+   * a node name: that node's host. The server never checks such a task against its own /proc and
+   * never matches it to its own callers; only that node's agent serves it.
+   */
+  node: string | null;
 }
 
 export interface Revocation {
@@ -112,14 +123,49 @@ export interface AuthorityRecord {
   retireAt: number | null;
 }
 
+export type NodeAttestation = 'join_token' | 'x509pop';
+export type NodeState = 'active' | 'evicted';
+
+/** A host running `agentid agent`, known once it attested. */
+export interface NodeRecord {
+  /** A SPIFFE ID path segment; the node's SPIFFE ID is spiffe://<td>/agentid/node/<name>. */
+  name: string;
+  spiffeId: string;
+  /** How it last attested. */
+  attestation: NodeAttestation;
+  state: NodeState;
+  /** Agent namespaces whose tasks the node's agent may start for local orchestrators ([]: none). */
+  taskAgents: string[];
+  createdAt: number;
+  /** Last attestation or node SVID renewal. */
+  lastSeenAt: number;
+  /** notAfter of the node SVID issued last. */
+  svidExpiresAt: number;
+  evictedAt: number | null;
+}
+
+/** A one-time join token, stored by its SHA-256 only: the token itself is never kept. */
+export interface JoinTokenRecord {
+  /** Lowercase hex SHA-256 of the token. */
+  hash: string;
+  node: string;
+  /** Granted to the node when it attests with this token. */
+  taskAgents: string[];
+  createdAt: number;
+  expiresAt: number;
+  usedAt: number | null;
+  /** "uid:0 (admin)" */
+  createdBy: string;
+}
+
 /** What a change-feed row names; the reader re-reads the current record for it. */
-export type ChangeResource = 'entry' | 'task' | 'revocation' | 'authority';
+export type ChangeResource = 'entry' | 'task' | 'revocation' | 'authority' | 'node';
 
 export interface Change {
   /** Strictly increasing across the whole store (every writer, every server). */
   revision: number;
   resource: ChangeResource;
-  /** entry: id; task: "<agent>/<id>"; revocation: SPIFFE ID; authority: server ID. */
+  /** entry: id; task: "<agent>/<id>"; revocation: SPIFFE ID; authority: server ID; node: node name. */
   key: string;
 }
 
@@ -179,6 +225,26 @@ export interface AuthorityStore {
   prune(now: number): Promise<number>;
 }
 
+export interface NodeStore {
+  /** Creates or replaces the node's record (attestation, renewal, eviction). */
+  put(node: NodeRecord): Promise<NodeRecord>;
+  get(name: string): Promise<NodeRecord | undefined>;
+  /** By name. */
+  list(): Promise<NodeRecord[]>;
+}
+
+export interface JoinTokenStore {
+  /** Fails with already_exists when a token with this hash exists. */
+  create(token: JoinTokenRecord): Promise<JoinTokenRecord>;
+  /**
+   * Marks the token used, once: a conditional update (unused and unexpired at `now`) in one
+   * transaction. not_found for an unknown hash; failed_precondition when used or expired.
+   */
+  consume(hash: string, now: number): Promise<JoinTokenRecord>;
+  /** Drops tokens that expired before `now` (used or not); returns how many. */
+  prune(now: number): Promise<number>;
+}
+
 /**
  * Small named values that tie the datastore to the rest of the server's state (for example the CA
  * root fingerprint and the audit chain head), so a replaced or rolled-back database is noticed.
@@ -211,6 +277,8 @@ export interface Stores {
   readonly issuances: IssuanceStore;
   readonly authorities: AuthorityStore;
   readonly anchors: AnchorStore;
+  readonly nodes: NodeStore;
+  readonly joinTokens: JoinTokenStore;
 }
 
 export interface Datastore extends Stores {

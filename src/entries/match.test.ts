@@ -20,6 +20,7 @@ function entry(id: string, spiffePath: string, selectors: string[], extra: Parti
     createdAt: NOW,
     updatedAt: NOW,
     revision: 1,
+    node: null,
     ...extra,
   };
 }
@@ -105,6 +106,23 @@ describe('EntryIndex', () => {
     index.replace([]);
     expect(index.size).toBe(0);
     expect(index.get('e1')).toBeUndefined();
+  });
+
+  it('entries limited to a node match only on that node\'s agent, never on the server\'s socket', () => {
+    const entries = [
+      entry('everywhere', '/a', ['unix:uid:1000']),
+      entry('web-1', '/b', ['unix:uid:1000'], { node: 'web-1', createdAt: NOW + 1 }),
+      entry('web-2', '/c', ['unix:uid:1000'], { node: 'web-2', createdAt: NOW + 2 }),
+    ];
+    const server = new EntryIndex();
+    server.replace(entries);
+    expect(server.match(caller, NOW + 5).map((e) => e.id)).toEqual(['everywhere']);
+    const agent = new EntryIndex('web-1');
+    agent.replace(entries);
+    expect(agent.match(caller, NOW + 5).map((e) => e.id)).toEqual(['everywhere', 'web-1']);
+    // Moving the entry to the server's scope makes it match there too.
+    server.upsert({ ...entries[2]!, node: null, revision: 2 });
+    expect(server.match(caller, NOW + 5).map((e) => e.id)).toEqual(['everywhere', 'web-2']);
   });
 
   it('keeps a frozen copy: changing the caller\'s object or a result cannot change the snapshot', () => {

@@ -76,6 +76,13 @@ export class EntryIndex {
   private readonly kindCounts = new Map<string, number>();
   private changes = 0;
 
+  /**
+   * @param node the host whose callers this index answers: null for the server's own socket
+   *   (entries limited to a node never match there), a node name on that node's agent (entries
+   *   without a node and entries for this node match).
+   */
+  constructor(private readonly node: string | null = null) {}
+
   get size(): number {
     return this.entries.size;
   }
@@ -151,13 +158,14 @@ export class EntryIndex {
     }
   }
 
-  /** Same result as matchEntries over every indexed entry; the entries are frozen. */
+  /** Same result as matchEntries over every indexed entry that applies on this host; the entries are frozen. */
   match(selectors: readonly Selector[], now: number): RegistrationEntry[] {
     const callerKeys = new Set(selectors.map(selectorKey));
     const matched: RegistrationEntry[] = [];
     for (const key of callerKeys) {
       for (const id of this.postings.get(key) ?? []) {
         const entry = this.entries.get(id)!.entry;
+        if (entry.node !== null && entry.node !== this.node) continue;
         if (entryMatches(entry, callerKeys, now)) matched.push(entry);
       }
     }

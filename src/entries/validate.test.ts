@@ -45,6 +45,7 @@ describe('validateEntryInput', () => {
       federatesWith: [],
       includeTasks: false,
       expiresAt: null,
+      node: null,
     });
   });
 
@@ -74,6 +75,7 @@ describe('validateEntryInput', () => {
       federatesWith: ['partner.org', 'other.net'],
       includeTasks: false,
       expiresAt: NOW + 1,
+      node: null,
     });
   });
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { ProblemList, isAgentIdError } from '../common/errors.js';
 import { checkSelectorKind, formatSelector, normalizeSelectors, parseSelector, type Selector } from '../spiffe/selector.js';
-import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
+import { SpiffeId, TrustDomain, isNodeName } from '../spiffe/spiffe-id.js';
 import type { NewRegistrationEntry } from '../datastore/types.js';
 
 /** An entry as an operator submits it. Times and durations in milliseconds. */
@@ -21,6 +21,8 @@ export interface EntryInput {
   includeTasks?: boolean;
   /** Null or undefined: never expires. */
   expiresAt?: number | null;
+  /** Limits the entry to this node's agent (never the server's own socket); null or undefined: everywhere. */
+  node?: string | null;
 }
 
 export interface EntryValidationOptions {
@@ -165,6 +167,9 @@ export function validateEntryInput(input: EntryInput, opts: EntryValidationOptio
     problems.add('expires_at must be in the future');
   }
 
+  const node = input.node ?? null;
+  if (node !== null && !isNodeName(node)) problems.add(`node "${node.slice(0, 140)}" must be a SPIFFE ID path segment (letters, digits, ".", "_", "-")`);
+
   problems.throwIfAny('entry');
   return {
     id,
@@ -177,5 +182,6 @@ export function validateEntryInput(input: EntryInput, opts: EntryValidationOptio
     federatesWith,
     includeTasks: input.includeTasks === true,
     expiresAt,
+    node,
   };
 }

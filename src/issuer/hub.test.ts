@@ -34,6 +34,7 @@ function entry(id: string, selectors: string[], extra: Partial<RegistrationEntry
     createdAt: T0,
     updatedAt: T0,
     revision: 1,
+    node: null,
     ...extra,
   };
 }
@@ -53,6 +54,7 @@ function task(id: string, binding: TaskBinding, extra: Partial<TaskRecord> = {})
     endedAt: null,
     endReason: null,
     createdBy: 'test',
+    node: null,
     ...extra,
   };
 }

@@ -28,6 +28,7 @@ const task = (over: Partial<TaskRecord> = {}): TaskRecord => ({
   endedAt: null,
   endReason: null,
   createdBy: 'uid:0 (admin)',
+  node: null,
   ...over,
 });
 
@@ -42,6 +43,7 @@ const entry = (id: string, spiffeId: string, createdAt = NOW - 5000, includeTask
   federatesWith: [],
   includeTasks,
   expiresAt: null,
+  node: null,
   createdAt,
   updatedAt: createdAt,
   revision: 1,

@@ -5,7 +5,7 @@ import { TasksByBinding } from './task-candidates.js';
 
 const task = (id: string, binding: TaskBinding): TaskRecord => ({
   id, agent: 'a', spiffeId: `spiffe://td.example/agent/a/task/${id}`, binding, metadata: {}, state: 'active',
-  x509TtlMs: 1, jwtTtlMs: 1, createdAt: 0, expiresAt: 1, endedAt: null, endReason: null, createdBy: 'test',
+  x509TtlMs: 1, jwtTtlMs: 1, createdAt: 0, expiresAt: 1, endedAt: null, endReason: null, createdBy: 'test', node: null,
 });
 
 const tasks = [

@@ -185,7 +185,8 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
         trust.invalidate();
         serverSvid.trustChanged();
         hub.changed({ kind: 'trust' });
-      } else {
+      } else if (change.kind !== 'node') {
+        // Nodes concern the agent listener (src/nodes), not this server's own streams.
         hub.changed(change);
       }
     }

@@ -24,7 +24,7 @@ export interface ScheduledWorkDeps {
   logger: Logger;
   ca: CertificateAuthority;
   audit: AuditLog;
-  datastore: Pick<Datastore, 'authorities' | 'changes'>;
+  datastore: Pick<Datastore, 'authorities' | 'joinTokens' | 'changes'>;
   state: ReadModel;
   issuer: Issuer;
   tasks: TaskService;
@@ -83,6 +83,7 @@ export class ServerWork implements ScheduledWork {
     const { clock, datastore, audit, logger, state } = this.deps;
     await this.deps.revoker.prune();
     await datastore.authorities.prune(clock.now());
+    await datastore.joinTokens.prune(clock.now());
     if (state.revision > CHANGES_KEPT) await datastore.changes.prune(state.revision - CHANGES_KEPT);
     // An outside reference point for the audit chain (truncation leaves a valid shorter chain).
     logger.info({ auditSeq: audit.head.seq, auditHash: audit.head.hash }, 'audit log head');

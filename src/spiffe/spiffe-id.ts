@@ -172,3 +172,20 @@ export function parseTaskSpiffeId(id: SpiffeId): { agent: string; task: string }
   if (s.length === 4 && s[0] === 'agent' && s[2] === 'task') return { agent: s[1]!, task: s[3]! };
   return undefined;
 }
+
+/** A node name: one SPIFFE ID path segment (letters, digits, ".", "_", "-"; not "." or ".."), at most 128 characters. */
+export function isNodeName(name: string): boolean {
+  return name.length <= 128 && SEGMENT_CHARS.test(name) && name !== '.' && name !== '..';
+}
+
+/** A per-host agent's identity: /agentid/node/<name>. */
+export function nodeSpiffeId(td: TrustDomain, node: string): SpiffeId {
+  return SpiffeId.fromSegments(td, 'agentid', 'node', node);
+}
+
+/** Reads back the node name of a node SPIFFE ID, or undefined for any other ID. */
+export function parseNodeSpiffeId(id: SpiffeId): string | undefined {
+  const s = id.segments;
+  if (s.length === 3 && s[0] === 'agentid' && s[1] === 'node') return s[2]!;
+  return undefined;
+}

@@ -1,23 +1,26 @@
 import type { Logger } from '../common/logger.js';
 import { EntryIndex } from '../entries/match.js';
 import { compareTasks, parseTaskChangeKey, taskChangeKey } from '../datastore/rules.js';
-import type { AuthorityRecord, Change, Datastore, RegistrationEntry, Revocation, TaskRecord } from '../datastore/types.js';
+import type { AuthorityRecord, Change, Datastore, NodeRecord, RegistrationEntry, Revocation, TaskRecord } from '../datastore/types.js';
 
 /** One applied change, with the record before and after (undefined: absent). */
 export type StateChange =
   | { kind: 'entry'; before?: RegistrationEntry; after?: RegistrationEntry }
   | { kind: 'task'; before?: TaskRecord; after?: TaskRecord }
   | { kind: 'revocation'; spiffeId: string; before?: Revocation; after?: Revocation }
-  | { kind: 'authority'; serverId: string; before?: AuthorityRecord; after?: AuthorityRecord };
+  | { kind: 'authority'; serverId: string; before?: AuthorityRecord; after?: AuthorityRecord }
+  | { kind: 'node'; name: string; before?: NodeRecord; after?: NodeRecord };
 
 export interface ReadModelDeps {
-  datastore: Pick<Datastore, 'entries' | 'tasks' | 'revocations' | 'authorities' | 'changes'>;
+  datastore: Pick<Datastore, 'entries' | 'tasks' | 'revocations' | 'authorities' | 'nodes' | 'changes'>;
   logger: Logger;
   /**
    * How often to look at the change feed without a notification: the safety net for writes by
    * other servers when a notification is lost (or the database has none, like SQLite).
    */
   pollIntervalMs: number;
+  /** The host this model serves (EntryIndex): null on the server, the node name on a node's agent. */
+  node?: string | null;
 }
 
 const BATCH = 1000;
@@ -31,10 +34,11 @@ const BATCH = 1000;
  * visible here before it answers, so callers read their writes.
  */
 export class ReadModel {
-  readonly entries = new EntryIndex();
+  readonly entries: EntryIndex;
   private readonly tasks = new Map<string, TaskRecord>();
   private readonly revocations = new Map<string, Revocation>();
   private readonly authorityRecords = new Map<string, AuthorityRecord>();
+  private readonly nodeRecords = new Map<string, NodeRecord>();
   private activeCache: TaskRecord[] | undefined;
   private readonly listeners = new Set<(changes: StateChange[]) => void>();
   private rev = 0;
@@ -44,7 +48,9 @@ export class ReadModel {
   private timer: NodeJS.Timeout | undefined;
   private healthy = true;
 
-  private constructor(private readonly deps: ReadModelDeps) {}
+  private constructor(private readonly deps: ReadModelDeps) {
+    this.entries = new EntryIndex(deps.node ?? null);
+  }
 
   /**
    * Loads a consistent snapshot: the head revision is read first, so anything written while the
@@ -54,16 +60,18 @@ export class ReadModel {
     const model = new ReadModel(deps);
     const ds = deps.datastore;
     model.rev = await ds.changes.head();
-    const [entries, tasks, revocations, authorities] = await Promise.all([
+    const [entries, tasks, revocations, authorities, nodes] = await Promise.all([
       ds.entries.list(),
       ds.tasks.list({ state: 'active' }),
       ds.revocations.list(),
       ds.authorities.list(),
+      ds.nodes.list(),
     ]);
     model.entries.replace(entries);
     for (const t of tasks) model.tasks.set(taskChangeKey(t.agent, t.id), t);
     for (const r of revocations) model.revocations.set(r.spiffeId, r);
     for (const a of authorities) model.authorityRecords.set(a.serverId, a);
+    for (const n of nodes) model.nodeRecords.set(n.name, n);
     await model.sync();
     return model;
   }
@@ -131,6 +139,15 @@ export class ReadModel {
   /** Trust material published by every server on this datastore (this one included). */
   authorities(): AuthorityRecord[] {
     return [...this.authorityRecords.values()];
+  }
+
+  /** Per-host agents (active and evicted), by name. */
+  node(name: string): NodeRecord | undefined {
+    return this.nodeRecords.get(name);
+  }
+
+  nodes(): NodeRecord[] {
+    return [...this.nodeRecords.values()];
   }
 
   /**
@@ -220,6 +237,14 @@ export class ReadModel {
         else this.authorityRecords.delete(change.key);
         if (!before && !after) return undefined;
         return { kind: 'authority', serverId: change.key, before, after };
+      }
+      case 'node': {
+        const before = this.nodeRecords.get(change.key);
+        const after = await ds.nodes.get(change.key);
+        if (after) this.nodeRecords.set(change.key, after);
+        else this.nodeRecords.delete(change.key);
+        if (!before && !after) return undefined;
+        return { kind: 'node', name: change.key, before, after };
       }
     }
   }

@@ -57,4 +57,29 @@ describe('TaskHolders', () => {
     // One read, for the one finished task whose PID still runs (its start time decides).
     expect(reads).toEqual([7]);
   });
+
+  it('holds only tasks bound on its own host: tasks of a node are never matched or liveness-checked here', async () => {
+    const checked: number[] = [];
+    const processes = {
+      isAlive: async (ref: { pid: number }) => (checked.push(ref.pid), false),
+      cgroupExists: async () => false,
+      runningPids: async () => new Set([10, 11, 12, 13, 14]),
+    };
+    const remote = (id: string, pid: number, state: TaskRecord['state'] = 'active') =>
+      taskFixture({ id, node: 'web-1', state, binding: { kind: 'process', pid, startTime: '1', descendants: false } });
+    const local = (id: string, pid: number, state: TaskRecord['state'] = 'active') =>
+      taskFixture({ id, state, binding: { kind: 'process', pid, startTime: '1', descendants: false } });
+    const active = [local('here', 10), remote('there', 11)];
+    const server = new TaskHolders({ processes, active: () => active });
+    server.load([local('done-here', 12, 'ended'), remote('done-there', 13, 'ended')]);
+    server.follow([{ kind: 'task', before: remote('x', 14), after: remote('x', 14, 'revoked') }]);
+    expect(server.select().map((t) => t.id)).toEqual(['here', 'done-here']);
+    await server.prune();
+    expect(checked).toEqual([12]);
+
+    // The same class on node web-1's agent holds exactly the other half.
+    const agent = new TaskHolders({ processes, active: () => active, node: 'web-1' });
+    agent.load([local('done-here', 12, 'ended'), remote('done-there', 13, 'ended')]);
+    expect(agent.select().map((t) => t.id)).toEqual(['there', 'done-there']);
+  });
 });

@@ -25,19 +25,29 @@ export class TaskHolders {
       processes: LivenessInspector;
       /** The read model's active tasks. */
       active: () => readonly TaskRecord[];
+      /**
+       * The host these holders live on: null for the server's own host, a node name on that
+       * node's agent. Tasks bound on any other host are never held here: their processes are
+       * not in this /proc, and a local process with the same pid must never match them.
+       */
+      node?: string | null;
     },
   ) {}
 
+  private onThisHost(t: TaskRecord): boolean {
+    return t.node === (this.deps.node ?? null);
+  }
+
   /** Start-up: every finished task the datastore knows may still have its process. */
   load(all: readonly TaskRecord[]): void {
-    for (const t of all) if (t.state !== 'active') this.finished.set(key(t), t);
+    for (const t of all) if (t.state !== 'active' && this.onThisHost(t)) this.finished.set(key(t), t);
     this.view = undefined;
   }
 
   /** Follows the read model: a task that just finished joins the holders. */
   follow(changes: readonly StateChange[]): void {
     for (const c of changes) {
-      if (c.kind === 'task' && c.after && c.after.state !== 'active') {
+      if (c.kind === 'task' && c.after && c.after.state !== 'active' && this.onThisHost(c.after)) {
         this.finished.set(key(c.after), c.after);
         this.view = undefined;
       }
@@ -49,7 +59,7 @@ export class TaskHolders {
     const active = this.deps.active();
     if (!this.view || this.viewOf !== active) {
       this.viewOf = active;
-      this.view = Object.freeze([...active, ...this.finished.values()]);
+      this.view = Object.freeze([...active.filter((t) => this.onThisHost(t)), ...this.finished.values()]);
     }
     return this.view;
   }

@@ -2,7 +2,7 @@ import type { Clock } from '../common/clock.js';
 import { assertAuditableInput, type AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFound, permissionDenied } from '../common/errors.js';
-import { taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
+import { isNodeName, taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import type { Datastore, TaskBinding, TaskRecord, TaskState } from '../datastore/types.js';
 import type { Revoker } from './revocations.js';
 import type { ProcessInspector } from '../attest/processes.js';
@@ -27,6 +27,17 @@ export interface StartTaskInput {
   descendants?: boolean;
   ttlMs?: number;
   metadata?: Record<string, string>;
+  /**
+   * Binds the task on that node's host instead of the server's: the pid (or cgroup) is not looked
+   * up here. Admins only, or the node's own agent forwarding a local orchestrator's start.
+   */
+  node?: string;
+  /**
+   * With node and pid: the process's /proc/<pid>/stat start time on that host. Omitted: "" (the
+   * node's agent pins the start time it reads when it first sees the task; a process that
+   * replaced the pid before then would get the identity; give it to close that window).
+   */
+  startTime?: string;
 }
 
 export interface TaskServiceDeps {
@@ -72,6 +83,9 @@ export class TaskService {
     if (input.cgroup !== undefined && (!input.cgroup.startsWith('/') || input.cgroup.split('/').some((s) => s === '.' || s === '..') || input.cgroup === '/')) {
       problems.add(`cgroup "${input.cgroup}" must be an absolute cgroup v2 path below the root, without "." or ".."`);
     }
+    if (input.node !== undefined && !isNodeName(input.node)) problems.add(`node "${input.node.slice(0, 140)}" must be a SPIFFE ID path segment (letters, digits, ".", "_", "-")`);
+    if (input.startTime !== undefined && (input.node === undefined || input.pid === undefined)) problems.add('start_time applies to pid bindings on a node only');
+    if (input.startTime !== undefined && !/^[0-9]{1,20}$/.test(input.startTime)) problems.add('start_time must be the decimal start time from /proc/<pid>/stat');
     if (input.cgroup !== undefined && !isUnder(input.cgroup, policy.cgroupRoot ?? '/')) problems.add(`cgroup "${input.cgroup}" is not below the configured cgroup root ${policy.cgroupRoot}`);
     if (input.cgroup !== undefined && input.descendants) problems.add('descendants applies to pid bindings only (a cgroup binding covers its members)');
     const ttlMs = input.ttlMs ?? policy.defaultTtlMs;
@@ -106,7 +120,16 @@ export class TaskService {
     if (this.deps.revoker.isRevoked(spiffeId)) throw failedPrecondition(`task: ${spiffeId} is revoked and cannot be issued again`);
 
     let binding: TaskBinding;
-    if (input.pid !== undefined) {
+    if (input.node !== undefined) {
+      // Another host: this /proc says nothing about it. An admin vouches for the binding, or the
+      // node's agent does, having checked its local orchestrator's uid against the process.
+      if (actor.role !== 'admin' && actor.node !== input.node) {
+        this.deny(actor, 'task.start', `binding a task on node "${input.node}" requires the admin role or that node's agent`, input.agent, input.id);
+      }
+      binding = input.pid !== undefined
+        ? { kind: 'process', pid: input.pid, startTime: input.startTime ?? '', descendants: input.descendants ?? false }
+        : { kind: 'cgroup', path: input.cgroup! };
+    } else if (input.pid !== undefined) {
       const proc = await this.deps.processes.inspect(input.pid);
       if (!proc) throw failedPrecondition(`task: process ${input.pid} does not exist`);
       // An orchestrator may hand its agent's identity only to its own processes. One calling over
@@ -145,6 +168,7 @@ export class TaskService {
         endedAt: null,
         endReason: null,
         createdBy: describeActor(actor),
+        node: input.node ?? null,
       });
       // Inside the transaction: a task that cannot be audited is not started.
       this.deps.audit.append({
@@ -158,6 +182,7 @@ export class TaskService {
         ttl_ms: ttlMs,
         expires_at: created.expiresAt,
         metadata: created.metadata,
+        node: created.node ?? undefined,
         by: describeActor(actor),
         role: actor.role,
       });
@@ -213,10 +238,12 @@ export class TaskService {
    * Ends tasks whose bound process is gone (a PID that was reused by another process counts as
    * gone). All of a pass's ends go in one transaction: the read model then reports them together
    * and the CRLs are re-signed once, where one transaction each (after a restart, or when many
-   * agents exit at once) re-signed and re-sent the CRLs to every stream once per task.
+   * agents exit at once) re-signed and re-sent the CRLs to every stream once per task. Only tasks
+   * bound on this host: a task bound on a node lives in that host's /proc, which this one cannot
+   * see (its agent reports the end).
    */
   async endOrphaned(actor: Actor): Promise<void> {
-    const gone = await goneBindings(this.activeTasks(), this.deps.processes);
+    const gone = await goneBindings(this.activeTasks().filter((t) => t.node === null), this.deps.processes);
     await this.finishAll(gone.map((task) => ({ task, reason: task.binding.kind === 'process' ? 'bound process exited' : 'bound cgroup removed' })), 'ended', actor);
   }
 
