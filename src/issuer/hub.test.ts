@@ -98,6 +98,8 @@ function world(opts: { sliceSize?: number } = {}) {
     },
   };
   const versions: TrustVersions = { x509: 1, jwt: 1, crl: 1, federation: 1 };
+  /** Recomputes of a stream's response (each reads the trust versions once). */
+  const computes = { count: 0 };
   const content = { crl: 'crl-1', jwt: 'jwks-1', x509: 'ca-1', fed: new Map<string, string>() };
   const trust: TrustMaterial = {
     trustDomainId: 'spiffe://td.example',
@@ -107,7 +109,10 @@ function world(opts: { sliceSize?: number } = {}) {
     federatedX509: (tds) => new Map([...tds].filter((td) => content.fed.has(td)).map((td) => [`spiffe://${td}`, [Buffer.from(content.fed.get(td)!)]])),
     federatedJwt: (tds) => new Map([...tds].filter((td) => content.fed.has(td)).map((td) => [`spiffe://${td}`, Buffer.from(content.fed.get(td)!)])),
     version: () => versions.x509 + versions.jwt + versions.federation,
-    versions: () => ({ ...versions }),
+    versions: () => {
+      computes.count++;
+      return { ...versions };
+    },
   };
   const encodes = { x509: 0, x509Bundles: 0, jwtBundles: 0 };
   const json = (v: unknown) =>
@@ -177,7 +182,7 @@ function world(opts: { sliceSize?: number } = {}) {
     return s;
   };
   return {
-    hub, clock, cache, versions, content, encodes, entries, tasks, revoked, events, open,
+    hub, clock, cache, versions, content, encodes, computes, entries, tasks, revoked, events, open,
     putEntry(e: RegistrationEntry) {
       const before = entries.get(e.id);
       entries.set(e.id, e);
@@ -342,6 +347,79 @@ describe('StreamHub', () => {
     expect(w.encodes).toMatchObject({ x509: 2, x509Bundles: 2 });
     expect(streams.every((s) => s.raw[1] === streams[0]!.raw[1])).toBe(true);
     expect(bundles.every((s) => s.raw[1] === bundles[0]!.raw[1])).toBe(true);
+  });
+
+  it('a CRL change sweeps every stream after the call, behind marked streams, and a second one restarts the sweep (latest wins)', async () => {
+    const w = world({ sliceSize: 2 });
+    w.entries.set('a', entry('a', ['unix:uid:1000']));
+    w.entries.set('v', entry('v', ['unix:pid:9']));
+    const streams = [1, 2, 3, 4, 5, 6].map((pid) => w.open('x509', caller(pid, 1000)));
+    const victim = w.open('x509', caller(9, 2000));
+    const crl = (n: number) => {
+      w.versions.crl++;
+      w.content.crl = `crl-${n}`;
+      w.hub.changed({ kind: 'trust' });
+    };
+    // The revocation the CRL change is about: the revoked stream is marked after the sweep began.
+    crl(2);
+    w.revoked.add('spiffe://td.example/v');
+    w.hub.changed({ kind: 'revocation', spiffeId: 'spiffe://td.example/v' });
+    expect(counts([...streams, victim])).toEqual([1, 1, 1, 1, 1, 1, 1]); // nothing inside the changing call
+    await oneTurn();
+    // The marked stream went first (and ended: it has nothing left); the sweep took the rest of the slice.
+    expect(victim.ends.map((e) => e.code)).toEqual(['permission_denied']);
+    expect(counts(streams).reduce((a, b) => a + b)).toBe(6 + 1);
+    await oneTurn();
+    crl(3);
+    await settled(w.hub);
+    // Each stream ends with the latest CRL; those reached before the second change got both.
+    for (const s of streams) expect(s.messages.at(-1)!.crls).toEqual(['crl-3']);
+    expect(counts(streams).reduce((a, b) => a + b)).toBe(6 + 3 + 6);
+    for (const s of streams) for (let i = 1; i < s.raw.length; i++) expect(s.raw[i]!.equals(s.raw[i - 1]!)).toBe(false);
+    // A stream opened during a sweep already has the latest state and is not sent it again.
+    crl(4);
+    const late = w.open('x509', caller(7, 1000));
+    await settled(w.hub);
+    expect(late.messages.map((m) => m.crls)).toEqual([['crl-4']]);
+  });
+
+  it('streams that shared a response share one recompute per slice of a sweep', async () => {
+    const w = world({ sliceSize: 10 });
+    w.entries.set('a', entry('a', ['unix:uid:1000']));
+    w.entries.set('b', entry('b', ['unix:uid:1001']));
+    const streams = [
+      ...Array.from({ length: 20 }, (_, i) => w.open('x509', caller(10 + i, 1000))),
+      ...Array.from({ length: 20 }, (_, i) => w.open('x509', caller(100 + i, 1001))),
+    ];
+    w.computes.count = 0;
+    w.versions.crl++;
+    w.content.crl = 'crl-2';
+    w.hub.changed({ kind: 'trust' });
+    await settled(w.hub);
+    // Four slices of ten streams, each of one shared response: four recomputes, not forty.
+    expect(w.computes.count).toBe(4);
+    expect(counts(streams)).toEqual(streams.map(() => 2));
+    expect(streams.every((s) => (s.messages[1]!.crls as string[])[0] === 'crl-2')).toBe(true);
+    expect(streams.slice(0, 20).every((s) => s.raw[1] === streams[0]!.raw[1])).toBe(true);
+    expect(streams[20]!.messages[1]!.ids).toEqual(['spiffe://td.example/b']);
+  });
+
+  it('a stream whose identity reached its end resolves again in a sweep, even when its response was shared', async () => {
+    const w = world();
+    w.entries.set('keep', entry('keep', ['unix:uid:1000']));
+    w.entries.set('short', entry('short', ['unix:uid:1001'], { expiresAt: T0 + 60_000 }));
+    // Bundle streams of different identities share one response (whichever the sweep reaches first).
+    const keeps = w.open('x509-bundles', caller(1, 1000));
+    const ends = w.open('x509-bundles', caller(2, 1001));
+    const keepsToo = w.open('x509-bundles', caller(3, 1000));
+    expect(keeps.raw[0]).toBe(ends.raw[0]);
+    await w.clock.advance(59_500);
+    w.versions.crl++;
+    w.content.crl = 'crl-2';
+    w.hub.changed({ kind: 'trust' });
+    await settled(w.hub);
+    expect(counts([keeps, ends, keepsToo])).toEqual([2, 1, 2]);
+    expect(ends.ends.map((e) => e.code)).toEqual(['permission_denied']);
   });
 
   it('renews at half-life only the streams holding a due SVID, sharing one SVID per identity', async () => {

@@ -70,6 +70,29 @@ interface Subscription {
   responseKey: string;
   message: Buffer | undefined;
   open: boolean;
+  /** Hub generation at this stream's last recompute (any work), and at its last full resolve. */
+  renderedAt: number;
+  resolvedAt: number;
+}
+
+/** One encoded response and the streams that currently hold it. */
+interface SharedResponse {
+  message: Buffer;
+  holders: Set<Subscription>;
+}
+
+/**
+ * A change that concerns every stream (trust material, a CA rotation) is not marked stream by
+ * stream: it starts a sweep, a cursor over the shared responses and their holders that the fan-out
+ * advances slice by slice. A stream recomputed since the sweep began (its generation is at least
+ * the sweep's) is skipped; a later sweep restarts from the first response (latest wins).
+ */
+interface Sweep {
+  work: Work;
+  generation: number;
+  responses: Iterator<SharedResponse>;
+  /** Holders of the response being visited, not yet taken. */
+  holders: Subscription[];
 }
 
 export interface HubDeps {
@@ -109,7 +132,10 @@ export class StreamHub {
   /** Streams waiting for a recompute, in marking order. */
   private readonly pending = new Map<Subscription, Work>();
   /** Encoded responses in use by some stream, shared by all streams with the same key. */
-  private readonly responses = new Map<string, { message: Buffer; users: number }>();
+  private readonly responses = new Map<string, SharedResponse>();
+  /** Grows with every sweep; streams record it when recomputed. */
+  private generation = 0;
+  private sweep: Sweep | undefined;
   private scheduled = false;
   private readonly idleWaiters: (() => void)[] = [];
   private readonly sliceSize: number;
@@ -131,7 +157,8 @@ export class StreamHub {
 
   /** Registers a stream and delivers its first state at once. Returns the unsubscribe function. */
   subscribe(kind: Kind, caller: Caller, deliver: (message: Buffer) => void, end: (e: AgentIdError) => void): () => void {
-    const sub: Subscription = { kind, caller, deliver, end, identities: [], responseKey: '', message: undefined, open: true };
+    const generation = this.generation;
+    const sub: Subscription = { kind, caller, deliver, end, identities: [], responseKey: '', message: undefined, open: true, renderedAt: generation, resolvedAt: generation };
     const first = this.around(() => this.compute(sub, 'resolve'));
     if (first instanceof Error) throw first;
     this.index.add(sub);
@@ -165,7 +192,7 @@ export class StreamHub {
         this.mark(this.index.federatingWith(change.trustDomain), 'render');
         break;
       case 'trust':
-        this.mark(this.index.all(), 'render');
+        this.sweepAll('render');
         break;
     }
     this.mark(resolve, 'resolve');
@@ -174,7 +201,7 @@ export class StreamHub {
 
   /** Everything may have changed (CA rotation): every stream is recomputed in full. */
   refresh(): void {
-    this.mark(this.index.all(), 'resolve');
+    this.sweepAll('resolve');
     this.schedule();
   }
 
@@ -186,6 +213,7 @@ export class StreamHub {
 
   closeAll(err: AgentIdError): void {
     this.pending.clear();
+    this.sweep = undefined;
     for (const sub of [...this.index.all()]) {
       this.drop(sub);
       sub.end(err);
@@ -196,22 +224,50 @@ export class StreamHub {
     for (const sub of subs) if (this.pending.get(sub) !== 'resolve') this.pending.set(sub, work);
   }
 
+  /**
+   * Starts a sweep over every stream: constant work in the changing call, whatever the number of
+   * streams. A sweep still running restarts from the first stream (those it visited need this
+   * change too) and keeps resolving if it was (the streams it has not reached still need that).
+   */
+  private sweepAll(work: Work): void {
+    this.sweep = {
+      work: this.sweep?.work === 'resolve' ? 'resolve' : work,
+      generation: ++this.generation,
+      responses: this.responses.values(),
+      holders: [],
+    };
+  }
+
   private schedule(): void {
-    if (this.scheduled || this.pending.size === 0) return;
+    if (this.scheduled || (this.pending.size === 0 && !this.sweep)) return;
     this.scheduled = true;
     // Never in the caller's turn: the call that made the change returns (and its reply is written) first.
     setImmediate(() => this.fanOutSlice());
   }
 
+  /**
+   * One slice: marked streams first (a revoked stream is not kept waiting behind a sweep), then the
+   * sweep's next streams, which come response by response, so streams that shared a response
+   * share one recompute too (see `safeCompute`).
+   */
   private fanOutSlice(): void {
     this.scheduled = false;
-    const slice: [Subscription, Work][] = [];
-    for (const item of this.pending) {
-      slice.push(item);
-      if (slice.length >= this.sliceSize) break;
+    const slice = new Map<Subscription, Work>();
+    for (const [sub, work] of this.pending) {
+      if (slice.size >= this.sliceSize) break;
+      slice.set(sub, work);
     }
-    for (const [sub] of slice) this.pending.delete(sub);
-    const results = this.around(() => slice.map(([sub, work]) => ({ sub, result: this.safeCompute(sub, work) })));
+    for (const sub of slice.keys()) this.pending.delete(sub);
+    this.takeFromSweep(slice);
+    const generation = this.generation;
+    const renders = new Map<string, Computed>();
+    const results = this.around(() =>
+      [...slice].map(([sub, work]) => {
+        sub.renderedAt = generation;
+        if (work === 'resolve') sub.resolvedAt = generation;
+        return { sub, result: this.safeCompute(sub, work, renders) };
+      }),
+    );
     for (const { sub, result } of results) {
       if (!sub.open || result === undefined) continue;
       if (result instanceof Error) {
@@ -221,7 +277,7 @@ export class StreamHub {
         this.apply(sub, result);
       }
     }
-    if (this.pending.size > 0) return this.schedule();
+    if (this.pending.size > 0 || this.sweep) return this.schedule();
     this.retainHeld();
     for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
@@ -231,10 +287,48 @@ export class StreamHub {
     this.deps.cache.retain({ has: (key) => this.index.isHeld(key) });
   }
 
-  private safeCompute(sub: Subscription, work: Work): Computed | AgentIdError | undefined {
+  /** Fills the slice up to its size with streams the sweep has not recomputed yet. */
+  private takeFromSweep(slice: Map<Subscription, Work>): void {
+    const sweep = this.sweep;
+    if (!sweep) return;
+    while (slice.size < this.sliceSize) {
+      const sub = sweep.holders.pop();
+      if (!sub) {
+        const next = sweep.responses.next();
+        if (next.done) {
+          this.sweep = undefined;
+          return;
+        }
+        sweep.holders = [...next.value.holders];
+        continue;
+      }
+      if (!sub.open || (sweep.work === 'resolve' ? sub.resolvedAt : sub.renderedAt) >= sweep.generation) continue;
+      const resolve = sweep.work === 'resolve' || slice.get(sub) === 'resolve' || this.pending.get(sub) === 'resolve';
+      this.pending.delete(sub);
+      slice.set(sub, resolve ? 'resolve' : 'render');
+    }
+  }
+
+  /**
+   * Recomputes one stream. `renders` holds this slice's render results by the response key they
+   * replace: streams that held the same response hold the same identities (the key names each
+   * SVID), so within one synchronous slice a render for one of them is the render for all.
+   * A stream holding an identity at its end resolves again, for itself (bundle responses are
+   * shared by streams of different identities).
+   */
+  private safeCompute(sub: Subscription, work: Work, renders: Map<string, Computed>): Computed | AgentIdError | undefined {
     if (!sub.open) return undefined;
     try {
-      return this.compute(sub, work);
+      const shareable = work === 'render' && !this.ending(sub);
+      if (shareable) {
+        const shared = renders.get(sub.responseKey);
+        if (shared) return shared;
+      }
+      const result = this.compute(sub, work);
+      if (shareable && !(result instanceof Error)) {
+        renders.set(sub.responseKey, { ...result, identities: SAME_IDENTITIES });
+      }
+      return result;
     } catch (err) {
       this.deps.logger.error({ err, pid: sub.caller.pid }, 'stream refresh failed');
       return undefined;
@@ -250,30 +344,41 @@ export class StreamHub {
     sub.open = false;
     this.pending.delete(sub);
     this.index.remove(sub);
-    this.release(sub.responseKey);
+    this.release(sub);
   }
 
   /** Records what the stream now holds and sends the response unless it is the one it already has. */
   private apply(sub: Subscription, computed: Computed): void {
     // A render reuses the identities it had: nothing to re-file.
-    if (computed.identities !== sub.identities) this.index.hold(sub, computed.identities);
-    sub.identities = computed.identities;
+    if (computed.identities !== SAME_IDENTITIES && computed.identities !== sub.identities) {
+      this.index.hold(sub, computed.identities);
+      sub.identities = computed.identities;
+    }
     if (computed.key === sub.responseKey) return;
-    const shared = this.responses.get(computed.key);
-    if (shared) shared.users++;
-    else this.responses.set(computed.key, { message: computed.encode(), users: 1 });
-    this.release(sub.responseKey);
+    let shared = this.responses.get(computed.key);
+    if (!shared) this.responses.set(computed.key, (shared = { message: computed.encode(), holders: new Set() }));
+    this.release(sub);
+    shared.holders.add(sub);
     sub.responseKey = computed.key;
-    const message = this.responses.get(computed.key)!.message;
+    const message = shared.message;
     // Versions can move without the content changing (a CA rotation that left the JWT keys alone).
     if (sub.message?.equals(message)) return;
     sub.message = message;
     sub.deliver(message);
   }
 
-  private release(key: string): void {
-    const shared = this.responses.get(key);
-    if (shared && --shared.users === 0) this.responses.delete(key);
+  /** The stream no longer holds its response; a response nobody holds is forgotten. */
+  private release(sub: Subscription): void {
+    const shared = this.responses.get(sub.responseKey);
+    if (!shared) return;
+    shared.holders.delete(sub);
+    if (shared.holders.size === 0) this.responses.delete(sub.responseKey);
+  }
+
+  /** Whether one of the stream's identities is at its end (entry expiry, task end plus buffer). */
+  private ending(sub: Subscription): boolean {
+    const now = this.deps.clock.now();
+    return sub.identities.some((i) => i.notAfterCap !== null && i.notAfterCap - now < MIN_REMAINING_MS);
   }
 
   /**
@@ -284,8 +389,7 @@ export class StreamHub {
     const { trust, encoders, cache } = this.deps;
     const now = this.deps.clock.now();
     // An identity at its end is never re-minted, even if the change that ends it has not arrived yet.
-    const ending = work === 'render' && sub.identities.some((i) => i.notAfterCap !== null && i.notAfterCap - now < MIN_REMAINING_MS);
-    const identities = work === 'resolve' || ending ? this.deps.identitiesFor(sub.caller, now) : sub.identities;
+    const identities = work === 'resolve' || this.ending(sub) ? this.deps.identitiesFor(sub.caller, now) : sub.identities;
     if (identities.length === 0) return permissionDenied(NO_IDENTITY);
     const v = trust.versions();
     const federatesWith = [...new Set(identities.flatMap((i) => i.federatesWith))].sort();
@@ -310,7 +414,11 @@ export class StreamHub {
   }
 }
 
+/** A shared render result's identities: each stream keeps its own (equal) ones. */
+const SAME_IDENTITIES: Identity[] = [];
+
 interface Computed {
+  /** The stream's identities, or SAME_IDENTITIES when they did not change. */
   identities: Identity[];
   key: string;
   /** Called only when no stream shares the key yet. */

@@ -14,7 +14,7 @@ import { Federation } from '../federation/index.js';
 import { resolveIdentities } from '../issuer/identity.js';
 import { TasksByBinding } from '../issuer/task-candidates.js';
 import { SvidCache } from '../issuer/svid-cache.js';
-import { StreamHub } from '../issuer/hub.js';
+import { StreamHub, type StateChange } from '../issuer/hub.js';
 import { IdentityMemo } from '../issuer/identity-memo.js';
 import type { CallerFacts } from '../issuer/identity.js';
 import { TrustState, type PeerAuthority } from '../issuer/trust-state.js';
@@ -161,10 +161,18 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     };
     await deps.datastore.authorities.put(record);
   };
-  /** Re-signed CRLs (after revocations, or forced: periodic re-signing) go to streams and peers. */
-  const crlsChanged = async (force: boolean) => {
+  /**
+   * Re-signed CRLs (after revocations, or forced: periodic re-signing) go to streams and peers.
+   * `withCrls` are changes whose streams should get the new CRLs in the same message: they are
+   * handed to the hub once the CRLs are signed (or could not be).
+   */
+  const crlsChanged = async (force: boolean, withCrls: readonly StateChange[] = []) => {
     const before = trust.versions().crl;
-    await trust.rebuildCrls({ force });
+    try {
+      await trust.rebuildCrls({ force });
+    } finally {
+      for (const change of withCrls) hub.changed(change);
+    }
     if (trust.versions().crl === before) return;
     serverSvid.trustChanged();
     hub.changed({ kind: 'trust' });
@@ -174,24 +182,32 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
   const stopFollowing = state.onChange((changes) => {
     holders.follow(changes);
     let revoked = false;
+    const forHub: StateChange[] = [];
     for (const change of changes) {
       if (change.kind === 'revocation') {
         cache.forgetSpiffeId(change.spiffeId);
         revoked = true;
-        hub.changed(change);
+        forHub.push(change);
       } else if (change.kind === 'authority') {
         if (change.serverId === serverId) continue;
         peerCache = undefined;
         trust.invalidate();
         serverSvid.trustChanged();
-        hub.changed({ kind: 'trust' });
+        forHub.push({ kind: 'trust' });
       } else if (change.kind !== 'node') {
         // Nodes concern the agent listener (src/nodes), not this server's own streams.
-        hub.changed(change);
+        forHub.push(change);
       }
     }
-    // The streams drop a revoked identity in this fan-out; the re-signed CRLs follow in the next.
-    if (revoked) void crlsChanged(false).catch((err) => logger.error({ err }, 'could not re-sign CRLs after a revocation'));
+    if (!revoked) {
+      for (const change of forHub) hub.changed(change);
+      return;
+    }
+    // A revocation: the streams that lose the identity get the CRLs listing its serials in the same
+    // message, so the changes reach the hub once the CRLs are re-signed. That starts on a later
+    // turn: the admin call that revoked is answered first (new streams are refused at once: the
+    // read model already has the revocation).
+    setImmediate(() => void crlsChanged(false, forHub).catch((err) => logger.error({ err }, 'could not re-sign CRLs after a revocation')));
   });
   await publish();
 
