@@ -158,6 +158,33 @@ describe('AttestationCache', () => {
     }
   });
 
+  it('refuses a reused attestation once the connector is gone and another process has its PID (same program)', async (ctx) => {
+    const { child, peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const first = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    const pid = child.pid!;
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    // Give the PID to a new process running the same program (python3), as root can
+    // (ns_last_pid); other processes on the machine may take it first, so try a few times.
+    let reused: ChildProcess | undefined;
+    for (let i = 0; i < 20 && !reused; i++) {
+      try {
+        await writeFile('/proc/sys/kernel/ns_last_pid', String(pid - 1));
+      } catch {
+        ctx.skip(); // not root in this PID namespace
+      }
+      const c = spawn('python3', ['-c', 'import sys; print("up", flush=True); sys.stdin.readline()'], { stdio: ['pipe', 'pipe', 'inherit'] });
+      children.push(c);
+      await firstLine(c);
+      if (c.pid === pid) reused = c;
+    }
+    if (!reused) ctx.skip();
+    expect(first.process.pid).toBe(pid);
+    await expect(cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).rejects.toMatchObject({ code: 'permission_denied' });
+    expect(cache.stats().hits).toBe(0);
+  });
+
   it('re-attests when the account files change (names come from them)', async () => {
     const etcRoot = await fakeEtc('etc');
     const { peer } = await connectedChild();

@@ -4,9 +4,9 @@ import type { PeerCredentials } from './peercred.js';
 /**
  * Attests each connection once, not once per call. The attestation is kept with the
  * connection's credentials (so it goes away with the connection) and reused while
- * Attestor.stillDescribes() says its process is the same and unchanged: the same (pidfd-pinned)
- * process, running the same executable file, and, when some entry or task depends on them
- * (`recheck`), in the same cgroup with unchanged account files. Otherwise, or when the cached one
+ * Attestor.stillDescribes() says its process is the same and unchanged: the same process (its
+ * /proc entry, so never a newcomer with its PID), running the same executable file, and, when
+ * some entry or task depends on them (`recheck`), in the same cgroup with unchanged account files. Otherwise, or when the cached one
  * lacks something now needed (a sha256), it attests again. The parent chain is walked again on
  * every call that needs it.
  *

@@ -230,8 +230,6 @@ describe('Attestor on real processes', () => {
       await kill(client);
       const err = await attestor.attest(peer, { withSha256: false }).catch((e: unknown) => e);
       expect(isAgentIdError(err, 'permission_denied')).toBe(true);
-      // A cached attestation is not reused either.
-      expect(await attestor.stillDescribes(first)).toBe(false);
     } finally {
       socket.destroy();
       server.close();
@@ -393,16 +391,19 @@ describe('Attestor on /proc fixtures', () => {
     }
   });
 
-  it('a reused attestation without a pidfd (kernel < 6.5) is refused once another process has its PID (start time)', async () => {
+  it('a reused attestation is refused once its /proc entry is another one (a new process with the PID), whatever it holds', async () => {
     const procRoot = join(dir, 'proc-reuse-after');
     await fakeProcess(procRoot, { pid: 4343, startTime: '100' });
     const attestor = new Attestor({ procRoot, etcRoot: await fakeEtc('etc-reuse-after'), logger: silentLogger() });
     const first = await attestor.attest(rootPeer(4343), { withSha256: false });
     const nothingElse = { cgroup: false, accountNames: false };
     expect(await attestor.stillDescribes(first, nothingElse)).toBe(true);
-    // Same PID, same executable, same everything but the start time: another process.
-    await writeFile(join(procRoot, '4343', 'stat'), statLine({ pid: 4343, startTime: '101' }));
+    // procfs makes a new directory inode for a new process: same PID, same files, same executable.
+    await rm(join(procRoot, '4343'), { recursive: true });
+    await fakeProcess(procRoot, { pid: 4343, startTime: '100' });
     expect(await attestor.stillDescribes(first, nothingElse)).toBe(false);
+    await rm(join(procRoot, '4343'), { recursive: true });
+    expect(await attestor.stillDescribes(first, nothingElse)).toBe(false); // gone
   });
 
   it('compares the cgroup and the account files of a reused attestation only when asked to', async () => {

@@ -42,6 +42,11 @@ export interface Attestation {
  * unchanged, so is every selector an entry could match.
  */
 export interface ProcessFacts {
+  /**
+   * Identity of this process's /proc/PID inode (dev, inode number, ctime), read while the process
+   * was pinned: a process that exits and is reaped, and a new process given its PID, get another.
+   */
+  procEntry: string;
   /** Identity of the running executable (dev, inode, size, mtime, ctime): execve(2) changes it. */
   exe: string;
   /** /proc/PID/cgroup as read: moving the process to another cgroup changes it. */
@@ -149,14 +154,19 @@ export class Attestor {
    * means every selector an entry could match, and the cgroup, are as they were; any doubt answers
    * false (attest again).
    *
-   * PID reuse (fail closed): with SO_PEERPIDFD the kernel hands out a pidfd for exactly the process
-   * that connected, whenever it is asked, so "that pidfd has not exited" after the reads below
-   * proves /proc/PID named the connector throughout (a PID is freed only once its process has
-   * exited and been reaped), and no start-time read is needed. Without a pidfd (kernel < 6.5) the
-   * start time in /proc/PID/stat is compared instead, as at attestation.
+   * PID reuse (fail closed), in one stat(2) and no pidfd: procfs gives each process its own
+   * /proc/PID inode, created when the directory is first looked up, with a fresh inode number
+   * (get_next_ino) and the creation time as ctime. Every lookup revalidates that directory against
+   * the process it was made for (pid_revalidate): once that process has been reaped (its PID free
+   * for reuse), a lookup of /proc/PID drops it and makes a new inode for whatever has the PID now.
+   * So the same (dev, inode, ctime) as at attestation, read after everything else, proves the
+   * connector was not reaped before that read, and every earlier read was about it. (The inode
+   * may also be replaced while the process lives, when the kernel evicts an unused one: then this
+   * answers false and the caller attests again, which costs time, never safety.) A zombie keeps
+   * its inode but has no executable: the exe comparison below fails for it.
    *
-   * Exec (fail closed): execve(2) keeps PID, pidfd and start time but changes the running
-   * executable, so stat(/proc/PID/exe) is compared on every call (one syscall).
+   * Exec (fail closed): execve(2) keeps PID and start time but changes the running executable, so
+   * stat(/proc/PID/exe) is compared on every call (one syscall).
    *
    * What a process or an administrator can change while the process lives is compared only when
    * some entry or task can depend on it (`recheck`): the cgroup (one read) and the account files
@@ -167,26 +177,14 @@ export class Attestor {
    */
   async stillDescribes(previous: Attestation, recheck: RecheckNeeds = RECHECK_ALL): Promise<boolean> {
     const { pid } = previous.process;
-    let pidfd: number | undefined;
     try {
-      pidfd = previous.peer.openPidfd?.();
-    } catch {
-      return false;
-    }
-    try {
-      if (pidfd === undefined) {
-        const stat = await readStat(pid, this.procRoot);
-        if (!stat || stat.startTime !== previous.process.startTime) return false;
-      }
       if (this.executableIdentity(pid) !== previous.facts.exe) return false;
       if (recheck.cgroup && (await readProcFile(this.procRoot, pid, 'cgroup')) !== previous.facts.cgroupText) return false;
       if (recheck.accountNames && this.accounts.identity() !== previous.facts.accounts) return false;
-      // Alive after the reads: they were all about the connecting process.
-      return pidfd === undefined || pidfdIsAlive(pidfd);
+      // Last: the connector was still there (not reaped) after the reads above.
+      return previous.facts.procEntry !== 'none' && this.procEntryIdentity(pid) === previous.facts.procEntry;
     } catch {
       return false;
-    } finally {
-      closePidfd(pidfd);
     }
   }
 
@@ -210,6 +208,8 @@ export class Attestor {
     const withAncestors = opts.withAncestors ?? true;
     const before = await readStat(pid, this.procRoot);
     if (!before || !this.pidfdLive(pidfd)) throw processGone(pid);
+    // Read in the pinned window (the checks after the reads prove it): this process's /proc entry.
+    const procEntry = this.procEntryIdentity(pid);
     const exeBefore = this.executableIdentity(pid);
     const accounts = this.accounts.identity();
 
@@ -258,7 +258,7 @@ export class Attestor {
       selectors: normalizeSelectors(values.flatMap((v) => this.selector(pid, v))),
       cgroup,
       ancestors,
-      facts: { exe: exeBefore, cgroupText, accounts, withSha256: opts.withSha256, withAncestors },
+      facts: { procEntry, exe: exeBefore, cgroupText, accounts, withSha256: opts.withSha256, withAncestors },
     };
   }
 
@@ -271,6 +271,16 @@ export class Attestor {
 
   private pidfdLive(pidfd: number | undefined): boolean {
     return pidfd === undefined || pidfdIsAlive(pidfd);
+  }
+
+  /** See stillDescribes: which /proc/PID inode the kernel has for this PID now; "none" when there is none. */
+  private procEntryIdentity(pid: number): string {
+    try {
+      const st = statSync(join(this.procRoot, String(pid)), { bigint: true });
+      return `${st.dev}:${st.ino}:${st.ctimeNs}`;
+    } catch {
+      return 'none';
+    }
   }
 
   /**
