@@ -127,6 +127,33 @@ describe('Workload API', () => {
     }
   });
 
+  it('answers repeated unary calls on one connection alike, and follows entry changes and the deny list on it', async () => {
+    const client = new WorkloadApiClient({ socketPath: t.config.workloadSocket });
+    const audience = ['https://repeat.example'];
+    let added: { id: string } | undefined;
+    try {
+      const first = await client.fetchJwtSvids({ audience });
+      const again = await client.fetchJwtSvids({ audience });
+      expect(again.map((s) => s.token)).toEqual(first.map((s) => s.token)); // the cached JWT-SVIDs
+      for (let i = 0; i < 2; i++) expect((await client.validateJwtSvid(first[0]!.token, audience[0]!)).spiffeId).toBe(first[0]!.spiffeId);
+
+      added = await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/added-later`, selectors: ['unix:uid:0'] } });
+      const withNew = await client.fetchJwtSvids({ audience });
+      expect(withNew.map((s) => s.spiffeId)).toContain(`spiffe://${td}/added-later`);
+      const token = withNew.find((s) => s.spiffeId === `spiffe://${td}/added-later`)!.token;
+      expect((await client.validateJwtSvid(token, audience[0]!)).spiffeId).toBe(`spiffe://${td}/added-later`);
+
+      await t.admin.call('DeleteEntry', { id: added.id });
+      added = undefined;
+      expect((await client.fetchJwtSvids({ audience })).map((s) => s.spiffeId)).not.toContain(`spiffe://${td}/added-later`);
+      // Its tokens are on the deny list now: the same question on the same connection gets another answer.
+      await expect(client.validateJwtSvid(token, audience[0]!)).rejects.toMatchObject({ code: 'invalid_argument' });
+    } finally {
+      client.close();
+      if (added) await t.admin.call('DeleteEntry', { id: added.id });
+    }
+  });
+
   it('pushes an entry deletion to an open stream within a second, and ends the stream when nothing is left', async () => {
     const extra = await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/short-lived`, selectors: ['unix:uid:0'] } });
     const w = watch(t.config.workloadSocket);

@@ -19,16 +19,38 @@ export function workloadStateEncoders(): StateEncoders {
   };
 }
 
+/** The unary methods, whose handlers may answer with bytes encoded earlier (see UnaryEncoders). */
+const UNARY_METHODS = ['FetchJWTSVID', 'ValidateJWTSVID'] as const;
+
 /**
  * The Workload API service as the server registers it: the streaming methods write the hub's
  * pre-encoded bytes as they are (grpc-js frames whatever the serializer returns); the unary
- * methods serialize as usual.
+ * methods serialize a response object, or pass a Buffer (a response encoded earlier) as it is.
  */
 export function workloadServiceDefinition(): grpc.ServiceDefinition {
   const methods = workloadService().service;
   const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...methods };
   for (const name of STREAMING_METHODS) out[name] = { ...methods[name]!, responseSerialize: (encoded: Buffer) => encoded } as grpc.MethodDefinition<unknown, unknown>;
+  for (const name of UNARY_METHODS) {
+    const serialize = methods[name]!.responseSerialize as (value: unknown) => Buffer;
+    out[name] = { ...methods[name]!, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) } as grpc.MethodDefinition<unknown, unknown>;
+  }
   return out as grpc.ServiceDefinition;
+}
+
+/** Protobuf encoders of the unary responses, for handlers that keep an encoded answer to send again. */
+export interface UnaryEncoders {
+  fetchJwtSvid(response: { svids: { spiffe_id: string; svid: string; hint: string }[] }): Buffer;
+  validateJwtSvid(response: { spiffe_id: string; claims: ReturnType<typeof toStruct> }): Buffer;
+}
+
+export function unaryEncoders(): UnaryEncoders {
+  const methods = workloadService().service;
+  const [fetchJwtSvid, validateJwtSvid] = UNARY_METHODS.map((name) => methods[name]!.responseSerialize as (value: unknown) => Buffer) as [
+    (v: unknown) => Buffer,
+    (v: unknown) => Buffer,
+  ];
+  return { fetchJwtSvid, validateJwtSvid };
 }
 
 export function encodeX509SvidResponse(state: X509State) {

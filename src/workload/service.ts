@@ -10,7 +10,8 @@ import type { Identity } from '../issuer/identity.js';
 import type { SvidCache } from '../issuer/svid-cache.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import { LatestWinsWriter } from './latest-writer.js';
-import { toStruct } from './encode.js';
+import { toStruct, unaryEncoders } from './encode.js';
+import type { MintedJwt } from '../issuer/svid-cache.js';
 
 export interface AttestationResult {
   peer: PeerCredentialsLike;
@@ -41,6 +42,20 @@ const SECURITY_HEADER = 'workload.spiffe.io';
 const MAX_AUDIENCES = 16;
 const MAX_AUDIENCE_LENGTH = 1024;
 
+/**
+ * What the last unary calls on one connection answered, so that a caller asking the same again
+ * (the usual pattern: a token before each outgoing request, a check of each incoming one) gets the
+ * same bytes without another audit-safety scan or protobuf encoding. Every check that decides the
+ * answer (attestation, identities, the JWT cache, token validation) still runs on every call;
+ * only the encoding of an identical answer is reused.
+ */
+interface ConnectionAnswers {
+  /** The last audience list (JSON) that passed the audit-safety check. */
+  auditedAudience?: string;
+  fetch?: { identities: readonly Identity[]; jwts: readonly MintedJwt[]; response: Buffer };
+  validate?: { token: string; spiffeId: string; response: Buffer };
+}
+
 /** SPIRE's rule: exactly one value, exactly "true"; checked before anything else happens. */
 function checkSecurityHeader(metadata: grpc.Metadata): void {
   const values = metadata.get(SECURITY_HEADER);
@@ -50,6 +65,14 @@ function checkSecurityHeader(metadata: grpc.Metadata): void {
 /** Handlers of /SpiffeWorkloadAPI/*. WIT methods have no handler, so grpc-js answers UNIMPLEMENTED. */
 export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImplementation {
   const { hub, logger } = deps;
+  const encode = unaryEncoders();
+  /** Per connection (the peer registry's object for it), dropped with it. */
+  const answers = new WeakMap<object, ConnectionAnswers>();
+  const answersOf = (connection: object) => {
+    let a = answers.get(connection);
+    if (!a) answers.set(connection, (a = {}));
+    return a;
+  };
 
   async function attestCaller(call: { getPeer(): string }, method: string, streaming = false): Promise<Caller & { connection: object }> {
     const peer = deps.peers.lookup(call.getPeer());
@@ -124,7 +147,10 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
           throw invalidArgument(`audience: at most ${MAX_AUDIENCES} values of at most ${MAX_AUDIENCE_LENGTH} characters`);
         }
         // Audiences go into the audit trail with the issuance: refuse what it would refuse.
-        assertAuditableInput({ type: 'svid.issued', audience }, 'audience');
+        const audienceKey = JSON.stringify(audience);
+        const peer = deps.peers.lookup(call.getPeer());
+        const remembered = peer && answers.get(peer);
+        if (remembered?.auditedAudience !== audienceKey) assertAuditableInput({ type: 'svid.issued', audience }, 'audience');
         let wanted: string | undefined;
         if (call.request.spiffe_id) {
           try {
@@ -134,6 +160,8 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
           }
         }
         const caller = await attestCaller(call, 'FetchJWTSVID');
+        const connection = answersOf(caller.connection);
+        connection.auditedAudience = audienceKey;
         let identities = deps.identities(caller.connection, caller);
         if (identities.length === 0) refuseNoIdentity(caller, 'FetchJWTSVID');
         if (wanted !== undefined) {
@@ -143,11 +171,15 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
             throw permissionDenied(`no identity issued for ${wanted}`);
           }
         }
-        const svids = identities.map((identity) => {
-          const jwt = deps.cache.jwtFor(identity, audience, caller);
-          return { spiffe_id: jwt.spiffeId, svid: jwt.token.reveal(), hint: identity.hint };
+        const jwts = identities.map((identity) => deps.cache.jwtFor(identity, audience, caller));
+        // The same identities given the same cached tokens: the same bytes as last time.
+        const last = connection.fetch;
+        if (last && last.identities === identities && last.jwts.length === jwts.length && last.jwts.every((j, i) => j === jwts[i])) return last.response;
+        const response = encode.fetchJwtSvid({
+          svids: jwts.map((jwt, i) => ({ spiffe_id: jwt.spiffeId, svid: jwt.token.reveal(), hint: identities[i]!.hint })),
         });
-        return { svids };
+        connection.fetch = { identities, jwts, response };
+        return response;
       })().then(
         (res) => callback(null, res),
         (err) => callback(toGrpcError(err, logger, { method: 'FetchJWTSVID' })),
@@ -168,7 +200,13 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
           // As SPIRE does: any token that fails validation is the caller's bad argument.
           throw invalidArgument(err instanceof AgentIdError ? err.message : 'JWT-SVID is not valid');
         }
-        return { spiffe_id: result.spiffeId, claims: toStruct(result.claims) };
+        // Validated again just now; the answer (its SPIFFE ID and claims) comes from the token alone.
+        const connection = answersOf(caller.connection);
+        const last = connection.validate;
+        if (last && last.token === call.request.svid && last.spiffeId === result.spiffeId) return last.response;
+        const response = encode.validateJwtSvid({ spiffe_id: result.spiffeId, claims: toStruct(result.claims) });
+        connection.validate = { token: call.request.svid, spiffeId: result.spiffeId, response };
+        return response;
       })().then(
         (res) => callback(null, res),
         (err) => callback(toGrpcError(err, logger, { method: 'ValidateJWTSVID' })),
