@@ -137,13 +137,14 @@ describe('Workload API', () => {
       expect(again.map((s) => s.token)).toEqual(first.map((s) => s.token)); // the cached JWT-SVIDs
       for (let i = 0; i < 2; i++) expect((await client.validateJwtSvid(first[0]!.token, audience[0]!)).spiffeId).toBe(first[0]!.spiffeId);
 
-      added = await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/added-later`, selectors: ['unix:uid:0'] } });
+      const created: { id: string } = await t.admin.call('CreateEntry', { entry: { spiffe_id: `spiffe://${td}/added-later`, selectors: ['unix:uid:0'] } });
+      added = created;
       const withNew = await client.fetchJwtSvids({ audience });
       expect(withNew.map((s) => s.spiffeId)).toContain(`spiffe://${td}/added-later`);
       const token = withNew.find((s) => s.spiffeId === `spiffe://${td}/added-later`)!.token;
       expect((await client.validateJwtSvid(token, audience[0]!)).spiffeId).toBe(`spiffe://${td}/added-later`);
 
-      await t.admin.call('DeleteEntry', { id: added.id });
+      await t.admin.call('DeleteEntry', { id: created.id });
       added = undefined;
       expect((await client.fetchJwtSvids({ audience })).map((s) => s.spiffeId)).not.toContain(`spiffe://${td}/added-later`);
       // Its tokens are on the deny list now: the same question on the same connection gets another answer.
