@@ -45,4 +45,29 @@ describe('Scheduler', () => {
     expect(runs).toEqual({ expireTasks: 5, liveness: 2 });
     await scheduler.stop();
   });
+
+  it('prunes (and re-anchors) one interval after start, not in the first pass after a restart', async () => {
+    const clock = new ManualClock();
+    let prunes = 0;
+    const work: ScheduledWork = {
+      rotateCa: async () => clock.now() + 3_600_000,
+      expireTasks: async () => undefined,
+      expireEntries: () => undefined,
+      endOrphanedTasks: async () => {},
+      prune: async () => {
+        prunes++;
+      },
+      renew: () => undefined,
+      refreshCrls: async () => clock.now() + 600_000,
+    };
+    const scheduler = new Scheduler(work, { clock, logger: silentLogger(), livenessIntervalMs: 1000 });
+    expect(await scheduler.tick()).toBeGreaterThan(clock.now());
+    expect(prunes).toBe(0);
+    await clock.advance(59_999);
+    await scheduler.tick();
+    expect(prunes).toBe(0);
+    await clock.advance(1);
+    await scheduler.tick();
+    expect(prunes).toBe(1);
+  });
 });

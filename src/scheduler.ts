@@ -29,13 +29,19 @@ export class Scheduler {
   private readonly controller = new AbortController();
   private wake: AbortController | undefined;
   private running: Promise<void> | undefined;
-  private lastPrune = -Infinity;
+  /**
+   * The first prune (and its re-anchoring) runs one interval after start, not in the first pass:
+   * the server has just anchored, and a restart's reconnect storm should not wait on its writes.
+   */
+  private lastPrune: number;
   private lastLiveness = -Infinity;
 
   constructor(
     private readonly work: ScheduledWork,
     private readonly deps: { clock: Clock; logger: Logger; livenessIntervalMs: number },
-  ) {}
+  ) {
+    this.lastPrune = deps.clock.now();
+  }
 
   start(): void {
     this.running ??= this.loop();

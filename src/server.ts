@@ -157,11 +157,13 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     metrics.timeFanout(issuer.hub);
     const peers = new PeerRegistry();
     const descriptors = new DescriptorBudget(raiseOpenFileLimit(logger).soft, config.limits.descriptorReserve);
-    // Before the socket appears: tasks whose process died while the server was down end now (one
-    // transaction, one CRL change), and finished tasks whose process is gone stop counting, so the
-    // reconnect storm that follows a restart does not wait on either.
+    // Before the Workload API socket appears (a restart's reconnect storm starts with it): tasks
+    // whose process died while the server was down end now (one transaction, one CRL change),
+    // finished tasks whose process is gone stop counting, and the database, CA and audit trail are
+    // anchored (synchronous writes and fsyncs that would otherwise stall the storm's first second).
     await tasks.endOrphaned(SYSTEM_ACTOR);
     await holders.prune();
+    integrity.anchor(ca, audit);
     const workload = parts.add('workload API', await buildWorkloadApi({ config, logger, refusals, state, holders, issuer, peers, descriptors, metrics, clock }));
     const authorities = new AuthorityService({
       ca,
@@ -189,7 +191,6 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     // failed start leaves no lock behind.
     parts.add('lock', writeLock(config.dataDir));
 
-    integrity.anchor(ca, audit);
     auditSession.started({ version: SERVER_VERSION, trustDomain: trustDomain.name, dbId: integrity.dbId() });
     logger.info({ trustDomain: trustDomain.name, serverId, workloadSocket: workload.socket, adminSocket: admin.socket }, 'agentid server started');
 

@@ -16,6 +16,7 @@ import { loadConfig } from '../config/index.js';
 import { DescriptorBudget } from './descriptors.js';
 import { WorkloadLimiter } from './limits.js';
 import { PeerRegistry } from './peers.js';
+import { unreadBytes } from './unread.js';
 
 const limits = { ...loadConfig({ env: {}, flags: { dataDir: '/tmp/unused-agentid' } }).limits, firstRequestTimeoutMs: 10_000, idleTimeoutMs: 60_000 };
 
@@ -56,6 +57,40 @@ describe('WorkloadLimiter timers', () => {
     expect(socket.destroyed).toBe(true);
     await once(socket, 'close').catch(() => undefined);
     expect(limiter.stats()).toMatchObject({ closed: { firstRequestTimeout: 1, idleTimeout: 0 }, open: { connections: 0 } });
+  });
+
+  it('does not count a request this server has not read yet against first_request_timeout (a reconnect storm)', async () => {
+    // A server that is behind has not read what the peer sent: here, a server that never reads
+    // until told (pauseOnConnect), so the request waits in the kernel's buffer.
+    const behind = net.createServer({ pauseOnConnect: true });
+    const behindPath = join(dir, 'behind.sock');
+    behind.listen(behindPath);
+    await once(behind, 'listening');
+    try {
+      const got = once(behind, 'connection') as Promise<[net.Socket]>;
+      const client = net.connect(behindPath);
+      client.on('error', () => undefined);
+      const [socket] = await got;
+      const clock = new ManualClock();
+      const limiter = new WorkloadLimiter({ limits, peers: new PeerRegistry(), descriptors: new DescriptorBudget(10_000, 64, () => 10), clock, logger: silentLogger() });
+      limiter.accept(socket, { pid: 1, uid: 1000, gid: 1000 }, () => undefined);
+      client.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+      while ((unreadBytes(socket) ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
+      await clock.advance(10_000);
+      expect(socket.destroyed).toBe(false);
+      expect(limiter.stats().closed.firstRequestTimeout).toBe(0);
+      // The server catches up and reads it, but no call starts: closed one timeout after the first deadline.
+      socket.resume();
+      while (socket.bytesRead === 0) await new Promise((r) => setTimeout(r, 5));
+      await clock.advance(9_999);
+      expect(socket.destroyed).toBe(false);
+      await clock.advance(1);
+      expect(socket.destroyed).toBe(true);
+      expect(limiter.stats().closed.firstRequestTimeout).toBe(1);
+      client.destroy();
+    } finally {
+      behind.close();
+    }
   });
 
   it('gives the connection slot back when the peer leaves, and stops its timer', async () => {

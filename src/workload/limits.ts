@@ -5,6 +5,7 @@ import type { Logger } from '../common/logger.js';
 import type { WorkloadLimits } from '../config/types.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import type { DescriptorBudget } from './descriptors.js';
+import { unreadBytes } from './unread.js';
 
 /*
  * Limits of the Workload API edge. Any local user may connect, so every resource a connection
@@ -89,6 +90,8 @@ export interface WorkloadLimiterDeps {
   descriptors: DescriptorBudget;
   clock: Clock;
   logger: Logger;
+  /** Bytes a peer sent that this process has not read yet (default: the kernel's count, unread.ts). */
+  unreadBytes?: (socket: Socket) => number | undefined;
 }
 
 export class WorkloadLimiter {
@@ -341,6 +344,13 @@ export class WorkloadLimiter {
           reason = 'idleTimeout';
         }
         const now = clock.now();
+        if (now >= due && reason === 'firstRequestTimeout' && conn.refusal === undefined && this.serverIsBehind(conn)) {
+          // The peer sent its request and this server has not read a byte of it yet (a reconnect
+          // storm): the peer did its part. Closing it would throw away its place in the queue and
+          // bring it back later as one more connection to serve; its time starts again instead.
+          conn.acceptedAt = now;
+          continue;
+        }
         if (now >= due) {
           if (conn.refusal === undefined) this.counters.closed[reason]++;
           conn.socket.destroy();
@@ -351,6 +361,12 @@ export class WorkloadLimiter {
     } catch {
       // Aborted: the connection closed.
     }
+  }
+
+  /** Nothing read from the connection yet, while the kernel holds bytes its peer sent. */
+  private serverIsBehind(conn: Connection): boolean {
+    if (conn.socket.bytesRead > 0) return false;
+    return ((this.deps.unreadBytes ?? unreadBytes)(conn.socket) ?? 0) > 0;
   }
 
   private refuse(kind: RefusalKind): void {
