@@ -19,7 +19,7 @@ import { buildReadModel, buildStorage } from './server/storage.js';
 import { buildIssuer } from './server/issuer.js';
 import { buildAdminApi, buildBundleEndpoint, buildWorkloadApi } from './server/apis.js';
 import { buildScheduler } from './server/scheduled-work.js';
-import { buildNodeService } from './server/nodes.js';
+import { buildAgentListener, buildNodeService } from './server/nodes.js';
 import { buildConsole } from './console/index.js';
 import { buildIntegrity, type Component } from './integrity/index.js';
 import { DescriptorBudget, raiseOpenFileLimit } from './workload/descriptors.js';
@@ -37,6 +37,8 @@ export interface RunningServer {
   bundleEndpointUrl: string | undefined;
   /** Port of the mTLS admin listener, when enabled. */
   adminTcpPort: number | undefined;
+  /** Port of the listener for per-host agents (agents.listen), when enabled. */
+  agentPort: number | undefined;
   /** https://host:port of the web console, when enabled. */
   consoleUrl: string | undefined;
   /** http://host:port of the health (/live, /ready) and metrics (/metrics) endpoints, when enabled. */
@@ -177,6 +179,7 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     const nodes = buildNodeService({ config, trustDomain, datastore, state, ca, issuances, revoker, tasks, clock, audit });
     const services = { entries, tasks, revoker, audit, authorities, nodes, consoleLogin: webConsole?.createLogin };
     const admin = parts.add('admin API', await buildAdminApi({ config, trustDomain, tcpRoles, clock, logger, peers, descriptors, issuer, services, issuances }));
+    const agents = parts.add('agent listener', await buildAgentListener({ config, trustDomain, nodes, state, datastore, issuer, clock, logger }));
     const bundleEndpoint = parts.add('bundle endpoint', await buildBundleEndpoint({ config, trustDomain, clock, logger, ca, issuer }));
     metrics.watch({ openConnections: () => peers.size, openStreams: () => issuer.hub.size, authorities: () => ca.authorities(), now: () => clock.now(), workloadLimits: workload.limits });
     const ops = parts.add('health and metrics', await startOps({
@@ -209,6 +212,7 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
       adminSocket: admin.socket,
       bundleEndpointUrl: bundleEndpoint.url,
       adminTcpPort: admin.tcpPort,
+      agentPort: agents.port,
       consoleUrl: webConsole?.url,
       healthUrl: ops.healthUrl,
       metricsUrl: ops.metricsUrl,

@@ -1,16 +1,12 @@
-import { constants as cryptoConstants, createPrivateKey } from 'node:crypto';
-import type { AddressInfo, Socket } from 'node:net';
-import tls from 'node:tls';
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
 import { loadProto } from '../common/proto.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
-import { toPem } from '../verify/der.js';
 import { refuse, VerificationError } from '../verify/errors.js';
-import { peerChainDer, type X509SvidSource } from '../verify/tls.js';
-import type { VerifiedX509Svid } from '../verify/x509.js';
+import type { X509SvidSource } from '../verify/tls.js';
 import { clientSvidVerifier } from './client-verify.js';
+import { startTlsGrpcListener } from './tls-grpc.js';
 import type { SpiffeRole } from './roles.js';
 import type { AdminCaller, CallerOf } from './service.js';
 
@@ -58,7 +54,6 @@ export interface AdminTcpListener {
 }
 
 interface Connection {
-  socket: tls.TLSSocket;
   chain: Buffer[];
   spiffeId: string;
 }
@@ -72,117 +67,33 @@ function adminServiceDefinition(): grpc.ServiceDefinition {
 export async function startAdminTcpListener(opts: AdminTcpOptions): Promise<AdminTcpListener> {
   const { source, trustDomain, roles, clock } = opts;
   const logger = opts.logger.child({ api: 'admin-tcp' });
-
   const verifier = clientSvidVerifier({ source, trustDomain, roles, crls: opts.crls, clock });
-  const verifyChain = (chain: Buffer[]): VerifiedX509Svid => verifier.verify(chain);
 
-  const contextOptions = (): tls.SecureContextOptions => {
-    const svid = source.getX509Svid();
-    if (svid.chainDer.length === 0) throw new Error('admin mTLS: the server SVID source has no certificate chain');
-    return {
-      minVersion: 'TLSv1.2',
-      cert: svid.chainDer.map((d) => toPem(d, 'CERTIFICATE')).join(''),
-      // PEM because secure contexts take no DER keys; the string lives only inside the context.
-      key: createPrivateKey({ key: svid.keyPkcs8Der.reveal(), format: 'der', type: 'pkcs8' }).export({ format: 'pem', type: 'pkcs8' }).toString(),
-    };
-  };
-
-  const connections = new Map<string, Connection>();
-  const callerOf: CallerOf = (call): AdminCaller => {
-    const conn = connections.get(call.getPeer());
-    if (!conn || conn.socket.destroyed) return { who: 'unknown', reason: 'connection has no verified client SVID' };
-    return verifier.callerForChain(conn.chain, conn.spiffeId);
-  };
-
-  const grpcServer = new grpc.Server();
-  grpcServer.addService(adminServiceDefinition(), opts.handlers(callerOf));
-  const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-
-  const server = tls.createServer({
-    ...contextOptions(),
-    requestCert: true,
-    // OpenSSL knows neither SPIFFE rules nor our CRLs; verify/ judges the chain on 'secureConnection'.
-    rejectUnauthorized: false,
-    ALPNProtocols: ['h2'],
-    // An unauthenticated peer holds a socket only this long.
-    handshakeTimeout: 10_000,
-    // No session resumption: every connection does a full handshake and presents its chain.
-    secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
-  });
-
-  const onUpdate = () => {
-    try {
-      server.setSecureContext(contextOptions());
-    } catch (err) {
-      // Keep serving the previous certificate; it stays valid until its notAfter.
-      logger.error({ err: (err as Error).message }, 'admin mTLS: cannot load the renewed server SVID');
-    }
-  };
-  source.on('update', onUpdate);
-
-  const rawSockets = new Set<Socket>();
-  server.on('connection', (socket: Socket) => {
-    rawSockets.add(socket);
-    socket.once('close', () => rawSockets.delete(socket));
-  });
-  server.on('tlsClientError', (err, socket) => {
-    logger.warn({ peer: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, reason: 'tls_handshake', err: err.message }, 'admin mTLS: handshake failed');
-  });
-  server.on('secureConnection', (socket: tls.TLSSocket) => {
-    const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    let spiffeId: string;
-    const chain = peerChainDer(socket);
-    try {
-      if (chain.length === 0) throw refuse('malformed', 'admin mTLS: the client presented no certificate');
-      spiffeId = verifyChain(chain).spiffeId.toString();
-    } catch (err) {
-      const reason = err instanceof VerificationError ? err.reason : 'internal';
-      logger.warn({ peer, reason, err: (err as Error).message }, 'admin mTLS: client refused');
-      // No error argument: nothing listens for 'error' on a server socket after the handshake.
-      socket.destroy();
-      return;
-    }
-    // The key format grpc-js's getPeer() produces for this socket.
-    const key = socket.remotePort ? `${socket.remoteAddress}:${socket.remotePort}` : String(socket.remoteAddress);
-    connections.set(key, { socket, chain, spiffeId });
-    socket.once('close', () => {
-      if (connections.get(key)?.socket === socket) connections.delete(key);
-    });
-    logger.debug({ peer, spiffeId }, 'admin mTLS: client verified');
-    injector.injectConnection(socket);
-  });
-
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    server.once('error', onError);
-    server.listen(opts.listen.port, opts.listen.host, () => {
-      server.off('error', onError);
-      resolve();
-    });
-  }).catch((err) => {
-    source.off('update', onUpdate);
-    injector.destroy();
-    grpcServer.forceShutdown();
-    throw err;
-  });
-  server.on('error', (err) => logger.error({ err: err.message }, 'admin mTLS: listener error'));
-  const port = (server.address() as AddressInfo).port;
-  logger.info({ host: opts.listen.host, port }, 'admin mTLS listener started');
-
-  let closing: Promise<void> | undefined;
-  return {
-    port,
-    close() {
-      closing ??= new Promise<void>((resolve) => {
-        source.off('update', onUpdate);
-        server.close(() => resolve());
-        for (const s of rawSockets) s.destroy();
-        injector.destroy();
-        grpcServer.forceShutdown();
-        connections.clear();
-      });
-      return closing;
+  const listener = await startTlsGrpcListener<Connection>({
+    listen: opts.listen,
+    source,
+    name: 'admin mTLS',
+    logger,
+    admit(chain, peer) {
+      try {
+        if (chain.length === 0) throw refuse('malformed', 'admin mTLS: the client presented no certificate');
+        const spiffeId = verifier.verify(chain).spiffeId.toString();
+        logger.debug({ peer, spiffeId }, 'admin mTLS: client verified');
+        return { chain, spiffeId };
+      } catch (err) {
+        const reason = err instanceof VerificationError ? err.reason : 'internal';
+        logger.warn({ peer, reason, err: (err as Error).message }, 'admin mTLS: client refused');
+        return undefined;
+      }
     },
-  };
+    register(server, connectionOf) {
+      const callerOf: CallerOf = (call): AdminCaller => {
+        const conn = connectionOf(call);
+        if (!conn) return { who: 'unknown', reason: 'connection has no verified client SVID' };
+        return verifier.callerForChain(conn.chain, conn.spiffeId);
+      };
+      server.addService(adminServiceDefinition(), opts.handlers(callerOf));
+    },
+  });
+  return { port: listener.port, close: () => listener.close() };
 }
-

@@ -11,6 +11,9 @@ import type { Revoker } from '../tasks/revocations.js';
 import type { TaskService } from '../tasks/service.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
 import { NodeService } from '../nodes/service.js';
+import { startAgentListener } from '../nodes/listener.js';
+import type { Logger } from '../common/logger.js';
+import type { Issuer } from './issuer.js';
 
 /** The DER CA certificates of agents.x509pop.ca_bundle (none: x509pop is refused). */
 function x509popRoots(file: string | null): Buffer[] {
@@ -54,4 +57,31 @@ export function buildNodeService(deps: {
     clock: deps.clock,
     audit: deps.audit,
   });
+}
+
+/** The listener for per-host agents (agents.listen / --agent-listen), when configured. */
+export async function buildAgentListener(deps: {
+  config: Config;
+  trustDomain: TrustDomain;
+  nodes: NodeService;
+  state: ReadModel;
+  datastore: Datastore;
+  issuer: Issuer;
+  clock: Clock;
+  logger: Logger;
+}): Promise<{ port: number | undefined; close(): Promise<void> | void }> {
+  const listen = deps.config.agents.listen;
+  if (listen === null) return { port: undefined, close: () => undefined };
+  const listener = await startAgentListener({
+    listen,
+    source: deps.issuer.serverSvid,
+    trustDomain: deps.trustDomain,
+    crls: () => deps.issuer.trust.crls(),
+    nodes: deps.nodes,
+    state: deps.state,
+    datastore: deps.datastore,
+    clock: deps.clock,
+    logger: deps.logger,
+  });
+  return { port: listener.port, close: () => listener.close() };
 }

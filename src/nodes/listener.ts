@@ -1,0 +1,295 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Clock } from '../common/clock.js';
+import { invalidArgument, permissionDenied } from '../common/errors.js';
+import { toGrpcError } from '../common/grpc-errors.js';
+import type { Logger } from '../common/logger.js';
+import { loadProto } from '../common/proto.js';
+import type { AuthorityRecord, Datastore, Revocation } from '../datastore/types.js';
+import type { ReadModel, StateChange } from '../state/read-model.js';
+import { parseNodeSpiffeId, type SpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
+import type { X509SvidSource } from '../verify/tls.js';
+import { clientSvidVerifier } from '../admin/client-verify.js';
+import { startTlsGrpcListener } from '../admin/tls-grpc.js';
+import { changesForNode, snapshotForNode, type NodeView, type ViewChange } from './authorize.js';
+import type { IssuedNodeSvid, NodeService } from './service.js';
+
+/*
+ * The agent listener: agentid.node.v1.AgentIdNode for per-host agents, over TLS we own
+ * (admin/tls-grpc.ts). The server presents its own SVID and asks for, but does not require, a
+ * client certificate: Attest is made with a join token (no certificate) or with a host
+ * certificate (x509pop). Every other call must come over a connection whose client certificate is
+ * a node SVID that verifies now (our bundle, our CRLs), is not on the deny list, and names an
+ * active node; this is checked again on every call, so an evicted or expired node SVID authorizes
+ * nothing more even on a connection that stays open.
+ */
+
+export interface AgentListenerOptions {
+  listen: { host: string; port: number };
+  /** agentid's own SVID and our trust domain's bundle (ServerSvidSource). */
+  source: X509SvidSource;
+  trustDomain: TrustDomain;
+  /** Current DER CRLs of our signing CAs. */
+  crls: () => readonly Buffer[];
+  nodes: NodeService;
+  state: Pick<ReadModel, 'onChange' | 'revision' | 'authorities' | 'isRevoked'>;
+  datastore: Pick<Datastore, 'entries' | 'tasks' | 'revocations' | 'authorities' | 'changes'>;
+  /** Most requests of one MintX509Svids call (a bigger batch is refused, the agent splits it). */
+  maxBatch?: number;
+  clock: Clock;
+  logger: Logger;
+}
+
+export interface AgentListener {
+  readonly port: number;
+  /** Open Sync streams (for tests and metrics). */
+  streams(): number;
+  close(): Promise<void>;
+}
+
+interface Connection {
+  chain: Buffer[];
+  peer: string;
+}
+
+let nodeService: grpc.ServiceDefinition | undefined;
+function nodeServiceDefinition(): grpc.ServiceDefinition {
+  return (nodeService ??= (loadProto('agentid/node/v1/node.proto') as any).agentid.node.v1.AgentIdNode.service);
+}
+
+const DEFAULT_MAX_BATCH = 1000;
+
+interface SyncStream {
+  node: string;
+  conn: Connection;
+  send(update: object): void;
+  end(status?: Partial<grpc.ServiceError>): void;
+}
+
+/** What a NodeView and authority changes become on the wire (records as JSON). */
+function updateMessage(view: NodeView, authorities: { put: AuthorityRecord[]; removed: string[] }, revision: number, snapshot: boolean) {
+  return {
+    snapshot,
+    revision,
+    entries: view.entries.map((e) => JSON.stringify(e)),
+    deleted_entries: view.deletedEntries,
+    tasks: view.tasks.map((t) => JSON.stringify(t)),
+    revocations: view.revocations.map((r: Revocation) => JSON.stringify(r)),
+    removed_revocations: view.removedRevocations,
+    authorities: authorities.put.map((a) => JSON.stringify(a)),
+    removed_authorities: authorities.removed,
+    evicted: false,
+  };
+}
+
+const isEmpty = (m: ReturnType<typeof updateMessage>) =>
+  m.entries.length + m.deleted_entries.length + m.tasks.length + m.revocations.length + m.removed_revocations.length + m.authorities.length + m.removed_authorities.length === 0;
+
+export async function startAgentListener(opts: AgentListenerOptions): Promise<AgentListener> {
+  const { nodes, state, datastore } = opts;
+  const logger = opts.logger.child({ api: 'agents' });
+  const maxBatch = opts.maxBatch ?? DEFAULT_MAX_BATCH;
+  const verifier = clientSvidVerifier({ source: opts.source, trustDomain: opts.trustDomain, roles: [], crls: opts.crls, clock: opts.clock });
+  const streams = new Set<SyncStream>();
+
+  /** The node a connection's client certificate proves, now; refuses everything else. */
+  const nodeOf = (conn: Connection | undefined): string => {
+    if (!conn || conn.chain.length === 0) throw permissionDenied('a node SVID is required (attest first)');
+    let id: SpiffeId;
+    try {
+      id = verifier.verify(conn.chain).spiffeId;
+    } catch {
+      throw permissionDenied('the node SVID does not verify');
+    }
+    const spiffeId = id.toString();
+    const name = parseNodeSpiffeId(id);
+    if (name === undefined) throw permissionDenied('the client certificate is not a node SVID');
+    if (state.isRevoked(spiffeId)) throw permissionDenied('the node SVID is revoked');
+    nodes.activeNode(name);
+    return name;
+  };
+
+  /** Every server's X.509 roots (DER), for the agent's trust bundle. */
+  const trustBundle = (): Buffer[] => {
+    const seen = new Set<string>();
+    for (const a of state.authorities()) for (const r of a.x509Authorities) seen.add(r);
+    return [...seen].map((b) => Buffer.from(b, 'base64'));
+  };
+  const nodeSvidMessage = (issued: IssuedNodeSvid) => ({
+    node: issued.node.name,
+    spiffe_id: issued.svid.spiffeId,
+    cert_chain: issued.svid.chainDer,
+    expires_at: issued.svid.notAfter,
+    trust_bundle: trustBundle(),
+  });
+
+  type Call = { request: any; getPeer(): string };
+  const unary = (method: string, connectionOf: (call: Call) => Connection | undefined, handler: (req: any, conn: Connection | undefined) => unknown) =>
+    (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<any>) => {
+      (async () => handler(call.request, connectionOf(call)))().then(
+        (res) => callback(null, res),
+        (err) => callback(toGrpcError(err, logger, { method }) as grpc.ServiceError),
+      );
+    };
+
+  const ref = (r: { entry_id?: string; task_agent?: string; task_id?: string }) => ({ entryId: r.entry_id ?? '', taskAgent: r.task_agent ?? '', taskId: r.task_id ?? '' });
+
+  const handlers = (connectionOf: (call: Call) => Connection | undefined): grpc.UntypedServiceImplementation => ({
+    Attest: unary('Attest', connectionOf, async (req, conn) => {
+      if (!conn) throw permissionDenied('no TLS connection');
+      const spki = Buffer.from(req.public_key ?? []);
+      const issued = req.join_token
+        ? await nodes.attestWithJoinToken(req.join_token, spki, conn.peer)
+        : await nodes.attestWithHostCertificate(conn.chain, spki, conn.peer);
+      return nodeSvidMessage(issued);
+    }),
+    RenewNodeSvid: unary('RenewNodeSvid', connectionOf, async (req, conn) =>
+      nodeSvidMessage(await nodes.renew(nodeOf(conn), Buffer.from(req.public_key ?? []), conn!.peer))),
+    MintX509Svids: unary('MintX509Svids', connectionOf, (req, conn) => {
+      const node = nodeOf(conn);
+      const requests = (req.requests ?? []) as { entry_id: string; task_agent: string; task_id: string; public_key: Buffer }[];
+      if (requests.length > maxBatch) throw invalidArgument(`at most ${maxBatch} requests per MintX509Svids call`);
+      const results = nodes.mintX509Svids(node, requests.map((r) => ({ ...ref(r), spki: Buffer.from(r.public_key ?? []) })));
+      return {
+        results: results.map((r) =>
+          'ok' in r
+            ? { cert_chain: r.ok.chainDer, expires_at: r.ok.notAfter, error_code: '', error_message: '' }
+            : { cert_chain: [], expires_at: 0, error_code: r.error.code, error_message: r.error.message }),
+      };
+    }),
+    MintJwtSvid: unary('MintJwtSvid', connectionOf, (req, conn) => {
+      const svid = nodes.mintJwtSvid(nodeOf(conn), { ...ref(req), audience: req.audience ?? [] });
+      return { token: svid.token.reveal(), expires_at: svid.expiresAt };
+    }),
+    StartTask: unary('StartTask', connectionOf, async (req, conn) => {
+      const task = await nodes.forwardStartTask(nodeOf(conn), {
+        agent: req.agent, id: req.id, pid: req.pid, startTime: req.start_time, descendants: req.descendants, cgroup: req.cgroup,
+        ttlMs: Number(req.ttl_seconds) > 0 ? Number(req.ttl_seconds) * 1000 : undefined, metadata: req.metadata ?? {}, callerUid: req.caller_uid,
+      });
+      return { task: JSON.stringify(task) };
+    }),
+    EndTask: unary('EndTask', connectionOf, async (req, conn) => {
+      const task = await nodes.forwardEndTask(nodeOf(conn), { agent: req.agent, id: req.id, reason: req.reason, callerUid: req.caller_uid });
+      return { task: JSON.stringify(task) };
+    }),
+    Sync: (call: grpc.ServerWritableStream<any, any>) => {
+      const conn = connectionOf(call);
+      let node: string;
+      try {
+        node = nodeOf(conn);
+      } catch (err) {
+        call.emit('error', toGrpcError(err, logger, { method: 'Sync' }));
+        return;
+      }
+      void follow(call, node, conn!);
+    },
+  });
+
+  /** A Sync stream: the snapshot, then the node's share of every change, until it ends. */
+  async function follow(call: grpc.ServerWritableStream<any, any>, node: string, conn: Connection): Promise<void> {
+    let open = true;
+    const pending: StateChange[][] = [];
+    let snapshotSent = false;
+    const stream: SyncStream = {
+      node,
+      conn,
+      send: (m) => {
+        if (open) call.write(m);
+      },
+      end(status) {
+        if (!open) return;
+        open = false;
+        stop();
+        streams.delete(stream);
+        if (status) call.emit('error', status);
+        else call.end();
+      },
+    };
+    const deliver = (changes: readonly StateChange[]) => {
+      // Each batch re-checks the node's SVID: an expired or revoked one ends the stream.
+      try {
+        nodeOf(conn);
+      } catch (err) {
+        const evicted = changes.some((c) => c.kind === 'node' && c.name === node && c.after?.state === 'evicted');
+        if (evicted) return evict(stream);
+        return stream.end(toGrpcError(err, logger, { method: 'Sync', node }));
+      }
+      const view = changesForNode(node, changes.filter((c): c is ViewChange => c.kind === 'entry' || c.kind === 'task' || c.kind === 'revocation'));
+      const put: AuthorityRecord[] = [];
+      const removed: string[] = [];
+      for (const c of changes) {
+        if (c.kind !== 'authority') continue;
+        if (c.after) put.push(c.after);
+        else removed.push(c.serverId);
+      }
+      const message = updateMessage(view, { put, removed }, state.revision, false);
+      if (!isEmpty(message)) stream.send(message);
+    };
+    const stop = state.onChange((changes) => {
+      if (!snapshotSent) pending.push([...changes]);
+      else deliver(changes);
+    });
+    call.on('cancelled', () => stream.end());
+    call.on('error', () => stream.end());
+    call.on('close', () => stream.end());
+    streams.add(stream);
+    try {
+      // The head first: what is written while the lists are read also arrives as a change
+      // (re-sending a record is harmless: the agent replaces it).
+      const revision = Math.max(await datastore.changes.head(), state.revision);
+      const [entries, tasks, revocations, authorities] = await Promise.all([
+        datastore.entries.list(),
+        datastore.tasks.list(),
+        datastore.revocations.list(),
+        datastore.authorities.list(),
+      ]);
+      if (!open) return;
+      stream.send(updateMessage(snapshotForNode(node, { entries, tasks, revocations }), { put: authorities, removed: [] }, revision, true));
+      snapshotSent = true;
+      for (const batch of pending.splice(0)) deliver(batch);
+      logger.debug({ node, revision }, 'agent sync: snapshot sent');
+    } catch (err) {
+      stream.end(toGrpcError(err, logger, { method: 'Sync', node }));
+    }
+  }
+
+  /** Tells the node's agent it was evicted and ends its stream. */
+  function evict(stream: SyncStream): void {
+    stream.send({ snapshot: false, revision: state.revision, evicted: true });
+    stream.end();
+  }
+
+  const stopEvictions = state.onChange((changes) => {
+    for (const c of changes) {
+      if (c.kind !== 'node' || c.after?.state !== 'evicted') continue;
+      for (const s of [...streams]) if (s.node === c.name) evict(s);
+      logger.info({ node: c.name }, 'agent sync: node evicted, its streams ended');
+    }
+  });
+
+  let listener;
+  try {
+    listener = await startTlsGrpcListener<Connection>({
+      listen: opts.listen,
+      source: opts.source,
+      name: 'agent listener',
+      logger,
+      // Every connection is admitted: Attest needs none; the other calls check the node SVID themselves.
+      admit: (chain, peer) => ({ chain, peer }),
+      register: (server, connectionOf) => server.addService(nodeServiceDefinition(), handlers(connectionOf)),
+    });
+  } catch (err) {
+    stopEvictions();
+    throw err;
+  }
+  const bound = listener;
+  return {
+    port: bound.port,
+    streams: () => streams.size,
+    async close() {
+      stopEvictions();
+      for (const s of [...streams]) s.end({ code: grpc.status.UNAVAILABLE, details: 'server shutting down' });
+      await bound.close();
+    },
+  };
+}
+
