@@ -47,7 +47,7 @@ export function topFunctions(profile: Profile, repoRoot: string): { totalMs: num
     }
     totalUs += us;
     let where = f.url;
-    if (where.startsWith('file://')) where = relative(repoRoot, fileURLToPath(where));
+    if (where.startsWith('file://')) where = sourceName(relative(repoRoot, fileURLToPath(where)));
     where = where ? `${where}:${f.lineNumber + 1}` : '';
     const name = f.functionName || '(anonymous)';
     const key = `${name} ${where}`;
@@ -58,6 +58,11 @@ export function topFunctions(profile: Profile, repoRoot: string): { totalMs: num
   const functions = [...merged.values()].sort((a, b) => b.selfMs - a.selfMs);
   for (const f of functions) f.share = totalUs > 0 ? (f.selfMs * 1000) / totalUs : 0;
   return { totalMs: totalUs / 1000, idleMs: idleUs / 1000, functions };
+}
+
+/** The benchmark runs the compiled server (dist/, see run.ts): its files are named by their sources. */
+export function sourceName(where: string): string {
+  return where.startsWith('dist/') ? `src/${where.slice('dist/'.length).replace(/\.js$/, '.ts')}` : where;
 }
 
 /**
@@ -75,7 +80,7 @@ export function inclusiveSrcFunctions(profile: Profile, repoRoot: string): Funct
     const f = byNode.get(id)!.callFrame;
     if (!f.url.startsWith('file://')) k = null;
     else {
-      const where = relative(repoRoot, fileURLToPath(f.url));
+      const where = sourceName(relative(repoRoot, fileURLToPath(f.url)));
       k = where.startsWith('src/') ? { key: `${f.functionName} ${where}`, name: f.functionName || '(anonymous)', where } : null;
     }
     keyOf.set(id, k);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { meets, pairedRatio, percentile, summarize } from './stats.js';
+import { sourceName } from './profile-summary.js';
 
 describe('summarize', () => {
   it('takes the middle sample of an odd count, whatever the order', () => {
@@ -52,5 +53,13 @@ describe('meets', () => {
     expect(meets(0.79, { direction: 'at-least', bound: 0.8 })).toBe(false);
     expect(meets(1.5, { direction: 'at-most', bound: 1.5 })).toBe(true);
     expect(meets(1.51, { direction: 'at-most', bound: 1.5 })).toBe(false);
+  });
+});
+
+describe('sourceName (profiles of the compiled server)', () => {
+  it('names a dist/ file by its source, and leaves others alone', () => {
+    expect(sourceName('dist/workload/service.js')).toBe('src/workload/service.ts');
+    expect(sourceName('src/workload/service.ts')).toBe('src/workload/service.ts');
+    expect(sourceName('node_modules/@grpc/grpc-js/build/src/server.js')).toBe('node_modules/@grpc/grpc-js/build/src/server.js');
   });
 });
