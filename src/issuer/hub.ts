@@ -97,7 +97,8 @@ interface Sweep {
 
 export interface HubDeps {
   identitiesFor: (caller: CallerFacts, now: number) => Identity[];
-  cache: SvidCache;
+  /** Where SVIDs come from: the local CA's cache on the server, the pre-fetched store on an agent. */
+  cache: Pick<SvidCache, 'x509For' | 'dueKeys' | 'retain'>;
   trust: TrustMaterial;
   encoders: StateEncoders;
   clock: Clock;

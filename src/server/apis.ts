@@ -3,28 +3,22 @@ import type { Clock } from '../common/clock.js';
 import type { Logger } from '../common/logger.js';
 import type { Config } from '../config/index.js';
 import { loadProto } from '../common/proto.js';
-import { workloadServiceDefinition } from '../workload/encode.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { ReadModel } from '../state/read-model.js';
 import type { IssuanceStore } from '../datastore/types.js';
-import { AttestationCache, Attestor, recheckNeeds } from '../attest/index.js';
-import { TasksByBinding } from '../issuer/task-candidates.js';
 import type { RefusalAggregator } from '../audit/refusals.js';
 import type { TaskHolders } from '../tasks/holders.js';
-import { refuseMalformedRequests, strictRequests } from '../workload/strict-input.js';
 import { addReflection } from '../ops/reflection.js';
-import type { PeerCredentialsLike, PeerRegistry } from '../workload/peers.js';
+import type { PeerRegistry } from '../workload/peers.js';
+import { attestationNeeds, startWorkloadEdge } from '../workload/edge.js';
 import type { DescriptorBudget } from '../workload/descriptors.js';
-import { WorkloadLimiter } from '../workload/limits.js';
 import type { ServerMetrics } from '../ops/index.js';
 import { listenUnixWithPeerCreds } from '../workload/listener.js';
-import { workloadHandlers } from '../workload/service.js';
 import { adminHandlers, type AdminServiceDeps } from '../admin/service.js';
 import { startAdminTcpListener } from '../admin/tcp.js';
 import type { SpiffeRole } from '../admin/roles.js';
 import { bundleSequence, startBundleEndpoint } from '../bundle-endpoint/index.js';
-import { unavailable } from '../common/errors.js';
 import type { Issuer } from './issuer.js';
 
 /** The Workload API on its Unix socket: any local user may connect; attestation decides what they get. */
@@ -40,55 +34,26 @@ export async function buildWorkloadApi(deps: {
   metrics: ServerMetrics;
   clock: Clock;
 }) {
-  const { config, logger, refusals, state, holders, issuer, peers, metrics } = deps;
-  const attestations = new AttestationCache(new Attestor({ logger, sha256MaxBytes: config.attest.sha256MaxBytes }));
-  const limiter = new WorkloadLimiter({ limits: config.limits, peers, descriptors: deps.descriptors, clock: deps.clock, logger: logger.child({ api: 'workload' }) });
-  const server = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor(), refuseMalformedRequests] });
-  server.addService(
-    strictRequests(workloadServiceDefinition()),
-    metrics.instrumentWorkload(workloadHandlers({
-      peers,
-      attest: metrics.timeAttestation((peer: PeerCredentialsLike, { streaming }: { streaming: boolean }) => {
-        // Both answer from indexes kept per entry or task change: nothing here scans per call.
-        const entriesUse = (kind: string) => state.entries.usesSelectorKind(kind);
-        const tasks = TasksByBinding.of(holders.select());
-        return attestations.attest(peer, {
-          withSha256: entriesUse('sha256'),
-          withAncestors: streaming || tasks.anyWithDescendants,
-          recheck: recheckNeeds(entriesUse, tasks.anyCgroupBinding),
-        });
-      }),
-      hub: issuer.hub,
-      identities: (connection, caller) => issuer.identities.identitiesFor(connection, caller, deps.clock.now()),
-      cache: issuer.cache,
-      validateJwt: (token, audience) => issuer.jwtValidator.validate(token, audience),
-      onRefused(peer, method, reason) {
-        refusals.refused({ pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });
-      },
-      logger: logger.child({ api: 'workload' }),
-    })),
-  );
-  addReflection(server, 'spiffe/workload/workload.proto');
-  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-  const listener = await listenUnixWithPeerCreds(config.workloadSocket, {
-    mode: 0o666,
-    logger,
-    onConnection(socket, creds) {
-      limiter.accept(socket, creds, (s) => injector.injectConnection(s));
+  const { config, refusals, state, holders, issuer } = deps;
+  return startWorkloadEdge({
+    socketPath: config.workloadSocket,
+    limits: config.limits,
+    sha256MaxBytes: config.attest.sha256MaxBytes,
+    logger: deps.logger,
+    clock: deps.clock,
+    peers: deps.peers,
+    descriptors: deps.descriptors,
+    metrics: deps.metrics,
+    attestOptions: attestationNeeds(state.entries, holders),
+    hub: issuer.hub,
+    identities: (connection, caller) => issuer.identities.identitiesFor(connection, caller, deps.clock.now()),
+    cache: issuer.cache,
+    validateJwt: (token, audience) => issuer.jwtValidator.validate(token, audience),
+    onRefused(peer, method, reason) {
+      refusals.refused({ pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });
     },
+    closingMessage: 'server shutting down',
   });
-  return {
-    socket: config.workloadSocket,
-    limits: () => limiter.stats(),
-    updateLimits: (limits: Config['limits']) => limiter.updateLimits(limits),
-    async close() {
-      await listener.close();
-      limiter.close();
-      issuer.hub.closeAll(unavailable('server shutting down'));
-      injector.destroy();
-      server.forceShutdown();
-    },
-  };
 }
 
 /** The admin API: on its Unix socket (roles by uid), and optionally over mTLS (roles by SVID). */

@@ -6,8 +6,8 @@ import { assertAuditableInput } from '../audit/index.js';
 import { SpiffeId } from '../spiffe/spiffe-id.js';
 import { formatSelector, type Selector } from '../spiffe/selector.js';
 import type { Caller, StreamHub } from '../issuer/hub.js';
+import type { MintCause } from '../issuer/svid-cache.js';
 import type { Identity } from '../issuer/identity.js';
-import type { SvidCache } from '../issuer/svid-cache.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import { LatestWinsWriter } from './latest-writer.js';
 import { toStruct, unaryEncoders } from './encode.js';
@@ -31,7 +31,8 @@ export interface WorkloadDeps {
    * every call on one connection, so an answer may be remembered per connection.
    */
   identities: (connection: object, caller: Caller) => Identity[];
-  cache: SvidCache;
+  /** The agent's minter is its server, so a JWT-SVID may arrive later (a Promise). */
+  cache: { jwtFor(identity: Identity, audience: string[], cause: MintCause): MintedJwt | Promise<MintedJwt> };
   validateJwt: (token: string, audience: string) => { spiffeId: string; claims: Record<string, unknown> };
   onRefused: (peer: { pid: number; uid: number } | undefined, method: string, reason: string) => void;
   logger: Logger;
@@ -171,7 +172,9 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
             throw permissionDenied(`no identity issued for ${wanted}`);
           }
         }
-        const jwts = identities.map((identity) => deps.cache.jwtFor(identity, audience, caller));
+        const minted = identities.map((identity) => deps.cache.jwtFor(identity, audience, caller));
+        // An agent's minter is its server, so a token may arrive later; the server's own cache answers at once (no await).
+        const jwts = minted.some((j) => j instanceof Promise) ? await Promise.all(minted) : (minted as MintedJwt[]);
         // The same identities given the same cached tokens: the same bytes as last time.
         const last = connection.fetch;
         if (last && last.identities === identities && last.jwts.length === jwts.length && last.jwts.every((j, i) => j === jwts[i])) return last.response;
