@@ -134,32 +134,34 @@ export function revocationToWire(r: Revocation) {
   return { spiffe_id: r.spiffeId, reason: r.reason, revoked_at: seconds(r.revokedAt), revoked_by: r.revokedBy, keep_until: seconds(r.keepUntil) };
 }
 
+/** A task as the admin API returns it (agentid.admin.v1.Task). */
+export function taskRecordToWire(t: TaskRecord, summary: { liveSerials: string[]; count: number }) {
+  return {
+    agent: t.agent,
+    id: t.id,
+    spiffe_id: t.spiffeId,
+    state: t.state,
+    binding_kind: t.binding.kind,
+    pid: t.binding.kind === 'process' ? t.binding.pid : 0,
+    start_time: t.binding.kind === 'process' ? t.binding.startTime : '',
+    descendants: t.binding.kind === 'process' ? t.binding.descendants : false,
+    cgroup: t.binding.kind === 'cgroup' ? t.binding.path : '',
+    metadata: t.metadata,
+    created_at: seconds(t.createdAt),
+    expires_at: seconds(t.expiresAt),
+    ended_at: seconds(t.endedAt),
+    end_reason: t.endReason ?? '',
+    created_by: t.createdBy,
+    live_serials: summary.liveSerials,
+    issuance_count: summary.count,
+    node: t.node ?? '',
+  };
+}
+
 /** gRPC handlers of agentid.admin.v1.AgentIdAdmin. Every call is authorized by the role `callerOf` maps its caller to. */
 export function adminHandlers(deps: AdminDeps): grpc.UntypedServiceImplementation {
   const callerOf = 'callerOf' in deps ? deps.callerOf : uidCallerOf(deps.peers, deps.roles);
-  const taskToWire = async (t: TaskRecord) => {
-    const summary = await deps.issuanceSummary(t.spiffeId);
-    return {
-      agent: t.agent,
-      id: t.id,
-      spiffe_id: t.spiffeId,
-      state: t.state,
-      binding_kind: t.binding.kind,
-      pid: t.binding.kind === 'process' ? t.binding.pid : 0,
-      start_time: t.binding.kind === 'process' ? t.binding.startTime : '',
-      descendants: t.binding.kind === 'process' ? t.binding.descendants : false,
-      cgroup: t.binding.kind === 'cgroup' ? t.binding.path : '',
-      metadata: t.metadata,
-      created_at: seconds(t.createdAt),
-      expires_at: seconds(t.expiresAt),
-      ended_at: seconds(t.endedAt),
-      end_reason: t.endReason ?? '',
-      created_by: t.createdBy,
-      live_serials: summary.liveSerials,
-      issuance_count: summary.count,
-      node: t.node ?? '',
-    };
-  };
+  const taskToWire = async (t: TaskRecord) => taskRecordToWire(t, await deps.issuanceSummary(t.spiffeId));
 
   function actorOf(call: { getPeer(): string }, method: string): Actor {
     const caller = callerOf(call);

@@ -7,6 +7,7 @@ import { registerWorkloadCommands } from './workload-commands.js';
 import { registerAuthorityCommands } from './authority-commands.js';
 import { registerNodeCommands } from './node-commands.js';
 import { registerHealthcheckCommand, registerServerCommand } from './server-command.js';
+import { registerAgentCommand } from './agent-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('agentid')
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerAuthorityCommands(program);
   registerNodeCommands(program);
   registerHealthcheckCommand(program);
+  registerAgentCommand(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

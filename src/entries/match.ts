@@ -103,6 +103,11 @@ export class EntryIndex {
     return this.entries.get(id)?.entry;
   }
 
+  /** Every entry (an agent keeps an SVID ready for each one). */
+  list(): RegistrationEntry[] {
+    return [...this.entries.values()].map((e) => e.entry);
+  }
+
   /** Swaps in a whole new set of entries (startup, full resync). */
   replace(entries: readonly RegistrationEntry[]): void {
     this.changes++;

@@ -105,39 +105,12 @@ export function resolveIdentities(input: ResolveInput): Identity[] {
   const boundTasks = holding
     .filter((t) => taskIsLive(t, input.now))
     .sort((a, b) => a.createdAt - b.createdAt || a.agent.localeCompare(b.agent) || a.id.localeCompare(b.id));
-  for (const task of boundTasks) {
-    add({
-      key: taskKey(task.agent, task.id),
-      spiffeId: SpiffeId.parse(task.spiffeId),
-      x509TtlMs: task.x509TtlMs,
-      jwtTtlMs: task.jwtTtlMs,
-      hint: `task:${task.agent}/${task.id}`,
-      dnsNames: [],
-      federatesWith: [],
-      notAfterCap: task.expiresAt + input.taskBufferMs,
-      task: { agent: task.agent, id: task.id },
-      entryId: null,
-      matchedSelectors:
-        task.binding.kind === 'process' ? [`task:pid:${task.binding.pid}`] : [`task:cgroup:${task.binding.path}`],
-    });
-  }
+  for (const task of boundTasks) add(taskIdentity(task, input.taskBufferMs));
 
   const isTaskProcess = holding.length > 0;
   for (const entry of input.matchedEntries) {
     if (isTaskProcess && !entry.includeTasks) continue;
-    add({
-      key: `entry:${entry.id}`,
-      spiffeId: SpiffeId.parse(entry.spiffeId),
-      x509TtlMs: entry.x509TtlMs,
-      jwtTtlMs: entry.jwtTtlMs,
-      hint: entry.hint,
-      dnsNames: entry.dnsNames,
-      federatesWith: entry.federatesWith,
-      notAfterCap: entry.expiresAt,
-      task: null,
-      entryId: entry.id,
-      matchedSelectors: entry.selectors.map(formatSelector),
-    });
+    add(entryIdentity(entry));
   }
   return out;
 }
@@ -158,4 +131,38 @@ export function identitiesUnchangedUntil(identities: readonly Identity[], taskBu
     if (identity.task) until = Math.min(until, identity.notAfterCap - taskBufferMs);
   }
   return until;
+}
+
+/** A task's identity (its SVIDs end at the task's end plus the buffer). */
+export function taskIdentity(task: TaskRecord, taskBufferMs: number): Identity {
+  return {
+    key: taskKey(task.agent, task.id),
+    spiffeId: SpiffeId.parse(task.spiffeId),
+    x509TtlMs: task.x509TtlMs,
+    jwtTtlMs: task.jwtTtlMs,
+    hint: `task:${task.agent}/${task.id}`,
+    dnsNames: [],
+    federatesWith: [],
+    notAfterCap: task.expiresAt + taskBufferMs,
+    task: { agent: task.agent, id: task.id },
+    entryId: null,
+    matchedSelectors: task.binding.kind === 'process' ? [`task:pid:${task.binding.pid}`] : [`task:cgroup:${task.binding.path}`],
+  };
+}
+
+/** A registration entry's identity. */
+export function entryIdentity(entry: RegistrationEntry): Identity {
+  return {
+    key: `entry:${entry.id}`,
+    spiffeId: SpiffeId.parse(entry.spiffeId),
+    x509TtlMs: entry.x509TtlMs,
+    jwtTtlMs: entry.jwtTtlMs,
+    hint: entry.hint,
+    dnsNames: entry.dnsNames,
+    federatesWith: entry.federatesWith,
+    notAfterCap: entry.expiresAt,
+    task: null,
+    entryId: entry.id,
+    matchedSelectors: entry.selectors.map(formatSelector),
+  };
 }

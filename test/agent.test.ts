@@ -1,0 +1,139 @@
+/*
+ * `agentid agent` against a stand-in of the server's agent listener (test/support/fake-node-server.ts)
+ * over real TLS: node attestation, the local Workload API, pre-fetched SVIDs, revocations pushed
+ * down the Sync stream, outage, restart and eviction. Tests against the real server are in
+ * test/agent-server.test.ts.
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { existsSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { systemClock } from '../src/common/system-clock.js';
+import { createLogger } from '../src/common/logger.js';
+import { WorkloadApiClient } from '../src/client/workload-client.js';
+import { AgentIdError } from '../src/common/errors.js';
+import { loadAgentConfig } from '../src/agent/config.js';
+import { startAgent, type RunningAgent } from '../src/agent/agent.js';
+import { opensslVerify } from '../src/ca/testing.js';
+import { FakeNodeServer } from './support/fake-node-server.js';
+import { makeTempDir } from './support/server.js';
+import { waitFor } from './support/wait.js';
+import { runCli, spawnCli } from './support/cli.js';
+
+const logger = createLogger({ level: process.env.AGENTID_TEST_LOG ?? 'silent' });
+const uid = process.getuid!();
+
+function entry(id: string, spiffeId: string, selectors = [{ type: 'unix', value: `uid:${uid}` }]) {
+  return { id, spiffeId, selectors, x509TtlMs: 3600_000, jwtTtlMs: 300_000, hint: '', dnsNames: [], federatesWith: [], includeTasks: false, expiresAt: null };
+}
+
+describe('agentid agent (against a stand-in node API over TLS)', () => {
+  let fake: FakeNodeServer;
+  let dir: string;
+  let bundleFile: string;
+  const running: RunningAgent[] = [];
+
+  beforeEach(async () => {
+    fake = await FakeNodeServer.create();
+    await fake.start();
+    dir = makeTempDir('agentid-agent-');
+    bundleFile = join(dir, 'bundle.pem');
+    writeFileSync(bundleFile, fake.rootPem);
+  });
+  afterEach(async () => {
+    for (const a of running.splice(0)) await a.stop();
+    await fake.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function agent(flags: Record<string, string> = {}, yaml?: string) {
+    let config = join(dir, 'agent.yaml');
+    writeFileSync(config, yaml ?? '');
+    const cfg = loadAgentConfig({ config, dataDir: join(dir, 'a'), server: fake.address, trustBundle: bundleFile, ...flags });
+    const a = await startAgent(cfg, { clock: systemClock, logger, backoff: { initialMs: 100, maxMs: 500 } });
+    running.push(a);
+    return a;
+  }
+
+  it('attests with a join token, keeps its keys in the data directory, and serves an SVID the server minted for a key it never saw', async () => {
+    fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
+    const a = await agent({ joinToken: fake.joinToken('n1') });
+    expect(a.spiffeId).toBe(`spiffe://${fake.trustDomain}/agentid/node/n1`);
+    const nodeDir = join(dir, 'a', 'node');
+    expect(statSync(nodeDir).mode & 0o777).toBe(0o700);
+    for (const f of readdirSync(nodeDir)) expect(statSync(join(nodeDir, f)).mode & 0o777).toBe(0o600);
+    expect(statSync(a.workloadSocket).mode & 0o777).toBe(0o666);
+
+    const client = new WorkloadApiClient({ socketPath: a.workloadSocket });
+    try {
+      const ctx = await client.fetchX509Context({ signal: AbortSignal.timeout(15_000) });
+      expect(ctx.svids.map((s) => s.spiffeId)).toEqual([`spiffe://${fake.trustDomain}/svc/one`]);
+      const svid = ctx.svids[0]!;
+      // The private key was made on the agent: the server only ever got its public half.
+      const spki = createPublicKey(createPrivateKey({ key: svid.keyPkcs8Der.reveal(), format: 'der', type: 'pkcs8' })).export({ format: 'der', type: 'spki' });
+      expect(fake.publicKeysSeen.some((k) => k.equals(spki))).toBe(true);
+      const verified = opensslVerify(dir, { roots: [fake.rootDer], intermediates: svid.chainDer.slice(1), leaf: svid.chainDer[0]!, at: Date.now() });
+      expect(verified.stderr).toBe('');
+      expect(verified.status).toBe(0);
+      // The bundle in the response is the replicated authority's root.
+      expect(ctx.svids[0]!.bundleDer.some((d) => d.equals(fake.rootDer))).toBe(true);
+      const jwts = await client.fetchJwtSvids({ audience: ['aud-1'] });
+      expect(jwts[0]!.spiffeId).toBe(`spiffe://${fake.trustDomain}/svc/one`);
+      expect(fake.calls.filter((c) => c === 'MintJwtSvid')).toHaveLength(1);
+      // Cached: a second request does not go to the server.
+      await client.fetchJwtSvids({ audience: ['aud-1'] });
+      expect(fake.calls.filter((c) => c === 'MintJwtSvid')).toHaveLength(1);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('refuses to start without a node identity or a join token, and a used token is refused by the server', async () => {
+    await expect(agent()).rejects.toThrow(/no node identity yet; attest with --join-token/);
+    const token = fake.joinToken('n1');
+    const a = await agent({ joinToken: token });
+    await a.stop();
+    rmSync(join(dir, 'a'), { recursive: true, force: true });
+    await expect(agent({ joinToken: token })).rejects.toThrow(/node attestation failed: join token unknown or already used/);
+  });
+
+  it('drops a revoked identity from open streams as soon as the revocation arrives on the Sync stream', async () => {
+    fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
+    fake.putEntry(entry('e2', `spiffe://${fake.trustDomain}/svc/two`));
+    const a = await agent({ joinToken: fake.joinToken('n1') });
+    const client = new WorkloadApiClient({ socketPath: a.workloadSocket });
+    const seen: string[][] = [];
+    const ac = new AbortController();
+    const watching = client.watchX509Context((ctx) => seen.push(ctx.svids.map((s) => s.spiffeId).sort()), () => undefined, ac.signal);
+    try {
+      await waitFor(() => seen.at(-1)?.length === 2, 15_000, 'both SVIDs');
+      fake.revoke(`spiffe://${fake.trustDomain}/svc/two`);
+      await waitFor(() => seen.at(-1)?.length === 1, 5_000, 'the revoked SVID to go');
+      expect(seen.at(-1)).toEqual([`spiffe://${fake.trustDomain}/svc/one`]);
+      // The last identity revoked: the stream ends with permission denied.
+      fake.revoke(`spiffe://${fake.trustDomain}/svc/one`);
+      const err = await watching.then(() => undefined, (e: AgentIdError) => e);
+      expect(err?.code).toBe('permission_denied');
+    } finally {
+      ac.abort();
+      client.close();
+    }
+  });
+
+  it('pushes a new entry to an open stream once its SVID arrives', async () => {
+    fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
+    const a = await agent({ joinToken: fake.joinToken('n1') });
+    const client = new WorkloadApiClient({ socketPath: a.workloadSocket });
+    const seen: string[][] = [];
+    const ac = new AbortController();
+    void client.watchX509Context((ctx) => seen.push(ctx.svids.map((s) => s.spiffeId).sort()), () => undefined, ac.signal).catch(() => undefined);
+    try {
+      await waitFor(() => seen.length === 1, 15_000, 'the first SVID');
+      fake.putEntry(entry('e2', `spiffe://${fake.trustDomain}/svc/two`));
+      await waitFor(() => seen.at(-1)?.length === 2, 5_000, 'the new SVID');
+    } finally {
+      ac.abort();
+      client.close();
+    }
+  });
+});
