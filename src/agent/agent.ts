@@ -19,7 +19,7 @@ import { StreamHub } from '../issuer/hub.js';
 import { TrustState, type PeerAuthority } from '../issuer/trust-state.js';
 import { JwtValidator } from '../issuer/jwt-validator.js';
 import { workloadStateEncoders } from '../workload/encode.js';
-import { startWorkloadEdge } from '../workload/edge.js';
+import { attestationNeeds, startWorkloadEdge } from '../workload/edge.js';
 import { PeerRegistry } from '../workload/peers.js';
 import { DescriptorBudget, raiseOpenFileLimit } from '../workload/descriptors.js';
 import { listenUnixWithPeerCreds } from '../workload/listener.js';
@@ -181,7 +181,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       peers,
       descriptors,
       metrics,
-      needs: { sha256: () => state.entries.requiredSelectorTypes().has('sha256'), descendants: () => holders.anyWithDescendants() },
+      attestOptions: attestationNeeds(state.entries, holders),
       hub,
       cache: svids,
       validateJwt: (token, audience) => jwtValidator.validate(token, audience),
