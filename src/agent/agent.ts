@@ -114,9 +114,10 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
         now,
         taskBufferMs: config.taskBufferMs,
       });
+    // Only identities whose SVID has arrived: the others join a stream when it does.
+    const served = (caller: CallerFacts, now: number) => resolve(caller, now).filter((i) => svids.has(i));
     const hub: StreamHub = new StreamHub({
-      // Only identities whose SVID has arrived: the others join the stream when it does.
-      identitiesFor: (caller, now) => resolve(caller, now).filter((i) => svids.has(i)),
+      identitiesFor: served,
       cache: svids,
       trust,
       encoders: workloadStateEncoders(),
@@ -183,6 +184,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       metrics,
       attestOptions: attestationNeeds(state.entries, holders),
       hub,
+      identities: (_connection, caller) => served(caller, clock.now()),
       cache: svids,
       validateJwt: (token, audience) => jwtValidator.validate(token, audience),
       onRefused(peer, method, reason) {
