@@ -24,7 +24,7 @@ const logger = createLogger({ level: process.env.AGENTID_TEST_LOG ?? 'silent' })
 const uid = process.getuid!();
 
 function entry(id: string, spiffeId: string, selectors = [{ type: 'unix', value: `uid:${uid}` }]) {
-  return { id, spiffeId, selectors, x509TtlMs: 3600_000, jwtTtlMs: 300_000, hint: '', dnsNames: [], federatesWith: [], includeTasks: false, expiresAt: null };
+  return { id, spiffeId, selectors, x509TtlMs: 3600_000, jwtTtlMs: 300_000, hint: '', dnsNames: [], federatesWith: [], includeTasks: false, expiresAt: null, node: null };
 }
 
 describe('agentid agent (against a stand-in node API over TLS)', () => {

@@ -90,11 +90,11 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
     const datastore = await openDatastore({ datastore: { kind: 'sqlite', file: join(config.dataDir, 'replica.db') } }, { logger });
     parts.add('replica', datastore);
     const replica = new Replica(datastore);
-    const state = await ReadModel.load({ datastore, logger: logger.child({ module: 'state' }), pollIntervalMs: 500 });
+    const state = await ReadModel.load({ datastore, logger: logger.child({ module: 'state' }), pollIntervalMs: 500, node: identity.node });
     state.start();
     parts.add('read model', state);
     const processes = deps.processes ?? systemProcessInspector();
-    const holders = new TaskHolders({ processes, active: () => state.activeTasks() });
+    const holders = new TaskHolders({ processes, active: () => state.activeTasks(), node: identity.node });
     holders.load(await datastore.tasks.list());
 
     const trust = agentTrust(trustDomain, () => state.authorities().map(decodeAuthority), () => link?.nodeIdentity.trustBundle ?? identity.trustBundle, clock);
@@ -160,7 +160,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
           hub.changed({ kind: 'trust' });
         } else if (change.kind === 'revocation') {
           hub.changed({ kind: 'revocation', spiffeId: change.spiffeId });
-        } else {
+        } else if (change.kind !== 'node') {
           hub.changed(change);
         }
       }
