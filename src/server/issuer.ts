@@ -22,6 +22,7 @@ import { ServerSvidSource } from '../issuer/server-svid.js';
 import { JwtValidator } from '../issuer/jwt-validator.js';
 import { auditedIssuances } from '../issuer/issuance-audit.js';
 import { workloadStateEncoders } from '../workload/encode.js';
+import { nextTurn } from '../common/turns.js';
 
 export interface IssuerDeps {
   config: Config;
@@ -176,17 +177,18 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     if (trust.versions().crl === before) return;
     serverSvid.trustChanged();
     hub.changed({ kind: 'trust' });
+    // The fan-out's first slice (a revoked stream) goes before this database write.
+    await nextTurn();
     await publish();
   };
 
   const stopFollowing = state.onChange((changes) => {
     holders.follow(changes);
-    let revoked = false;
+    const revoked: string[] = [];
     const forHub: StateChange[] = [];
     for (const change of changes) {
       if (change.kind === 'revocation') {
-        cache.forgetSpiffeId(change.spiffeId);
-        revoked = true;
+        revoked.push(change.spiffeId);
         forHub.push(change);
       } else if (change.kind === 'authority') {
         if (change.serverId === serverId) continue;
@@ -199,15 +201,22 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
         forHub.push(change);
       }
     }
-    if (!revoked) {
+    if (revoked.length === 0) {
       for (const change of forHub) hub.changed(change);
       return;
     }
     // A revocation: the streams that lose the identity get the CRLs listing its serials in the same
     // message, so the changes reach the hub once the CRLs are re-signed. That starts on a later
     // turn: the admin call that revoked is answered first (new streams are refused at once: the
-    // read model already has the revocation).
-    setImmediate(() => void crlsChanged(false, forHub).catch((err) => logger.error({ err }, 'could not re-sign CRLs after a revocation')));
+    // read model already has the revocation, and identity resolution skips revoked IDs, so the
+    // cached SVIDs dropped last are never served in between).
+    setImmediate(() =>
+      void crlsChanged(false, forHub)
+        .catch((err) => logger.error({ err }, 'could not re-sign CRLs after a revocation'))
+        .finally(() => {
+          for (const spiffeId of revoked) cache.forgetSpiffeId(spiffeId);
+        }),
+    );
   });
   await publish();
 
