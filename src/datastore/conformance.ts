@@ -683,6 +683,12 @@ export function datastoreConformance(name: string, open: () => Promise<Conforman
         await ds.tasks.create(taskFixture({ node: 'n1', binding: { kind: 'process', pid: 77, startTime: '', descendants: false } }));
         expect(await ds.tasks.get('a1', 't1')).toEqual(taskFixture({ node: 'n1', binding: { kind: 'process', pid: 77, startTime: '', descendants: false } }));
         expect((await ds.tasks.finish('a1', 't1', 'revoked', T0 + 5, 'evicted')).node).toBe('n1');
+        await ds.tasks.create(taskFixture({ id: 't2', node: 'n1', createdAt: T0 + 1 }));
+        await ds.tasks.create(taskFixture({ id: 't3', node: 'n2' }));
+        await ds.tasks.create(taskFixture({ id: 't4' }));
+        expect((await ds.tasks.list({ node: 'n1' })).map((t) => t.id)).toEqual(['t1', 't2']);
+        expect((await ds.tasks.list({ node: 'n1', state: 'active' })).map((t) => t.id)).toEqual(['t2']);
+        expect((await ds.tasks.list({ node: 'n1', agent: 'other' }))).toEqual([]);
       });
 
       it('puts, replaces and lists nodes by name, each write a node change', async () => {

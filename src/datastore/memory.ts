@@ -219,10 +219,11 @@ class MemoryTaskStore implements SyncTaskStore {
     return t && copy(t);
   }
 
-  list(filter: { agent?: string; state?: TaskState } = {}): TaskRecord[] {
+  list(filter: { agent?: string; state?: TaskState; node?: string } = {}): TaskRecord[] {
     this.s.check();
     return [...this.s.tasks.values()]
       .filter((t) => (filter.agent === undefined || t.agent === filter.agent) && (filter.state === undefined || t.state === filter.state))
+      .filter((t) => filter.node === undefined || t.node === filter.node)
       .sort(compareTasks)
       .map(copy);
   }

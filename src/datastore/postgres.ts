@@ -370,9 +370,13 @@ class PgTaskStore implements TaskStore {
     return this.records.all('find task', `WHERE id = $1 ${TASK_ORDER}`, [id]);
   }
 
-  async list(filter: { agent?: string; state?: TaskState } = {}): Promise<TaskRecord[]> {
+  async list(filter: { agent?: string; state?: TaskState; node?: string } = {}): Promise<TaskRecord[]> {
     const conditions: string[] = [];
     const values: unknown[] = [];
+    if (filter.node !== undefined) {
+      values.push(filter.node);
+      conditions.push(`node = $${values.length}`);
+    }
     if (filter.agent !== undefined) {
       values.push(filter.agent);
       conditions.push(`agent = $${values.length}`);

@@ -269,6 +269,7 @@ class SqliteTaskStore implements SyncTaskStore {
   private readonly byId: Statement<[string], TaskRow>;
   private readonly setFinal: Statement;
   private readonly lists: Record<'all' | 'agent' | 'state' | 'both', Statement<unknown[], TaskRow>>;
+  private readonly onNode: Statement<[string], TaskRow>;
 
   constructor(
     private readonly db: Db,
@@ -284,6 +285,7 @@ class SqliteTaskStore implements SyncTaskStore {
        WHERE agent = @agent AND id = @id AND state = 'active'`,
     );
     const order = 'ORDER BY created_at, agent, id';
+    this.onNode = db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE node = ? ${order}`);
     this.lists = {
       all: db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks ${order}`),
       agent: db.prepare(`SELECT ${columns(TASK_COLUMNS)} FROM tasks WHERE agent = ? ${order}`),
@@ -319,9 +321,13 @@ class SqliteTaskStore implements SyncTaskStore {
     return guard(this.db, 'find task', () => this.byId.all(id).map(taskFromRow));
   }
 
-  list(filter: { agent?: string; state?: TaskState } = {}): TaskRecord[] {
+  list(filter: { agent?: string; state?: TaskState; node?: string } = {}): TaskRecord[] {
     return guard(this.db, 'list tasks', () => {
-      const { agent, state } = filter;
+      const { agent, state, node } = filter;
+      if (node !== undefined) {
+        // A node's tasks by the tasks_node index; the other conditions on those few rows.
+        return this.onNode.all(node).filter((r) => (agent === undefined || r.agent === agent) && (state === undefined || r.state === state)).map(taskFromRow);
+      }
       const rows =
         agent !== undefined && state !== undefined
           ? this.lists.both.all(agent, state)

@@ -190,7 +190,8 @@ export interface TaskStore {
   get(agent: string, id: string): Promise<TaskRecord | undefined>;
   /** Tasks with this ID in any agent (task IDs are unique per agent only), by the tasks_id index. */
   findById(id: string): Promise<TaskRecord[]>;
-  list(filter?: { agent?: string; state?: TaskState }): Promise<TaskRecord[]>;
+  /** node: only tasks bound on that node (by the tasks_node index). */
+  list(filter?: { agent?: string; state?: TaskState; node?: string }): Promise<TaskRecord[]>;
   /** Moves an active task to a final state; returns the updated record. Fails unless the task is active. */
   finish(agent: string, id: string, state: Exclude<TaskState, 'active'>, at: number, reason: string): Promise<TaskRecord>;
 }

@@ -238,7 +238,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
       const revision = Math.max(await datastore.changes.head(), state.revision);
       const [entries, tasks, revocations, authorities] = await Promise.all([
         datastore.entries.list(),
-        datastore.tasks.list(),
+        datastore.tasks.list({ node }),
         datastore.revocations.list(),
         datastore.authorities.list(),
       ]);

@@ -123,8 +123,7 @@ export class NodeService {
       return record;
     });
     let tasksRevoked = 0;
-    for (const task of await this.deps.datastore.tasks.list({ state: 'active' })) {
-      if (task.node !== name) continue;
+    for (const task of await this.deps.datastore.tasks.list({ state: 'active', node: name })) {
       try {
         await this.deps.tasks.revoke({ agent: task.agent, id: task.id }, `node ${name} evicted: ${why}`, actor);
         tasksRevoked++;
