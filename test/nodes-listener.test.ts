@@ -97,8 +97,12 @@ describe('nodes: the agent listener', () => {
     expect(again).toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/already used/) });
     const unknown = await client().call('Attest', { join_token: 'A'.repeat(43), public_key: agentKey().spki }).catch((e: grpc.ServiceError) => e);
     expect(unknown).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
-    const events = readAuditEvents(t.config.audit.file).filter((e) => e.type === 'node.attested') as unknown as { outcome: string; node: string }[];
-    expect(events.map((e) => [e.outcome, e.node])).toEqual([['ok', 'web-1'], ['denied', '(unknown)'], ['denied', '(unknown)']]);
+    const events = readAuditEvents(t.config.audit.file).filter((e) => e.type.startsWith('node.attest')) as unknown as { type: string; outcome: string; reason?: string }[];
+    expect(events.map((e) => [e.type, e.outcome, e.reason])).toEqual([
+      ['node.attested', 'ok', undefined],
+      ['node.attestation_refused', 'denied', 'join token already used'],
+      ['node.attestation_refused', 'denied', 'join token not found'],
+    ]);
     expect(JSON.stringify(events)).not.toContain(joinToken);
     const node = await t.admin.call('GetNode', { name: 'web-1' });
     expect(node).toMatchObject({ state: 'active', attestation: 'join_token' });

@@ -194,7 +194,11 @@ export interface ServerStoppedEvent extends Common {
  * (accepted or refused), a node SVID renewal, an eviction. `peer` is the agent's address.
  */
 export interface NodeEvent extends Common {
-  type: 'node.join_token_created' | 'node.attested' | 'node.svid_renewed' | 'node.evicted';
+  /**
+   * node.attestation_refused is written at once but fsynced in batches, like attestation.refused:
+   * any peer that reaches the agent listener can cause one.
+   */
+  type: 'node.join_token_created' | 'node.attested' | 'node.attestation_refused' | 'node.svid_renewed' | 'node.evicted';
   node: string;
   spiffe_id?: string;
   attestation?: 'join_token' | 'x509pop';

@@ -230,7 +230,7 @@ export class NodeService {
   }
 
   private refuseAttestation(attestation: NodeAttestation, node: string, reason: string, peer: string): never {
-    this.deps.audit.append({ type: 'node.attested', outcome: 'denied', node, attestation, reason, peer });
+    this.deps.audit.append({ type: 'node.attestation_refused', outcome: 'denied', node, attestation, reason, peer });
     throw permissionDenied(`attestation refused: ${reason}`);
   }
 
