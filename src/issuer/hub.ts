@@ -247,9 +247,10 @@ export class StreamHub {
   }
 
   /**
-   * One slice: marked streams first (a revoked stream is not kept waiting behind a sweep), then the
-   * sweep's next streams, which come response by response, so streams that shared a response
-   * share one recompute too (see `safeCompute`).
+   * One slice: marked streams when there are any (a revoked stream is not kept waiting behind a
+   * sweep, nor its message behind a slice of sweep writes), else the sweep's next streams, which
+   * come response by response, so streams that shared a response share one recompute too (see
+   * `safeCompute`).
    */
   private fanOutSlice(): void {
     this.scheduled = false;
@@ -259,7 +260,7 @@ export class StreamHub {
       slice.set(sub, work);
     }
     for (const sub of slice.keys()) this.pending.delete(sub);
-    this.takeFromSweep(slice);
+    if (slice.size === 0) this.takeFromSweep(slice);
     const generation = this.generation;
     const renders = new Map<string, Computed>();
     const results = this.around(() =>
