@@ -143,6 +143,7 @@ export class ServerLink {
       this.deps.onEvicted('the agentid server evicted this node');
       return;
     }
+    this.deps.logger.debug({ revision: update.revision, snapshot: update.snapshot, entries: update.entries.length, tasks: update.tasks.length, revocations: update.revocations.length }, 'agent: sync update');
     try {
       await this.deps.apply(update);
     } catch (err) {

@@ -34,4 +34,8 @@ client.watchX509Context(
     process.stdout.write(`${JSON.stringify({ error: (err as { code?: string }).code ?? String(err) })}\n`);
     process.exit(0);
   },
-);
+).catch((err: { code?: string }) => {
+  // The stream ended (the caller lost its last identity, the server went away).
+  process.stdout.write(`${JSON.stringify({ error: err.code ?? String(err) })}\n`);
+  process.exit(0);
+});
