@@ -2,7 +2,7 @@ import { createECDH, createPrivateKey, createPublicKey, generateKeyPairSync, ver
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { isAgentIdError } from '../common/errors.js';
-import { encodeLeafKeyPair, generateLeafKeyPair, SigningKey, type KeyType } from './keys.js';
+import { checkLeafSpki, encodeLeafKeyPair, generateLeafKeyPair, SigningKey, type KeyType } from './keys.js';
 import { openssl } from './testing.js';
 
 const TYPES: [KeyType, string, number][] = [
@@ -116,5 +116,38 @@ describe('SigningKey', () => {
     expect(SigningKey.fromPrivateKeyBytes(Buffer.from(ec), 'x', 't').algorithm).toBe('ec-p256');
     const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'pem', type: 'pkcs1' });
     expect(SigningKey.fromPrivateKeyBytes(Buffer.from(rsa), 'x', 't').algorithm).toBe('rsa');
+  });
+});
+
+describe('public keys from per-host agents (checkLeafSpki)', () => {
+  const spkiOf = (curve: string, compressed = false) => {
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: curve });
+    if (!compressed) return publicKey.export({ type: 'spki', format: 'der' });
+    const ecdh = createECDH(curve);
+    ecdh.generateKeys();
+    return Buffer.concat([Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'), ecdh.getPublicKey(null, 'compressed')]);
+  };
+  const refused = (spki: Buffer) => {
+    try {
+      checkLeafSpki(spki);
+    } catch (err) {
+      return isAgentIdError(err, 'invalid_argument');
+    }
+    return false;
+  };
+
+  it('accepts an uncompressed P-256 SubjectPublicKeyInfo as Node and OpenSSL write it', () => {
+    const spki = spkiOf('prime256v1');
+    expect(checkLeafSpki(spki)).toBe(spki);
+  });
+
+  it('refuses another curve, a compressed point, trailing bytes, garbage, and a point off the curve', () => {
+    expect(refused(spkiOf('secp384r1'))).toBe(true);
+    expect(refused(spkiOf('prime256v1', true))).toBe(true);
+    expect(refused(Buffer.concat([spkiOf('prime256v1'), Buffer.from([0])]))).toBe(true);
+    expect(refused(Buffer.from('not a key'))).toBe(true);
+    const offCurve = Buffer.from(spkiOf('prime256v1'));
+    offCurve[offCurve.length - 1]! ^= 0x01;
+    expect(refused(offCurve)).toBe(true);
   });
 });
