@@ -8,4 +8,6 @@ export type * from './events.js';
 /** The narrow view services take: one typed event per call. */
 export interface AuditSink {
   append(event: import('./events.js').AuditEventInput): unknown;
+  /** Writes the events `fn` appends with one write (and one fsync), before returning (AuditLog.batch). */
+  batch?<T>(fn: () => T): T;
 }

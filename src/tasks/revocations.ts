@@ -1,5 +1,5 @@
 import type { Clock } from '../common/clock.js';
-import type { AuditSink } from '../audit/index.js';
+import type { AuditEventInput, AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import type { Datastore, IssuanceStore, Revocation, Stores } from '../datastore/types.js';
 
@@ -39,9 +39,18 @@ export class Revoker {
 
   /**
    * Adds the revocation inside the caller's transaction, audit line included: if the audit line
-   * cannot be written, the transaction rolls back and nothing is revoked half-way.
+   * cannot be written, the transaction rolls back and nothing is revoked half-way. `auditFirst`
+   * are the caller's own lines for the same change (a task's end): they go before the
+   * revocation's line in one write, so the change costs one fsync, not one per durable line.
    */
-  async addWithin(tx: Pick<Stores, 'revocations'>, spiffeId: string, reason: string, actor: Actor, keepUntil: number): Promise<Revocation> {
+  async addWithin(
+    tx: Pick<Stores, 'revocations'>,
+    spiffeId: string,
+    reason: string,
+    actor: Actor,
+    keepUntil: number,
+    auditFirst: readonly AuditEventInput[] = [],
+  ): Promise<Revocation> {
     const revocation = await tx.revocations.add({
       spiffeId,
       reason,
@@ -49,15 +58,21 @@ export class Revoker {
       revokedBy: describeActor(actor),
       keepUntil,
     });
-    this.deps.audit.append({
-      type: 'revocation.added',
-      outcome: 'ok',
-      actor: auditActor(actor),
-      spiffe_id: spiffeId,
-      reason,
-      by: describeActor(actor),
-      keep_until: revocation.keepUntil,
-    });
+    const { audit } = this.deps;
+    const appendAll = () => {
+      for (const event of auditFirst) audit.append(event);
+      audit.append({
+        type: 'revocation.added',
+        outcome: 'ok',
+        actor: auditActor(actor),
+        spiffe_id: spiffeId,
+        reason,
+        by: describeActor(actor),
+        keep_until: revocation.keepUntil,
+      });
+    };
+    if (audit.batch) audit.batch(appendAll);
+    else appendAll();
     return revocation;
   }
 

@@ -1,5 +1,5 @@
 import type { Clock } from '../common/clock.js';
-import { assertAuditableInput, type AuditSink } from '../audit/index.js';
+import { assertAuditableInput, type AuditEventInput, type AuditSink } from '../audit/index.js';
 import { auditActor, describeActor, type Actor } from '../common/actor.js';
 import { ProblemList, alreadyExists, failedPrecondition, invalidArgument, notFound, permissionDenied } from '../common/errors.js';
 import { isNodeName, taskSpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
@@ -261,8 +261,8 @@ export class TaskService {
         if (current?.state !== 'active') continue;
         await tx.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
         const audited = state === 'expired' ? `expired: ${reason}` : reason;
-        this.deps.audit.append({ type: 'task.ended', outcome: 'ok', actor: auditActor(actor), agent: task.agent, task: task.id, spiffe_id: task.spiffeId, reason: audited });
-        await this.deps.revoker.addWithin(tx, task.spiffeId, `task ${state}: ${reason}`, actor, keepUntil.get(task.spiffeId)!);
+        const ended: AuditEventInput = { type: 'task.ended', outcome: 'ok', actor: auditActor(actor), agent: task.agent, task: task.id, spiffe_id: task.spiffeId, reason: audited };
+        await this.deps.revoker.addWithin(tx, task.spiffeId, `task ${state}: ${reason}`, actor, keepUntil.get(task.spiffeId)!, [ended]);
       }
     });
     await this.deps.state.sync();
@@ -283,10 +283,11 @@ export class TaskService {
       const current = await tx.tasks.get(task.agent, task.id);
       if (!current) throw notFound(`task "${task.agent}/${task.id}" not found`);
       let result = current;
+      const taskAudit: AuditEventInput[] = [];
       if (current.state === 'active') {
         result = await tx.tasks.finish(task.agent, task.id, state, this.deps.clock.now(), reason);
         const common = { outcome: 'ok' as const, actor: auditActor(actor), agent: task.agent, task: task.id, spiffe_id: task.spiffeId };
-        this.deps.audit.append(
+        taskAudit.push(
           state === 'revoked'
             ? { ...common, type: 'task.revoked', reason, by: describeActor(actor) }
             : { ...common, type: 'task.ended', reason: state === 'expired' ? `expired: ${reason}` : reason },
@@ -294,8 +295,9 @@ export class TaskService {
       } else if (state !== 'revoked') {
         throw failedPrecondition(`task "${task.id}" is already ${current.state}`);
       }
-      // Revoking an ended task still matters: its SVIDs may not have expired yet.
-      await this.deps.revoker.addWithin(tx, task.spiffeId, `task ${state}: ${reason}`, actor, keepUntil);
+      // Revoking an ended task still matters: its SVIDs may not have expired yet. The task's audit
+      // line is written with the revocation's (one fsync for the call, not two).
+      await this.deps.revoker.addWithin(tx, task.spiffeId, `task ${state}: ${reason}`, actor, keepUntil, taskAudit);
       return result;
     });
     await this.deps.state.sync();
