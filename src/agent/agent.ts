@@ -114,8 +114,16 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
         now,
         taskBufferMs: config.taskBufferMs,
       });
-    // Only identities whose SVID has arrived: the others join a stream when it does.
-    const served = (caller: CallerFacts, now: number) => resolve(caller, now).filter((i) => svids.has(i));
+    // Only identities whose SVID has arrived: the others join a stream when it does. A caller all
+    // of whose identities are still on their way (a task just bound to it) is not refused: the
+    // error leaves an open stream as it is until the SVIDs arrive, and a new caller is answered
+    // UNAVAILABLE (retry) instead of PERMISSION_DENIED (no identity).
+    const served = (caller: CallerFacts, now: number) => {
+      const entitled = resolve(caller, now);
+      const ready = entitled.filter((i) => svids.has(i));
+      if (ready.length === 0 && entitled.length > 0) throw unavailable('identity not yet issued by the server');
+      return ready;
+    };
     const hub: StreamHub = new StreamHub({
       identitiesFor: served,
       cache: svids,

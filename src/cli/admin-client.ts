@@ -205,7 +205,10 @@ export class AdminClient {
       this.client[method]!(request, { deadline: systemClock.now() + CALL_TIMEOUT_MS }, (err: grpc.ServiceError | null, res: T) => {
         if (!err) return resolve(res);
         // What the server refused is not a usage error of this command: exit 1, not 2.
-        reject(remote(err.code === grpc.status.UNAVAILABLE ? this.transport.unavailable(err.details) : new AgentIdError(fromGrpcStatus(err.code), err.details)));
+        // UNAVAILABLE is either no connection at all (explained with a hint) or an answer from the
+        // other side (an agent whose server is unreachable), whose own message is kept.
+        const unreachable = err.code === grpc.status.UNAVAILABLE && /No connection established|\bE[A-Z]{3,}\b/.test(err.details);
+        reject(remote(unreachable ? this.transport.unavailable(err.details) : new AgentIdError(fromGrpcStatus(err.code), err.details)));
       });
     });
   }
