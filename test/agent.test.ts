@@ -5,8 +5,8 @@
  * test/agent-server.test.ts.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createPrivateKey, createPublicKey } from 'node:crypto';
-import { existsSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { systemClock } from '../src/common/system-clock.js';
 import { createLogger } from '../src/common/logger.js';
@@ -18,7 +18,6 @@ import { opensslVerify } from '../src/ca/testing.js';
 import { FakeNodeServer } from './support/fake-node-server.js';
 import { makeTempDir } from './support/server.js';
 import { waitFor } from './support/wait.js';
-import { runCli, spawnCli } from './support/cli.js';
 
 const logger = createLogger({ level: process.env.AGENTID_TEST_LOG ?? 'silent' });
 const uid = process.getuid!();
@@ -131,6 +130,59 @@ describe('agentid agent (against a stand-in node API over TLS)', () => {
       await waitFor(() => seen.length === 1, 15_000, 'the first SVID');
       fake.putEntry(entry('e2', `spiffe://${fake.trustDomain}/svc/two`));
       await waitFor(() => seen.at(-1)?.length === 2, 5_000, 'the new SVID');
+    } finally {
+      ac.abort();
+      client.close();
+    }
+  });
+
+  it('renews its node SVID at half-life with a fresh key, saved in the data directory, and keeps syncing', async () => {
+    await fake.stop();
+    fake = await FakeNodeServer.create({ nodeSvidTtlMs: 4000 });
+    await fake.start();
+    writeFileSync(bundleFile, fake.rootPem);
+    fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
+    const a = await agent({ joinToken: fake.joinToken('n1') });
+    const keyFile = join(dir, 'a', 'node', 'node-key.der');
+    const firstKey = readFileSync(keyFile);
+    await waitFor(() => fake.calls.includes('RenewNodeSvid') && !readFileSync(keyFile).equals(firstKey), 15_000, 'a node SVID renewal');
+    // Still connected with the renewed SVID: a new entry reaches the agent's socket.
+    await waitFor(() => fake.calls.filter((c) => c === 'Sync').length >= 2 && a.connected(), 10_000, 'a new Sync stream');
+    fake.putEntry(entry('e2', `spiffe://${fake.trustDomain}/svc/two`));
+    const client = new WorkloadApiClient({ socketPath: a.workloadSocket });
+    try {
+      await waitFor(async () => (await client.fetchX509Context({ signal: AbortSignal.timeout(5000) })).svids.length === 2, 10_000, 'the new entry');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('renews X.509-SVIDs ahead of expiry and pushes the new one; with the server gone it serves the held SVID until it expires, then ends the stream', async () => {
+    await fake.stop();
+    fake = await FakeNodeServer.create({ svidTtlMs: 6000 });
+    await fake.start();
+    writeFileSync(bundleFile, fake.rootPem);
+    fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
+    const a = await agent({ joinToken: fake.joinToken('n1') });
+    const client = new WorkloadApiClient({ socketPath: a.workloadSocket });
+    const serials: { serial: string; notAfter: number }[] = [];
+    const ac = new AbortController();
+    const ended = client.watchX509Context((ctx) => {
+      const leaf = new X509Certificate(ctx.svids[0]!.chainDer[0]!);
+      serials.push({ serial: leaf.serialNumber, notAfter: Date.parse(leaf.validTo) });
+    }, () => undefined, ac.signal).then(() => undefined, (e: AgentIdError) => e.code);
+    try {
+      await waitFor(() => serials.length >= 2, 15_000, 'a renewed SVID');
+      // Renewed before the first expired.
+      expect(serials[1]!.serial).not.toBe(serials[0]!.serial);
+      await fake.stop();
+      await waitFor(() => !a.connected(), 10_000, 'the agent to notice the outage');
+      const held = serials.at(-1)!;
+      // Served from what the agent holds, until it expires; then the stream has nothing left.
+      const again = await new WorkloadApiClient({ socketPath: a.workloadSocket }).fetchX509Context({ signal: AbortSignal.timeout(5000) });
+      expect(new X509Certificate(again.svids[0]!.chainDer[0]!).serialNumber).toBe(held.serial);
+      expect(await ended).toBe('permission_denied');
+      expect(Date.now()).toBeGreaterThanOrEqual(held.notAfter);
     } finally {
       ac.abort();
       client.close();
