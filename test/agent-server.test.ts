@@ -7,7 +7,7 @@
  * non-zero when its node is evicted.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -61,7 +61,7 @@ describe('agentid agent with a real agentid server', () => {
   const cli = (...args: string[]) => runCli(args);
 
   async function startServer() {
-    server = spawnCli(['server', '--data-dir', serverDir, '--trust-domain', td, '--agent-listen', `127.0.0.1:${port}`, '--log-level', 'warn']);
+    server = spawnCli(['server', '--config', join(dir, 'server.yaml'), '--data-dir', serverDir, '--trust-domain', td, '--agent-listen', `127.0.0.1:${port}`, '--log-level', 'warn']);
     await waitFor(async () => (await cli('node', 'list', '--data-dir', serverDir)).code === 0, 30_000, 'the server to answer');
   }
   async function stopServer() {
@@ -89,6 +89,17 @@ describe('agentid agent with a real agentid server', () => {
     agentDir = join(dir, 'agent');
     port = await freePort();
     healthPort = await freePort();
+    // A host CA the server trusts for x509pop, and a host certificate (CN = node name) it signs.
+    const openssl = (...args: string[]) => {
+      const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+    };
+    openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'host-ca.key', '-out', 'host-ca.pem', '-subj', '/CN=host CA', '-days', '1',
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign');
+    openssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'host.key', '-out', 'host.csr', '-subj', '/CN=host-x');
+    writeFileSync(join(dir, 'host-ext.cnf'), 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
+    openssl('x509', '-req', '-in', 'host.csr', '-CA', 'host-ca.pem', '-CAkey', 'host-ca.key', '-CAcreateserial', '-days', '1', '-extfile', 'host-ext.cnf', '-out', 'host.pem');
+    writeFileSync(join(dir, 'server.yaml'), ['agents:', '  x509pop:', `    ca_bundle: ${join(dir, 'host-ca.pem')}`].join('\n'));
     await startServer();
   }, 60_000);
   afterAll(async () => {
@@ -136,6 +147,29 @@ describe('agentid agent with a real agentid server', () => {
     expect(again.code).not.toBe(0);
     expect(again.stderr).toMatch(/node attestation failed/);
   }, 120_000);
+
+  it('attests a second host by x509pop (a host certificate the server trusts), no token', async () => {
+    const other = join(dir, 'x509pop-agent');
+    const child = spawnCli(['agent', '--data-dir', other, '--server', `127.0.0.1:${port}`, '--x509pop-cert', join(dir, 'host.pem'), '--x509pop-key', join(dir, 'host.key'), '--trust-bundle', join(dir, 'bundle.pem')]);
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    try {
+      await waitFor(() => existsSync(join(other, 'workload.sock')) || child.exitCode !== null, 30_000, 'the x509pop agent');
+      expect(child.exitCode, stderr).toBeNull();
+      const nodes = await cli('node', 'list', '--json', '--data-dir', serverDir);
+      expect(nodes.stdout).toMatch(/host-x/);
+      const client = new WorkloadApiClient({ socketPath: join(other, 'workload.sock') });
+      try {
+        const ctx = await client.fetchX509Context({ signal: AbortSignal.timeout(20_000) });
+        expect(ctx.svids.map((s) => s.spiffeId)).toEqual([`spiffe://${td}/svc/web`]);
+      } finally {
+        client.close();
+      }
+    } finally {
+      child.kill('SIGTERM');
+      await exited(child);
+    }
+  }, 90_000);
 
   it('agentid run works unchanged through the agent\'s admin socket, and a task revoked on the server drops from its stream', async () => {
     const watcher = [process.execPath, '--import', 'tsx', join(REPO, 'test', 'support', 'x509-watch.ts'), socket()];
