@@ -144,11 +144,11 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
     }),
     RenewNodeSvid: unary('RenewNodeSvid', connectionOf, async (req, conn) =>
       nodeSvidMessage(await nodes.renew(nodeOf(conn), Buffer.from(req.public_key ?? []), conn!.peer))),
-    MintX509Svids: unary('MintX509Svids', connectionOf, (req, conn) => {
+    MintX509Svids: unary('MintX509Svids', connectionOf, async (req, conn) => {
       const node = nodeOf(conn);
       const requests = (req.requests ?? []) as { entry_id: string; task_agent: string; task_id: string; public_key: Buffer }[];
       if (requests.length > maxBatch) throw invalidArgument(`at most ${maxBatch} requests per MintX509Svids call`);
-      const results = nodes.mintX509Svids(node, requests.map((r) => ({ ...ref(r), spki: Buffer.from(r.public_key ?? []) })));
+      const results = await nodes.mintX509Svids(node, requests.map((r) => ({ ...ref(r), spki: Buffer.from(r.public_key ?? []) })));
       return {
         results: results.map((r) =>
           'ok' in r

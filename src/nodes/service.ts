@@ -54,6 +54,7 @@ const TOKEN_PATTERN = /^[A-Za-z0-9_-]{43}$/;
 export const DEFAULT_JOIN_TOKEN_TTL_MS = 3_600_000;
 export const MAX_JOIN_TOKEN_TTL_MS = 7 * 86_400_000;
 const SEGMENT = /^[a-zA-Z0-9._-]+$/;
+const YIELD_EVERY = 64;
 
 /**
  * Per-host agents on the server: join tokens, node attestation and SVIDs, eviction, and what an
@@ -253,28 +254,40 @@ export class NodeService {
     return taskGrant(state.activeTask(req.taskAgent, req.taskId), node, kind, now, policy.taskBufferMs, isRevoked);
   }
 
-  /** One X.509-SVID per request, for public keys the agent generated; refusals per request. */
-  mintX509Svids(node: string, requests: readonly { entryId: string; taskAgent: string; taskId: string; spki: Buffer }[]): MintResult[] {
-    const now = this.deps.clock.now();
+  /**
+   * One X.509-SVID per request, for public keys the agent generated; refusals per request. A big
+   * batch gives the event loop a turn every YIELD_EVERY mints, so the server's own Workload API
+   * callers are not held up while an agent fills its cache.
+   */
+  async mintX509Svids(node: string, requests: readonly { entryId: string; taskAgent: string; taskId: string; spki: Buffer }[]): Promise<MintResult[]> {
     const records: IssuanceRecord[] = [];
-    const results = requests.map((req): MintResult => {
-      const grant = this.grant(node, 'x509', req);
-      if (grant instanceof AgentIdError) return { error: grant };
-      try {
-        const svid = this.deps.minter.mintX509SvidForKey({ spiffeId: SpiffeId.parse(grant.spiffeId), ttlMs: grant.ttlMs, dnsNames: grant.dnsNames, spki: req.spki });
-        records.push({ kind: 'x509', serial: svid.serial, spiffeId: svid.spiffeId, issuerId: svid.issuerId, issuedAt: now, notAfter: svid.notAfter, task: taskRef(grant) });
-        this.deps.audit.append({
-          type: 'svid.issued', outcome: 'ok', kind: 'x509', spiffe_id: svid.spiffeId, serial: svid.serial, agent: grant.task?.agent, task: grant.task?.id,
-          pid: 0, uid: -1, selectors: [], not_after: svid.notAfter, node,
-        });
-        return { ok: svid };
-      } catch (err) {
-        if (err instanceof AgentIdError) return { error: err };
-        throw err;
-      }
-    });
+    const results: MintResult[] = [];
+    for (let i = 0; i < requests.length; i++) {
+      if (i > 0 && i % YIELD_EVERY === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      results.push(this.mintOne(node, requests[i]!, records));
+    }
     if (records.length > 0) this.deps.recordIssuances(records);
     return results;
+  }
+
+  private mintOne(node: string, req: { entryId: string; taskAgent: string; taskId: string; spki: Buffer }, records: IssuanceRecord[]): MintResult {
+    const now = this.deps.clock.now();
+    // Checked per request: a batch yields between mints, and the node may be evicted meanwhile.
+    if (this.deps.state.node(node)?.state !== 'active') return { error: permissionDenied('node is not active') };
+    const grant = this.grant(node, 'x509', req);
+    if (grant instanceof AgentIdError) return { error: grant };
+    try {
+      const svid = this.deps.minter.mintX509SvidForKey({ spiffeId: SpiffeId.parse(grant.spiffeId), ttlMs: grant.ttlMs, dnsNames: grant.dnsNames, spki: req.spki });
+      records.push({ kind: 'x509', serial: svid.serial, spiffeId: svid.spiffeId, issuerId: svid.issuerId, issuedAt: now, notAfter: svid.notAfter, task: taskRef(grant) });
+      this.deps.audit.append({
+        type: 'svid.issued', outcome: 'ok', kind: 'x509', spiffe_id: svid.spiffeId, serial: svid.serial, agent: grant.task?.agent, task: grant.task?.id,
+        pid: 0, uid: -1, selectors: [], not_after: svid.notAfter, node,
+      });
+      return { ok: svid };
+    } catch (err) {
+      if (err instanceof AgentIdError) return { error: err };
+      throw err;
+    }
   }
 
   mintJwtSvid(node: string, req: { entryId: string; taskAgent: string; taskId: string; audience: string[] }): MintedJwtSvid {
