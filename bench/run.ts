@@ -243,6 +243,37 @@ function cpuMs(pid: number): number {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
 }
+/**
+ * CPU time (user + system, ms) used so far by this benchmark's own processes (its descendants: the
+ * client processes and identity holders), without the servers under test: whether the clients,
+ * not the server, set a figure's pace.
+ */
+function clientsCpuMs(servers: number[]): number {
+  const parent = new Map<number, number>();
+  const cpu = new Map<number, number>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      parent.set(Number(name), Number(fields[1]));
+      cpu.set(Number(name), ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS);
+    } catch {
+      // Exited while listed.
+    }
+  }
+  const skip = new Set(servers);
+  const ours = (pid: number): boolean => {
+    for (let p: number | undefined = pid; p !== undefined && p > 1; p = parent.get(p)) {
+      if (skip.has(p)) return false;
+      if (p === process.pid) return pid !== process.pid;
+    }
+    return false;
+  };
+  let total = 0;
+  for (const [pid, ms] of cpu) if (ours(pid)) total += ms;
+  return total;
+}
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 
 interface ProcStats {
@@ -771,6 +802,7 @@ class StreamsBench {
         const socket = side === 'a' ? a.socket : this.bareSocket;
         const oldInode = fileIdentity(socket);
         const allServed = await armAll(fleet, group, limitMs);
+        const clientsBefore = clientsCpuMs([a.pid, this.bareRef.bare.pid]);
         let at: number;
         /** The server's CPU time when its socket appeared (so start-up is not counted). */
         let cpuAtSocket: number;
@@ -802,7 +834,7 @@ class StreamsBench {
           // Counted at the limit (so the figure is a lower bound), then the rest must still be
           // served before the next round starts.
           const who = side === 'a' ? 'agentid' : 'bare';
-          stormNotes.push(`${who} round ${round}: ${await this.waiting(group)} of ${o.streams} clients not served within ${limitMs / 1000} s (counted as ${limitMs / 1000} s)`);
+          stormNotes.push(`${who} round ${round}: ${await this.waiting(group)} of ${o.streams} clients not served within ${limitMs / 1000} s (counted as ${limitMs / 1000} s; server CPU ${(cpuMs(pid) - cpuAtSocket).toFixed(0)} ms)`);
           samples.push(limitMs);
           (side === 'a' ? stormCpu.a : stormCpu.b).push(cpuMs(pid) - cpuAtSocket);
           const deadline = performance.now() + limitMs;
@@ -811,7 +843,8 @@ class StreamsBench {
             await sleep(500);
           }
         }
-        process.stderr.write(`  storm round ${round} ${side === 'a' ? 'agentid' : 'bare'}: ${samples.at(-1)!.toFixed(0)} ms, server CPU ${(side === 'a' ? stormCpu.a : stormCpu.b).at(-1)!.toFixed(0)} ms\n`);
+        const clientsMs = clientsCpuMs([a.pid, this.bareRef.bare.pid]) - clientsBefore;
+        process.stderr.write(`  storm round ${round} ${side === 'a' ? 'agentid' : 'bare'}: ${samples.at(-1)!.toFixed(0)} ms, server CPU ${(side === 'a' ? stormCpu.a : stormCpu.b).at(-1)!.toFixed(0)} ms, clients CPU ${clientsMs.toFixed(0)} ms\n`);
       }
     }
     await this.verifyFleet('A', true);
