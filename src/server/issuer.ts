@@ -208,11 +208,12 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     // A revocation: the streams that lose the identity get the CRLs listing its serials in the same
     // message, so the changes reach the hub once the CRLs are re-signed. That starts on a later
     // turn: the admin call that revoked is answered first (new streams are refused at once: the
-    // read model already has the revocation, and identity resolution skips revoked IDs, so the
-    // cached SVIDs dropped last are never served in between).
+    // read model already has the revocation, and identity resolution skips revoked IDs, so their
+    // cached SVIDs, dropped once the fan-out is done (a scan of the cache), are never served).
     setImmediate(() =>
       void crlsChanged(false, forHub)
         .catch((err) => logger.error({ err }, 'could not re-sign CRLs after a revocation'))
+        .then(() => hub.idle())
         .finally(() => {
           for (const spiffeId of revoked) cache.forgetSpiffeId(spiffeId);
         }),
