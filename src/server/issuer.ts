@@ -177,7 +177,9 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     if (trust.versions().crl === before) return;
     serverSvid.trustChanged();
     hub.changed({ kind: 'trust' });
-    // The fan-out's first slice (a revoked stream) goes before this database write.
+    // This database write waits until the fan-out's first slice (a revoked stream) is not only
+    // written (next turn) but flushed to its socket (HTTP/2 sends on the turn after that).
+    await nextTurn();
     await nextTurn();
     await publish();
   };
