@@ -82,9 +82,27 @@ describe('agentid agent (against a stand-in node API over TLS)', () => {
       // Cached: a second request does not go to the server.
       await client.fetchJwtSvids({ audience: ['aud-1'] });
       expect(fake.calls.filter((c) => c === 'MintJwtSvid')).toHaveLength(1);
+      // Validated with the JWT keys the server published (replicated), not a key of the agent's own.
+      const validated = await client.validateJwtSvid(jwts[0]!.token, 'aud-1');
+      expect(validated.spiffeId).toBe(`spiffe://${fake.trustDomain}/svc/one`);
     } finally {
       client.close();
     }
+  });
+
+  it('starts from a config file alone (the YAML form of the flags)', async () => {
+    fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
+    const yaml = [`data_dir: ${join(dir, 'from-file')}`, `server: ${fake.address}`, `join_token: ${fake.joinToken('n2')}`, `trust_bundle: ${bundleFile}`, 'orchestrators:', '  - uid: 4242', '    agents: [coder]', 'task_buffer: 1m'].join('\n');
+    writeFileSync(join(dir, 'file.yaml'), yaml);
+    const cfg = loadAgentConfig({ config: join(dir, 'file.yaml') });
+    expect(cfg.orchestrators).toEqual([{ uid: 4242, agents: ['coder'] }]);
+    expect(cfg.taskBufferMs).toBe(60_000);
+    const a = await startAgent(cfg, { clock: systemClock, logger });
+    running.push(a);
+    expect(a.spiffeId).toBe(`spiffe://${fake.trustDomain}/agentid/node/n2`);
+    // Orchestrators other than the agent's uid need to reach the admin socket: roles decide.
+    expect(statSync(a.adminSocket).mode & 0o777).toBe(0o666);
+    expect(() => loadAgentConfig({ config: join(dir, 'file.yaml'), server: 'no-port' })).toThrow(/--server: "no-port" must be HOST:PORT/);
   });
 
   it('refuses to start without a node identity or a join token, and a used token is refused by the server', async () => {

@@ -62,7 +62,7 @@ export interface RunningAgent {
 const ENSURE_WAIT_MS = 10_000;
 /** How long a forwarded task start waits for the task to reach the replica. */
 const STARTED_WAIT_MS = 10_000;
-/** Identities ending (task end, entry expiry) are re-checked this often. */
+/** Identities ending (task end, entry expiry) and held SVIDs expiring are re-checked this often. */
 const EXPIRY_TICK_MS = 1000;
 /** Finished tasks whose processes are gone are forgotten this often. */
 const LIVENESS_MS = 5000;
@@ -117,11 +117,13 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
     // Only identities whose SVID has arrived: the others join a stream when it does. A caller all
     // of whose identities are still on their way (a task just bound to it) is not refused: the
     // error leaves an open stream as it is until the SVIDs arrive, and a new caller is answered
-    // UNAVAILABLE (retry) instead of PERMISSION_DENIED (no identity).
+    // UNAVAILABLE (retry) instead of PERMISSION_DENIED (no identity). That holds only while the
+    // server is reachable: in an outage nothing is on its way, and a stream whose last held SVID
+    // expired ends (PERMISSION_DENIED) rather than keeping an expired certificate.
     const served = (caller: CallerFacts, now: number) => {
       const entitled = resolve(caller, now);
       const ready = entitled.filter((i) => svids.has(i));
-      if (ready.length === 0 && entitled.length > 0) throw unavailable('identity not yet issued by the server');
+      if (ready.length === 0 && entitled.length > 0 && link?.connected) throw unavailable('identity not yet issued by the server');
       return ready;
     };
     const hub: StreamHub = new StreamHub({
@@ -133,6 +135,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       logger,
     });
     const svidsChanged = (changes: SvidChanges) => {
+      logger.debug({ appeared: changes.appeared.length, replaced: changes.replaced.length, lost: changes.lost.length }, 'agent: SVIDs changed');
       for (const key of [...changes.appeared, ...changes.lost]) {
         const record = recordOf(key);
         if (record?.kind === 'entry') hub.changed({ kind: 'entry', before: record.entry, after: record.entry });
@@ -269,7 +272,10 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       void link!.firstSync.then(() => (clearTimeout(timer), resolve()));
     });
 
-    const expiryTick = setInterval(() => hub.changed({ kind: 'expiry' }), EXPIRY_TICK_MS);
+    const expiryTick = setInterval(() => {
+      svids.dropExpired();
+      hub.changed({ kind: 'expiry' });
+    }, EXPIRY_TICK_MS);
     expiryTick.unref();
     const livenessTick = setInterval(() => void holders.prune().catch((err) => logger.warn({ err }, 'agent: task liveness check failed')), LIVENESS_MS);
     livenessTick.unref();

@@ -259,7 +259,7 @@ export class RemoteSvids {
   }
 
   private async pump(): Promise<void> {
-    this.expire();
+    this.dropExpired();
     const batch = this.deps.batchSize ?? DEFAULT_BATCH;
     for (;;) {
       if (this.closed) return;
@@ -346,8 +346,11 @@ export class RemoteSvids {
     }
   }
 
-  /** Held SVIDs past their notAfter are dropped; the streams holding them re-resolve without them. */
-  private expire(): void {
+  /**
+   * Held SVIDs past their notAfter are dropped; the streams holding them re-resolve without them.
+   * Called on a timer of its own too: a fetch hanging on a dying connection must not delay it.
+   */
+  dropExpired(): void {
     const now = this.deps.clock.now();
     const lost: string[] = [];
     for (const [key, h] of this.held) {
