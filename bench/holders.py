@@ -11,6 +11,7 @@ usage (spawned by the worker with an 'ipc' stdio channel): python3 holders.py CO
 """
 import json
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -34,9 +35,11 @@ for i in range(count):
             if not path:
                 os._exit(0)  # the parent is gone
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            # Non-blocking, like a Node.js client: a full listen backlog is EAGAIN (retried with
-            # backoff by the worker), never a holder stuck in connect() holding up the others.
-            s.setblocking(False)
+            # Blocking: while the server's listen backlog is full, connect(2) sleeps in the kernel
+            # until there is room (or the server goes away). Failing at once with EAGAIN instead
+            # made thousands of waiting clients retry every second and spin on the CPUs the
+            # server under test shares with them. Each holder waits in its own process; the
+            # parent below keeps many connects in flight, so one waiting holder holds up no other.
             try:
                 s.connect(path.decode())
                 socket.send_fds(theirs, [b"o"], [s.fileno()])
@@ -46,9 +49,6 @@ for i in range(count):
     theirs.close()
     holders.append((pid, ours))
 
-pending = b""
-
-
 def send(message, fd=None):
     data = (json.dumps(message) + "\n").encode()
     if fd is None:
@@ -57,51 +57,59 @@ def send(message, fd=None):
         channel.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
 
 
-def messages():
-    """JSON lines from the worker, in order."""
-    global pending
-    while True:
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            if line:
-                yield json.loads(line)
-        chunk = channel.recv(65536)
-        if not chunk:
-            return
-        pending += chunk
-
-
 send({"holders": [pid for pid, _ in holders]})
-inbox = messages()
-requests = deque()
+
+# Every holder has at most one connect in flight (its requests are not framed: a second path
+# would run into the first); the others wait here, in order. Node takes one handle at a time and
+# acknowledges it before the next may be sent (its own handle-passing protocol); failures are
+# plain messages and go at once.
+selector = selectors.DefaultSelector()
+selector.register(channel, selectors.EVENT_READ, None)
+for i, (_, ours) in enumerate(holders):
+    selector.register(ours, selectors.EVENT_READ, i)
+queued = [deque() for _ in holders]  # (tag, path) not yet sent to holder i
+in_flight = [None] * len(holders)  # tag of holder i's connect in progress
+handles = deque()  # (tag, fd) connected, waiting to be handed to Node
+awaiting_ack = False
+pending = b""
 
 
-def next_request():
-    if requests:
-        return requests.popleft()
-    for m in inbox:
-        if "connect" in m:
-            return m
-    return None
+def start_next(i):
+    if in_flight[i] is None and queued[i]:
+        tag, path = queued[i].popleft()
+        in_flight[i] = tag
+        holders[i][1].send(path.encode())
 
 
 while True:
-    m = next_request()
-    if m is None:
-        break
-    i, tag = m["connect"], m["tag"]
-    _, ours = holders[i]
-    ours.send(m["path"].encode())
-    msg, fds, _, _ = socket.recv_fds(ours, 256, 1)
-    if fds:
+    for key, _ in selector.select():
+        if key.data is None:
+            chunk = channel.recv(65536)
+            if not chunk:
+                sys.exit(0)  # the worker is gone
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if not line:
+                    continue
+                m = json.loads(line)
+                if "connect" in m:
+                    queued[m["connect"]].append((m["tag"], m["path"]))
+                    start_next(m["connect"])
+                elif m.get("cmd") in ("NODE_HANDLE_ACK", "NODE_HANDLE_NACK"):
+                    awaiting_ack = False
+        else:
+            i = key.data
+            msg, fds, _, _ = socket.recv_fds(holders[i][1], 256, 1)
+            tag, in_flight[i] = in_flight[i], None
+            if fds:
+                handles.append((tag, fds[0]))
+            else:
+                send({"failed": tag, "error": msg[1:].decode(errors="replace") if msg else "holder exited"})
+            start_next(i)
+    if handles and not awaiting_ack:
+        tag, fd = handles.popleft()
         # Node's handle-passing message: the socket arrives as the second argument of 'message'.
-        send({"cmd": "NODE_HANDLE", "type": "net.Socket", "msg": {"tag": tag}}, fds[0])
-        os.close(fds[0])
-        # Node sends one handle at a time and waits for the acknowledgement; so do we.
-        for ack in inbox:
-            if ack.get("cmd") in ("NODE_HANDLE_ACK", "NODE_HANDLE_NACK"):
-                break
-            if "connect" in ack:
-                requests.append(ack)
-    else:
-        send({"failed": tag, "error": msg[1:].decode(errors="replace")})
+        send({"cmd": "NODE_HANDLE", "type": "net.Socket", "msg": {"tag": tag}}, fd)
+        os.close(fd)
+        awaiting_ack = True
