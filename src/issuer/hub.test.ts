@@ -169,16 +169,15 @@ function world(opts: { sliceSize?: number } = {}) {
   }
   const open = (kind: 'x509' | 'x509-bundles' | 'jwt-bundles', c: Caller): Stream => {
     const s: Stream = { messages: [], raw: [], ends: [], unsubscribe: () => {} };
-    s.unsubscribe = hub.subscribe(
-      kind,
-      c,
-      (m) => {
+    const handle = hub.subscribe(kind, c, {
+      deliver(m) {
         events.push(`deliver ${c.pid}`);
         s.raw.push(m);
         s.messages.push(JSON.parse(m.toString()));
       },
-      (e) => s.ends.push(e),
-    );
+      end: (e) => s.ends.push(e),
+    });
+    s.unsubscribe = () => hub.unsubscribe(handle);
     return s;
   };
   return {

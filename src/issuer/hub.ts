@@ -60,11 +60,21 @@ type Kind = 'x509' | 'x509-bundles' | 'jwt-bundles';
  */
 type Work = 'resolve' | 'render';
 
-interface Subscription {
+/** Where a stream's messages go, and how it is ended (one object per stream: no closures). */
+export interface StreamSink {
+  deliver(message: Buffer): void;
+  end(err: AgentIdError): void;
+}
+
+/** An open stream, as subscribe() returns it; give it back to unsubscribe(). */
+export interface StreamHandle {
+  readonly open: boolean;
+}
+
+interface Subscription extends StreamHandle {
   kind: Kind;
   caller: Caller;
-  deliver: (message: Buffer) => void;
-  end: (err: AgentIdError) => void;
+  sink: StreamSink;
   identities: Identity[];
   /** Key of the response last delivered (see `responseKey`). */
   responseKey: string;
@@ -156,15 +166,20 @@ export class StreamHub {
     return identities;
   }
 
-  /** Registers a stream and delivers its first state at once. Returns the unsubscribe function. */
-  subscribe(kind: Kind, caller: Caller, deliver: (message: Buffer) => void, end: (e: AgentIdError) => void): () => void {
+  /** Registers a stream and delivers its first state at once (to `sink`, before this returns). */
+  subscribe(kind: Kind, caller: Caller, sink: StreamSink): StreamHandle {
     const generation = this.generation;
-    const sub: Subscription = { kind, caller, deliver, end, identities: [], responseKey: '', message: undefined, open: true, renderedAt: generation, resolvedAt: generation };
+    const sub: Subscription = { kind, caller, sink, identities: [], responseKey: '', message: undefined, open: true, renderedAt: generation, resolvedAt: generation };
     const first = this.around(() => this.compute(sub, 'resolve'));
     if (first instanceof Error) throw first;
     this.index.add(sub);
     this.apply(sub, first);
-    return () => this.drop(sub);
+    return sub;
+  }
+
+  /** The stream is gone: it gets nothing more. */
+  unsubscribe(handle: StreamHandle): void {
+    this.drop(handle as Subscription);
   }
 
   /** Marks the streams a change can affect; the fan-out runs on a later turn of the event loop. */
@@ -217,7 +232,7 @@ export class StreamHub {
     this.sweep = undefined;
     for (const sub of [...this.index.all()]) {
       this.drop(sub);
-      sub.end(err);
+      sub.sink.end(err);
     }
   }
 
@@ -274,7 +289,7 @@ export class StreamHub {
       if (!sub.open || result === undefined) continue;
       if (result instanceof Error) {
         this.drop(sub);
-        sub.end(result);
+        sub.sink.end(result);
       } else {
         this.apply(sub, result);
       }
@@ -366,7 +381,7 @@ export class StreamHub {
     // Versions can move without the content changing (a CA rotation that left the JWT keys alone).
     if (sub.message?.equals(message)) return;
     sub.message = message;
-    sub.deliver(message);
+    sub.sink.deliver(message);
   }
 
   /** The stream no longer holds its response; a response nobody holds is forgotten. */

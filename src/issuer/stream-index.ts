@@ -50,7 +50,8 @@ interface Held {
   trustDomains: string[];
 }
 
-const NOTHING_HELD: Held = { keys: [], spiffeIds: [], trustDomains: [] };
+const NO_STRINGS: string[] = [];
+const NOTHING_HELD: Held = { keys: NO_STRINGS, spiffeIds: NO_STRINGS, trustDomains: NO_STRINGS };
 
 const sameList = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 const sameHoldings = (a: Held, b: Held) => sameList(a.keys, b.keys) && sameList(a.spiffeIds, b.spiffeIds) && sameList(a.trustDomains, b.trustDomains);
@@ -67,7 +68,8 @@ const sameHoldings = (a: Held, b: Held) => sameList(a.keys, b.keys) && sameList(
  * and sends nothing); it never misses one.
  */
 export class StreamIndex<S extends IndexedStream> {
-  private readonly streams = new Map<S, { selectors: Set<string>; held: Held }>();
+  /** What each stream holds now. Its selectors are not copied here: the caller's are fixed, and bySelector answers for them. */
+  private readonly streams = new Map<S, Held>();
   private readonly bySelector = new MultiMap<string, S>();
   private readonly byProcess = new MultiMap<string, S>();
   private readonly byCgroup = new MultiMap<string, S>();
@@ -88,9 +90,8 @@ export class StreamIndex<S extends IndexedStream> {
   add(stream: S): void {
     if (this.streams.has(stream)) return;
     const { caller } = stream;
-    const selectors = new Set(caller.selectors.map(selectorKey));
-    this.streams.set(stream, { selectors, held: NOTHING_HELD });
-    for (const s of selectors) this.bySelector.add(s, stream);
+    this.streams.set(stream, NOTHING_HELD);
+    for (const s of caller.selectors) this.bySelector.add(selectorKey(s), stream);
     this.byProcess.add(processKey(caller), stream);
     for (const a of caller.ancestors) this.byProcess.add(processKey(a), stream);
     if (caller.cgroup !== null) this.byCgroup.add(caller.cgroup, stream);
@@ -98,17 +99,18 @@ export class StreamIndex<S extends IndexedStream> {
 
   /** Files the stream under what it holds now (after a recompute), replacing what it held before. */
   hold(stream: S, identities: readonly Identity[]): void {
-    const record = this.streams.get(stream);
-    if (!record) return;
+    const before = this.streams.get(stream);
+    if (!before) return;
+    const trustDomains = identities.some((i) => i.federatesWith.length > 0) ? [...new Set(identities.flatMap((i) => i.federatesWith))] : NO_STRINGS;
     const held: Held = {
       keys: identities.map((i) => i.key),
       spiffeIds: identities.map((i) => i.spiffeId.toString()),
-      trustDomains: [...new Set(identities.flatMap((i) => i.federatesWith))],
+      trustDomains,
     };
     // Most recomputes (renewals, CRLs) leave the holdings as they were: nothing to re-file.
-    if (!sameHoldings(held, record.held)) {
-      this.unhold(stream, record.held);
-      record.held = held;
+    if (!sameHoldings(held, before)) {
+      this.unhold(stream, before);
+      this.streams.set(stream, held);
       for (const k of held.keys) this.byKey.add(k, stream);
       for (const id of held.spiffeIds) this.bySpiffeId.add(id, stream);
       for (const td of held.trustDomains) this.byTrustDomain.add(td, stream);
@@ -118,12 +120,12 @@ export class StreamIndex<S extends IndexedStream> {
   }
 
   remove(stream: S): void {
-    const record = this.streams.get(stream);
-    if (!record) return;
+    const held = this.streams.get(stream);
+    if (!held) return;
     this.streams.delete(stream);
-    this.unhold(stream, record.held);
+    this.unhold(stream, held);
     const { caller } = stream;
-    for (const s of record.selectors) this.bySelector.delete(s, stream);
+    for (const s of caller.selectors) this.bySelector.delete(selectorKey(s), stream);
     this.byProcess.delete(processKey(caller), stream);
     for (const a of caller.ancestors) this.byProcess.delete(processKey(a), stream);
     if (caller.cgroup !== null) this.byCgroup.delete(caller.cgroup, stream);
@@ -146,8 +148,7 @@ export class StreamIndex<S extends IndexedStream> {
       if (c.size < candidates.size) candidates = c;
     }
     for (const s of candidates) {
-      const selectors = this.streams.get(s)!.selectors;
-      if (keys.every((k) => selectors.has(k))) into.add(s);
+      if (keys.every((k) => this.bySelector.get(k).has(s))) into.add(s);
     }
   }
 

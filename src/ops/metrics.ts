@@ -256,10 +256,12 @@ export class ServerMetrics {
             callback(err, ...rest);
           });
         }
-        const write = call.write.bind(call);
+        // Only the first message is timed: then the call's own write is back (a stream open for
+        // days would otherwise keep this wrapper and its closures for nothing).
         call.write = (...args: unknown[]) => {
+          delete call.write;
           observe();
-          return write(...args);
+          return call.write(...args);
         };
         return fn(call);
       };

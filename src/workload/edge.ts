@@ -10,7 +10,7 @@ import type { Selector } from '../spiffe/selector.js';
 import { addReflection } from '../ops/reflection.js';
 import type { ServerMetrics } from '../ops/index.js';
 import { workloadServiceDefinition } from './encode.js';
-import { refuseMalformedRequests, strictRequests } from './strict-input.js';
+import { strictRequests } from './strict-input.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import type { DescriptorBudget } from './descriptors.js';
 import { WorkloadLimiter } from './limits.js';
@@ -73,7 +73,7 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
   const { logger, metrics } = deps;
   const attestations = new AttestationCache(new Attestor({ logger, sha256MaxBytes: deps.sha256MaxBytes }));
   const limiter = new WorkloadLimiter({ limits: deps.limits, peers: deps.peers, descriptors: deps.descriptors, clock: deps.clock, logger: logger.child({ api: 'workload' }) });
-  const server = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor(), refuseMalformedRequests] });
+  const server = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor()] });
   const attestOnly = metrics.timeAttestation((peer: PeerCredentialsLike, { streaming }: { streaming: boolean }) =>
     attestations.attest(peer, deps.attestOptions(streaming)));
   const attest = async (peer: PeerCredentialsLike, call: { streaming: boolean }): Promise<AttestationResult> => {

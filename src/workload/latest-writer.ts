@@ -1,5 +1,15 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
 
+/** Where a call keeps its writer: the 'drain' listener is one function shared by every call. */
+const WRITER = Symbol('agentid.latestWinsWriter');
+
+type WriterCall = ServerWritableStream<unknown, unknown> & { [WRITER]?: LatestWinsWriter };
+
+/** Listener of every writer's call ('this' is the call): no closure per open stream. */
+function onDrain(this: WriterCall): void {
+  this[WRITER]?.drained();
+}
+
 /**
  * Writes pre-encoded stream messages so that a slow reader only ever has the newest one waiting:
  * while the transport is backed up, a newer message replaces the pending one instead of queueing
@@ -13,13 +23,9 @@ export class LatestWinsWriter {
   private waiting = false;
   private closed = false;
 
-  constructor(private readonly call: ServerWritableStream<unknown, unknown>) {
-    call.on('drain', () => {
-      this.waiting = false;
-      const next = this.pending;
-      this.pending = undefined;
-      if (next !== undefined) this.write(next);
-    });
+  constructor(protected readonly call: ServerWritableStream<unknown, unknown>) {
+    (call as WriterCall)[WRITER] = this;
+    call.on('drain', onDrain);
   }
 
   write(message: Buffer): void {
@@ -36,5 +42,13 @@ export class LatestWinsWriter {
   close(): void {
     this.closed = true;
     this.pending = undefined;
+  }
+
+  /** The transport took what was written: the pending message, if any, goes now. */
+  drained(): void {
+    this.waiting = false;
+    const next = this.pending;
+    this.pending = undefined;
+    if (next !== undefined) this.write(next);
   }
 }

@@ -6,6 +6,9 @@ import type { WorkloadLimits } from '../config/types.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import type { DescriptorBudget } from './descriptors.js';
 import { unreadBytes } from './unread.js';
+import { MalformedRequest } from './strict-input.js';
+
+const ignore = (): void => undefined;
 
 /*
  * Limits of the Workload API edge. Any local user may connect, so every resource a connection
@@ -73,7 +76,6 @@ interface Connection {
   calls: number;
   startedAny: boolean;
   idleSince: number;
-  stop: AbortController;
 }
 
 /** Limits fixed when the server starts (gRPC server options, the descriptor budget): a SIGHUP cannot change them. */
@@ -111,6 +113,10 @@ export class WorkloadLimiter {
   private refusalsLogged = 0;
   private lastRefusalLog = -Infinity;
   private maxConnectionsPerUid: number;
+  /** The shared connection timer: when it wakes (Infinity: not armed) and how to stop it. */
+  private sweepAt = Infinity;
+  private sweepStop: AbortController | undefined;
+  private closing = false;
 
   constructor(private readonly deps: WorkloadLimiterDeps) {
     this.limits = deps.limits;
@@ -167,42 +173,43 @@ export class WorkloadLimiter {
     }
     const now = this.deps.clock.now();
     const conn: Connection = {
-      uid: creds.uid, socket, acceptedAt: now, refusal, calls: 0, startedAny: false, idleSince: now, stop: new AbortController(),
+      uid: creds.uid, socket, acceptedAt: now, refusal, calls: 0, startedAny: false, idleSince: now,
     };
     if (refusal !== undefined) this.refusedOpen++;
     else this.usage(creds.uid).connections++;
     const tag = this.deps.peers.register(socket, creds, () => this.closed(tag, conn));
     this.byTag.set(tag, conn);
-    void this.watch(conn);
+    this.armSweep(this.deadline(conn).due);
     inject(socket);
   }
 
-  /** The interceptor that charges every call to its uid and answers RESOURCE_EXHAUSTED over a limit. */
+  /**
+   * The one interceptor of the Workload API server: charges every call to its uid and answers
+   * RESOURCE_EXHAUSTED over a limit (metadata too large included), and INVALID_ARGUMENT for a
+   * request strictRequests() marked as malformed (a throwing deserializer would make grpc-js answer
+   * INTERNAL, which tells the client it did nothing wrong). One layer, not one per concern: a
+   * stream keeps its interceptor state for its whole life, and 10,000 open streams pay it 10,000 times.
+   */
   interceptor(): grpc.ServerInterceptor {
     return (method, call) => {
       const conn = this.byTag.get(call.getPeer());
-      let streaming = false;
-      let ended = false;
+      // 0: not admitted (or no connection record), 1: admitted, 2: admitted and ended.
+      let state = 0;
       const end = () => {
-        if (ended) return;
-        ended = true;
-        if (conn) this.callEnded(conn, streaming);
+        if (state !== 1) return;
+        state = 2;
+        this.callEnded(conn!, method.responseStream);
       };
       return new grpc.ServerInterceptingCall(call, {
         start: (next) => {
-          if (!conn) {
-            next({});
-            return;
-          }
-          const refusal = this.admitCall(conn, method.responseStream);
+          const refusal = conn && this.admitCall(conn, method.responseStream);
           if (refusal !== undefined) {
-            ended = true;
             // Nothing reaches the handler: without the metadata it never starts reading the request.
-            next({ onReceiveMetadata: () => undefined, onReceiveMessage: () => undefined, onReceiveHalfClose: () => undefined });
+            next({ onReceiveMetadata: ignore, onReceiveMessage: ignore, onReceiveHalfClose: ignore });
             call.sendStatus({ code: grpc.status.RESOURCE_EXHAUSTED, details: refusal });
             return;
           }
-          streaming = method.responseStream;
+          if (conn) state = 1;
           next({
             onReceiveMetadata: (metadata, nextMetadata) => {
               if (headerListBytes(metadata) > this.limits.maxHeaderListBytes) {
@@ -211,6 +218,13 @@ export class WorkloadLimiter {
                 return;
               }
               nextMetadata(metadata);
+            },
+            onReceiveMessage: (message, nextMessage) => {
+              if (message instanceof MalformedRequest) {
+                call.sendStatus({ code: grpc.status.INVALID_ARGUMENT, details: `malformed request: ${message.reason}` });
+                return;
+              }
+              nextMessage(message);
             },
             onCancel: end,
           });
@@ -231,9 +245,10 @@ export class WorkloadLimiter {
     };
   }
 
-  /** Stops every connection timer (the sockets themselves are closed by the listener). */
+  /** Stops the connection timer (the sockets themselves are closed by the listener). */
   close(): void {
-    for (const conn of this.byTag.values()) conn.stop.abort();
+    this.closing = true;
+    this.disarmSweep();
   }
 
   private usage(uid: number): UidUsage {
@@ -302,12 +317,15 @@ export class WorkloadLimiter {
       if (u) u.streams--;
     }
     conn.calls--;
-    if (conn.calls === 0) conn.idleSince = this.deps.clock.now();
+    if (conn.calls === 0) {
+      conn.idleSince = this.deps.clock.now();
+      this.armSweep(conn.idleSince + this.limits.idleTimeoutMs);
+    }
   }
 
   private closed(tag: string, conn: Connection): void {
     this.byTag.delete(tag);
-    conn.stop.abort();
+    if (this.byTag.size === 0) this.disarmSweep();
     if (conn.refusal !== undefined) {
       this.refusedOpen--;
       return;
@@ -321,46 +339,75 @@ export class WorkloadLimiter {
   }
 
   /**
-   * One timer per connection, re-armed rather than reset per call: the deadline is computed
-   * from the connection's state when it fires.
+   * When the connection's timer is due and why; `due` is Infinity while a call is in progress
+   * (nothing to time then: the idle time starts when the last call ends).
    */
-  private async watch(conn: Connection): Promise<void> {
-    const { limits } = this;
-    const { clock } = this.deps;
-    try {
-      for (;;) {
-        let due: number;
-        let reason: 'firstRequestTimeout' | 'idleTimeout';
-        if (conn.refusal !== undefined || !conn.startedAny) {
-          // A connection accepted over a limit stays this long to deliver its RESOURCE_EXHAUSTED
-          // answers (a client that got one backs off and reconnects later), then closes.
-          due = conn.acceptedAt + limits.firstRequestTimeoutMs;
-          reason = 'firstRequestTimeout';
-        } else if (conn.calls === 0) {
-          due = conn.idleSince + limits.idleTimeoutMs;
-          reason = 'idleTimeout';
-        } else {
-          due = clock.now() + limits.idleTimeoutMs;
-          reason = 'idleTimeout';
-        }
-        const now = clock.now();
-        if (now >= due && reason === 'firstRequestTimeout' && conn.refusal === undefined && this.serverIsBehind(conn)) {
-          // The peer sent its request and this server has not read a byte of it yet (a reconnect
-          // storm): the peer did its part. Closing it would throw away its place in the queue and
-          // bring it back later as one more connection to serve; its time starts again instead.
-          conn.acceptedAt = now;
-          continue;
-        }
-        if (now >= due) {
-          if (conn.refusal === undefined) this.counters.closed[reason]++;
-          conn.socket.destroy();
-          return;
-        }
-        await clock.sleep(due - now, conn.stop.signal);
+  private deadline(conn: Connection): { due: number; reason: 'firstRequestTimeout' | 'idleTimeout' } {
+    // A connection accepted over a limit stays this long to deliver its RESOURCE_EXHAUSTED
+    // answers (a client that got one backs off and reconnects later), then closes.
+    if (conn.refusal !== undefined || !conn.startedAny) return { due: conn.acceptedAt + this.limits.firstRequestTimeoutMs, reason: 'firstRequestTimeout' };
+    if (conn.calls === 0) return { due: conn.idleSince + this.limits.idleTimeoutMs, reason: 'idleTimeout' };
+    return { due: Infinity, reason: 'idleTimeout' };
+  }
+
+  /**
+   * One timer for all connections, not one per connection (a timer, an AbortController and a
+   * pending promise each, times 10,000 connections): it sleeps until the earliest deadline, then
+   * closes every connection that is due (see `sweep`). Arming it earlier than it is armed replaces it.
+   */
+  private armSweep(due: number): void {
+    if (this.closing || due === Infinity || due >= this.sweepAt) return;
+    this.disarmSweep();
+    const stop = new AbortController();
+    this.sweepStop = stop;
+    this.sweepAt = due;
+    this.deps.clock.sleep(Math.max(0, due - this.deps.clock.now()), stop.signal).then(
+      () => {
+        if (this.sweepStop !== stop) return;
+        this.sweepStop = undefined;
+        this.sweepAt = Infinity;
+        this.sweep();
+      },
+      () => undefined, // disarmed
+    );
+  }
+
+  private disarmSweep(): void {
+    this.sweepStop?.abort();
+    this.sweepStop = undefined;
+    this.sweepAt = Infinity;
+  }
+
+  /**
+   * Closes the connections past their deadline and arms the timer for the next one. Each visit is
+   * over every connection, so when deadlines crowd together (a connection storm) the next visit
+   * is at least a twentieth of the shorter timeout later: a deadline is then met that much late
+   * at worst, never early, and the cost stays one pass per interval however many connections come.
+   */
+  private sweep(): void {
+    const now = this.deps.clock.now();
+    let next = Infinity;
+    for (const conn of this.byTag.values()) {
+      if (conn.socket.destroyed) continue; // closed, its 'close' not handled yet
+      const { due, reason } = this.deadline(conn);
+      if (due > now) {
+        next = Math.min(next, due);
+        continue;
       }
-    } catch {
-      // Aborted: the connection closed.
+      if (reason === 'firstRequestTimeout' && conn.refusal === undefined && this.serverIsBehind(conn)) {
+        // The peer sent its request and this server has not read a byte of it yet (a reconnect
+        // storm): the peer did its part. Closing it would throw away its place in the queue and
+        // bring it back later as one more connection to serve; its time starts again instead.
+        conn.acceptedAt = now;
+        next = Math.min(next, now + this.limits.firstRequestTimeoutMs);
+        continue;
+      }
+      if (conn.refusal === undefined) this.counters.closed[reason]++;
+      // Destroying emits 'close' later, which takes the connection out of byTag.
+      conn.socket.destroy();
     }
+    const crowded = Math.min(this.limits.firstRequestTimeoutMs, this.limits.idleTimeoutMs) / 20;
+    if (next !== Infinity) this.armSweep(this.byTag.size > 1 ? Math.max(next, now + crowded) : next);
   }
 
   /** Nothing read from the connection yet, while the kernel holds bytes its peer sent. */

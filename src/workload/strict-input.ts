@@ -116,7 +116,10 @@ function rulesOf(definition: grpc.MethodDefinition<unknown, unknown>): MessageRu
   return rules;
 }
 
-/** A copy of `service` whose request decoders check the bytes first (see the interceptor below). */
+/**
+ * A copy of `service` whose request decoders check the bytes first; the Workload API's interceptor
+ * (WorkloadLimiter.interceptor) answers INVALID_ARGUMENT for what they mark as MalformedRequest.
+ */
 export function strictRequests(service: grpc.ServiceDefinition): grpc.ServiceDefinition {
   const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const [method, definition] of Object.entries(service)) {
@@ -132,22 +135,3 @@ export function strictRequests(service: grpc.ServiceDefinition): grpc.ServiceDef
   }
   return out as grpc.ServiceDefinition;
 }
-
-/**
- * Answers INVALID_ARGUMENT for a request strictRequests() marked as malformed. A throwing
- * deserializer would make grpc-js answer INTERNAL, which tells the client it did nothing wrong.
- */
-export const refuseMalformedRequests: grpc.ServerInterceptor = (_method, call) =>
-  new grpc.ServerInterceptingCall(call, {
-    start(next) {
-      next({
-        onReceiveMessage(message, nextMessage) {
-          if (message instanceof MalformedRequest) {
-            call.sendStatus({ code: grpc.status.INVALID_ARGUMENT, details: `malformed request: ${message.reason}` });
-            return;
-          }
-          nextMessage(message);
-        },
-      });
-    },
-  });
