@@ -21,6 +21,7 @@ import { ChildHandle, spawnWithIpc } from './ipc.js';
 import { benchMint } from './mint.js';
 import { meets, pairedRatio, percentile, summarize, type Summary, type Target } from './stats.js';
 import { firstJwt, jwtBundleOf, serialize } from './check.js';
+import { agentFirstSvidBench, agentsScaleBench, freePort, type AgentsBenchDeps } from './agents.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const BUILD_DIR = join(REPO, 'bench', '.build');
@@ -46,9 +47,13 @@ interface Options {
   mintWindowMs: number;
   rateWindowMs: number;
   taskPairs: number;
+  /** Simulated per-host agents (nodes) of the scale benchmark, node-scoped entries and X.509-SVIDs per node. */
+  agents: number;
+  agentEntries: number;
+  agentIdentities: number;
   cpuProfDir: string | undefined;
   out: string | undefined;
-  /** Benchmarks left out (development only): mint, first, jwt, streams, rounds, storm. */
+  /** Benchmarks left out (development only): mint, first, jwt, streams, rounds, storm, agent-first, agents. */
   skip: Set<string>;
 }
 
@@ -65,7 +70,7 @@ function parseOptions(argv: string[]): Options {
     if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} must be a positive integer, got "${v}"`);
     return n;
   };
-  const known = new Set(['--quick', '--rounds', '--streams', '--workers', '--cpu-prof', '--out', '--skip', '--identities']);
+  const known = new Set(['--quick', '--rounds', '--streams', '--workers', '--cpu-prof', '--out', '--skip', '--identities', '--agents', '--agent-entries', '--agent-identities']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (!a.startsWith('--')) continue;
@@ -84,6 +89,9 @@ function parseOptions(argv: string[]): Options {
     mintWindowMs: quick ? 150 : 400,
     rateWindowMs: quick ? 200 : 500,
     taskPairs: quick ? 10 : 20,
+    agents: num('--agents', quick ? 10 : 100),
+    agentEntries: num('--agent-entries', quick ? 10 : 100),
+    agentIdentities: num('--agent-identities', quick ? 100 : 1000),
     cpuProfDir: value('--cpu-prof') ? resolve(value('--cpu-prof')!) : undefined,
     out: value('--out'),
     skip: new Set((value('--skip') ?? '').split(',').filter(Boolean)),
@@ -205,7 +213,7 @@ async function buildServer(): Promise<void> {
 async function buildChildren(): Promise<void> {
   rmSync(BUILD_DIR, { recursive: true, force: true });
   await build({
-    entryPoints: ['client-worker', 'bare-server', 'first-svid-client'].map((n) => join(REPO, 'bench', `${n}.ts`)),
+    entryPoints: ['client-worker', 'bare-server', 'first-svid-client', 'node-sim'].map((n) => join(REPO, 'bench', `${n}.ts`)),
     outdir: BUILD_DIR,
     outExtension: { '.js': '.mjs' },
     bundle: true,
@@ -218,7 +226,7 @@ async function buildChildren(): Promise<void> {
   });
 }
 
-function spawnChild(name: string, entry: 'client-worker' | 'bare-server' | 'first-svid-client'): ChildHandle {
+function spawnChild(name: string, entry: 'client-worker' | 'bare-server' | 'first-svid-client' | 'node-sim'): ChildHandle {
   // Descriptor limits are raised for the child only (prlimit), not for this process.
   return spawnWithIpc(name, 'prlimit', [`--nofile=${NOFILE}:${NOFILE}`, '--', process.execPath, join(BUILD_DIR, `${entry}.mjs`)], { cwd: REPO });
 }
@@ -324,6 +332,8 @@ class AgentidServer {
     readonly name: string,
     runDir: string,
     private readonly cpuProfDir: string | undefined,
+    /** Port of the agent listener on 127.0.0.1 (`agents.listen`), when the benchmark runs agents against this server. */
+    readonly agentPort?: number,
   ) {
     this.dataDir = join(runDir, name);
     this.socket = join(this.dataDir, 'workload.sock');
@@ -352,6 +362,7 @@ class AgentidServer {
         `  max_connections_per_uid: ${NOFILE}`,
         '  max_streams_per_uid: 30000',
         '  requests_per_second_per_uid: 10000',
+        ...(this.agentPort ? ['agents:', `  listen: "127.0.0.1:${this.agentPort}"`] : []),
         '',
       ].join('\n'),
     );
@@ -868,7 +879,8 @@ async function main(): Promise<void> {
   const runDir = mkdtempSync('/tmp/agentid-bench-');
   if (o.cpuProfDir) mkdirSync(o.cpuProfDir, { recursive: true });
   const children: ChildHandle[] = [];
-  const a = new AgentidServer('a', runDir, o.cpuProfDir);
+  // Server a also listens for per-host agents (the agent first-SVID benchmark attests one to it).
+  const a = new AgentidServer('a', runDir, o.cpuProfDir, await freePort());
   const a0 = new AgentidServer('a0', runDir, undefined);
   const bareRef: { bare: ChildHandle } = { bare: undefined as unknown as ChildHandle };
   let ok = false;
@@ -908,6 +920,26 @@ async function main(): Promise<void> {
     bareRef.bare = await startBare('bare', bareSocket, responses);
 
     await phase(`first SVID, ${o.firstSvidClients} new processes at once`, () => firstSvidBench(o, a, bareSocket, captureId), log, o.skip.has('first'));
+    const agentsDeps: AgentsBenchDeps = {
+      repo: REPO,
+      runDir,
+      trustDomain: TD,
+      nofile: NOFILE,
+      cpuProfDir: o.cpuProfDir,
+      rounds: o.rounds,
+      firstSvidClients: o.firstSvidClients,
+      taskPairs: o.taskPairs,
+      nodes: o.agents,
+      entriesPerNode: o.agentEntries,
+      identitiesPerNode: o.agentIdentities,
+      newServer: (name, agentPort) => new AgentidServer(name, runDir, o.cpuProfDir, agentPort),
+      spawnChild,
+      ready,
+      addFigure,
+      check: (line) => checks.push(line),
+      log,
+    };
+    await phase(`agent first SVID, ${o.firstSvidClients} new processes at once`, () => agentFirstSvidBench(agentsDeps, a), log, o.skip.has('agent-first'));
     await phase('FetchJWTSVID / ValidateJWTSVID rates', () => jwtBench(o, a, { socket: bareSocket, pid: bareRef.bare!.pid }, capture, { token, jwtBundles, captureId }), log, o.skip.has('jwt'));
     const streams = new StreamsBench(o, a, a0, bareRef, bareSocket, runDir, responses);
     try {
@@ -928,6 +960,7 @@ async function main(): Promise<void> {
     } finally {
       await streams.close();
     }
+    await phase(`${o.agents} agents x ${o.agentIdentities} identities (simulated) vs none`, () => agentsScaleBench(agentsDeps), log, o.skip.has('agents'));
     ok = true;
   } finally {
     for (const c of children) c.kill();
