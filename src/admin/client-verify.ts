@@ -70,10 +70,29 @@ export function clientSvidVerifier(opts: {
     return trust;
   };
 
+  /**
+   * The last successful verification of each presented chain (a connection keeps its chain array).
+   * A node's Sync stream re-checks its caller on every change it delivers, so with many agents a
+   * full parse and signature check per stream per change dominated the server. The outcome is a
+   * pure function of the chain, the trust (replaced whenever the bundle or CRL DER changes) and the
+   * time, which matters only through the validity windows of the verified path: within the
+   * window of every certificate on it, with the same trust, the answer is the same.
+   */
+  const verified = new WeakMap<Buffer[], { trust: Trust; from: number; until: number; result: VerifiedX509Svid }>();
   const verify = (chain: Buffer[]): VerifiedX509Svid => {
     if (chain.length === 0) throw refuse('malformed', 'the client presented no certificate');
     const t = currentTrust();
-    return verifyX509Svid(chain, t.bundles, { now: clock.now(), crls: t.crls });
+    const now = clock.now();
+    const memo = verified.get(chain);
+    if (memo && memo.trust === t && now >= memo.from && now <= memo.until) return memo.result;
+    const result = verifyX509Svid(chain, t.bundles, { now, crls: t.crls });
+    verified.set(chain, {
+      trust: t,
+      from: Math.max(...result.chain.map((c) => c.notBefore)),
+      until: Math.min(...result.chain.map((c) => c.notAfter)),
+      result,
+    });
+    return result;
   };
 
   return {
