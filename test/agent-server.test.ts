@@ -62,7 +62,7 @@ describe('agentid agent with a real agentid server', () => {
 
   async function startServer() {
     server = spawnCli(['server', '--config', join(dir, 'server.yaml'), '--data-dir', serverDir, '--trust-domain', td, '--agent-listen', `127.0.0.1:${port}`, '--log-level', 'warn']);
-    await waitFor(async () => (await cli('node', 'list', '--data-dir', serverDir)).code === 0, 30_000, 'the server to answer');
+    await waitFor(async () => (await cli('node', 'list', '--data-dir', serverDir)).code === 0, 90_000, 'the server to answer');
   }
   async function stopServer() {
     server?.kill('SIGTERM');
@@ -73,7 +73,7 @@ describe('agentid agent with a real agentid server', () => {
     agentStderr = '';
     agent = spawnCli(['agent', '--data-dir', agentDir, '--server', `127.0.0.1:${port}`, '--health-listen', `127.0.0.1:${healthPort}`, '--log-level', 'info', ...extra]);
     agent.stderr!.on('data', (d) => (agentStderr += d));
-    await waitFor(() => existsSync(join(agentDir, 'workload.sock')) && existsSync(join(agentDir, 'admin.sock')), 30_000, 'the agent sockets');
+    await waitFor(() => existsSync(join(agentDir, 'workload.sock')) && existsSync(join(agentDir, 'admin.sock')), 90_000, 'the agent sockets');
   }
   async function stopAgent() {
     agent?.kill('SIGTERM');
@@ -101,7 +101,7 @@ describe('agentid agent with a real agentid server', () => {
     openssl('x509', '-req', '-in', 'host.csr', '-CA', 'host-ca.pem', '-CAkey', 'host-ca.key', '-CAcreateserial', '-days', '1', '-extfile', 'host-ext.cnf', '-out', 'host.pem');
     writeFileSync(join(dir, 'server.yaml'), ['agents:', '  x509pop:', `    ca_bundle: ${join(dir, 'host-ca.pem')}`].join('\n'));
     await startServer();
-  }, 60_000);
+  }, 120_000);
   afterAll(async () => {
     await stopAgent();
     await stopServer();
@@ -119,7 +119,7 @@ describe('agentid agent with a real agentid server', () => {
     expect(created.code).toBe(0);
 
     await startAgent(['--join-token', token.stdout.trim(), '--trust-bundle', join(dir, 'bundle.pem')]);
-    await waitFor(async () => (await ready()) === 200, 30_000, 'the agent to be ready');
+    await waitFor(async () => (await ready()) === 200, 90_000, 'the agent to be ready');
 
     const client = new WorkloadApiClient({ socketPath: socket() });
     try {
@@ -146,7 +146,7 @@ describe('agentid agent with a real agentid server', () => {
     const again = await cli('agent', '--data-dir', join(dir, 'other'), '--server', `127.0.0.1:${port}`, '--join-token', token.stdout.trim(), '--trust-bundle', join(dir, 'bundle.pem'));
     expect(again.code).not.toBe(0);
     expect(again.stderr).toMatch(/node attestation failed/);
-  }, 120_000);
+  }, 240_000);
 
   it('attests a second host by x509pop (a host certificate the server trusts), no token', async () => {
     const other = join(dir, 'x509pop-agent');
@@ -169,7 +169,7 @@ describe('agentid agent with a real agentid server', () => {
       child.kill('SIGTERM');
       await exited(child);
     }
-  }, 90_000);
+  }, 240_000);
 
   it('agentid run works unchanged through the agent\'s admin socket, and a task revoked on the server drops from its stream', async () => {
     const watcher = [process.execPath, '--import', 'tsx', join(REPO, 'test', 'support', 'x509-watch.ts'), socket()];
@@ -182,7 +182,7 @@ describe('agentid agent with a real agentid server', () => {
     const last = await lines.next((l) => l.error !== undefined, 10_000).catch((e) => { throw new Error(`${e.message}\nagent: ${agentStderr.slice(-4000)}`); });
     expect(last.error).toBe('permission_denied');
     await exited(run);
-  }, 90_000);
+  }, 240_000);
 
   it('keeps serving held SVIDs while the server is down, reports not ready, refuses task starts, and reconnects', async () => {
     const client = new WorkloadApiClient({ socketPath: socket() });
@@ -196,16 +196,16 @@ describe('agentid agent with a real agentid server', () => {
       expect(refused.code).not.toBe(0);
       expect(refused.stderr + agentStderr.slice(-3000)).toMatch(/no connection to the agentid server/);
       await startServer();
-      await waitFor(async () => (await ready()) === 200, 60_000, 'the agent to reconnect');
+      await waitFor(async () => (await ready()) === 200, 120_000, 'the agent to reconnect');
     } finally {
       client.close();
     }
-  }, 150_000);
+  }, 300_000);
 
   it('resumes from its data directory after a restart without a join token', async () => {
     await stopAgent();
     await startAgent();
-    await waitFor(async () => (await ready()) === 200, 30_000, 'the restarted agent to be ready');
+    await waitFor(async () => (await ready()) === 200, 90_000, 'the restarted agent to be ready');
     const client = new WorkloadApiClient({ socketPath: socket() });
     try {
       const ctx = await client.fetchX509Context({ signal: AbortSignal.timeout(20_000) });
@@ -214,7 +214,7 @@ describe('agentid agent with a real agentid server', () => {
       client.close();
     }
     expect(agentStderr).not.toMatch(/attested/);
-  }, 90_000);
+  }, 240_000);
 
   it('drops everything and exits non-zero when its node is evicted', async () => {
     const client = new WorkloadApiClient({ socketPath: socket() });
@@ -233,7 +233,7 @@ describe('agentid agent with a real agentid server', () => {
       ac.abort();
       client.close();
     }
-  }, 60_000);
+  }, 120_000);
 });
 
 
