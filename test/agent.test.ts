@@ -18,6 +18,7 @@ import { opensslVerify } from '../src/ca/testing.js';
 import { FakeNodeServer } from './support/fake-node-server.js';
 import { makeTempDir } from './support/server.js';
 import { waitFor } from './support/wait.js';
+import { readAuditEvents, verifyAuditFile } from '../src/audit/read.js';
 
 const logger = createLogger({ level: process.env.AGENTID_TEST_LOG ?? 'silent' });
 const uid = process.getuid!();
@@ -112,6 +113,24 @@ describe('agentid agent (against a stand-in node API over TLS)', () => {
     await a.stop();
     rmSync(join(dir, 'a'), { recursive: true, force: true });
     await expect(agent({ joinToken: token })).rejects.toThrow(/node attestation failed: join token unknown or already used/);
+  });
+
+  it('keeps its own audit trail: its run, and every Workload API refusal on this host, hash-chained', async () => {
+    // No entry matches this process: the agent refuses it, and says so in its trail.
+    const a = await agent({ joinToken: fake.joinToken('n1') });
+    const client = new WorkloadApiClient({ socketPath: a.workloadSocket });
+    try {
+      await expect(client.fetchX509Context({ signal: AbortSignal.timeout(15_000) })).rejects.toMatchObject({ code: 'permission_denied' });
+    } finally {
+      client.close();
+    }
+    await a.stop();
+    const file = join(dir, 'a', 'audit.log');
+    expect(verifyAuditFile(file).ok).toBe(true);
+    const records = readAuditEvents(file);
+    expect(records.map((r) => r.type)).toEqual(['agent.started', 'attestation.refused', 'agent.stopped']);
+    expect(records[1]).toMatchObject({ uid, server: 'node/n1' });
+    expect((records[1] as { reason: string }).reason).toMatch(/^FetchX509SVID: no identity/);
   });
 
   it('drops a revoked identity from open streams as soon as the revocation arrives on the Sync stream', async () => {

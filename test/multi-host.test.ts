@@ -257,6 +257,10 @@ describe.skipIf(!netnsAvailable())('a server and per-host agents on separate hos
     const code = agentB.exitCode ?? (await new Promise<number | null>((r) => agentB.once('exit', r)));
     expect(code).not.toBe(0);
     expect(agentLogs.get('b')).toMatch(/evicted/);
+    // The agent's own trail records it, and its chain is intact.
+    const trail = await runCli(['audit', 'show', '--json', '--file', join(agentDir('b'), 'audit.log')]);
+    expect(trail.stdout).toContain('agent.evicted');
+    expect((await runCli(['audit', 'verify', join(agentDir('b'), 'audit.log')])).code).toBe(0);
     // Restarting the agent does not bring it back: its node SVID is revoked.
     const again = cli(hostB, ['agent', '--data-dir', agentDir('b'), '--server', `${serverHost.address}:${AGENT_PORT}`, '--trust-bundle', bundleFile()]);
     children.push(again);

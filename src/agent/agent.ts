@@ -34,6 +34,8 @@ import { Replica } from './replica.js';
 import { RemoteSvids, type SvidChanges } from './svids.js';
 import { ServerLink } from './link.js';
 import { agentAdminHandlers } from './admin.js';
+import { AuditLog } from '../audit/index.js';
+import { RefusalAggregator } from '../audit/refusals.js';
 
 export interface AgentDeps {
   clock: Clock;
@@ -69,6 +71,8 @@ const LIVENESS_MS = 5000;
 const ATTEST_RETRY_LIMIT_MS = 60_000;
 /** Start-up waits this long for the first Sync update, then serves from the replica (server down). */
 const FIRST_SYNC_WAIT_MS = 10_000;
+/** Repeated Workload API refusals (same uid and reason) are summed into one audit line this often. */
+const REFUSAL_INTERVAL_MS = 60_000;
 
 /**
  * The per-host agent's composition root: node identity, local replica (SQLite in the data dir)
@@ -87,6 +91,18 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
   const parts = new Lifecycle(logger);
   let link: ServerLink | undefined;
   try {
+    // The agent's own hash-chained trail: its runs, its eviction, and every Workload API refusal
+    // on this host (counted per uid and reason, as on the server). Lines name the node.
+    const audit = AuditLog.open({ file: join(config.dataDir, 'audit.log'), clock, logger, server: `node/${identity.node}` });
+    const refusals = new RefusalAggregator({ append: (e) => audit.append(e), clock, logger, intervalMs: REFUSAL_INTERVAL_MS });
+    let running = false;
+    parts.add('audit log', {
+      close: () => {
+        refusals.close();
+        if (running) audit.append({ type: 'agent.stopped', outcome: 'ok', node: identity.node, pid: process.pid });
+        audit.close();
+      },
+    });
     const datastore = await openDatastore({ datastore: { kind: 'sqlite', file: join(config.dataDir, 'replica.db') } }, { logger });
     parts.add('replica', datastore);
     const replica = new Replica(datastore);
@@ -199,7 +215,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       cache: svids,
       validateJwt: (token, audience) => jwtValidator.validate(token, audience),
       onRefused(peer, method, reason) {
-        logger.info({ pid: peer?.pid, uid: peer?.uid, method, reason }, 'workload API: refused');
+        refusals.refused({ pid: peer?.pid ?? 0, uid: peer?.uid ?? -1, reason: `${method}: ${reason}` });
       },
       afterAttest: (caller) => svids.ensure(resolve(caller, clock.now()), ENSURE_WAIT_MS),
       closingMessage: 'agent shutting down',
@@ -233,6 +249,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       if (evictedOnce) return;
       evictedOnce = true;
       logger.error({ node: identity.node, reason }, 'agent: this node was evicted; every identity it served is dropped and the agent stops');
+      audit.append({ type: 'agent.evicted', outcome: 'denied', node: identity.node, pid: process.pid, reason });
       link?.stop();
       svids.close();
       hub.closeAll(permissionDenied('this node was evicted from the trust domain'));
@@ -293,6 +310,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       logger: logger.child({ api: 'ops' }),
     }));
 
+    audit.append({ type: 'agent.started', outcome: 'ok', node: identity.node, pid: process.pid, upstream: `${config.server.host}:${config.server.port}` });
+    running = true;
     logger.info({ node: identity.node, workloadSocket: workload.socket, adminSocket: admin.socket, server: `${config.server.host}:${config.server.port}` }, 'agentid agent started');
     let stopping: Promise<void> | undefined;
     return {

@@ -215,8 +215,24 @@ export interface NodeEvent extends Common {
   tasks_revoked?: number;
 }
 
+/**
+ * A per-host agent's own trail (`<agent data dir>/audit.log`): its runs and its eviction. Its
+ * Workload API refusals are `attestation.refused` lines there; what it was minted is audited by the
+ * server (`svid.issued` with `node`).
+ */
+export interface AgentEvent extends Common {
+  type: 'agent.started' | 'agent.stopped' | 'agent.evicted';
+  node: string;
+  pid: number;
+  /** agent.started: the server it follows (host:port). */
+  upstream?: string;
+  /** agent.evicted: what the server said. */
+  reason?: string;
+}
+
 export type AuditEventInput =
   | AttestationRefusedEvent
+  | AgentEvent
   | AuditRepairedEvent
   | SvidIssuedEvent
   | SvidRotatedEvent
@@ -278,4 +294,7 @@ export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEve
   'node.attested',
   'node.svid_renewed',
   'node.evicted',
+  'agent.started',
+  'agent.stopped',
+  'agent.evicted',
 ]);
