@@ -124,6 +124,13 @@ describe('Workload API limits (per uid, sizes, deadlines)', () => {
     expect(await limitsClient(t.config.workloadSocket, ['message', '12000'])).toEqual({ RESOURCE_EXHAUSTED: 1 });
   });
 
+  it('refuses request metadata over max_header_list_bytes on a stream too (its handler checks it, not the interceptor)', async () => {
+    const before = t.server.workloadLimits().refused.headers;
+    expect(await limitsClient(t.config.workloadSocket, ['stream-metadata', '1000'])).toEqual({ OK: 1 });
+    expect(await limitsClient(t.config.workloadSocket, ['stream-metadata', '6000'])).toEqual({ RESOURCE_EXHAUSTED: 1 });
+    expect(t.server.workloadLimits().refused.headers).toBe(before + 1);
+  });
+
   it('closes a connection that never sends a byte (first_request_timeout)', async () => {
     const before = t.server.workloadLimits().closed.firstRequestTimeout;
     const s = await connectRaw(t.config.workloadSocket);

@@ -15,7 +15,7 @@ import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import type { DescriptorBudget } from './descriptors.js';
 import { WorkloadLimiter } from './limits.js';
 import { listenUnixWithPeerCreds } from './listener.js';
-import { workloadHandlers, type AttestationResult, type WorkloadDeps } from './service.js';
+import { SELF_LIMITED_STREAMS, workloadHandlers, type AttestationResult, type WorkloadDeps } from './service.js';
 
 /**
  * The Workload API edge, shared by the server's own socket and by `agentid agent` (design.md:
@@ -73,7 +73,9 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
   const { logger, metrics } = deps;
   const attestations = new AttestationCache(new Attestor({ logger, sha256MaxBytes: deps.sha256MaxBytes }));
   const limiter = new WorkloadLimiter({ limits: deps.limits, peers: deps.peers, descriptors: deps.descriptors, clock: deps.clock, logger: logger.child({ api: 'workload' }) });
-  const server = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor()] });
+  const service = strictRequests(workloadServiceDefinition());
+  const selfLimited = new Set(SELF_LIMITED_STREAMS.map((name) => service[name]!.path));
+  const server = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor(selfLimited)] });
   const attestOnly = metrics.timeAttestation((peer: PeerCredentialsLike, { streaming }: { streaming: boolean }) =>
     attestations.attest(peer, deps.attestOptions(streaming)));
   const attest = async (peer: PeerCredentialsLike, call: { streaming: boolean }): Promise<AttestationResult> => {
@@ -84,7 +86,7 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
     return result;
   };
   server.addService(
-    strictRequests(workloadServiceDefinition()),
+    service,
     metrics.instrumentWorkload(workloadHandlers({
       peers: deps.peers,
       attest,
@@ -94,6 +96,7 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
       validateJwt: deps.validateJwt,
       onRefused: deps.onRefused,
       logger: logger.child({ api: 'workload' }),
+      streamLimits: limiter,
     })),
   );
   addReflection(server, 'spiffe/workload/workload.proto');

@@ -78,6 +78,9 @@ interface Connection {
   idleSince: number;
 }
 
+/** An admitted stream's connection, opaque outside the limiter. */
+export type StreamTicket = object;
+
 /** Limits fixed when the server starts (gRPC server options, the descriptor budget): a SIGHUP cannot change them. */
 export const RESTART_ONLY_LIMITS: readonly (keyof WorkloadLimits)[] = ['maxMessageBytes', 'keepaliveTimeMs', 'keepaliveTimeoutMs', 'descriptorReserve'];
 
@@ -190,8 +193,11 @@ export class WorkloadLimiter {
    * INTERNAL, which tells the client it did nothing wrong). One layer, not one per concern: a
    * stream keeps its interceptor state for its whole life, and 10,000 open streams pay it 10,000 times.
    */
-  interceptor(): grpc.ServerInterceptor {
+  interceptor(checkedByHandler: ReadonlySet<string> = new Set()): grpc.ServerInterceptor {
     return (method, call) => {
+      // These handlers call admitStream/streamEnded themselves: no interceptor layer kept per stream.
+      // grpc-js chains interceptors through the call interface alone, so the call itself may be handed on.
+      if (checkedByHandler.has(method.path)) return call as grpc.ServerInterceptingCall;
       const conn = this.byTag.get(call.getPeer());
       // 0: not admitted (or no connection record), 1: admitted, 2: admitted and ended.
       let state = 0;
@@ -235,6 +241,33 @@ export class WorkloadLimiter {
         },
       });
     };
+  }
+
+  /**
+   * The interceptor's checks, for a stream handler that runs them itself (see interceptor): the
+   * call is charged to its uid, its metadata and request are checked, in the interceptor's order.
+   * Admitted: a ticket to give back to streamEnded exactly once when the stream ends.
+   */
+  admitStream(peer: string, metadata: grpc.Metadata, request: unknown): { ticket: StreamTicket | undefined } | { refused: { code: grpc.status; details: string } } {
+    const conn = this.byTag.get(peer);
+    if (conn) {
+      const refusal = this.admitCall(conn, true);
+      if (refusal !== undefined) return { refused: { code: grpc.status.RESOURCE_EXHAUSTED, details: refusal } };
+      if (headerListBytes(metadata) > this.limits.maxHeaderListBytes) {
+        this.callEnded(conn, true);
+        this.refuse('headers');
+        return { refused: { code: grpc.status.RESOURCE_EXHAUSTED, details: `request metadata larger than ${this.limits.maxHeaderListBytes} bytes` } };
+      }
+    }
+    if (request instanceof MalformedRequest) {
+      if (conn) this.callEnded(conn, true);
+      return { refused: { code: grpc.status.INVALID_ARGUMENT, details: `malformed request: ${request.reason}` } };
+    }
+    return { ticket: conn };
+  }
+
+  streamEnded(ticket: StreamTicket | undefined): void {
+    if (ticket) this.callEnded(ticket as Connection, true);
   }
 
   stats(): LimitCounters {

@@ -10,6 +10,7 @@ import type { MintCause } from '../issuer/svid-cache.js';
 import type { Identity } from '../issuer/identity.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import { LatestWinsWriter } from './latest-writer.js';
+import type { StreamTicket, WorkloadLimiter } from './limits.js';
 import { toStruct, unaryEncoders } from './encode.js';
 import type { MintedJwt } from '../issuer/svid-cache.js';
 
@@ -36,7 +37,15 @@ export interface WorkloadDeps {
   validateJwt: (token: string, audience: string) => { spiffeId: string; claims: Record<string, unknown> };
   onRefused: (peer: { pid: number; uid: number } | undefined, method: string, reason: string) => void;
   logger: Logger;
+  /**
+   * The Workload API limits, run by the stream handlers themselves (the interceptor lets these
+   * methods through: see WorkloadLimiter.interceptor). Absent: streams are not limited here.
+   */
+  streamLimits?: Pick<WorkloadLimiter, 'admitStream' | 'streamEnded'>;
 }
+
+/** The streaming methods whose handlers run the limits themselves (with streamLimits). */
+export const SELF_LIMITED_STREAMS = ['FetchX509SVID', 'FetchX509Bundles', 'FetchJWTBundles'] as const;
 
 const SECURITY_HEADER = 'workload.spiffe.io';
 /** Limits on FetchJWTSVID audiences: each becomes part of a token and of an audit line. */
@@ -78,6 +87,8 @@ class OpenStream extends LatestWinsWriter implements StreamSink {
     private readonly hub: StreamHub,
     private readonly method: string,
     private readonly logger: Logger,
+    private readonly limits: WorkloadDeps['streamLimits'],
+    private readonly ticket: StreamTicket | undefined,
   ) {
     super(call);
     (call as { [OPEN_STREAM]?: OpenStream })[OPEN_STREAM] = this;
@@ -102,6 +113,7 @@ class OpenStream extends LatestWinsWriter implements StreamSink {
   finish(err?: unknown): void {
     if (this.done) return;
     this.done = true;
+    this.limits?.streamEnded(this.ticket);
     if (this.handle) this.hub.unsubscribe(this.handle);
     this.handle = undefined;
     this.close();
@@ -159,7 +171,12 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
   /** Streams write the hub's pre-encoded responses (see workloadServiceDefinition). */
   function stream(kind: 'x509' | 'x509-bundles' | 'jwt-bundles', method: string): grpc.handleServerStreamingCall<unknown, unknown> {
     return (call) => {
-      const open = new OpenStream(call, hub, method, logger);
+      const admission = deps.streamLimits?.admitStream(call.getPeer(), call.metadata, call.request) ?? { ticket: undefined };
+      if ('refused' in admission) {
+        call.emit('error', Object.assign(new Error(admission.refused.details), admission.refused));
+        return;
+      }
+      const open = new OpenStream(call, hub, method, logger, deps.streamLimits, admission.ticket);
       (async () => {
         checkSecurityHeader(call.metadata);
         const caller = await attestCaller(call, method, true);

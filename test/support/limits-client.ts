@@ -8,6 +8,9 @@
  *       starts <count> FetchJWTSVID calls at once on one connection, prints the codes, exits.
  *   limits-client.ts <socket> metadata <bytes>
  *       one FetchJWTSVID call with a metadata value of <bytes> bytes; prints the codes, exits.
+ *   limits-client.ts <socket> stream-metadata <bytes>
+ *       one FetchJWTBundles stream with a metadata value of <bytes> bytes; prints the code of its
+ *       first message (OK) or its error, exits.
  *   limits-client.ts <socket> message <bytes>
  *       one FetchJWTSVID call whose request message is about <bytes> bytes; prints the codes, exits.
  */
@@ -54,6 +57,22 @@ if (mode === 'streams') {
   await Promise.all(pending);
   print();
   setInterval(() => undefined, 1 << 30);
+} else if (mode === 'stream-metadata') {
+  const client = connect();
+  await new Promise<void>((resolve) => {
+    const call = client.FetchJWTBundles({}, metadata(Number(a)));
+    call.once('data', () => {
+      record(grpc.status.OK);
+      call.cancel();
+      resolve();
+    });
+    call.on('error', (err: grpc.ServiceError) => {
+      if (err.code !== grpc.status.CANCELLED) record(err.code);
+      resolve();
+    });
+  });
+  print();
+  client.close();
 } else if (mode === 'calls' || mode === 'metadata' || mode === 'message') {
   const client = connect();
   const count = mode === 'calls' ? Number(a) : 1;
