@@ -439,9 +439,12 @@ class SqliteIssuanceStore implements SyncIssuanceStore {
     );
     this.latest = db.prepare('SELECT MAX(not_after) AS latest FROM issuances WHERE spiffe_id = ?');
     this.count = db.prepare('SELECT COUNT(*) AS n FROM issuances WHERE spiffe_id = ?');
+    // CROSS JOIN fixes SQLite's join order: from the deny list into issuances_spiffe_id. Left to
+    // the planner (no ANALYZE statistics) it walked every unexpired issuance by not_after instead,
+    // 78 ms per CRL rebuild with 100,000 issuances (the agents benchmark), on every task end.
     this.revokedUnexpired = db.prepare(
       `SELECT ${columns(ISSUANCE_COLUMNS, 'i.')}
-       FROM issuances i JOIN revocations r ON r.spiffe_id = i.spiffe_id
+       FROM revocations r CROSS JOIN issuances i ON i.spiffe_id = r.spiffe_id
        WHERE i.kind = 'x509' AND i.not_after >= ?
        ORDER BY i.issued_at, i.serial, i.kind`,
     );
