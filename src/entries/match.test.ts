@@ -206,3 +206,20 @@ describe('EntryIndex', () => {
     check();
   });
 });
+
+describe('EntryIndex.expiryTimes', () => {
+  it('lists the expiry of every entry that has one, following upserts, removals and replacements', () => {
+    const index = new EntryIndex();
+    index.replace([entry('a', '/a', ['unix:uid:1'], { expiresAt: 1000 }), entry('b', '/b', ['unix:uid:2'])]);
+    expect(index.expiryTimes()).toEqual([1000]);
+    index.upsert(entry('b', '/b', ['unix:uid:2'], { expiresAt: 2000 }));
+    expect(index.expiryTimes().sort()).toEqual([1000, 2000]);
+    index.upsert(entry('a', '/a', ['unix:uid:1'], { expiresAt: null }));
+    expect(index.expiryTimes()).toEqual([2000]);
+    index.remove('b');
+    expect(index.expiryTimes()).toEqual([]);
+    index.upsert(entry('c', '/c', ['unix:uid:3'], { expiresAt: 3000 }));
+    index.replace([entry('d', '/d', ['unix:uid:4'], { expiresAt: 4000 })]);
+    expect(index.expiryTimes()).toEqual([4000]);
+  });
+});

@@ -69,6 +69,12 @@ function bump(counts: Map<string, number>, key: string, delta: number): void {
  */
 export class EntryIndex {
   private readonly entries = new Map<string, { entry: RegistrationEntry; anchor: string | undefined }>();
+  /**
+   * Expiry times of the entries that have one, by ID: the scheduler asks on every tick (every
+   * admin call and mint pokes it), and walking 10,000 entries that never expire each time was
+   * 18% of the server's CPU in the agents benchmark.
+   */
+  private readonly expiring = new Map<string, number>();
   private readonly postings = new Map<string, Set<string>>();
   /** How many entries use each selector: picks the anchor. */
   private readonly selectorCounts = new Map<string, number>();
@@ -89,9 +95,7 @@ export class EntryIndex {
 
   /** Expiry times of the entries that have one (the scheduler refreshes streams when one passes). */
   expiryTimes(): number[] {
-    const out: number[] = [];
-    for (const { entry } of this.entries.values()) if (entry.expiresAt !== null) out.push(entry.expiresAt);
-    return out;
+    return [...this.expiring.values()];
   }
 
   /** Grows on every change to the set of entries: an answer memoized at one version is stale at another. */
@@ -112,6 +116,7 @@ export class EntryIndex {
   replace(entries: readonly RegistrationEntry[]): void {
     this.changes++;
     this.entries.clear();
+    this.expiring.clear();
     this.postings.clear();
     this.selectorCounts.clear();
     this.kindCounts.clear();
@@ -146,6 +151,7 @@ export class EntryIndex {
       list.add(frozen.id);
     }
     this.entries.set(frozen.id, { entry: frozen, anchor });
+    if (frozen.expiresAt !== null) this.expiring.set(frozen.id, frozen.expiresAt);
   }
 
   remove(id: string): void {
@@ -153,6 +159,7 @@ export class EntryIndex {
     if (!current) return;
     this.changes++;
     this.entries.delete(id);
+    this.expiring.delete(id);
     const { entry, anchor } = current;
     for (const k of new Set(entry.selectors.map(selectorKey))) bump(this.selectorCounts, k, -1);
     for (const s of entry.selectors) bump(this.kindCounts, selectorKind(s), -1);
