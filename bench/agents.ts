@@ -260,7 +260,7 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
     const entries: Record<string, string[]> = Object.fromEntries(nodeNames.map((n) => [n, [] as string[]]));
     const entryJobs = nodeNames.flatMap((node) => Array.from({ length: deps.entriesPerNode }, (_, e) => ({ node, e })));
     const t0 = performance.now();
-    await pool(entryJobs, 16, async ({ node, e }) => {
+    await pool(entryJobs, 64, async ({ node, e }) => {
       const created = await withNodes.admin!.call<{ id: string }>('CreateEntry', {
         entry: { spiffe_id: `spiffe://${deps.trustDomain}/node/${node}/svc-${e}`, selectors: [`unix:uid:${100_000 + e}`], node },
       });
