@@ -1,5 +1,8 @@
 import { RECHECK_ALL, type Attestation, type AttestOptions, type Attestor, type RecheckNeeds } from './attestor.js';
 import type { PeerCredentials } from './peercred.js';
+import type { Selector } from '../spiffe/selector.js';
+
+const SHARED_LISTS = 4096;
 
 /**
  * Attests each connection once, not once per call. The attestation is kept with the
@@ -16,6 +19,12 @@ import type { PeerCredentials } from './peercred.js';
  */
 export class AttestationCache {
   private readonly byConnection = new WeakMap<PeerCredentials, Attestation>();
+  /**
+   * Selector lists seen lately, each kept once: every connection of one process (and every process
+   * of one user running one binary) has the same list, and 10,000 connections would otherwise hold
+   * 10,000 copies. Shared lists are frozen; the map is emptied when it grows past SHARED_LISTS.
+   */
+  private readonly selectorLists = new Map<string, Selector[]>();
   private hitCount = 0;
   private missCount = 0;
 
@@ -33,8 +42,21 @@ export class AttestationCache {
     }
     this.missCount++;
     const fresh = await this.attestor.attest(peer, { withSha256: opts.withSha256, withAncestors });
+    fresh.selectors = this.shared(fresh.selectors);
     this.byConnection.set(peer, fresh);
     return fresh;
+  }
+
+  private shared(selectors: Selector[]): Selector[] {
+    // JSON, not a joined string: a value may hold any character (an executable's path is the
+    // caller's choice), and two different lists must never share a key.
+    const key = JSON.stringify(selectors.map((sel) => [sel.type, sel.value]));
+    const known = this.selectorLists.get(key);
+    if (known) return known;
+    if (this.selectorLists.size >= SHARED_LISTS) this.selectorLists.clear();
+    const list = Object.freeze(selectors.map((sel) => Object.freeze({ ...sel }))) as Selector[];
+    this.selectorLists.set(key, list);
+    return list;
   }
 
   /** Calls answered from the cache and calls that attested, for metrics and tests. */
