@@ -278,10 +278,11 @@ describe('audit trail of a real server run', () => {
     child.stdout!.on('data', (d) => (stderr += d));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
     try {
-      const deadline = Date.now() + 15_000;
-      while (!existsSync(sock)) {
+      // server.pid is written once every listener is up (the workload socket comes before the admin one).
+      const deadline = Date.now() + 60_000;
+      while (!existsSync(join(D, 'server.pid'))) {
         if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}): ${stderr}`);
-        if (Date.now() > deadline) throw new Error(`no ${sock} within 15 s: ${stderr}`);
+        if (Date.now() > deadline) throw new Error(`no server.pid within 60 s: ${stderr}`);
         await new Promise((r) => setTimeout(r, 50));
       }
       // Some traffic, so the trail has more than one record and holds issued SVIDs.
