@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { chmod, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -118,6 +119,24 @@ describe('readPeerCredentials', () => {
     expect(await openPidfdCount()).toBe(pidfdsBefore);
     accepted.socket.destroy();
     expect(() => accepted.creds!.openPidfd!()).toThrow(/no open file descriptor/);
+  });
+
+  it.skipIf(!kernelHasPeerPidfd)('keeps a live peer alive while signals interrupt poll() (the CPU profiler\'s SIGPROF: EINTR)', async () => {
+    const script = join(import.meta.dirname, '..', '..', 'test', 'support', 'pidfd-under-profiler.ts');
+    const profDir = mkdtempSync(join(tmpdir(), 'agentid-prof-'));
+    try {
+      const out = await new Promise<string>((resolve, reject) => {
+        const child = spawn(process.execPath, ['--cpu-prof', '--cpu-prof-interval', '1', '--cpu-prof-dir', profDir, '--import', 'tsx', script, '1000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+        let stdout = '';
+        child.stdout!.on('data', (d) => (stdout += d));
+        child.on('exit', (code) => (code === 0 ? resolve(stdout) : reject(new Error(`exit ${code}`))));
+      });
+      const result = JSON.parse(out.trim()) as { calls: number; notAlive: number };
+      expect(result.calls).toBeGreaterThan(10_000);
+      expect(result.notAlive).toBe(0);
+    } finally {
+      rmSync(profDir, { recursive: true, force: true });
+    }
   });
 
   it('treats a closed or invalid pidfd as not alive', () => {

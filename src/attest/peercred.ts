@@ -137,14 +137,23 @@ export function openPeerPidfd(socket: Socket): number | undefined {
  * (a zombie counts as exited: it can no longer use anything we hand it). An invalid pidfd
  * (POLLNVAL) or a failing poll counts as not alive: callers use this to fail closed.
  */
+const EINTR_RETRIES = 16;
+
 export function pidfdIsAlive(pidfd: number): boolean {
   // poll(2) skips negative descriptors and would report "no events": alive. -1 marks a closed pidfd.
   if (!Number.isInteger(pidfd) || pidfd < 0) return false;
   const { poll } = loadLibc();
   const fds = { fd: pidfd, events: POLLIN, revents: 0 };
-  const n = poll(fds, 1, 0);
-  if (n < 0) return false;
-  return n === 0 && fds.revents === 0;
+  // A signal arriving during the call makes poll() fail with EINTR even with a zero timeout (the
+  // V8 profiler's SIGPROF does so many times a second): that says nothing about the process, so
+  // ask again. Any other failure still counts as not alive.
+  for (let attempt = 0; attempt < EINTR_RETRIES; attempt++) {
+    fds.revents = 0;
+    const n = poll(fds, 1, 0);
+    if (n >= 0) return n === 0 && fds.revents === 0;
+    if (koffi.errno() !== koffi.os.errno.EINTR) return false;
+  }
+  return false;
 }
 
 /**
