@@ -1,6 +1,6 @@
 import { createPrivateKey } from 'node:crypto';
 import { isIP } from 'node:net';
-import type { DetailedPeerCertificate, PeerCertificate } from 'node:tls';
+import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import { AgentIdError, unavailable } from '../common/errors.js';
@@ -13,6 +13,7 @@ import { Certificate } from '../verify/certificate.js';
 import { X509Bundle } from '../verify/bundle.js';
 import { isVerificationError } from '../verify/errors.js';
 import { verifyX509Svid } from '../verify/x509.js';
+import { chainOfPeerCertificate } from '../verify/tls.js';
 
 /* Wire shapes of agentid.node.v1 (proto/agentid/node/v1/node.proto), as proto-loader decodes them (keepCase, longs as numbers). */
 export interface WireNodeSvid {
@@ -67,7 +68,6 @@ export interface WireForwardedTaskRef {
 /** The path every agentid server's SVID carries (spiffe://<td>/agentid/server). */
 const SERVER_PATH = '/agentid/server';
 const CALL_TIMEOUT_MS = 30_000;
-const MAX_PEER_CHAIN = 10;
 
 /** What the agent presents as its TLS client certificate: nothing (join token), the host certificate (x509pop) or its node SVID. */
 export interface ClientCertificate {
@@ -84,17 +84,6 @@ export interface NodeClientOptions {
   trustDomain: TrustDomain | undefined;
   client: ClientCertificate | undefined;
   clock: Clock;
-}
-
-function peerChain(cert: PeerCertificate): Buffer[] {
-  const out: Buffer[] = [];
-  let c: DetailedPeerCertificate | undefined = cert as DetailedPeerCertificate;
-  while (c?.raw && out.length < MAX_PEER_CHAIN) {
-    if (out.some((d) => d.equals(c!.raw))) break;
-    out.push(c.raw);
-    c = c.issuerCertificate;
-  }
-  return out;
 }
 
 /**
@@ -114,7 +103,7 @@ export class NodeClient {
     const rootsPem = opts.roots.map((d) => toPem(d, 'CERTIFICATE')).join('');
     const checkServerIdentity = (_host: string, cert: PeerCertificate): Error | undefined => {
       try {
-        const chain = peerChain(cert);
+        const chain = chainOfPeerCertificate(cert);
         const leafId = new Certificate(chain[0]!).uriSans[0];
         const td = opts.trustDomain ?? (leafId ? SpiffeId.parse(leafId).trustDomain : undefined);
         if (!td) throw new Error('the server certificate carries no SPIFFE ID');

@@ -1,6 +1,6 @@
 import { createPrivateKey } from 'node:crypto';
 import { isIP } from 'node:net';
-import type { DetailedPeerCertificate, PeerCertificate } from 'node:tls';
+import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { WorkloadApiClient } from '../client/workload-client.js';
 import type { X509Svid } from '../client/types.js';
@@ -15,6 +15,7 @@ import { toPem } from '../verify/der.js';
 import { isVerificationError } from '../verify/errors.js';
 import { RevocationChecker } from '../verify/revocation.js';
 import { verifyX509Svid } from '../verify/x509.js';
+import { chainOfPeerCertificate } from '../verify/tls.js';
 import { remote } from './output.js';
 
 export const ADMIN_SOCKET_ENV = 'AGENTID_ADMIN_SOCKET';
@@ -23,7 +24,6 @@ export const ADMIN_URL_ENV = 'AGENTID_ADMIN_URL';
 export const ADMIN_SERVER_PATH = '/agentid/server';
 
 const CALL_TIMEOUT_MS = 30_000;
-const MAX_PEER_CHAIN = 10;
 
 /** Reaching the admin API over mTLS with the caller's own X.509-SVID. */
 export interface AdminMtlsOptions {
@@ -54,21 +54,6 @@ export function parseAdminUrl(text: string): { host: string; port: number } {
   }
   // URL reports the default port as "", for https://h and https://h:443 alike.
   return { host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: url.port ? Number(url.port) : 443 };
-}
-
-/**
- * The chain the server sent, leaf first. Node only exposes it through the detailed
- * certificate's issuerCertificate links, which end in a self-reference.
- */
-function peerChain(cert: PeerCertificate): Buffer[] {
-  const out: Buffer[] = [];
-  let c: DetailedPeerCertificate | undefined = cert as DetailedPeerCertificate;
-  while (c?.raw && out.length < MAX_PEER_CHAIN) {
-    if (out.some((d) => d.equals(c!.raw))) break;
-    out.push(c.raw);
-    c = c.issuerCertificate;
-  }
-  return out;
 }
 
 interface Transport {
@@ -123,7 +108,7 @@ function mtlsTransport(opts: AdminMtlsOptions): Transport {
     // OpenSSL has already checked the chain against the bundle (rootCerts); this adds the SPIFFE
     // rules, CRLs and the server's identity, in place of a DNS name check the server SVID cannot pass.
     try {
-      const verified = verifyX509Svid(peerChain(cert), bundles, { now: clock.now(), ...(crls ? { crls } : {}) });
+      const verified = verifyX509Svid(chainOfPeerCertificate(cert), bundles, { now: clock.now(), ...(crls ? { crls } : {}) });
       const got = verified.spiffeId.toString();
       if (got !== expected) {
         refusal = `admin server at ${opts.url} presented SPIFFE ID ${got}, expected ${expected} (--admin-server-id)`;

@@ -56,8 +56,13 @@ const MAX_PEER_CHAIN = 10;
  * getPeerCertificate(true)'s issuerCertificate links, which end in a self-reference.
  */
 export function peerChainDer(socket: tls.TLSSocket): Buffer[] {
+  return chainOfPeerCertificate(socket.getPeerCertificate(true));
+}
+
+/** The same, from the detailed certificate a client's checkServerIdentity callback receives. */
+export function chainOfPeerCertificate(peer: tls.PeerCertificate | undefined): Buffer[] {
   const out: Buffer[] = [];
-  let cert: tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as tls.DetailedPeerCertificate | undefined;
+  let cert = peer as tls.DetailedPeerCertificate | undefined;
   while (cert && cert.raw && out.length < MAX_PEER_CHAIN) {
     if (out.some((c) => c.equals(cert!.raw))) break;
     out.push(cert.raw);
