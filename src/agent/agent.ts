@@ -13,8 +13,8 @@ import { openDatastore } from '../datastore/index.js';
 import { ReadModel } from '../state/read-model.js';
 import { TaskHolders } from '../tasks/holders.js';
 import { systemProcessInspector, type ProcessInspector } from '../attest/processes.js';
-import { entryIdentity, resolveIdentities, taskIdentity, taskIsLive, type CallerFacts, type Identity } from '../issuer/identity.js';
-import { TasksByBinding } from '../issuer/task-candidates.js';
+import { entryIdentity, taskIdentity, taskIsLive, type CallerFacts, type Identity } from '../issuer/identity.js';
+import { stateIdentities } from '../issuer/task-candidates.js';
 import { StreamHub } from '../issuer/hub.js';
 import { TrustState, type PeerAuthority } from '../issuer/trust-state.js';
 import { JwtValidator } from '../issuer/jwt-validator.js';
@@ -121,15 +121,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       onChange: (changes) => svidsChanged(changes),
     });
     parts.add('SVIDs', svids);
-    const resolve = (caller: CallerFacts, now: number) =>
-      resolveIdentities({
-        caller,
-        matchedEntries: state.entries.match(caller.selectors, now),
-        tasks: TasksByBinding.of(holders.select()).candidatesFor(caller),
-        isRevoked: (id) => state.isRevoked(id),
-        now,
-        taskBufferMs: config.taskBufferMs,
-      });
+    const resolve = stateIdentities({ state, holders, taskBufferMs: config.taskBufferMs });
     // Only identities whose SVID has arrived: the others join a stream when it does. A caller all
     // of whose identities are still on their way (a task just bound to it) is not refused: the
     // error leaves an open stream as it is until the SVIDs arrive, and a new caller is answered

@@ -1,5 +1,6 @@
-import type { TaskRecord } from '../datastore/types.js';
-import type { CallerFacts } from './identity.js';
+import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
+import type { Selector } from '../spiffe/selector.js';
+import { resolveIdentities, type CallerFacts, type Identity } from './identity.js';
 
 const processKey = (p: { pid: number; startTime: string }) => `${p.pid}@${p.startTime}`;
 
@@ -53,4 +54,26 @@ export class TasksByBinding {
     }
     return out;
   }
+}
+
+/**
+ * A caller's identities from the in-memory state: the entries its selectors match and the tasks
+ * bound to it (through this index), minus revoked IDs. The server and the per-host agent resolve
+ * alike; only their state's source differs.
+ */
+export function stateIdentities(deps: {
+  state: { entries: { match(selectors: Selector[], now: number): RegistrationEntry[] }; isRevoked(spiffeId: string): boolean };
+  holders: { select(): readonly TaskRecord[] };
+  taskBufferMs: number;
+}): (caller: CallerFacts, now: number) => Identity[] {
+  const { state, holders, taskBufferMs } = deps;
+  return (caller, now) =>
+    resolveIdentities({
+      caller,
+      matchedEntries: state.entries.match(caller.selectors, now),
+      tasks: TasksByBinding.of(holders.select()).candidatesFor(caller),
+      isRevoked: (id) => state.isRevoked(id),
+      now,
+      taskBufferMs,
+    });
 }

@@ -11,12 +11,10 @@ import type { BatchedIssuances } from '../datastore/batched-issuances.js';
 import type { ReadModel } from '../state/read-model.js';
 import { SpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import { Federation } from '../federation/index.js';
-import { resolveIdentities } from '../issuer/identity.js';
-import { TasksByBinding } from '../issuer/task-candidates.js';
+import { stateIdentities } from '../issuer/task-candidates.js';
 import { SvidCache } from '../issuer/svid-cache.js';
 import { StreamHub, type StateChange } from '../issuer/hub.js';
 import { IdentityMemo } from '../issuer/identity-memo.js';
-import type { CallerFacts } from '../issuer/identity.js';
 import { TrustState, type PeerAuthority } from '../issuer/trust-state.js';
 import { ServerSvidSource } from '../issuer/server-svid.js';
 import { JwtValidator } from '../issuer/jwt-validator.js';
@@ -108,15 +106,7 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     logger,
     events: auditedIssuances(audit),
   });
-  const identitiesFor = (caller: CallerFacts, now: number) =>
-    resolveIdentities({
-      caller,
-      matchedEntries: state.entries.match(caller.selectors, now),
-      tasks: TasksByBinding.of(holders.select()).candidatesFor(caller),
-      isRevoked: (id) => state.isRevoked(id),
-      now,
-      taskBufferMs: config.tasks.bufferMs,
-    });
+  const identitiesFor = stateIdentities({ state, holders, taskBufferMs: config.tasks.bufferMs });
   const identities = new IdentityMemo({
     resolve: identitiesFor,
     // The entries, the task list (active and finished holders) and the feed revision (anything else).
