@@ -16,7 +16,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { AdminClient } from '../src/cli/admin-client.js';
 import type { ChildHandle } from './ipc.js';
-import { percentile, type Target } from './stats.js';
+import { percentile, type FigureInput } from './stats.js';
 
 const wallNow = () => performance.timeOrigin + performance.now();
 
@@ -49,15 +49,7 @@ export interface AgentsBenchDeps {
   newServer(name: string, agentPort: number): BenchServer;
   spawnChild(name: string, entry: 'client-worker' | 'first-svid-client' | 'node-sim'): ChildHandle;
   ready(child: ChildHandle): Promise<void>;
-  addFigure(f: {
-    bench: string;
-    name: string;
-    unit: string;
-    samples: number[];
-    baseline?: { name: string; samples: number[] };
-    target?: Target & { text: string };
-    targetOn?: 'ratio' | 'value' | 'max';
-  }): void;
+  addFigure(f: FigureInput): void;
   check(line: string): void;
   log(line: string): void;
 }

@@ -19,7 +19,7 @@ import { build } from 'esbuild';
 import { AdminClient } from '../src/cli/admin-client.js';
 import { ChildHandle, spawnWithIpc } from './ipc.js';
 import { benchMint } from './mint.js';
-import { meets, pairedRatio, percentile, summarize, type Summary, type Target } from './stats.js';
+import { meets, pairedRatio, percentile, summarize, type FigureInput, type Summary, type Target } from './stats.js';
 import { firstJwt, jwtBundleOf, serialize } from './check.js';
 import { agentFirstSvidBench, agentsScaleBench, freePort, type AgentsBenchDeps } from './agents.js';
 
@@ -133,20 +133,7 @@ async function phase(bench: string, run: () => Promise<void>, log: (m: string) =
   }
 }
 
-function addFigure(f: {
-  bench: string;
-  name: string;
-  unit: string;
-  samples: number[];
-  baseline?: { name: string; samples: number[] };
-  target?: Target & { text: string };
-  /**
-   * What the target is checked against: the median ratio (the default with a baseline), the median
-   * value, or the largest sample (a p99 target: with five rounds the nearest-rank p99 is the max).
-   */
-  targetOn?: 'ratio' | 'value' | 'max';
-  note?: string;
-}): void {
+function addFigure(f: FigureInput): void {
   const fig: Figure = { bench: f.bench, name: f.name, unit: f.unit, agentid: summarize(f.samples), agentidSamples: f.samples };
   if (f.baseline) {
     fig.baseline = { name: f.baseline.name, summary: summarize(f.baseline.samples), samples: f.baseline.samples };

@@ -47,6 +47,22 @@ export interface Target {
   bound: number;
 }
 
+/** One figure of the results table, as a benchmark reports it (bench/run.ts adds it to the table). */
+export interface FigureInput {
+  bench: string;
+  name: string;
+  unit: string;
+  samples: number[];
+  baseline?: { name: string; samples: number[] };
+  target?: Target & { text: string };
+  /**
+   * What the target is checked against: the median ratio (the default with a baseline), the median
+   * value, or the largest sample (a p99 target: with five rounds the nearest-rank p99 is the max).
+   */
+  targetOn?: 'ratio' | 'value' | 'max';
+  note?: string;
+}
+
 export function meets(value: number, target: Target): boolean {
   return target.direction === 'at-least' ? value >= target.bound : value <= target.bound;
 }
