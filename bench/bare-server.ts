@@ -93,8 +93,13 @@ const ipc = serveIpc({
     chmodSync(a.path, 0o666);
     return {};
   },
-  /** Writes the pre-built FetchX509SVID response once more to every open stream. */
-  push() {
+  /**
+   * Writes the FetchX509SVID response once more to every open stream; with `x509` (base64), that
+   * message becomes the response (agentid's current one: its CRLs grow as tasks end, so its
+   * messages do too, and the baseline must push as many bytes).
+   */
+  push(a: { x509?: string } = {}) {
+    if (a.x509 !== undefined) fixed().x509 = Buffer.from(a.x509, 'base64');
     const message = fixed().x509;
     for (const call of x509Streams) call.write(message);
     return { streams: x509Streams.size };

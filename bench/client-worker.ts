@@ -290,6 +290,13 @@ const ipc = serveIpc({
     return { streams: latest.length, distinct: result.distinct, spiffeIds: [...result.spiffeIds] };
   },
 
+  /** The latest message of the group's first stream, base64 (what the server sends now, at its current size). */
+  latest(a: { group: string }) {
+    const m = groupOf(a.group).streams[0]?.latest;
+    if (!m) throw new Error(`${a.group}: no message yet`);
+    return m.toString('base64');
+  },
+
   closeGroup(a: { group: string }) {
     groups.get(a.group)?.close();
     groups.delete(a.group);

@@ -3,6 +3,11 @@
  * functions by inclusive time, each with its share of the busy (non-idle) time:
  *
  *   node --import tsx bench/profile-summary.ts PROFILE.cpuprofile [--top 25]
+ *       [--marks DIR/marks.json --only LABEL_PREFIX [--per-window]]
+ *
+ * With --marks (written by the bench beside the profiles), only samples inside the windows whose
+ * label starts with LABEL_PREFIX count ("revoke", "task-rate-a", "update-all"); --per-window also
+ * prints each window's busy time and its top functions (what one slow RevokeTask call did).
  *
  * `npm run bench -- --cpu-prof DIR` writes one profile per agentid server process into DIR.
  */
@@ -107,6 +112,41 @@ export function inclusiveSrcFunctions(profile: Profile, repoRoot: string): Funct
   return out;
 }
 
+export interface Mark {
+  label: string;
+  startUs: number;
+  endUs: number;
+}
+
+/** The profile restricted to the samples taken inside the windows (sample times are on the marks' clock). */
+export function withinWindows(profile: Profile, windows: readonly Mark[]): Profile {
+  const samples: number[] = [];
+  const timeDeltas: number[] = [];
+  let t = profile.startTime;
+  profile.samples.forEach((id, i) => {
+    const delta = profile.timeDeltas[i] ?? 0;
+    t += delta;
+    if (windows.some((w) => t >= w.startUs && t <= w.endUs)) {
+      samples.push(id);
+      timeDeltas.push(delta);
+    }
+  });
+  return { ...profile, samples, timeDeltas };
+}
+
+function printTables(profile: Profile, repoRoot: string, top: number, title: string): void {
+  const { totalMs, idleMs, functions } = topFunctions(profile, repoRoot);
+  console.log(`${title}: ${(totalMs / 1000).toFixed(3)} s busy, ${(idleMs / 1000).toFixed(3)} s idle`);
+  console.log('| self ms | share | function | where |');
+  console.log('|---:|---:|---|---|');
+  for (const f of functions.slice(0, top)) console.log(`| ${f.selfMs.toFixed(0)} | ${(f.share * 100).toFixed(1)}% | ${f.name} | ${f.where} |`);
+  console.log('');
+  console.log('| inclusive ms | share | src/ function | file |');
+  console.log('|---:|---:|---|---|');
+  for (const f of inclusiveSrcFunctions(profile, repoRoot).slice(0, top)) console.log(`| ${f.selfMs.toFixed(0)} | ${(f.share * 100).toFixed(1)}% | ${f.name} | ${f.where} |`);
+  console.log('');
+}
+
 if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
   const file = process.argv[2];
   if (!file) {
@@ -116,14 +156,21 @@ if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).
   const topIdx = process.argv.indexOf('--top');
   const top = topIdx > 0 ? Number(process.argv[topIdx + 1]) : 25;
   const repoRoot = fileURLToPath(new URL('..', import.meta.url));
-  const { totalMs, idleMs, functions } = topFunctions(JSON.parse(readFileSync(file, 'utf8')) as Profile, repoRoot);
-  console.log(`${file}: ${(totalMs / 1000).toFixed(1)} s busy, ${(idleMs / 1000).toFixed(1)} s idle`);
-  console.log('| self ms | share | function | where |');
-  console.log('|---:|---:|---|---|');
-  for (const f of functions.slice(0, top)) console.log(`| ${f.selfMs.toFixed(0)} | ${(f.share * 100).toFixed(1)}% | ${f.name} | ${f.where} |`);
-  console.log('');
-  console.log('| inclusive ms | share | src/ function | file |');
-  console.log('|---:|---:|---|---|');
+  const arg = (name: string) => {
+    const at = process.argv.indexOf(name);
+    return at > 0 ? process.argv[at + 1] : undefined;
+  };
   const profile = JSON.parse(readFileSync(file, 'utf8')) as Profile;
-  for (const f of inclusiveSrcFunctions(profile, repoRoot).slice(0, top)) console.log(`| ${f.selfMs.toFixed(0)} | ${(f.share * 100).toFixed(1)}% | ${f.name} | ${f.where} |`);
+  const marksFile = arg('--marks');
+  if (!marksFile) {
+    printTables(profile, repoRoot, top, file);
+  } else {
+    const prefix = arg('--only') ?? '';
+    const windows = (JSON.parse(readFileSync(marksFile, 'utf8')) as Mark[]).filter((m) => m.label.startsWith(prefix));
+    if (windows.length === 0) throw new Error(`no window in ${marksFile} starts with "${prefix}"`);
+    if (process.argv.includes('--per-window')) {
+      for (const w of windows) printTables(withinWindows(profile, [w]), repoRoot, Math.min(top, 8), `${w.label} (${((w.endUs - w.startUs) / 1000).toFixed(1)} ms)`);
+    }
+    printTables(withinWindows(profile, windows), repoRoot, top, `${file}, ${windows.length} windows "${prefix}*"`);
+  }
 }

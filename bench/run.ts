@@ -551,6 +551,23 @@ interface Fleet {
 }
 
 /** Waits until every worker reports its group `group` served since arm(). Returns the last arrival time. */
+/**
+ * Timed windows of this run on the monotonic clock the servers' CPU profiles use (V8's and
+ * process.hrtime's are both CLOCK_MONOTONIC), written next to the profiles as marks.json, so
+ * `profile-summary.ts FILE --marks DIR/marks.json --only LABEL` shows where the time of one
+ * kind of window went (a RevokeTask call, the task-rate loop) instead of the whole run's.
+ */
+const marks: { label: string; startUs: number; endUs: number }[] = [];
+const monotonicUs = () => Number(process.hrtime.bigint() / 1000n);
+async function marked<T>(label: string, fn: () => Promise<T>): Promise<T> {
+  const startUs = monotonicUs();
+  try {
+    return await fn();
+  } finally {
+    marks.push({ label, startUs, endUs: monotonicUs() });
+  }
+}
+
 async function armAll(fleet: Fleet, group: string, timeoutMs: number): Promise<() => Promise<number>> {
   const served = fleet.workers.map((w) => w.next('served', (d: { group: string }) => d.group === group, timeoutMs));
   served.forEach((p) => p.catch(() => undefined));
@@ -691,6 +708,8 @@ class StreamsBench {
     const refuseMs: number[] = [];
     const rate = { a: [] as number[], a0: [] as number[] };
     const connectionsA = o.streams + 2; // fleet + victim + verifier
+    const pushedBytes: number[] = [];
+    const firstX509 = this.responses.x509!;
     let refusedHandshakes = 0;
 
     for (let round = 0; round < o.rounds; round++) {
@@ -714,9 +733,11 @@ class StreamsBench {
           const refuses = verifier.next('refuses', () => true, 120_000);
           const allServed = await armAll(fleet, 'A', 120_000);
           const t0 = performance.now();
-          await a.finishTask('RevokeTask', 'victim', `r${round}`);
+          const t0Us = monotonicUs();
+          await marked(`revoke r${round}`, () => a.finishTask('RevokeTask', 'victim', `r${round}`));
           const t1 = performance.now();
           const [d, f, last] = await Promise.all([dropped, refuses, allServed()]);
+          marks.push({ label: `update-all r${round}`, startUs: t0Us, endUs: t0Us + Math.round((last - t0) * 1000) });
           revokeMs.push(t1 - t0);
           victimMs.push(Math.max(0, d.at - t1));
           refuseMs.push(Math.max(0, f.at - t1));
@@ -730,19 +751,28 @@ class StreamsBench {
           if (!why.includes('revoked')) throw new Error(`revocation round ${round}: the handshake failed, but not as revoked (${why.join(', ') || 'no reason logged'})`);
           refusedHandshakes++;
         } else {
+          // The message agentid's streams hold now, so the bare server pushes as many bytes: the
+          // CRLs every message carries grow with every task that ended holding an SVID (the
+          // first-SVID rounds leave hundreds), and the response captured at the start is far smaller.
+          const current = await fleet.workers[0]!.request<string>('latest', { group: 'A' });
+          this.responses.x509 = current;
           const allServed = await armAll(fleet, 'B', 120_000);
           const t0 = performance.now();
-          await this.bareRef.bare.request('push');
+          await this.bareRef.bare.request('push', { x509: current });
+          pushedBytes.push(Buffer.byteLength(current, 'base64'));
           updateAll.b.push((await allServed()) - t0);
         }
       }
 
       for (const side of round % 2 === 0 ? (['a', 'a0'] as const) : (['a0', 'a'] as const)) {
-        rate[side].push(await taskRate(side === 'a' ? a : a0, this.sleeper.pid!, `r${round}`, o.taskPairs));
+        const sleeperPid = this.sleeper.pid!;
+        rate[side].push(await marked(`task-rate-${side} r${round}`, () => taskRate(side === 'a' ? a : a0, sleeperPid, `r${round}`, o.taskPairs)));
       }
     }
+    if (o.cpuProfDir) writeFileSync(join(o.cpuProfDir, 'marks.json'), JSON.stringify(marks, null, 1));
     await this.verifyFleet('A', true);
     await this.verifyFleet('B', false);
+    checks.push(`streams: the bare server pushed agentid's current X.509 message each round (${pushedBytes.map((b) => b.toLocaleString('en-US')).join(', ')} bytes; captured at the start: ${Buffer.byteLength(firstX509, 'base64').toLocaleString('en-US')})`);
     checks.push(`revocation: ${refusedHandshakes} handshakes with a revoked SVID refused by the verifier (reason "revoked"), each accepted before revocation`);
 
     addFigure({ bench, name: 'server memory per stream (RSS growth)', unit: 'KiB', samples: mem.a, baseline: { name: 'bare grpc-js', samples: mem.b }, target: { direction: 'at-most', bound: 1.2, text: '<= 1.2x' } });

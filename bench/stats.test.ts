@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { meets, pairedRatio, percentile, summarize } from './stats.js';
-import { sourceName } from './profile-summary.js';
+import { sourceName, withinWindows } from './profile-summary.js';
 
 describe('summarize', () => {
   it('takes the middle sample of an odd count, whatever the order', () => {
@@ -61,5 +61,19 @@ describe('sourceName (profiles of the compiled server)', () => {
     expect(sourceName('dist/workload/service.js')).toBe('src/workload/service.ts');
     expect(sourceName('src/workload/service.ts')).toBe('src/workload/service.ts');
     expect(sourceName('node_modules/@grpc/grpc-js/build/src/server.js')).toBe('node_modules/@grpc/grpc-js/build/src/server.js');
+  });
+});
+
+describe('withinWindows (a profile restricted to marked windows)', () => {
+  // Samples at 1010, 1020, 1030, 1040 us (start 1000, deltas of 10).
+  const profile = { nodes: [], startTime: 1000, endTime: 1040, samples: [1, 2, 3, 4], timeDeltas: [10, 10, 10, 10] };
+  it('keeps the samples inside any window, with their own time deltas', () => {
+    const w = withinWindows(profile, [{ label: 'a', startUs: 1015, endUs: 1030 }]);
+    expect(w.samples).toEqual([2, 3]);
+    expect(w.timeDeltas).toEqual([10, 10]);
+    expect(withinWindows(profile, [{ label: 'a', startUs: 1005, endUs: 1012 }, { label: 'b', startUs: 1040, endUs: 2000 }]).samples).toEqual([1, 4]);
+  });
+  it('keeps nothing when no window covers a sample', () => {
+    expect(withinWindows(profile, [{ label: 'a', startUs: 0, endUs: 999 }]).samples).toEqual([]);
   });
 });
