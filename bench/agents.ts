@@ -26,6 +26,7 @@ export interface BenchServer {
   readonly dataDir: string;
   readonly socket: string;
   readonly agentPort?: number | undefined;
+  readonly pid: number;
   admin: AdminClient | undefined;
   start(): Promise<void>;
   kill(signal: NodeJS.Signals): Promise<void>;
@@ -46,6 +47,10 @@ export interface AgentsBenchDeps {
   nodes: number;
   entriesPerNode: number;
   identitiesPerNode: number;
+  /** Node simulator processes the nodes are spread over (each holds nodes / simProcesses Sync streams). */
+  simProcesses: number;
+  /** CPU time (user + system, ms) process `pid` has used so far. */
+  cpuMs(pid: number): number;
   newServer(name: string, agentPort: number): BenchServer;
   spawnChild(name: string, entry: 'client-worker' | 'first-svid-client' | 'node-sim'): ChildHandle;
   ready(child: ChildHandle): Promise<void>;
@@ -234,6 +239,78 @@ export async function agentFirstSvidBench(deps: AgentsBenchDeps, server: BenchSe
   }
 }
 
+/** How busy a simulator process was over a window (bench/node-sim.ts meterRead). */
+interface SimMeter {
+  cpuMs: number;
+  wallMs: number;
+  loopDelayMaxMs: number;
+  loopDelayP99Ms: number;
+}
+
+/**
+ * The simulated nodes, spread over several simulator processes so that decrypting and decoding
+ * 100 Sync streams' messages is not one process's queue (whose lateness would be timed as the
+ * server's). Every request goes to every process; their answers are merged.
+ */
+class SimFleet {
+  private constructor(readonly sims: ChildHandle[]) {}
+
+  static async start(deps: AgentsBenchDeps, children: ChildHandle[]): Promise<SimFleet> {
+    const sims = Array.from({ length: Math.max(1, deps.simProcesses) }, (_, i) => deps.spawnChild(`node-sim-${i}`, 'node-sim'));
+    children.push(...sims);
+    await Promise.all(sims.map(deps.ready));
+    return new SimFleet(sims);
+  }
+
+  /** Node i goes to simulator i mod n. */
+  private split<T>(items: T[]): T[][] {
+    return this.sims.map((_, s) => items.filter((_, i) => i % this.sims.length === s));
+  }
+
+  async attest(a: { host: string; port: number; trustDomain: string; rootsDer: string[]; tokens: { node: string; token: string }[] }): Promise<{ nodes: number; ms: number }> {
+    const parts = this.split(a.tokens);
+    const r = await Promise.all(this.sims.map((sim, i) => sim.request<{ nodes: number; ms: number }>('attest', { ...a, tokens: parts[i] }, 300_000)));
+    return { nodes: sum(r.map((x) => x.nodes)), ms: Math.max(...r.map((x) => x.ms)) };
+  }
+
+  async mint(a: { entries: Record<string, string[]>; perEntry: number }): Promise<{ minted: number; spiffeIds: number; ms: number }> {
+    const r = await Promise.all(this.sims.map((sim) => sim.request<{ minted: number; spiffeIds: number; ms: number }>('mint', a, 1_800_000)));
+    // Each node's entries are its own: SPIFFE IDs never repeat across simulators.
+    return { minted: sum(r.map((x) => x.minted)), spiffeIds: sum(r.map((x) => x.spiffeIds)), ms: Math.max(...r.map((x) => x.ms)) };
+  }
+
+  /** Each node's arrival time of the revocation, and the simulators' load meanwhile (CPU summed, delay the worst). */
+  async watchRevocation(a: { spiffeId: string; timeoutMs: number }): Promise<{ arrivals: number[]; meter: SimMeter }> {
+    const r = await Promise.all(this.sims.map((sim) => sim.request<{ arrivals: number[]; meter: SimMeter }>('watchRevocation', a, a.timeoutMs + 30_000)));
+    return { arrivals: r.flatMap((x) => x.arrivals), meter: mergeMeters(r.map((x) => x.meter)) };
+  }
+
+  async meterStart(): Promise<void> {
+    await Promise.all(this.sims.map((sim) => sim.request('meterStart', {})));
+  }
+
+  async meterRead(): Promise<SimMeter> {
+    return mergeMeters(await Promise.all(this.sims.map((sim) => sim.request<SimMeter>('meterRead', {}))));
+  }
+
+  async status(): Promise<{ nodes: number; syncOpen: number; ended: string[] }> {
+    const r = await Promise.all(this.sims.map((sim) => sim.request<{ nodes: number; syncOpen: number; ended: string[] }>('status', {})));
+    return { nodes: sum(r.map((x) => x.nodes)), syncOpen: sum(r.map((x) => x.syncOpen)), ended: r.flatMap((x) => x.ended) };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.sims.map((sim) => sim.request('close', {})));
+  }
+}
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+const mergeMeters = (ms: SimMeter[]): SimMeter => ({
+  cpuMs: sum(ms.map((m) => m.cpuMs)),
+  wallMs: Math.max(...ms.map((m) => m.wallMs)),
+  loopDelayMaxMs: Math.max(...ms.map((m) => m.loopDelayMaxMs)),
+  loopDelayP99Ms: Math.max(...ms.map((m) => m.loopDelayP99Ms)),
+});
+
 /** Part 2: a server with `deps.nodes` simulated agents vs one with none. */
 export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
   const [portN, port0] = [await freePort(), await freePort()];
@@ -243,9 +320,7 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
   let sleeper: ChildProcess | undefined;
   try {
     await Promise.all([withNodes.start(), without.start()]);
-    const sim = deps.spawnChild('node-sim', 'node-sim');
-    children.push(sim);
-    await deps.ready(sim);
+    const sim = await SimFleet.start(deps, children);
 
     // N nodes, each with its node-scoped entries (selectors no local process has: only minted through the node API).
     const nodeNames = Array.from({ length: deps.nodes }, (_, i) => `sim-${String(i).padStart(3, '0')}`);
@@ -262,10 +337,10 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
     for (const node of nodeNames) tokens.push({ node, token: (await withNodes.admin!.call<{ token: string }>('GenerateJoinToken', { node, ttl_seconds: 600 })).token });
     deps.log(`  ${entryJobs.length} node-scoped entries and ${nodeNames.length} join tokens in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     const rootsDer = pemCertificates(execFileSync(process.execPath, [join(deps.repo, 'bin', 'agentid.js'), 'bundle', 'show', '--data-dir', withNodes.dataDir], { encoding: 'utf8' })).map((d) => d.toString('base64'));
-    const attested = await sim.request<{ nodes: number; ms: number }>('attest', { host: '127.0.0.1', port: withNodes.agentPort, trustDomain: deps.trustDomain, rootsDer, tokens }, 300_000);
+    const attested = await sim.attest({ host: '127.0.0.1', port: withNodes.agentPort!, trustDomain: deps.trustDomain, rootsDer, tokens });
     deps.log(`  ${attested.nodes} nodes attested, Sync snapshots in ${(attested.ms / 1000).toFixed(1)} s`);
     const perEntry = Math.ceil(deps.identitiesPerNode / deps.entriesPerNode);
-    const minted = await sim.request<{ minted: number; verified: number; spiffeIds: number; ms: number; keygenMs: number }>('mint', { entries, perEntry }, 1_800_000);
+    const minted = await sim.mint({ entries, perEntry });
     deps.log(`  ${minted.minted} X.509-SVIDs minted in ${(minted.ms / 1000).toFixed(1)} s`);
     const mintedPerNode = minted.minted / deps.nodes;
     deps.check(
@@ -293,6 +368,11 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
     const allNodesMs: number[] = [];
     const rate = { n: [] as number[], z: [] as number[] };
     const first = { n: [] as number[], z: [] as number[] };
+    /** Server CPU per revocation (call to every node reached) and per task pair; the simulators' load meanwhile. */
+    const revokeCpu: number[] = [];
+    const pairCpu = { n: [] as number[], z: [] as number[] };
+    const simRevoke: SimMeter[] = [];
+    const simPairs: SimMeter[] = [];
     let firstChecked = 0;
     for (let round = 0; round < deps.rounds; round++) {
       const order = round % 2 === 0 ? [withNodes, without] : [without, withNodes];
@@ -301,8 +381,9 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
         const victimId = victim.ids[round]!;
         await victim.child.request('watchDrop', { group: 'victim', spiffeId: victimId });
         const dropped = victim.child.next('dropped', (d: { spiffeId: string }) => d.spiffeId === victimId, 60_000);
-        const reached = server === withNodes ? sim.request<{ arrivals: number[] }>('watchRevocation', { spiffeId: victimId, timeoutMs: 60_000 }, 90_000) : undefined;
+        const reached = server === withNodes ? sim.watchRevocation({ spiffeId: victimId, timeoutMs: 60_000 }) : undefined;
         reached?.catch(() => undefined);
+        const cpu0 = deps.cpuMs(server.pid);
         const t0Wall = wallNow();
         const t0 = performance.now();
         await server.finishTask('RevokeTask', 'victim', `r${round}`);
@@ -311,18 +392,24 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
         revokeMs[side(server)].push(t1 - t0);
         victimMs[side(server)].push(Math.max(0, d.at - t1));
         if (reached) {
-          const { arrivals } = await reached;
+          const { arrivals, meter } = await reached;
           if (arrivals.length !== deps.nodes) throw new Error(`revocation round ${round}: ${arrivals.length} of ${deps.nodes} nodes saw it`);
           allNodesMs.push(Math.max(...arrivals) - t0Wall);
+          revokeCpu.push(deps.cpuMs(server.pid) - cpu0);
+          simRevoke.push(meter);
         }
       }
       for (const server of order) {
+        if (server === withNodes) await sim.meterStart();
+        const cpu0 = deps.cpuMs(server.pid);
         const start = performance.now();
         for (let i = 0; i < deps.taskPairs; i++) {
           await server.startTask('rate', `r${round}-${i}`, sleeper.pid!);
           await server.finishTask('EndTask', 'rate', `r${round}-${i}`);
         }
         rate[side(server)].push(deps.taskPairs / ((performance.now() - start) / 1000));
+        pairCpu[side(server)].push((deps.cpuMs(server.pid) - cpu0) / deps.taskPairs);
+        if (server === withNodes) simPairs.push(await sim.meterRead());
       }
       for (const server of order) {
         let r: Awaited<ReturnType<typeof firstSvidRound>>;
@@ -337,7 +424,7 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
         firstChecked += r.checked;
       }
     }
-    const status = await sim.request<{ nodes: number; syncOpen: number; ended: string[] }>('status', {});
+    const status = await sim.status();
     if (status.syncOpen !== deps.nodes) throw new Error(`${deps.nodes - status.syncOpen} Sync streams ended during the benchmark: ${status.ended.slice(0, 3).join('; ')}`);
     deps.check(`agents at scale: every one of the ${deps.nodes} Sync streams received each of the ${deps.rounds} revocations and stayed open; ${firstChecked} first messages verified`);
 
@@ -348,8 +435,14 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
     deps.addFigure({ bench, name: 'task start + end, sequential', unit: 'pairs/s', samples: rate.n, baseline: base(rate.z), target: { direction: 'at-least', bound: 0.8, text: '>= 0.8x' } });
     deps.addFigure({ bench, name: `first SVID p99, ${deps.firstSvidClients} new processes, server socket`, unit: 'ms', samples: first.n, baseline: base(first.z), target: { direction: 'at-most', bound: 1.5, text: '<= 1.5x' } });
     deps.addFigure({ bench, name: `revocation reaches all ${deps.nodes} Sync streams, from the RevokeTask call`, unit: 'ms', samples: allNodesMs, target: { direction: 'at-most', bound: 1000, text: 'p99 (max) < 1 s' }, targetOn: 'max' });
+    deps.addFigure({ bench, name: 'server CPU per task start + end pair', unit: 'ms', samples: pairCpu.n, baseline: base(pairCpu.z) });
+    deps.addFigure({ bench, name: `server CPU per revocation (call until all ${deps.nodes} Sync streams reached)`, unit: 'ms', samples: revokeCpu });
     deps.addFigure({ bench, name: 'MintX509Svids, all nodes at once (batches of 200)', unit: 'SVIDs/s', samples: [minted.minted / (minted.ms / 1000)] });
-    await sim.request('close', {});
+    // Who set the pace: the simulators' own CPU and event-loop delay while the figures above were taken.
+    const describe = (m: SimMeter) => `CPU ${m.cpuMs.toFixed(0)} ms in ${m.wallMs.toFixed(0)} ms, loop delay max ${m.loopDelayMaxMs.toFixed(1)} ms (p99 ${m.loopDelayP99Ms.toFixed(1)})`;
+    deps.check(`agents at scale: ${deps.nodes} nodes over ${deps.simProcesses} simulator process(es); simulators during each revocation round: ${simRevoke.map(describe).join('; ')}`);
+    deps.check(`agents at scale: simulators during each task start + end round: ${simPairs.map(describe).join('; ')}`);
+    await sim.close();
   } finally {
     sleeper?.kill();
     for (const c of children) c.kill();

@@ -16,6 +16,7 @@ import { NodeClient, type WireSyncUpdate, type WireX509SvidRequest } from '../sr
 import { X509Bundle } from '../src/verify/bundle.js';
 import { verifyX509Svid } from '../src/verify/x509.js';
 import { TrustDomain } from '../src/spiffe/spiffe-id.js';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { serveIpc } from './ipc.js';
 
 /** Public keys per MintX509Svids call: the agent's own batch size (src/agent/svids.ts). */
@@ -28,8 +29,12 @@ interface SimNode {
   identity: NodeIdentity;
   client: NodeClient;
   cancelSync: () => void;
-  /** Every update received, so a revocation that arrived before watchRevocation is still found. */
-  updates: { at: number; revocations: string[] }[];
+  /**
+   * The latest updates received (a bounded window), so a revocation that arrived just before
+   * watchRevocation is still found. Bounded: scanning every update ever received on every
+   * arrival made this process, not the server, set the figure as the run went on.
+   */
+  recent: { at: number; revocations: string[] }[];
   syncEnded: string | undefined;
   snapshot: boolean;
 }
@@ -38,12 +43,47 @@ let server: { host: string; port: number };
 let roots: Buffer[] = [];
 let trustDomain: TrustDomain;
 const nodes: SimNode[] = [];
-const watchers = new Set<() => void>();
+const RECENT = 64;
+
+/** One watchRevocation in progress: each node's arrival time of the revocation naming `needle`. */
+interface Watch {
+  needle: string;
+  arrivals: Map<SimNode, number>;
+  changed(): void;
+}
+const watches = new Set<Watch>();
 
 function onUpdate(node: SimNode, u: WireSyncUpdate): void {
+  const at = wallNow();
   if (u.snapshot) node.snapshot = true;
-  node.updates.push({ at: wallNow(), revocations: u.revocations });
-  for (const w of watchers) w();
+  node.recent.push({ at, revocations: u.revocations });
+  if (node.recent.length > RECENT) node.recent.splice(0, node.recent.length - RECENT);
+  for (const w of watches) {
+    if (w.arrivals.has(node) || !u.revocations.some((r) => r.includes(w.needle))) continue;
+    w.arrivals.set(node, at);
+    w.changed();
+  }
+}
+
+/**
+ * How busy this process was over a window: its CPU time and its event loop's delay (a late
+ * timestamp on a Sync message is this process's lateness, not the server's, when the delay is high).
+ */
+const loopDelay = monitorEventLoopDelay({ resolution: 5 });
+loopDelay.enable();
+let meterFrom = { cpu: process.cpuUsage(), at: performance.now() };
+function meterStart(): void {
+  loopDelay.reset();
+  meterFrom = { cpu: process.cpuUsage(), at: performance.now() };
+}
+function meterRead(): { cpuMs: number; wallMs: number; loopDelayMaxMs: number; loopDelayP99Ms: number } {
+  const cpu = process.cpuUsage(meterFrom.cpu);
+  return {
+    cpuMs: (cpu.user + cpu.system) / 1000,
+    wallMs: performance.now() - meterFrom.at,
+    loopDelayMaxMs: loopDelay.max / 1e6,
+    loopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+  };
 }
 
 /** Runs `work` over `items` with at most `limit` in flight. */
@@ -74,7 +114,7 @@ const ipc = serveIpc({
       }
       if (identity.node !== node) throw new Error(`attested as ${identity.node}, expected ${node}`);
       const client = new NodeClient({ server, roots, trustDomain, client: { chainDer: identity.chainDer, keyPkcs8: identity.keyPkcs8 }, clock: systemClock });
-      const sim: SimNode = { name: node, identity, client, cancelSync: () => undefined, updates: [], syncEnded: undefined, snapshot: false };
+      const sim: SimNode = { name: node, identity, client, cancelSync: () => undefined, recent: [], syncEnded: undefined, snapshot: false };
       sim.cancelSync = client.sync(0, {
         onUpdate: (u) => onUpdate(sim, u),
         onEnd: (err) => (sim.syncEnded = err ? err.message : 'ended'),
@@ -131,28 +171,46 @@ const ipc = serveIpc({
 
   /**
    * Resolves when every node's Sync stream has delivered an update whose deny list changes name
-   * `spiffeId`; returns each node's arrival time (wall clock).
+   * `spiffeId`; returns each node's arrival time (wall clock) and how busy this process was
+   * meanwhile (from the watch's start).
    */
   async watchRevocation(a: { spiffeId: string; timeoutMs: number }) {
-    const needle = JSON.stringify(a.spiffeId);
-    const arrival = (n: SimNode) => n.updates.find((u) => u.revocations.some((r) => r.includes(needle)))?.at;
-    return new Promise<{ arrivals: number[] }>((resolve, reject) => {
-      const check = () => {
-        const ended = nodes.find((n) => n.syncEnded);
-        if (ended) return finish(new Error(`node ${ended.name}: Sync stream ended: ${ended.syncEnded}`));
-        const at = nodes.map(arrival);
-        if (at.every((t) => t !== undefined)) finish(undefined, at as number[]);
-      };
-      const timer = setTimeout(() => finish(new Error(`${nodes.filter((n) => arrival(n) === undefined).length} of ${nodes.length} nodes never got the revocation of ${a.spiffeId}`)), a.timeoutMs);
-      const finish = (err: Error | undefined, arrivals?: number[]) => {
+    meterStart();
+    const watch: Watch = { needle: JSON.stringify(a.spiffeId), arrivals: new Map(), changed: () => undefined };
+    for (const n of nodes) {
+      const seen = n.recent.find((u) => u.revocations.some((r) => r.includes(watch.needle)));
+      if (seen) watch.arrivals.set(n, seen.at);
+    }
+    return new Promise<{ arrivals: number[]; meter: ReturnType<typeof meterRead> }>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      let ended: NodeJS.Timeout | undefined;
+      const finish = (err: Error | undefined) => {
         clearTimeout(timer);
-        watchers.delete(check);
+        clearInterval(ended);
+        watches.delete(watch);
         if (err) reject(err);
-        else resolve({ arrivals: arrivals! });
+        else resolve({ arrivals: nodes.map((n) => watch.arrivals.get(n)!), meter: meterRead() });
       };
-      watchers.add(check);
-      check();
+      watch.changed = () => {
+        if (watch.arrivals.size === nodes.length) finish(undefined);
+      };
+      timer = setTimeout(() => finish(new Error(`${nodes.length - watch.arrivals.size} of ${nodes.length} nodes never got the revocation of ${a.spiffeId}`)), a.timeoutMs);
+      ended = setInterval(() => {
+        const gone = nodes.find((n) => n.syncEnded);
+        if (gone) finish(new Error(`node ${gone.name}: Sync stream ended: ${gone.syncEnded}`));
+      }, 100);
+      watches.add(watch);
+      watch.changed();
     });
+  },
+
+  /** Starts a measuring window (CPU time, event-loop delay); meterRead ends it. */
+  meterStart() {
+    meterStart();
+    return {};
+  },
+  meterRead() {
+    return meterRead();
   },
 
   /** Streams still open (every node's Sync must stay up for the whole benchmark). */

@@ -51,11 +51,16 @@ interface Options {
   agents: number;
   agentEntries: number;
   agentIdentities: number;
+  /** Node simulator processes (bench/node-sim.ts) the simulated agents are spread over. */
+  agentSims: number;
   cpuProfDir: string | undefined;
   out: string | undefined;
   /** Benchmarks left out (development only): mint, first, jwt, streams, rounds, storm, agent-first, agents. */
   skip: Set<string>;
 }
+
+/** Node simulator processes by default (see bench/agents.ts SimFleet). */
+const SIM_PROCESSES = 1;
 
 function parseOptions(argv: string[]): Options {
   const quick = argv.includes('--quick');
@@ -70,7 +75,7 @@ function parseOptions(argv: string[]): Options {
     if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} must be a positive integer, got "${v}"`);
     return n;
   };
-  const known = new Set(['--quick', '--rounds', '--streams', '--workers', '--cpu-prof', '--out', '--skip', '--identities', '--agents', '--agent-entries', '--agent-identities']);
+  const known = new Set(['--quick', '--rounds', '--streams', '--workers', '--cpu-prof', '--out', '--skip', '--identities', '--agents', '--agent-entries', '--agent-identities', '--agent-sims']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (!a.startsWith('--')) continue;
@@ -92,6 +97,7 @@ function parseOptions(argv: string[]): Options {
     agents: num('--agents', quick ? 10 : 100),
     agentEntries: num('--agent-entries', quick ? 10 : 100),
     agentIdentities: num('--agent-identities', quick ? 100 : 1000),
+    agentSims: num('--agent-sims', SIM_PROCESSES),
     cpuProfDir: value('--cpu-prof') ? resolve(value('--cpu-prof')!) : undefined,
     out: value('--out'),
     skip: new Set((value('--skip') ?? '').split(',').filter(Boolean)),
@@ -949,6 +955,8 @@ async function main(): Promise<void> {
       nodes: o.agents,
       entriesPerNode: o.agentEntries,
       identitiesPerNode: o.agentIdentities,
+      simProcesses: o.agentSims,
+      cpuMs,
       newServer: (name, agentPort) => new AgentidServer(name, runDir, o.cpuProfDir, agentPort),
       spawnChild,
       ready,

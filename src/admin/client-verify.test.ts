@@ -51,4 +51,24 @@ describe('clientSvidVerifier: a chain that verified once', () => {
     state.bundle = chainDer('other-root.pem');
     expect(reasonOf(() => verifier.verify(chain))).toBe('untrusted');
   });
+
+  it('after a CRL change it checks only the new CRLs against the verified path (no full verification), and refuses what they list', () => {
+    const { state, verifier } = setup();
+    const good = chainDer('good-leaf.pem');
+    const revoked = chainDer('revoked-serial.pem');
+    verifier.verify(good);
+    verifier.verify(revoked);
+    expect(verifier.stats.fullChecks).toBe(2);
+    // Every revocation re-signs the CRLs: a chain they do not list stays valid without a new parse,
+    // path build and signature check; a chain they list is refused at once.
+    state.crls = [fixture('x509/revoked.crl')];
+    expect(verifier.verify(good).spiffeId.path).toBe('/svc/api');
+    expect(reasonOf(() => verifier.verify(revoked))).toBe('revoked');
+    expect(verifier.verify(good).spiffeId.path).toBe('/svc/api');
+    expect(verifier.stats.fullChecks).toBe(2);
+    // The bundle is not a CRL: a change to it verifies in full again.
+    state.bundle = chainDer('other-root.pem');
+    expect(reasonOf(() => verifier.verify(good))).toBe('untrusted');
+    expect(verifier.stats.fullChecks).toBe(3);
+  });
 });

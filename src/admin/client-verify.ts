@@ -4,7 +4,7 @@ import { BundleSet, X509Bundle } from '../verify/bundle.js';
 import { refuse, VerificationError } from '../verify/errors.js';
 import { RevocationChecker } from '../verify/revocation.js';
 import type { X509SvidSource } from '../verify/tls.js';
-import { verifyX509Svid, type VerifiedX509Svid } from '../verify/x509.js';
+import { checkPathRevocation, verifyX509Svid, type VerifiedX509Svid } from '../verify/x509.js';
 import { actorForSpiffeId, type SpiffeRole } from './roles.js';
 import type { AdminCaller } from './service.js';
 
@@ -21,6 +21,8 @@ export interface ClientSvidVerifier {
    * SPIFFE ID the chain had when it last verified (a connection's handshake), to name it by.
    */
   callerForChain(chain: Buffer[], verifiedAs?: string): AdminCaller;
+  /** Full chain verifications done (parse, path, signatures); the rest were answered from memory. For tests and metrics. */
+  readonly stats: { readonly fullChecks: number };
 }
 
 interface Trust {
@@ -76,15 +78,27 @@ export function clientSvidVerifier(opts: {
    * full parse and signature check per stream per change dominated the server. The outcome is a
    * pure function of the chain, the trust (replaced whenever the bundle or CRL DER changes) and the
    * time, which matters only through the validity windows of the verified path: within the
-   * window of every certificate on it, with the same trust, the answer is the same.
+   * window of every certificate on it, with the same trust, the answer is the same. When only the
+   * CRLs changed (every revocation re-signs them), the verified path is checked against the new
+   * CRLs alone: with the same bundle and within the same windows, that is the only step whose
+   * outcome can differ.
    */
   const verified = new WeakMap<Buffer[], { trust: Trust; from: number; until: number; result: VerifiedX509Svid }>();
+  const stats = { fullChecks: 0 };
   const verify = (chain: Buffer[]): VerifiedX509Svid => {
     if (chain.length === 0) throw refuse('malformed', 'the client presented no certificate');
     const t = currentTrust();
     const now = clock.now();
     const memo = verified.get(chain);
-    if (memo && memo.trust === t && now >= memo.from && now <= memo.until) return memo.result;
+    if (memo && now >= memo.from && now <= memo.until) {
+      if (memo.trust === t) return memo.result;
+      if (memo.trust.bundles === t.bundles) {
+        checkPathRevocation(memo.result, t.crls);
+        memo.trust = t;
+        return memo.result;
+      }
+    }
+    stats.fullChecks++;
     const result = verifyX509Svid(chain, t.bundles, { now, crls: t.crls });
     verified.set(chain, {
       trust: t,
@@ -97,6 +111,7 @@ export function clientSvidVerifier(opts: {
 
   return {
     verify,
+    stats,
     callerForChain(chain, verifiedAs) {
       let verified: VerifiedX509Svid;
       try {

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { AgentIdError } from '../common/errors.js';
 import { entryFixture, nodeFixture, revocationFixture, taskFixture } from '../datastore/conformance.js';
 import type { RegistrationEntry } from '../datastore/types.js';
-import { changesForNode, entryGrant, mayForwardTask, snapshotForNode, taskGrant } from './authorize.js';
+import { changesByNode, changesForNode, entryGrant, mayForwardTask, snapshotForNode, taskGrant } from './authorize.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 const entry = (over: Partial<RegistrationEntry> = {}): RegistrationEntry => ({ ...entryFixture(over), createdAt: T0, updatedAt: T0, revision: 1 });
@@ -65,5 +65,38 @@ describe('node authorization', () => {
     expect(view.tasks.map((t) => [t.id, t.state])).toEqual([['mine', 'revoked']]);
     expect(view.revocations.map((r) => r.spiffeId)).toEqual(['spiffe://example.org/x']);
     expect(view.removedRevocations).toEqual(['spiffe://example.org/y']);
+  });
+
+  it('every node\'s share of a batch at once is exactly its changesForNode share (named nodes, and all others alike)', () => {
+    const nodes = [null, 'web-1', 'web-2', 'web-3'] as const;
+    const changes: Parameters<typeof changesForNode>[1][number][] = [];
+    let n = 0;
+    // Every move of an entry and a task between no node and the nodes (created, moved, deleted),
+    // and deny-list rows added and removed, in one batch.
+    for (const from of [undefined, ...nodes]) {
+      for (const to of [undefined, ...nodes]) {
+        const id = `e${n++}`;
+        if (from !== undefined || to !== undefined) {
+          changes.push({ kind: 'entry', before: from === undefined ? undefined : entry({ id, node: from }), after: to === undefined ? undefined : entry({ id, node: to }) });
+        }
+        if (from !== undefined && to !== undefined) {
+          changes.push({ kind: 'task', before: taskFixture({ id, node: from }), after: taskFixture({ id, node: to, state: 'ended' }) });
+        } else if (from !== undefined || to !== undefined) {
+          changes.push({ kind: 'task', before: from === undefined ? undefined : taskFixture({ id, node: from }), after: to === undefined ? undefined : taskFixture({ id, node: to }) });
+        }
+      }
+    }
+    changes.push({ kind: 'revocation', spiffeId: 'spiffe://example.org/x', after: revocationFixture({ spiffeId: 'spiffe://example.org/x' }) });
+    changes.push({ kind: 'revocation', spiffeId: 'spiffe://example.org/y', before: revocationFixture({ spiffeId: 'spiffe://example.org/y' }) });
+
+    const { byNode, others } = changesByNode(changes);
+    expect([...byNode.keys()].sort()).toEqual(['web-1', 'web-2', 'web-3']);
+    for (const node of ['web-1', 'web-2', 'web-3', 'web-4', 'unnamed']) {
+      expect(byNode.get(node) ?? others).toEqual(changesForNode(node, changes));
+    }
+    // A batch that names no node: one view serves every node.
+    const shared = changesByNode([changes.at(-2)!, { kind: 'entry', after: entry({ id: 'everywhere' }) }]);
+    expect(shared.byNode.size).toBe(0);
+    expect(shared.others).toEqual(changesForNode('web-9', [changes.at(-2)!, { kind: 'entry', after: entry({ id: 'everywhere' }) }]));
   });
 });

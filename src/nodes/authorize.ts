@@ -114,14 +114,39 @@ export type ViewChange =
  * end; tasks of other hosts never appear.
  */
 export function changesForNode(node: string, changes: readonly ViewChange[]): NodeView {
+  return viewOf((name) => name === node, changes);
+}
+
+/**
+ * Every node's share of a batch at once, for the fan-out to many nodes: the nodes the batch names
+ * (an entry or task bound on them, before or after the change) get a view of their own; every
+ * other node's share is the same view, `others`. For every node N,
+ * `byNode.get(N) ?? others` equals `changesForNode(N, changes)`.
+ */
+export function changesByNode(changes: readonly ViewChange[]): { byNode: Map<string, NodeView>; others: NodeView } {
+  const named = new Set<string>();
+  for (const c of changes) {
+    if (c.kind === 'revocation') continue;
+    if (c.before?.node) named.add(c.before.node);
+    if (c.after?.node) named.add(c.after.node);
+  }
+  const byNode = new Map<string, NodeView>();
+  for (const node of named) byNode.set(node, changesForNode(node, changes));
+  // A node no change names: only node-less entries and the deny list concern it.
+  return { byNode, others: viewOf(() => false, changes) };
+}
+
+/** The share of a batch for the node `isThisNode` recognises (by the node a record is bound on). */
+function viewOf(isThisNode: (name: string) => boolean, changes: readonly ViewChange[]): NodeView {
+  const applies = (e: Pick<RegistrationEntry, 'node'>) => e.node === null || isThisNode(e.node);
   const view: NodeView = { entries: [], deletedEntries: [], tasks: [], revocations: [], removedRevocations: [] };
   for (const c of changes) {
     if (c.kind === 'entry') {
-      if (c.after && entryAppliesToNode(c.after, node)) view.entries.push(c.after);
-      else if (c.before && entryAppliesToNode(c.before, node)) view.deletedEntries.push(c.before.id);
+      if (c.after && applies(c.after)) view.entries.push(c.after);
+      else if (c.before && applies(c.before)) view.deletedEntries.push(c.before.id);
     } else if (c.kind === 'task') {
       const t = c.after ?? c.before;
-      if (t && taskBoundOnNode(t, node)) view.tasks.push(t);
+      if (t && t.node !== null && isThisNode(t.node)) view.tasks.push(t);
     } else if (c.after) {
       view.revocations.push(c.after);
     } else {

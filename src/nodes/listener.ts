@@ -4,14 +4,15 @@ import { invalidArgument, permissionDenied } from '../common/errors.js';
 import { toGrpcError } from '../common/grpc-errors.js';
 import type { Logger } from '../common/logger.js';
 import { loadProto } from '../common/proto.js';
-import type { AuthorityRecord, Datastore, Revocation } from '../datastore/types.js';
+import type { Datastore } from '../datastore/types.js';
 import type { ReadModel, StateChange } from '../state/read-model.js';
 import { parseNodeSpiffeId, type SpiffeId, type TrustDomain } from '../spiffe/spiffe-id.js';
 import type { X509SvidSource } from '../verify/tls.js';
 import { clientSvidVerifier } from '../admin/client-verify.js';
 import { startTlsGrpcListener } from '../admin/tls-grpc.js';
-import { changesForNode, snapshotForNode, type NodeView, type ViewChange } from './authorize.js';
+import { snapshotForNode } from './authorize.js';
 import type { IssuedNodeSvid, NodeService } from './service.js';
+import { SyncFanout, updateMessage, type FanoutStream, type SyncUpdateMessage } from './sync-fanout.js';
 
 /*
  * The agent listener: agentid.node.v1.AgentIdNode for per-host agents, over TLS we own
@@ -51,38 +52,26 @@ interface Connection {
   peer: string;
 }
 
-let nodeService: grpc.ServiceDefinition | undefined;
-function nodeServiceDefinition(): grpc.ServiceDefinition {
-  return (nodeService ??= (loadProto('agentid/node/v1/node.proto') as any).agentid.node.v1.AgentIdNode.service);
+let nodeService: { definition: grpc.ServiceDefinition; encodeSyncUpdate: (m: SyncUpdateMessage | { snapshot: boolean; revision: number; evicted: boolean }) => Buffer } | undefined;
+/**
+ * The node service as registered: Sync writes bytes the fan-out encoded once for many streams as
+ * they are (grpc-js frames whatever the serializer returns), and encodes anything else itself.
+ */
+function nodeServiceDefinition(): NonNullable<typeof nodeService> {
+  if (nodeService) return nodeService;
+  const definition = (loadProto('agentid/node/v1/node.proto') as any).agentid.node.v1.AgentIdNode.service as grpc.ServiceDefinition;
+  const encodeSyncUpdate = definition.Sync!.responseSerialize as (m: object) => Buffer;
+  const sync = { ...definition.Sync!, responseSerialize: (m: Buffer | object) => (Buffer.isBuffer(m) ? m : encodeSyncUpdate(m)) };
+  return (nodeService = { definition: { ...definition, Sync: sync } as grpc.ServiceDefinition, encodeSyncUpdate });
 }
 
 const DEFAULT_MAX_BATCH = 1000;
 
-interface SyncStream {
-  node: string;
+interface SyncStream extends FanoutStream {
   conn: Connection;
   send(update: object): void;
   end(status?: Partial<grpc.ServiceError>): void;
 }
-
-/** What a NodeView and authority changes become on the wire (records as JSON). */
-function updateMessage(view: NodeView, authorities: { put: AuthorityRecord[]; removed: string[] }, revision: number, snapshot: boolean) {
-  return {
-    snapshot,
-    revision,
-    entries: view.entries.map((e) => JSON.stringify(e)),
-    deleted_entries: view.deletedEntries,
-    tasks: view.tasks.map((t) => JSON.stringify(t)),
-    revocations: view.revocations.map((r: Revocation) => JSON.stringify(r)),
-    removed_revocations: view.removedRevocations,
-    authorities: authorities.put.map((a) => JSON.stringify(a)),
-    removed_authorities: authorities.removed,
-    evicted: false,
-  };
-}
-
-const isEmpty = (m: ReturnType<typeof updateMessage>) =>
-  m.entries.length + m.deleted_entries.length + m.tasks.length + m.revocations.length + m.removed_revocations.length + m.authorities.length + m.removed_authorities.length === 0;
 
 export async function startAgentListener(opts: AgentListenerOptions): Promise<AgentListener> {
   const { nodes, state, datastore } = opts;
@@ -90,6 +79,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
   const maxBatch = opts.maxBatch ?? DEFAULT_MAX_BATCH;
   const verifier = clientSvidVerifier({ source: opts.source, trustDomain: opts.trustDomain, roles: [], crls: opts.crls, clock: opts.clock });
   const streams = new Set<SyncStream>();
+  const fanout = new SyncFanout({ revision: () => state.revision, encode: (m) => nodeServiceDefinition().encodeSyncUpdate(m) });
 
   /** The node a connection's client certificate proves, now; refuses everything else. */
   const nodeOf = (conn: Connection | undefined): string => {
@@ -184,54 +174,45 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
     },
   });
 
-  /** A Sync stream: the snapshot, then the node's share of every change, until it ends. */
+  /** A Sync stream: the snapshot, then the node's share of every change (sync-fanout.ts), until it ends. */
   async function follow(call: grpc.ServerWritableStream<any, any>, node: string, conn: Connection): Promise<void> {
     let open = true;
-    const pending: StateChange[][] = [];
-    let snapshotSent = false;
     const stream: SyncStream = {
       node,
       conn,
       send: (m) => {
         if (open) call.write(m);
       },
+      write: (bytes) => {
+        if (open) call.write(bytes);
+      },
+      // Each delivery re-checks the node's SVID: an expired or revoked one ends the stream.
+      admit: (changes) => {
+        if (!open) return false;
+        try {
+          nodeOf(conn);
+          return true;
+        } catch (err) {
+          const evicted = changes.some((c) => c.kind === 'node' && c.name === node && c.after?.state === 'evicted');
+          if (evicted) evict(stream);
+          else stream.end(toGrpcError(err, logger, { method: 'Sync', node }));
+          return false;
+        }
+      },
       end(status) {
         if (!open) return;
         open = false;
-        stop();
+        fanout.remove(stream);
         streams.delete(stream);
         if (status) call.emit('error', status);
         else call.end();
       },
     };
-    const deliver = (changes: readonly StateChange[]) => {
-      // Each batch re-checks the node's SVID: an expired or revoked one ends the stream.
-      try {
-        nodeOf(conn);
-      } catch (err) {
-        const evicted = changes.some((c) => c.kind === 'node' && c.name === node && c.after?.state === 'evicted');
-        if (evicted) return evict(stream);
-        return stream.end(toGrpcError(err, logger, { method: 'Sync', node }));
-      }
-      const view = changesForNode(node, changes.filter((c): c is ViewChange => c.kind === 'entry' || c.kind === 'task' || c.kind === 'revocation'));
-      const put: AuthorityRecord[] = [];
-      const removed: string[] = [];
-      for (const c of changes) {
-        if (c.kind !== 'authority') continue;
-        if (c.after) put.push(c.after);
-        else removed.push(c.serverId);
-      }
-      const message = updateMessage(view, { put, removed }, state.revision, false);
-      if (!isEmpty(message)) stream.send(message);
-    };
-    const stop = state.onChange((changes) => {
-      if (!snapshotSent) pending.push([...changes]);
-      else deliver(changes);
-    });
     call.on('cancelled', () => stream.end());
     call.on('error', () => stream.end());
     call.on('close', () => stream.end());
     streams.add(stream);
+    fanout.add(stream);
     try {
       // The head first: what is written while the lists are read also arrives as a change
       // (re-sending a record is harmless: the agent replaces it).
@@ -244,8 +225,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
       ]);
       if (!open) return;
       stream.send(updateMessage(snapshotForNode(node, { entries, tasks, revocations }), { put: authorities, removed: [] }, revision, true));
-      snapshotSent = true;
-      for (const batch of pending.splice(0)) deliver(batch);
+      fanout.ready(stream);
       logger.debug({ node, revision }, 'agent sync: snapshot sent');
     } catch (err) {
       stream.end(toGrpcError(err, logger, { method: 'Sync', node }));
@@ -258,7 +238,8 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
     stream.end();
   }
 
-  const stopEvictions = state.onChange((changes) => {
+  const stopFollowing = state.onChange((changes) => {
+    fanout.changed(changes);
     for (const c of changes) {
       if (c.kind !== 'node' || c.after?.state !== 'evicted') continue;
       for (const s of [...streams]) if (s.node === c.name) evict(s);
@@ -275,10 +256,10 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
       logger,
       // Every connection is admitted: Attest needs none; the other calls check the node SVID themselves.
       admit: (chain, peer) => ({ chain, peer }),
-      register: (server, connectionOf) => server.addService(nodeServiceDefinition(), handlers(connectionOf)),
+      register: (server, connectionOf) => server.addService(nodeServiceDefinition().definition, handlers(connectionOf)),
     });
   } catch (err) {
-    stopEvictions();
+    stopFollowing();
     throw err;
   }
   const bound = listener;
@@ -286,7 +267,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
     port: bound.port,
     streams: () => streams.size,
     async close() {
-      stopEvictions();
+      stopFollowing();
       for (const s of [...streams]) s.end({ code: grpc.status.UNAVAILABLE, details: 'server shutting down' });
       await bound.close();
     },

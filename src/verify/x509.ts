@@ -62,15 +62,25 @@ export function verifyX509Svid(
   }
   for (const cert of path) checkValidity(cert, opts.now, role(cert, leaf, anchor));
 
-  if (opts.crls) {
-    for (let i = 0; i < path.length - 1; i++) {
-      const cert = path[i]!;
-      if (opts.crls.isRevoked(path[i + 1]!, cert.serial, spiffeId.trustDomain)) {
-        throw refuse('revoked', `X.509-SVID: ${role(cert, leaf, anchor)} serial ${cert.serial} is revoked by its issuer's CRL`);
-      }
+  const verified = { spiffeId, leaf, chain: path };
+  if (opts.crls) checkPathRevocation(verified, opts.crls);
+  return verified;
+}
+
+/**
+ * The revocation step of verifyX509Svid alone: every certificate on a verified path below the
+ * anchor against its issuer's CRLs. A path that verified under other CRLs (same bundle, same
+ * moment) verifies under `crls` exactly when this passes; throws VerificationError `revoked`.
+ */
+export function checkPathRevocation(verified: VerifiedX509Svid, crls: RevocationChecker): void {
+  const { chain: path, leaf, spiffeId } = verified;
+  const anchor = path[path.length - 1]!;
+  for (let i = 0; i < path.length - 1; i++) {
+    const cert = path[i]!;
+    if (crls.isRevoked(path[i + 1]!, cert.serial, spiffeId.trustDomain)) {
+      throw refuse('revoked', `X.509-SVID: ${role(cert, leaf, anchor)} serial ${cert.serial} is revoked by its issuer's CRL`);
     }
   }
-  return { spiffeId, leaf, chain: path };
 }
 
 function role(cert: Certificate, leaf: Certificate, anchor: Certificate): string {

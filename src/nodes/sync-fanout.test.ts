@@ -1,0 +1,132 @@
+import { describe, expect, it } from 'vitest';
+import { authorityFixture, entryFixture, revocationFixture, taskFixture } from '../datastore/conformance.js';
+import type { RegistrationEntry } from '../datastore/types.js';
+import type { StateChange } from '../state/read-model.js';
+import { changesForNode, type ViewChange } from './authorize.js';
+import { SyncFanout, updateMessage, type FanoutStream, type SyncUpdateMessage } from './sync-fanout.js';
+
+const T0 = Date.UTC(2026, 0, 1);
+const entry = (over: Partial<RegistrationEntry> = {}): RegistrationEntry => ({ ...entryFixture(over), createdAt: T0, updatedAt: T0, revision: 1 });
+
+/** A fan-out whose "later turn" runs only when the test says, with streams that record what they are sent. */
+function setup(nodes: string[]) {
+  const turns: (() => void)[] = [];
+  const encoded: SyncUpdateMessage[] = [];
+  let revision = 7;
+  const fanout = new SyncFanout({
+    revision: () => revision,
+    encode: (m) => {
+      encoded.push(m);
+      return Buffer.from(JSON.stringify(m));
+    },
+    later: (fn) => turns.push(fn),
+  });
+  const streams = nodes.map((node) => {
+    const s = { node, written: [] as Buffer[], admitted: true, admit: () => s.admitted, write: (b: Buffer) => s.written.push(b) };
+    return s satisfies FanoutStream;
+  });
+  for (const s of streams) {
+    fanout.add(s);
+    fanout.ready(s);
+  }
+  const runTurns = () => {
+    while (turns.length > 0) turns.shift()!();
+  };
+  const received = (s: (typeof streams)[number]) => s.written.map((b) => JSON.parse(b.toString()) as SyncUpdateMessage);
+  return { fanout, streams, runTurns, encoded, received, setRevision: (r: number) => (revision = r), turns };
+}
+
+describe('SyncFanout: the nodes\' Sync streams', () => {
+  it('writes nothing inside the change listener (the admin call that wrote is answered first); all on a later turn', () => {
+    const { fanout, streams, runTurns, turns } = setup(['web-1', 'web-2']);
+    fanout.changed([{ kind: 'revocation', spiffeId: 'spiffe://example.org/x', after: revocationFixture({ spiffeId: 'spiffe://example.org/x' }) }]);
+    expect(streams.map((s) => s.written.length)).toEqual([0, 0]);
+    expect(turns).toHaveLength(1);
+    runTurns();
+    expect(streams.map((s) => s.written.length)).toEqual([1, 1]);
+  });
+
+  it('a change no node is named in is encoded once and the same bytes go to every stream', () => {
+    const nodes = Array.from({ length: 50 }, (_, i) => `web-${i}`);
+    const { fanout, streams, runTurns, encoded } = setup(nodes);
+    fanout.changed([
+      { kind: 'revocation', spiffeId: 'spiffe://example.org/x', after: revocationFixture({ spiffeId: 'spiffe://example.org/x' }) },
+      { kind: 'authority', serverId: 'server-a', after: authorityFixture() },
+    ]);
+    runTurns();
+    expect(encoded).toHaveLength(1);
+    const first = streams[0]!.written[0]!;
+    for (const s of streams) expect(s.written).toEqual([first]);
+    expect(s0(streams[0]!.written)).toMatchObject({ revision: 7, snapshot: false, authorities: [JSON.stringify(authorityFixture())] });
+  });
+
+  it('each node gets exactly its authorize.ts share; nodes a batch does not name share one encoding', () => {
+    const nodes = ['web-1', 'web-2', 'web-3', 'web-4'];
+    const { fanout, streams, runTurns, encoded, received } = setup(nodes);
+    const batch: StateChange[] = [
+      { kind: 'entry', after: entry({ id: 'everywhere' }) },
+      { kind: 'entry', after: entry({ id: 'for-1', node: 'web-1' }) },
+      { kind: 'entry', before: entry({ id: 'moved', node: 'web-2' }), after: entry({ id: 'moved', node: 'web-1' }) },
+      { kind: 'task', before: taskFixture({ id: 't2', node: 'web-2' }), after: taskFixture({ id: 't2', node: 'web-2', state: 'revoked' }) },
+      { kind: 'task', after: taskFixture({ id: 'server-task' }) },
+      { kind: 'revocation', spiffeId: 'spiffe://example.org/t2', after: revocationFixture({ spiffeId: 'spiffe://example.org/t2' }) },
+      { kind: 'node', name: 'web-9' },
+    ];
+    fanout.changed(batch);
+    runTurns();
+    // web-1, web-2, and one for web-3 and web-4 together.
+    expect(encoded).toHaveLength(3);
+    const viewChanges = batch.filter((c): c is ViewChange => c.kind !== 'node' && c.kind !== 'authority');
+    for (const s of streams) {
+      const expected = updateMessage(changesForNode(s.node, viewChanges), { put: [], removed: [] }, 7, false);
+      expect(received(s)).toEqual([expected]);
+    }
+    expect(streams[2]!.written[0]).toBe(streams[3]!.written[0]);
+    expect(received(streams[0]!)[0]!.entries.map((e) => JSON.parse(e).id)).toEqual(['everywhere', 'for-1', 'moved']);
+    expect(received(streams[1]!)[0]!.deleted_entries).toEqual(['moved']);
+  });
+
+  it('sends nothing when a batch holds nothing for a node, and nothing to a stream that is no longer admitted', () => {
+    const { fanout, streams, runTurns } = setup(['web-1', 'web-2']);
+    streams[1]!.admitted = false;
+    fanout.changed([{ kind: 'task', after: taskFixture({ id: 'on-1', node: 'web-1' }) }]);
+    fanout.changed([{ kind: 'task', after: taskFixture({ id: 'server-task' }) }]);
+    runTurns();
+    expect(streams[0]!.written).toHaveLength(1);
+    expect(streams[1]!.written).toHaveLength(0);
+  });
+
+  it('keeps each batch one message, in order, even when several wait for the same turn (a record may change in both)', () => {
+    const { fanout, streams, runTurns, received } = setup(['web-1']);
+    fanout.changed([{ kind: 'entry', before: entry({ id: 'e', node: 'web-1' }), after: entry({ id: 'e', node: 'web-2' }) }]);
+    fanout.changed([{ kind: 'entry', before: entry({ id: 'e', node: 'web-2' }), after: entry({ id: 'e', node: 'web-1' }) }]);
+    runTurns();
+    const got = received(streams[0]!);
+    expect(got.map((m) => [m.deleted_entries, m.entries.map((e) => JSON.parse(e).id)])).toEqual([
+      [['e'], []],
+      [[], ['e']],
+    ]);
+  });
+
+  it('a stream still reading its snapshot gets every batch from the moment it was added, once it is ready', () => {
+    const { fanout, runTurns, received } = setup([]);
+    const late = { node: 'web-1', written: [] as Buffer[], admit: () => true, write: (b: Buffer) => late.written.push(b) };
+    const r = (id: string): StateChange => ({ kind: 'revocation', spiffeId: id, after: revocationFixture({ spiffeId: id }) });
+    fanout.add(late);
+    fanout.changed([r('spiffe://example.org/1')]);
+    runTurns();
+    fanout.changed([r('spiffe://example.org/2')]);
+    expect(late.written).toHaveLength(0);
+    fanout.ready(late);
+    expect(received(late as never).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1']);
+    runTurns();
+    expect(received(late as never).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1', 'spiffe://example.org/2']);
+    fanout.remove(late);
+    fanout.changed([r('spiffe://example.org/3')]);
+    runTurns();
+    expect(late.written).toHaveLength(2);
+    expect(fanout.size).toBe(0);
+  });
+});
+
+const s0 = (written: Buffer[]) => JSON.parse(written[0]!.toString()) as SyncUpdateMessage;

@@ -1,0 +1,166 @@
+import type { AuthorityRecord } from '../datastore/types.js';
+import type { StateChange } from '../state/read-model.js';
+import { changesByNode, type NodeView, type ViewChange } from './authorize.js';
+
+/*
+ * The fan-out of state changes to the nodes' Sync streams. With many agents connected, every
+ * change (each task end adds a deny-list row, each CRL re-signing republishes an authority record)
+ * reaches every stream, so the work per change must not be per stream:
+ * - it runs on a later turn, never inside the admin call whose write caused it (the read model
+ *   emits changes synchronously while that call waits for its write to be visible);
+ * - each batch the read model emitted stays one message, in order (a record may change in two
+ *   batches; one message never carries two versions of it);
+ * - the nodes' shares are computed once per batch (authorize.ts changesByNode: one view for every
+ *   node the batch does not name), and each distinct share is encoded once (records to JSON,
+ *   message to protobuf), so most changes cost one encoding and one write of the same bytes per
+ *   stream.
+ */
+
+/** A SyncUpdate as the proto declares it (records as JSON). */
+export interface SyncUpdateMessage {
+  snapshot: boolean;
+  revision: number;
+  entries: string[];
+  deleted_entries: string[];
+  tasks: string[];
+  revocations: string[];
+  removed_revocations: string[];
+  authorities: string[];
+  removed_authorities: string[];
+  evicted: boolean;
+}
+
+/** What the fan-out needs of one Sync stream. */
+export interface FanoutStream {
+  readonly node: string;
+  /**
+   * Called before each delivery: false when the stream may no longer receive updates (it has
+   * been ended by the callee, e.g. its node SVID no longer verifies).
+   */
+  admit(changes: readonly StateChange[]): boolean;
+  write(encoded: Buffer): void;
+}
+
+export interface SyncFanoutDeps {
+  /** The revision the read model has applied (every message carries it). */
+  revision(): number;
+  /** Protobuf encoding of a SyncUpdate. */
+  encode(message: SyncUpdateMessage): Buffer;
+  /** Runs `fn` on a later turn (default: setImmediate). */
+  later?: (fn: () => void) => void;
+}
+
+/** The wire form of a node's share of changes and of authority changes. */
+export function updateMessage(
+  view: NodeView,
+  authorities: { put: readonly AuthorityRecord[]; removed: readonly string[] },
+  revision: number,
+  snapshot: boolean,
+  json: (record: object) => string = (r) => JSON.stringify(r),
+): SyncUpdateMessage {
+  return {
+    snapshot,
+    revision,
+    entries: view.entries.map(json),
+    deleted_entries: view.deletedEntries,
+    tasks: view.tasks.map(json),
+    revocations: view.revocations.map(json),
+    removed_revocations: view.removedRevocations,
+    authorities: authorities.put.map(json),
+    removed_authorities: [...authorities.removed],
+    evicted: false,
+  };
+}
+
+const isEmpty = (m: SyncUpdateMessage) =>
+  m.entries.length + m.deleted_entries.length + m.tasks.length + m.revocations.length + m.removed_revocations.length + m.authorities.length + m.removed_authorities.length === 0;
+
+export class SyncFanout {
+  /** Streams whose snapshot is written, and streams still reading theirs (with the changes they will need). */
+  private readonly live = new Set<FanoutStream>();
+  private readonly waiting = new Map<FanoutStream, (readonly StateChange[])[]>();
+  private queued: (readonly StateChange[])[] = [];
+  private scheduled = false;
+  private readonly later: (fn: () => void) => void;
+
+  constructor(private readonly deps: SyncFanoutDeps) {
+    this.later = deps.later ?? ((fn) => setImmediate(fn));
+  }
+
+  /** A new stream: changes from now on are kept for it until `ready` (its snapshot is written). */
+  add(stream: FanoutStream): void {
+    this.waiting.set(stream, []);
+  }
+
+  /**
+   * The stream's snapshot is written: the changes since `add` follow at once (re-sending what
+   * the snapshot already held is harmless: the agent replaces records).
+   */
+  ready(stream: FanoutStream): void {
+    const pending = this.waiting.get(stream);
+    if (pending === undefined) return;
+    this.waiting.delete(stream);
+    this.live.add(stream);
+    // Batches still queued reach it with the next flush; these ones went to the others already.
+    for (const batch of pending) this.deliver(batch, [stream]);
+  }
+
+  remove(stream: FanoutStream): void {
+    this.waiting.delete(stream);
+    this.live.delete(stream);
+  }
+
+  get size(): number {
+    return this.live.size + this.waiting.size;
+  }
+
+  /** The read model's change listener: queued, and delivered on a later turn. */
+  changed(changes: readonly StateChange[]): void {
+    this.queued.push([...changes]);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    this.later(() => this.flush());
+  }
+
+  /** Delivers everything queued now (also what the scheduled turn does). */
+  flush(): void {
+    this.scheduled = false;
+    const batches = this.queued;
+    this.queued = [];
+    for (const batch of batches) {
+      for (const pending of this.waiting.values()) pending.push(batch);
+      this.deliver(batch, [...this.live]);
+    }
+  }
+
+  private deliver(changes: readonly StateChange[], streams: readonly FanoutStream[]): void {
+    const { byNode, others } = changesByNode(changes.filter((c): c is ViewChange => c.kind === 'entry' || c.kind === 'task' || c.kind === 'revocation'));
+    const put: AuthorityRecord[] = [];
+    const removed: string[] = [];
+    for (const c of changes) {
+      if (c.kind !== 'authority') continue;
+      if (c.after) put.push(c.after);
+      else removed.push(c.serverId);
+    }
+    const revision = this.deps.revision();
+    // Each record is turned into JSON once, however many views carry it.
+    const texts = new Map<object, string>();
+    const json = (record: object) => {
+      let text = texts.get(record);
+      if (text === undefined) texts.set(record, (text = JSON.stringify(record)));
+      return text;
+    };
+    const encoded = new Map<NodeView, Buffer | null>();
+    for (const stream of streams) {
+      if (!stream.admit(changes)) continue;
+      const view = byNode.get(stream.node) ?? others;
+      let bytes = encoded.get(view);
+      if (bytes === undefined) {
+        const message = updateMessage(view, { put, removed }, revision, false, json);
+        bytes = isEmpty(message) ? null : this.deps.encode(message);
+        encoded.set(view, bytes);
+      }
+      if (bytes) stream.write(bytes);
+    }
+  }
+}
