@@ -2,7 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { AuditEventInput } from '../audit/index.js';
 import { CertificateAuthority } from '../ca/authority.js';
 import { openTestCa, tempDir, toPem } from '../ca/testing.js';
@@ -308,6 +308,21 @@ describe('admin mTLS listener', () => {
     await clock.advance(10_000);
     expect((await callError(client, 'WhoAmI')).code).toBe(grpc.status.PERMISSION_DENIED);
     expect(lastDenial()).toMatchObject({ who: ADMIN_ID, reason: 'client SVID no longer verifies (expired)' });
+  });
+
+  it('keeps its TLS context when the source reports a trust change but serves the same SVID (every revocation does)', async () => {
+    const key = source.getX509Svid().keyPkcs8Der;
+    const reveal = vi.spyOn(key, 'reveal');
+    try {
+      source.trustChanged();
+      source.trustChanged();
+      expect(reveal).not.toHaveBeenCalled();
+      const seen: string[] = [];
+      await call(connect(mint(ca, ADMIN_ID), seen), 'WhoAmI');
+      expect(seen).toEqual([new X509Certificate(source.getX509Svid().chainDer[0]!).serialNumber.toLowerCase()]);
+    } finally {
+      reveal.mockRestore();
+    }
   });
 
   it('serves the renewed server SVID to new connections', async () => {

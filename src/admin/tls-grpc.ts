@@ -73,9 +73,15 @@ export async function startTlsGrpcListener<C>(opts: TlsGrpcOptions<C>): Promise<
     secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
   });
 
+  // The chain the context was built from. The source says 'update' on every trust change too (each
+  // revocation re-signs the CRLs); only a new SVID needs a new context (a key decoded, a context built).
+  let served = source.getX509Svid().chainDer;
   const onUpdate = () => {
+    const chain = source.getX509Svid().chainDer;
+    if (chain.length === served.length && chain.every((d, i) => d.equals(served[i]!))) return;
     try {
       server.setSecureContext(contextOptions(source, name));
+      served = chain;
     } catch (err) {
       // Keep serving the previous certificate; it stays valid until its notAfter.
       logger.error({ err: (err as Error).message }, `${name}: cannot load the renewed server SVID`);

@@ -186,7 +186,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
       write: (bytes) => {
         if (open) call.write(bytes);
       },
-      // Each delivery re-checks the node's SVID: an expired or revoked one ends the stream.
+      // Each message re-checks the node's SVID first: an expired or revoked one ends the stream.
       admit: (changes) => {
         if (!open) return false;
         try {

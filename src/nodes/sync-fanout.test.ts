@@ -22,7 +22,7 @@ function setup(nodes: string[]) {
     later: (fn) => turns.push(fn),
   });
   const streams = nodes.map((node) => {
-    const s = { node, written: [] as Buffer[], admitted: true, admit: () => s.admitted, write: (b: Buffer) => s.written.push(b) };
+    const s = { node, written: [] as Buffer[], admitted: true, admits: 0, admit: () => (s.admits++, s.admitted), write: (b: Buffer) => s.written.push(b) };
     return s satisfies FanoutStream;
   });
   for (const s of streams) {
@@ -86,14 +86,16 @@ describe('SyncFanout: the nodes\' Sync streams', () => {
     expect(received(streams[1]!)[0]!.deleted_entries).toEqual(['moved']);
   });
 
-  it('sends nothing when a batch holds nothing for a node, and nothing to a stream that is no longer admitted', () => {
+  it('sends nothing when a batch holds nothing for a node (nor checks its caller), and nothing to a stream that is no longer admitted', () => {
     const { fanout, streams, runTurns } = setup(['web-1', 'web-2']);
-    streams[1]!.admitted = false;
     fanout.changed([{ kind: 'task', after: taskFixture({ id: 'on-1', node: 'web-1' }) }]);
     fanout.changed([{ kind: 'task', after: taskFixture({ id: 'server-task' }) }]);
     runTurns();
-    expect(streams[0]!.written).toHaveLength(1);
-    expect(streams[1]!.written).toHaveLength(0);
+    expect(streams.map((s) => [s.written.length, s.admits])).toEqual([[1, 1], [0, 0]]);
+    streams[1]!.admitted = false;
+    fanout.changed([{ kind: 'revocation', spiffeId: 'spiffe://example.org/x', after: revocationFixture({ spiffeId: 'spiffe://example.org/x' }) }]);
+    runTurns();
+    expect(streams.map((s) => [s.written.length, s.admits])).toEqual([[2, 2], [0, 1]]);
   });
 
   it('keeps each batch one message, in order, even when several wait for the same turn (a record may change in both)', () => {

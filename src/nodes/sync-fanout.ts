@@ -34,8 +34,8 @@ export interface SyncUpdateMessage {
 export interface FanoutStream {
   readonly node: string;
   /**
-   * Called before each delivery: false when the stream may no longer receive updates (it has
-   * been ended by the callee, e.g. its node SVID no longer verifies).
+   * Called before each message written to it: false when the stream may no longer receive
+   * updates (it has been ended by the callee, e.g. its node SVID no longer verifies).
    */
   admit(changes: readonly StateChange[]): boolean;
   write(encoded: Buffer): void;
@@ -152,7 +152,6 @@ export class SyncFanout {
     };
     const encoded = new Map<NodeView, Buffer | null>();
     for (const stream of streams) {
-      if (!stream.admit(changes)) continue;
       const view = byNode.get(stream.node) ?? others;
       let bytes = encoded.get(view);
       if (bytes === undefined) {
@@ -160,7 +159,8 @@ export class SyncFanout {
         bytes = isEmpty(message) ? null : this.deps.encode(message);
         encoded.set(view, bytes);
       }
-      if (bytes) stream.write(bytes);
+      // Admitted per message: a batch with nothing for the node costs it nothing.
+      if (bytes && stream.admit(changes)) stream.write(bytes);
     }
   }
 }
