@@ -365,7 +365,7 @@ function agentTrust(trustDomain: TrustDomain, authorities: () => PeerAuthority[]
       jwtKeys: () => [],
       buildCrls: () => [],
     },
-    issuances: { listRevokedUnexpired: async () => [] },
+    issuances: { listRevokedUnexpired: async () => [], latestNotAfter: async () => undefined },
     clock,
     peers: authorities,
   });

@@ -316,7 +316,7 @@ describe('bundle endpoint', () => {
     let svid: ServerSvidSource;
 
     beforeAll(async () => {
-      const trustState = new TrustState({ ca, issuances: { listRevokedUnexpired: async () => [] }, clock });
+      const trustState = new TrustState({ ca, issuances: { listRevokedUnexpired: async () => [], latestNotAfter: async () => undefined }, clock });
       svid = new ServerSvidSource({
         spiffeId: SpiffeId.parse('spiffe://example.org/agentid/server'),
         ttlMs: 15 * 60_000,

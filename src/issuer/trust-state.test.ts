@@ -6,7 +6,10 @@ import { TrustState } from './trust-state.js';
 function setup() {
   const clock = new ManualClock(Date.UTC(2026, 5, 1));
   const revoked: IssuanceRecord[] = [];
+  /** Latest notAfter of each SPIFFE ID's issuances (revoked or not). */
+  const latest = new Map<string, number>();
   let builds = 0;
+  let reads = 0;
   const trust = new TrustState({
     ca: {
       trustDomain: { idString: 'spiffe://td.example' },
@@ -15,12 +18,18 @@ function setup() {
       // Every build is new bytes (a new CRL number), as the real CA's are.
       buildCrls: (list) => [Buffer.from(`crl#${++builds}:${list.map((r) => r.serial).join(',')}`)],
     },
-    issuances: { listRevokedUnexpired: async () => revoked },
+    issuances: {
+      listRevokedUnexpired: async () => (reads++, revoked),
+      latestNotAfter: async (id) => latest.get(id),
+    },
     clock,
   });
-  const revoke = (serial: string, kind: 'x509' | 'jwt' = 'x509') =>
-    revoked.push({ kind, serial, spiffeId: `spiffe://td.example/${serial}`, issuerId: 'ca1', issuedAt: 0, notAfter: clock.now() + 60_000, task: null });
-  return { trust, revoke };
+  const revoke = (serial: string, kind: 'x509' | 'jwt' = 'x509') => {
+    const spiffeId = `spiffe://td.example/${serial}`;
+    revoked.push({ kind, serial, spiffeId, issuerId: 'ca1', issuedAt: 0, notAfter: clock.now() + 60_000, task: null });
+    latest.set(spiffeId, clock.now() + 60_000);
+  };
+  return { trust, revoke, latest, clock, reads: () => reads };
 }
 
 describe('TrustState versions', () => {
@@ -40,6 +49,24 @@ describe('TrustState versions', () => {
     expect(trust.crls()[0]!.toString()).toMatch(/:x1$/);
   });
 
+  it('after a revocation, re-reads and re-signs only when a revoked identity holds an unexpired issuance', async () => {
+    const { trust, revoke, latest, clock, reads } = setup();
+    await trust.rebuildCrls();
+    const first = trust.versions();
+    const readsBefore = reads();
+    // Never issued anything, or only SVIDs that have expired: nothing can join the CRLs.
+    latest.set('spiffe://td.example/old', clock.now() - 1);
+    await trust.rebuildCrlsAfterRevoking(['spiffe://td.example/never', 'spiffe://td.example/old']);
+    expect(reads()).toBe(readsBefore);
+    expect(trust.versions()).toEqual(first);
+    // One of them holds a live SVID: rebuilt, and its serial is listed.
+    revoke('x2');
+    await trust.rebuildCrlsAfterRevoking(['spiffe://td.example/never', 'spiffe://td.example/x2']);
+    expect(reads()).toBe(readsBefore + 1);
+    expect(trust.versions()).toEqual({ ...first, crl: first.crl + 1 });
+    expect(trust.crls()[0]!.toString()).toMatch(/:x2$/);
+  });
+
   it('re-signed CRLs and a CA change move the versions they concern, JWT keys only on a CA change', async () => {
     const { trust } = setup();
     await trust.rebuildCrls();
@@ -57,7 +84,7 @@ describe('TrustState versions', () => {
     ];
     const trust = new TrustState({
       ca: { trustDomain: { idString: 'spiffe://td.example' }, x509Bundle: () => [Buffer.from('ca')], jwtKeys: () => [{ kid: 'k1' }], buildCrls: () => [Buffer.from('own-crl')] },
-      issuances: { listRevokedUnexpired: async () => [] },
+      issuances: { listRevokedUnexpired: async () => [], latestNotAfter: async () => undefined },
       clock,
       peers: () => peers,
     });

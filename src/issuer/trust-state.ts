@@ -61,7 +61,7 @@ export class TrustState implements TrustMaterial {
   constructor(
     private readonly deps: {
       ca: TrustSourceCa;
-      issuances: Pick<IssuanceStore, 'listRevokedUnexpired'>;
+      issuances: Pick<IssuanceStore, 'listRevokedUnexpired' | 'latestNotAfter'>;
       clock: Clock;
       federation?: FederatedBundles;
       revokedAt?: (spiffeId: string) => number | undefined;
@@ -128,6 +128,22 @@ export class TrustState implements TrustMaterial {
       }
     })();
     return this.rebuilding;
+  }
+
+  /**
+   * After revocations: a serial can join the CRLs only if one of the revoked identities holds an
+   * issuance that has not expired yet, so otherwise nothing is re-read or re-signed. Ending a task
+   * that never fetched an X.509-SVID (an admin's start/end pair, a task whose process exited
+   * first) then costs one indexed lookup instead of a read of every revoked serial. Serials that
+   * expired since the last build stay listed until the next rebuild (the periodic re-signing at the
+   * latest), which is harmless.
+   */
+  async rebuildCrlsAfterRevoking(spiffeIds: readonly string[]): Promise<void> {
+    const now = this.deps.clock.now();
+    for (const spiffeId of spiffeIds) {
+      const latest = await this.deps.issuances.latestNotAfter(spiffeId);
+      if (latest !== undefined && latest > now) return this.rebuildCrls();
+    }
   }
 
   ownX509Bundle(): Buffer[] {

@@ -157,10 +157,10 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
    * `withCrls` are changes whose streams should get the new CRLs in the same message: they are
    * handed to the hub once the CRLs are signed (or could not be).
    */
-  const crlsChanged = async (force: boolean, withCrls: readonly StateChange[] = []) => {
+  const crlsChanged = async (force: boolean, withCrls: readonly StateChange[] = [], revoked?: readonly string[]) => {
     const before = trust.versions().crl;
     try {
-      await trust.rebuildCrls({ force });
+      await (revoked ? trust.rebuildCrlsAfterRevoking(revoked) : trust.rebuildCrls({ force }));
     } finally {
       for (const change of withCrls) hub.changed(change);
     }
@@ -203,7 +203,7 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     // read model already has the revocation, and identity resolution skips revoked IDs, so their
     // cached SVIDs, dropped once the fan-out is done (a scan of the cache), are never served).
     setImmediate(() =>
-      void crlsChanged(false, forHub)
+      void crlsChanged(false, forHub, revoked)
         .catch((err) => logger.error({ err }, 'could not re-sign CRLs after a revocation'))
         .then(() => hub.idle())
         .finally(() => {
