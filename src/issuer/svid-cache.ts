@@ -49,13 +49,78 @@ export interface SvidCacheDeps {
 }
 
 /**
+ * Cached SVIDs by key, also found by SPIFFE ID: a revocation drops one identity's SVIDs without
+ * a scan of every cached one (an ended task is a revocation, and thousands may be cached).
+ */
+class CachedSvids<V extends { svid: { spiffeId: string } }> {
+  private readonly byKey = new Map<string, V>();
+  private readonly keysOf = new Map<string, Set<string>>();
+
+  get size(): number {
+    return this.byKey.size;
+  }
+
+  get(key: string): V | undefined {
+    return this.byKey.get(key);
+  }
+
+  set(key: string, value: V): void {
+    this.delete(key);
+    this.byKey.set(key, value);
+    let keys = this.keysOf.get(value.svid.spiffeId);
+    if (!keys) this.keysOf.set(value.svid.spiffeId, (keys = new Set()));
+    keys.add(key);
+  }
+
+  delete(key: string): boolean {
+    const old = this.byKey.get(key);
+    if (!old) return false;
+    this.byKey.delete(key);
+    const keys = this.keysOf.get(old.svid.spiffeId)!;
+    keys.delete(key);
+    if (keys.size === 0) this.keysOf.delete(old.svid.spiffeId);
+    return true;
+  }
+
+  /** Drops every entry of the SPIFFE ID; true when there was one. */
+  deleteSpiffeId(spiffeId: string): boolean {
+    const keys = this.keysOf.get(spiffeId);
+    if (!keys) return false;
+    for (const key of [...keys]) this.delete(key);
+    return true;
+  }
+
+  clear(): void {
+    this.byKey.clear();
+    this.keysOf.clear();
+  }
+
+  keys(): IterableIterator<string> {
+    return this.byKey.keys();
+  }
+
+  values(): IterableIterator<V> {
+    return this.byKey.values();
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, V]> {
+    return this.byKey.entries();
+  }
+}
+
+/**
  * One X.509-SVID per identity, shared by every caller entitled to it (as SPIRE's agent does), so a
  * rotation costs one signature per identity, not per stream. JWT-SVIDs are cached per identity and
  * audience set until their half-life.
  */
 export class SvidCache {
-  private readonly x509 = new Map<string, CachedX509>();
-  private readonly jwt = new Map<string, CachedJwt>();
+  private readonly x509 = new CachedSvids<CachedX509>();
+  private readonly jwt = new CachedSvids<CachedJwt>();
+  /**
+   * Earliest renewAt of the cached X.509-SVIDs, kept as SVIDs are added (the scheduler asks after
+   * every admin call); undefined once one was dropped (found again by a scan on the next question).
+   */
+  private earliestRenewal: { at: number | undefined } | undefined = { at: undefined };
   private generation = 0;
   private readonly random: () => number;
 
@@ -84,7 +149,11 @@ export class SvidCache {
     });
     const reason = !cached ? 'new' : cached.fingerprint !== fingerprint ? 'changed' : now >= cached.svid.notAfter ? 'expired' : 'half_life';
     this.deps.events.x509Issued(identity, svid, cause, cached?.svid, reason);
-    this.x509.set(identity.key, { fingerprint, svid, renewAt: renewalTime(svid.notBefore, svid.notAfter, this.random()) });
+    const renewAt = renewalTime(svid.notBefore, svid.notAfter, this.random());
+    // Replacing an entry may have removed the earliest renewal: scan again on the next question.
+    if (cached) this.earliestRenewal = undefined;
+    else if (this.earliestRenewal && (this.earliestRenewal.at === undefined || renewAt < this.earliestRenewal.at)) this.earliestRenewal = { at: renewAt };
+    this.x509.set(identity.key, { fingerprint, svid, renewAt });
     return svid;
   }
 
@@ -111,9 +180,12 @@ export class SvidCache {
 
   /** Earliest renewal among cached X.509-SVIDs; the rotation loop wakes then. */
   nextRenewalAt(): number | undefined {
-    let next: number | undefined;
-    for (const c of this.x509.values()) if (next === undefined || c.renewAt < next) next = c.renewAt;
-    return next;
+    if (!this.earliestRenewal) {
+      let next: number | undefined;
+      for (const c of this.x509.values()) if (next === undefined || c.renewAt < next) next = c.renewAt;
+      this.earliestRenewal = { at: next };
+    }
+    return this.earliestRenewal.at;
   }
 
   /** Identity keys whose X.509-SVID is due for renewal (or expired) at `now`. */
@@ -131,7 +203,7 @@ export class SvidCache {
 
   /** Drops SVIDs signed by these CA or JWT key IDs (tainted after a compromise): re-minted on next use. */
   forgetIssuers(ids: ReadonlySet<string>): void {
-    for (const [key, c] of this.x509) if (ids.has(c.svid.issuerId)) this.x509.delete(key);
+    for (const [key, c] of this.x509) if (ids.has(c.svid.issuerId) && this.x509.delete(key)) this.earliestRenewal = undefined;
     for (const [key, c] of this.jwt) if (ids.has(c.svid.kid)) this.jwt.delete(key);
   }
 
@@ -145,13 +217,13 @@ export class SvidCache {
 
   /** Drops cached SVIDs of a SPIFFE ID (revoked), so nothing cached is ever served again. */
   forgetSpiffeId(spiffeId: string): void {
-    for (const [key, c] of this.x509) if (c.svid.spiffeId === spiffeId) this.x509.delete(key);
-    for (const [key, c] of this.jwt) if (c.svid.spiffeId === spiffeId) this.jwt.delete(key);
+    if (this.x509.deleteSpiffeId(spiffeId)) this.earliestRenewal = undefined;
+    this.jwt.deleteSpiffeId(spiffeId);
   }
 
   /** Keeps only identities still in use by some stream, plus JWTs that are not yet expired. */
   retain(inUse: { has(key: string): boolean }): void {
-    for (const key of this.x509.keys()) if (!inUse.has(key)) this.x509.delete(key);
+    for (const key of this.x509.keys()) if (!inUse.has(key) && this.x509.delete(key)) this.earliestRenewal = undefined;
     const now = this.deps.clock.now();
     for (const [key, c] of this.jwt) if (c.svid.expiresAt <= now) this.jwt.delete(key);
   }
