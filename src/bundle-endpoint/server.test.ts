@@ -5,7 +5,7 @@ import https from 'node:https';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { isAgentIdError } from '../common/errors.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import { openTestCa, openssl, tempDir, writeFiles } from '../ca/testing.js';
@@ -335,6 +335,17 @@ describe('bundle endpoint', () => {
       const verified = verifyX509Svid(r.peerChain, new BundleSet([bundle.x509]), { now: clock.now() });
       expect(verified.spiffeId.toString()).toBe('spiffe://example.org/agentid/server');
       expect(r.peerChain[0]!.equals(svid.getX509Svid().chainDer[0]!)).toBe(true);
+    });
+
+    it('builds no new TLS context when only trust material changed (a revocation\'s CRLs)', async () => {
+      const reveal = vi.spyOn(svid.getX509Svid().keyPkcs8Der, 'reveal');
+      try {
+        svid.trustChanged();
+        expect(reveal).not.toHaveBeenCalled();
+        expect((await request(endpoint.url, { path: '/bundle' })).peerChain[0]!.equals(svid.getX509Svid().chainDer[0]!)).toBe(true);
+      } finally {
+        reveal.mockRestore();
+      }
     });
 
     it('serves the renewed SVID after an update', async () => {

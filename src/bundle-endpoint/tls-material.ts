@@ -118,6 +118,8 @@ export function svidCertificate(p: { label?: string; source: X509SvidSource; log
   let current = build();
   const onUpdate = () => {
     try {
+      // Trust changes (every revocation's CRLs) come this way too: no key import for an unchanged chain.
+      if (p.source.getX509Svid().chainDer[0]?.equals(current.leaf)) return;
       const next = build();
       if (next.leaf.equals(current.leaf)) return;
       current = next;
