@@ -19,7 +19,7 @@ import { StreamHub } from '../issuer/hub.js';
 import { TrustState, type PeerAuthority } from '../issuer/trust-state.js';
 import { JwtValidator } from '../issuer/jwt-validator.js';
 import { workloadStateEncoders } from '../workload/encode.js';
-import { attestationNeeds, startWorkloadEdge } from '../workload/edge.js';
+import { attestationNeeds, startWorkloadEdge, taskAncestry } from '../workload/edge.js';
 import { PeerRegistry } from '../workload/peers.js';
 import { DescriptorBudget, raiseOpenFileLimit } from '../workload/descriptors.js';
 import { listenUnixWithPeerCreds } from '../workload/listener.js';
@@ -141,6 +141,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       encoders: workloadStateEncoders(),
       clock,
       logger,
+      ancestry: taskAncestry(holders, logger),
     });
     const svidsChanged = (changes: SvidChanges) => {
       logger.debug({ appeared: changes.appeared.length, replaced: changes.replaced.length, lost: changes.lost.length }, 'agent: SVIDs changed');

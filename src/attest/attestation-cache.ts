@@ -35,10 +35,10 @@ export class AttestationCache {
     const cached = this.byConnection.get(peer);
     if (cached && (cached.facts.withSha256 || !opts.withSha256) && (await this.attestor.stillDescribes(cached, opts.recheck ?? RECHECK_ALL))) {
       this.hitCount++;
-      if (!withAncestors) return cached.ancestors.length === 0 ? cached : { ...cached, ancestors: [] };
+      if (!withAncestors) return cached.ancestorsKnown ? { ...cached, ancestors: [], ancestorsKnown: false } : cached;
       // A grandparent may have exited since (the chain changes above an unchanged parent): walk
       // it again; this is only asked for while some task is bound with its descendants.
-      return { ...cached, ancestors: await this.attestor.ancestorsOf(cached.process) };
+      return { ...cached, ancestors: await this.attestor.ancestorsOf(cached.process), ancestorsKnown: true };
     }
     this.missCount++;
     const fresh = await this.attestor.attest(peer, { withSha256: opts.withSha256, withAncestors });

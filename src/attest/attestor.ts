@@ -6,6 +6,7 @@ import type { Logger } from '../common/logger.js';
 import { normalizeSelectors, parseSelector, type Selector } from '../spiffe/selector.js';
 import { AccountNames } from './accounts.js';
 import { ExecutableHasher } from './exe-hash.js';
+import { parentChain } from './ancestry.js';
 import { closePidfd, pidfdIsAlive, type PeerCredentials } from './peercred.js';
 import {
   DEFAULT_PROC_ROOT,
@@ -32,6 +33,11 @@ export interface Attestation {
   cgroup: string | null;
   /** Parent chain, nearest first, up to pid 1 (or the edge of this PID namespace); empty unless asked for. */
   ancestors: ProcessRef[];
+  /**
+   * Whether the parent chain was read. When false, `ancestors` is empty because no task covered
+   * descendants when this was asked, not because the process has none (see issuer/late-ancestors.ts).
+   */
+  ancestorsKnown: boolean;
   /** What the selectors were derived from that can change while the process lives (see stillDescribes). */
   facts: ProcessFacts;
 }
@@ -93,7 +99,6 @@ export interface AttestorOptions {
 }
 
 const DELETED_SUFFIX = ' (deleted)';
-const MAX_ANCESTORS = 256;
 
 function processGone(pid: number) {
   return permissionDenied(`workload attestation: peer process ${pid} exited or its PID was reused during attestation`);
@@ -258,6 +263,7 @@ export class Attestor {
       selectors: normalizeSelectors(values.flatMap((v) => this.selector(pid, v))),
       cgroup,
       ancestors,
+      ancestorsKnown: withAncestors,
       facts: { procEntry, exe: exeBefore, cgroupText, accounts, withSha256: opts.withSha256, withAncestors },
     };
   }
@@ -348,27 +354,8 @@ export class Attestor {
     }
   }
 
-  /**
-   * Walks PPid links. A parent that started after its child cannot be the real parent: its
-   * PID was reused after the real one exited, so the chain stops there rather than name a
-   * stranger. Each entry carries its start time so callers can re-check it with isAlive().
-   */
-  private async ancestors(start: ProcStat): Promise<ProcessRef[]> {
-    const chain: ProcessRef[] = [];
-    let child = start;
-    while (child.ppid > 0 && chain.length < MAX_ANCESTORS) {
-      let parent: ProcStat | undefined;
-      try {
-        parent = await readStat(child.ppid, this.procRoot);
-      } catch (err) {
-        this.logger.warn({ pid: child.ppid, err: (err as Error).message }, 'attest: cannot read ancestor; chain truncated');
-        break;
-      }
-      if (!parent || BigInt(parent.startTime) > BigInt(child.startTime)) break;
-      chain.push({ pid: parent.pid, startTime: parent.startTime });
-      if (parent.pid === 1) break;
-      child = parent;
-    }
-    return chain;
+  /** The parent chain (see parentChain in ancestry.ts). */
+  private ancestors(start: ProcStat): Promise<ProcessRef[]> {
+    return parentChain(start, (pid) => readStat(pid, this.procRoot), this.logger);
   }
 }

@@ -59,12 +59,13 @@ function task(id: string, binding: TaskBinding, extra: Partial<TaskRecord> = {})
   };
 }
 
-function caller(pid: number, uid: number, opts: { ancestors?: number[]; cgroup?: string } = {}): Caller {
+function caller(pid: number, uid: number, opts: { ancestors?: number[]; cgroup?: string; ancestorsKnown?: boolean } = {}): Caller {
   return {
     pid,
     uid,
     startTime: `st${pid}`,
     ancestors: (opts.ancestors ?? []).map((a) => ({ pid: a, startTime: `st${a}` })),
+    ...(opts.ancestorsKnown === undefined ? {} : { ancestorsKnown: opts.ancestorsKnown }),
     cgroup: opts.cgroup ?? null,
     selectors: [parseSelector(`unix:uid:${uid}`), parseSelector(`unix:pid:${pid}`)],
   };
@@ -74,7 +75,7 @@ function caller(pid: number, uid: number, opts: { ancestors?: number[]; cgroup?:
  * A hub over a small in-memory world (entries, tasks, deny list, trust versions), with JSON
  * "encoders" that count their calls, and streams that record every message they receive.
  */
-function world(opts: { sliceSize?: number } = {}) {
+function world(opts: { sliceSize?: number; parents?: Map<number, number[]> } = {}) {
   const clock = new ManualClock(T0);
   let serial = 0;
   const events: string[] = [];
@@ -134,6 +135,15 @@ function world(opts: { sliceSize?: number } = {}) {
   const entries = new Map<string, RegistrationEntry>();
   const tasks = new Map<string, TaskRecord>();
   const revoked = new Set<string>();
+  /** Parent chains read for callers attested without one: one list of PIDs per walk call. */
+  const walks: number[][] = [];
+  const ancestry = opts.parents && {
+    needed: () => [...tasks.values()].some((t) => t.binding.kind === 'process' && t.binding.descendants),
+    walk: async (processes: readonly { pid: number; startTime: string }[]) => {
+      walks.push(processes.map((p) => p.pid));
+      return processes.map((p) => (opts.parents!.get(p.pid) ?? []).map((a) => ({ pid: a, startTime: `st${a}` })));
+    },
+  };
   const cache = new SvidCache({ minter, recordIssuance: () => {}, events: { x509Issued: () => {}, jwtIssued: () => {} }, clock, logger: silentLogger(), random: () => 0 });
   const hub = new StreamHub({
     identitiesFor: (c, now) =>
@@ -159,6 +169,7 @@ function world(opts: { sliceSize?: number } = {}) {
       }
     },
     sliceSize: opts.sliceSize,
+    ancestry,
   });
 
   interface Stream {
@@ -181,7 +192,7 @@ function world(opts: { sliceSize?: number } = {}) {
     return s;
   };
   return {
-    hub, clock, cache, versions, content, encodes, computes, entries, tasks, revoked, events, open,
+    hub, clock, cache, versions, content, encodes, computes, entries, tasks, revoked, events, open, walks,
     putEntry(e: RegistrationEntry) {
       const before = entries.get(e.id);
       entries.set(e.id, e);
@@ -271,6 +282,60 @@ describe('StreamHub', () => {
     await settled(w.hub);
     expect(counts(all)).toEqual([4, 3, 2, 1, 1]);
     expect(child.messages.at(-1)!.ids).toEqual(['spiffe://td.example/base']);
+  });
+
+  it('reads the parent chains of streams opened without one only when a task bound with descendants appears, and recomputes the streams it covers', async () => {
+    const w = world({ parents: new Map([[101, [100, 1]], [102, [100, 1]], [300, [1]]]) });
+    w.entries.set('base', entry('base', ['unix:uid:1000'], { includeTasks: true }));
+    const child = w.open('x509', caller(101, 1000, { ancestorsKnown: false }));
+    const grandchild = w.open('x509', caller(102, 1000, { ancestorsKnown: false }));
+    const other = w.open('x509', caller(300, 1000, { ancestorsKnown: false }));
+    const all = [child, grandchild, other];
+
+    // Not while no task covers descendants: a task bound to pid 100 alone reaches nobody here.
+    w.putTask(task('t1', { kind: 'process', pid: 100, startTime: 'st100', descendants: false }));
+    await settled(w.hub);
+    expect(w.walks).toEqual([]);
+    expect(counts(all)).toEqual([1, 1, 1]);
+
+    w.putTask(task('t2', { kind: 'process', pid: 100, startTime: 'st100', descendants: true }));
+    await settled(w.hub);
+    expect(w.walks).toEqual([[101, 102, 300]]);
+    expect(counts(all)).toEqual([2, 2, 1]);
+    expect(child.messages.at(-1)!.ids).toEqual(['spiffe://td.example/agent/coder/task/t2', 'spiffe://td.example/base']);
+
+    // Walked once: the chains are now indexed like any attested one, and a later task finds them.
+    w.putTask(task('t3', { kind: 'process', pid: 100, startTime: 'st100', descendants: true }));
+    await settled(w.hub);
+    expect(w.walks).toHaveLength(1);
+    expect(counts(all)).toEqual([3, 3, 1]);
+    w.putTask({ ...w.tasks.get('t2')!, state: 'ended' });
+    w.putTask({ ...w.tasks.get('t3')!, state: 'ended' });
+    await settled(w.hub);
+    expect(grandchild.messages.at(-1)!.ids).toEqual(['spiffe://td.example/base']);
+  });
+
+  it('reads the chain at once of a stream opened while a task covers descendants (attested before the task started)', async () => {
+    const w = world({ parents: new Map([[101, [100, 1]]]) });
+    w.entries.set('base', entry('base', ['unix:uid:1000'], { includeTasks: true }));
+    w.tasks.set('t2', task('t2', { kind: 'process', pid: 100, startTime: 'st100', descendants: true }));
+    const child = w.open('x509', caller(101, 1000, { ancestorsKnown: false }));
+    expect(child.messages.at(-1)!.ids).toEqual(['spiffe://td.example/base']);
+    await settled(w.hub);
+    expect(w.walks).toEqual([[101]]);
+    expect(child.messages.at(-1)!.ids).toEqual(['spiffe://td.example/agent/coder/task/t2', 'spiffe://td.example/base']);
+  });
+
+  it('does not read the chain of a stream that closed before its turn, nor of one attested with its chain', async () => {
+    const w = world({ parents: new Map([[101, [100, 1]], [103, [100, 1]]]) });
+    w.entries.set('base', entry('base', ['unix:uid:1000'], { includeTasks: true }));
+    const gone = w.open('x509', caller(101, 1000, { ancestorsKnown: false }));
+    const attested = w.open('x509', caller(103, 1000, { ancestors: [100, 1] }));
+    w.putTask(task('t2', { kind: 'process', pid: 100, startTime: 'st100', descendants: true }));
+    gone.unsubscribe();
+    await settled(w.hub);
+    expect(w.walks).toEqual([]);
+    expect(counts([gone, attested])).toEqual([1, 2]);
   });
 
   it('a revocation recomputes the streams holding that SPIFFE ID and ends one left with nothing', async () => {

@@ -4,6 +4,7 @@ import type { Logger } from '../common/logger.js';
 import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
 import { MIN_REMAINING_MS, type CallerFacts, type Identity } from './identity.js';
 import { StreamIndex } from './stream-index.js';
+import { LateAncestors, type Ancestry } from './late-ancestors.js';
 import type { MintCause, MintedX509, SvidCache } from './svid-cache.js';
 import type { TrustMaterial } from './trust.js';
 
@@ -73,6 +74,7 @@ export interface StreamHandle {
 
 interface Subscription extends StreamHandle {
   kind: Kind;
+  /** Replaced once when a caller attested without its parent chain has it read (late-ancestors.ts). */
   caller: Caller;
   sink: StreamSink;
   identities: Identity[];
@@ -124,6 +126,11 @@ export interface HubDeps {
    * slice to a few milliseconds.
    */
   sliceSize?: number;
+  /**
+   * Parent chains for callers attested without one (late-ancestors.ts). Absent: every caller comes
+   * with its chain (or none is ever needed).
+   */
+  ancestry?: Ancestry;
 }
 
 export const NO_IDENTITY = 'no identity issued';
@@ -150,9 +157,21 @@ export class StreamHub {
   private scheduled = false;
   private readonly idleWaiters: (() => void)[] = [];
   private readonly sliceSize: number;
+  private readonly late: LateAncestors<Subscription> | undefined;
 
   constructor(private readonly deps: HubDeps) {
     this.sliceSize = deps.sliceSize ?? DEFAULT_SLICE;
+    this.late = deps.ancestry && new LateAncestors<Subscription>({
+      ancestry: deps.ancestry,
+      logger: deps.logger,
+      walked: (sub, caller, recompute) => {
+        this.index.addAncestors(sub, caller.ancestors);
+        sub.caller = { ...sub.caller, ...caller };
+        if (!recompute) return;
+        this.mark([sub], 'resolve');
+        this.schedule();
+      },
+    });
   }
 
   get size(): number {
@@ -174,6 +193,7 @@ export class StreamHub {
     if (first instanceof Error) throw first;
     this.index.add(sub);
     this.apply(sub, first);
+    this.late?.opened(sub);
     return sub;
   }
 
@@ -190,7 +210,11 @@ export class StreamHub {
         for (const e of [change.before, change.after]) if (e) this.index.affectedByEntry(e, resolve);
         break;
       case 'task':
-        for (const t of [change.before, change.after]) if (t) this.index.affectedByTask(t, resolve);
+        for (const t of [change.before, change.after]) {
+          if (!t) continue;
+          this.index.affectedByTask(t, resolve);
+          this.late?.taskChanged(t);
+        }
         break;
       case 'revocation':
         for (const s of this.index.holdingSpiffeId(change.spiffeId)) resolve.add(s);
@@ -221,10 +245,13 @@ export class StreamHub {
     this.schedule();
   }
 
-  /** Resolves once no fan-out is pending (tests). */
-  idle(): Promise<void> {
-    if (!this.scheduled) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  /** Resolves once no fan-out is pending, parent chains being read included (tests, metrics). */
+  async idle(): Promise<void> {
+    for (;;) {
+      if (this.late?.busy) await this.late.idle();
+      else if (this.scheduled) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+      else return;
+    }
   }
 
   closeAll(err: AgentIdError): void {
@@ -360,6 +387,7 @@ export class StreamHub {
     if (!sub.open) return;
     sub.open = false;
     this.pending.delete(sub);
+    this.late?.closed(sub);
     this.index.remove(sub);
     this.release(sub);
   }

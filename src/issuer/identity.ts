@@ -28,6 +28,11 @@ export interface CallerFacts {
   pid: number;
   startTime: string;
   ancestors: { pid: number; startTime: string }[];
+  /**
+   * false when the parent chain was not read (no task covered descendants when the caller was
+   * attested): `ancestors` is then empty for want of asking. Absent means it was read.
+   */
+  ancestorsKnown?: boolean;
   cgroup: string | null;
   selectors: Selector[];
 }

@@ -97,6 +97,12 @@ export class StreamIndex<S extends IndexedStream> {
     if (caller.cgroup !== null) this.byCgroup.add(caller.cgroup, stream);
   }
 
+  /** Files the stream under its caller's parent chain, read after it was added (late-ancestors.ts). */
+  addAncestors(stream: S, ancestors: readonly { pid: number; startTime: string }[]): void {
+    if (!this.streams.has(stream)) return;
+    for (const a of ancestors) this.byProcess.add(processKey(a), stream);
+  }
+
   /** Files the stream under what it holds now (after a recompute), replacing what it held before. */
   hold(stream: S, identities: readonly Identity[]): void {
     const before = this.streams.get(stream);

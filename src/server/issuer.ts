@@ -20,6 +20,7 @@ import { ServerSvidSource } from '../issuer/server-svid.js';
 import { JwtValidator } from '../issuer/jwt-validator.js';
 import { auditedIssuances } from '../issuer/issuance-audit.js';
 import { workloadStateEncoders } from '../workload/encode.js';
+import { taskAncestry } from '../workload/edge.js';
 import { nextTurn } from '../common/turns.js';
 
 export interface IssuerDeps {
@@ -122,6 +123,7 @@ export async function buildIssuer(deps: IssuerDeps): Promise<Issuer> {
     clock,
     logger,
     around: (fn) => audit.batch(fn),
+    ancestry: taskAncestry(holders, logger),
   });
   await trust.rebuildCrls();
   // agentid's own SVID, for the TLS listeners it serves itself.

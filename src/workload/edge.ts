@@ -4,7 +4,9 @@ import type { Logger } from '../common/logger.js';
 import type { WorkloadLimits } from '../config/types.js';
 import { unavailable } from '../common/errors.js';
 import { AttestationCache, Attestor, recheckNeeds, type AttestOptions, type RecheckNeeds } from '../attest/index.js';
+import { parentChains } from '../attest/ancestry.js';
 import { TasksByBinding } from '../issuer/task-candidates.js';
+import type { Ancestry } from '../issuer/late-ancestors.js';
 import type { TaskRecord } from '../datastore/types.js';
 import type { Selector } from '../spiffe/selector.js';
 import { addReflection } from '../ops/reflection.js';
@@ -33,7 +35,7 @@ export interface WorkloadEdgeDeps {
   descriptors: DescriptorBudget;
   metrics: Pick<ServerMetrics, 'instrumentWorkload' | 'timeAttestation'>;
   /** What attestation must read for this call (see attestationNeeds). */
-  attestOptions: (streaming: boolean) => AttestOptions & { recheck?: RecheckNeeds };
+  attestOptions: () => AttestOptions & { recheck?: RecheckNeeds };
   hub: WorkloadDeps['hub'];
   identities: WorkloadDeps['identities'];
   cache: WorkloadDeps['cache'];
@@ -57,16 +59,25 @@ export interface WorkloadEdge {
 
 /**
  * What attestation must read, from what entries and tasks depend on now: the binary's hash only
- * when some entry uses sha256 selectors, the parent chain for streams or when some task covers
- * descendants, and on a reused connection only the facts something depends on. Both answer from
- * indexes kept per entry or task change: nothing here scans per call.
+ * when some entry uses sha256 selectors, the parent chain only while some task covers descendants
+ * (streams opened before such a task appears have their chains read then: the hub's
+ * late-ancestors.ts), and on a reused connection only the facts something depends on. Both answer
+ * from indexes kept per entry or task change: nothing here scans per call.
  */
 export function attestationNeeds(entries: { usesSelectorKind(kind: string): boolean }, holders: { select(): readonly TaskRecord[] }) {
-  return (streaming: boolean): AttestOptions & { recheck: RecheckNeeds } => {
+  return (): AttestOptions & { recheck: RecheckNeeds } => {
     const entriesUse = (kind: string) => entries.usesSelectorKind(kind);
     const tasks = TasksByBinding.of(holders.select());
-    return { withSha256: entriesUse('sha256'), withAncestors: streaming || tasks.anyWithDescendants, recheck: recheckNeeds(entriesUse, tasks.anyCgroupBinding) };
+    return { withSha256: entriesUse('sha256'), withAncestors: tasks.anyWithDescendants, recheck: recheckNeeds(entriesUse, tasks.anyCgroupBinding) };
   };
+}
+
+/**
+ * Parent chains for the stream hub (issuer/late-ancestors.ts): needed while some task covers
+ * descendants, read from /proc. Server and agent alike: attestationNeeds leaves them out until then.
+ */
+export function taskAncestry(holders: { select(): readonly TaskRecord[] }, logger: Logger): Ancestry {
+  return { needed: () => TasksByBinding.of(holders.select()).anyWithDescendants, walk: parentChains({ logger }) };
 }
 
 export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<WorkloadEdge> {
@@ -76,10 +87,9 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
   const service = strictRequests(workloadServiceDefinition());
   const selfLimited = new Set(SELF_LIMITED_STREAMS.map((name) => service[name]!.path));
   const server = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor(selfLimited)] });
-  const attestOnly = metrics.timeAttestation((peer: PeerCredentialsLike, { streaming }: { streaming: boolean }) =>
-    attestations.attest(peer, deps.attestOptions(streaming)));
-  const attest = async (peer: PeerCredentialsLike, call: { streaming: boolean }): Promise<AttestationResult> => {
-    const result = await attestOnly(peer, call);
+  const attestOnly = metrics.timeAttestation((peer: PeerCredentialsLike) => attestations.attest(peer, deps.attestOptions()));
+  const attest = async (peer: PeerCredentialsLike): Promise<AttestationResult> => {
+    const result = await attestOnly(peer);
     if (deps.afterAttest) {
       await deps.afterAttest({ pid: result.process.pid, startTime: result.process.startTime, ancestors: result.ancestors, cgroup: result.cgroup, selectors: result.selectors });
     }

@@ -20,11 +20,13 @@ export interface AttestationResult {
   selectors: Selector[];
   cgroup: string | null;
   ancestors: { pid: number; startTime: string }[];
+  /** See CallerFacts.ancestorsKnown. */
+  ancestorsKnown?: boolean;
 }
 
 export interface WorkloadDeps {
   peers: PeerRegistry;
-  /** streaming: the result is kept for a long-lived stream (identity.ts then needs the parent chain). */
+  /** streaming: the result is kept for a long-lived stream. */
   attest: (peer: PeerCredentialsLike, call: { streaming: boolean }) => Promise<AttestationResult>;
   hub: StreamHub;
   /**
@@ -153,6 +155,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
         uid: a.peer.uid,
         startTime: a.process.startTime,
         ancestors: a.ancestors,
+        ancestorsKnown: a.ancestorsKnown,
         cgroup: a.cgroup,
         selectors: a.selectors,
       };
