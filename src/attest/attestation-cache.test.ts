@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { copyFile, mkdir, mkdtemp, readlink, rm, rmdir, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readlink, rm, rmdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,13 +81,105 @@ async function fakeEtc(name: string): Promise<string> {
   return etc;
 }
 
+/**
+ * A process that opens a new connection on each "connect" line, changes its uid and gid on
+ * "setuid N", and executes another program (the same script, by `exec PYTHON`) on "exec PYTHON".
+ */
+const CONNECTOR = [
+  'import os, socket, sys',
+  'held = []',
+  "if len(sys.argv) > 2: print('ok', flush=True)  # started by exec: that command is done",
+  'for line in sys.stdin:',
+  '    cmd = line.split()',
+  "    if cmd[0] == 'connect':",
+  '        s = socket.socket(socket.AF_UNIX)',
+  '        s.connect(sys.argv[1])',
+  '        held.append(s)',
+  "    elif cmd[0] == 'setuid':",
+  '        os.setgroups([])',
+  '        os.setgid(int(cmd[1]))',
+  '        os.setuid(int(cmd[1]))',
+  "    elif cmd[0] == 'exec':",
+  "        os.execv(cmd[1], [cmd[1], sys.argv[0], sys.argv[1], 'exec'])",
+  "    print('ok', flush=True)",
+].join('\n');
+
+/** A CONNECTOR child and the kernel credentials of each connection it makes. */
+async function connector(): Promise<{ child: ChildProcess; connect(): Promise<PeerCredentials>; send(command: string): Promise<void> }> {
+  const script = join(dir, 'connector.py');
+  await writeFile(script, CONNECTOR);
+  const child = spawn('python3', [script, socketPath], { stdio: ['pipe', 'pipe', 'inherit'] });
+  children.push(child);
+  const send = async (command: string) => {
+    const answered = firstLine(child);
+    child.stdin!.write(`${command}\n`);
+    expect(await answered).toBe('ok');
+  };
+  return {
+    child,
+    send,
+    async connect() {
+      const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+      await send('connect');
+      const [socket] = await accepted;
+      return readPeerCredentials(socket);
+    },
+  };
+}
+
 describe('AttestationCache', () => {
+  it('attests a process once for all its connections while it is unchanged', async () => {
+    const c = await connector();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const firstPeer = await c.connect();
+    const first = await cache.attest(firstPeer, { withSha256: false, withAncestors: false });
+    const secondPeer = await c.connect();
+    const second = await cache.attest(secondPeer, { withSha256: false, withAncestors: false });
+    expect(second.peer).toBe(secondPeer); // this connection's own credentials
+    expect(second.process).toEqual(first.process);
+    expect(second.selectors).toBe(first.selectors);
+    expect(cache.stats()).toEqual({ hits: 0, processHits: 1, misses: 1 });
+    // Each connection keeps its own from then on.
+    expect(await cache.attest(secondPeer, { withSha256: false, withAncestors: false })).toBe(second);
+    expect(cache.stats()).toEqual({ hits: 1, processHits: 1, misses: 1 });
+  });
+
+  it('attests in full a later connection of a process that executed another program since', async () => {
+    const c = await connector();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const before = await cache.attest(await c.connect(), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    // A copy of the interpreter: another executable file, the same script.
+    const python = join(dir, 'python-copy');
+    await copyFile(await readlink(`/proc/${c.child.pid}/exe`), python);
+    await chmod(python, 0o755);
+    await c.send(`exec ${python}`);
+    const after = await cache.attest(await c.connect(), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(after.process).toEqual(before.process);
+    expect(paths(after)).toEqual([`unix:path:${python}`]);
+    expect(cache.stats()).toEqual({ hits: 0, processHits: 0, misses: 2 });
+  });
+
+  it('attests in full a later connection made with other credentials (the process changed its uid and gid)', async () => {
+    await chmod(dir, 0o755);
+    await chmod(socketPath, 0o777);
+    const c = await connector();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const asRoot = await cache.attest(await c.connect(), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(asRoot.selectors.map(formatSelector)).toContain('unix:uid:0');
+    await c.send('setuid 65534');
+    const asNobody = await cache.attest(await c.connect(), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(asNobody.selectors.map(formatSelector)).toContain('unix:uid:65534');
+    expect(asNobody.selectors.map(formatSelector)).not.toContain('unix:uid:0');
+    expect(cache.stats()).toEqual({ hits: 0, processHits: 0, misses: 2 });
+  });
+
+
   it('attests a connection once while its process is unchanged', async () => {
     const { peer } = await connectedChild();
     const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
     const first = await cache.attest(peer, { withSha256: false, withAncestors: false });
     for (let i = 0; i < 5; i++) expect(await cache.attest(peer, { withSha256: false, withAncestors: false })).toBe(first);
-    expect(cache.stats()).toEqual({ hits: 5, misses: 1 });
+    expect(cache.stats()).toEqual({ hits: 5, processHits: 0, misses: 1 });
     expect(first.ancestors).toEqual([]);
   });
 
@@ -99,7 +191,7 @@ describe('AttestationCache', () => {
     expect(hashed.selectors.map(formatSelector).some((s) => s.startsWith('unix:sha256:'))).toBe(true);
     const withChain = await cache.attest(peer, { withSha256: false, withAncestors: true });
     expect(withChain.ancestors[0]?.pid).toBe(process.pid);
-    expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
+    expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 2 });
   });
 
   it('sees a process that executes another program after connecting: the next call attests the new program', async () => {
@@ -117,7 +209,7 @@ describe('AttestationCache', () => {
     expect(after.selectors.map(formatSelector).filter((s) => s.startsWith('unix:sha256:'))).not.toEqual(
       before.selectors.map(formatSelector).filter((s) => s.startsWith('unix:sha256:')),
     );
-    expect(cache.stats()).toEqual({ hits: 0, misses: 2 });
+    expect(cache.stats()).toEqual({ hits: 0, processHits: 0, misses: 2 });
   });
 
   it('sees an exec after connecting also when nothing depends on the cgroup or account names', async () => {
@@ -131,7 +223,7 @@ describe('AttestationCache', () => {
 
     const after = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
     expect(paths(after)).toEqual([`unix:path:${SLEEP}`]);
-    expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
+    expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 2 });
   });
 
   it('re-attests a process moved to another cgroup when some entry or task depends on cgroups, and only then', async (ctx) => {
@@ -151,7 +243,7 @@ describe('AttestationCache', () => {
       const moved = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { cgroup: true, accountNames: false } });
       expect(moved.cgroup).toBe(testCgroup.slice(CGROUP_MOUNT.length));
       expect(moved.selectors.map(formatSelector)).toContain(`unix:cgroup:${moved.cgroup}`);
-      expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
+      expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 2 });
     } finally {
       await killAll(children);
       await rmdir(testCgroup).catch(() => undefined);
@@ -196,7 +288,7 @@ describe('AttestationCache', () => {
     expect(await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBe(first);
     const second = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { cgroup: false, accountNames: true } });
     expect(second.selectors.map(formatSelector)).toContain('unix:user:superuser');
-    expect(cache.stats()).toEqual({ hits: 1, misses: 2 });
+    expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 2 });
   });
 
   it('fails closed once the connected process is gone, cached or not', async () => {

@@ -4,14 +4,21 @@ import type { Selector } from '../spiffe/selector.js';
 
 const SHARED_LISTS = 4096;
 
+/** Processes whose latest attestation is kept for their next connections; the oldest go first beyond this. */
+const MAX_PROCESSES = 16_384;
+
 /**
- * Attests each connection once, not once per call. The attestation is kept with the
- * connection's credentials (so it goes away with the connection) and reused while
- * Attestor.stillDescribes() says its process is the same and unchanged: the same process (its
- * /proc entry, so never a newcomer with its PID), running the same executable file, and, when
- * some entry or task depends on them (`recheck`), in the same cgroup with unchanged account files. Otherwise, or when the cached one
- * lacks something now needed (a sha256), it attests again. The parent chain is walked again on
- * every call that needs it.
+ * Attests each connection once, not once per call, and each process once, not once per
+ * connection. The attestation is kept with the connection's credentials (so it goes away with the
+ * connection) and reused while Attestor.stillDescribes() says its process is the same and
+ * unchanged: the same process (its /proc entry, so never a newcomer with its PID), running the
+ * same executable file, and, when some entry or task depends on them (`recheck`), in the same
+ * cgroup with unchanged account files. A new connection of a process attested before (same PID,
+ * and the same uid and gid from the kernel) reuses that attestation when
+ * Attestor.describesConnector() proves the connector is that same, unchanged process (a reconnect
+ * storm is mostly programs that open several streams). Otherwise, or when the cached one lacks
+ * something now needed (a sha256), it attests again. The parent chain is walked again on every
+ * call that needs it.
  *
  * Checked on every call, so a process that connects and then execs another binary is attested
  * as the new binary on its next call (the executable's identity changed); see SECURITY.md for
@@ -19,6 +26,8 @@ const SHARED_LISTS = 4096;
  */
 export class AttestationCache {
   private readonly byConnection = new WeakMap<PeerCredentials, Attestation>();
+  /** The latest attestation of each process, by PID, uid and gid (without the connection's credentials object). */
+  private readonly byProcess = new Map<string, Attestation>();
   /**
    * Selector lists seen lately, each kept once: every connection of one process (and every process
    * of one user running one binary) has the same list, and 10,000 connections would otherwise hold
@@ -26,25 +35,45 @@ export class AttestationCache {
    */
   private readonly selectorLists = new Map<string, Selector[]>();
   private hitCount = 0;
+  private processHitCount = 0;
   private missCount = 0;
 
-  constructor(private readonly attestor: Pick<Attestor, 'attest' | 'stillDescribes' | 'ancestorsOf'>) {}
+  constructor(private readonly attestor: Pick<Attestor, 'attest' | 'stillDescribes' | 'describesConnector' | 'ancestorsOf'>) {}
 
   async attest(peer: PeerCredentials, opts: AttestOptions & { recheck?: RecheckNeeds }): Promise<Attestation> {
     const withAncestors = opts.withAncestors ?? true;
+    const recheck = opts.recheck ?? RECHECK_ALL;
+    const usable = (a: Attestation) => a.facts.withSha256 || !opts.withSha256;
     const cached = this.byConnection.get(peer);
-    if (cached && (cached.facts.withSha256 || !opts.withSha256) && (await this.attestor.stillDescribes(cached, opts.recheck ?? RECHECK_ALL))) {
+    if (cached && usable(cached) && (await this.attestor.stillDescribes(cached, recheck))) {
       this.hitCount++;
-      if (!withAncestors) return cached.ancestorsKnown ? { ...cached, ancestors: [], ancestorsKnown: false } : cached;
-      // A grandparent may have exited since (the chain changes above an unchanged parent): walk
-      // it again; this is only asked for while some task is bound with its descendants.
-      return { ...cached, ancestors: await this.attestor.ancestorsOf(cached.process), ancestorsKnown: true };
+      return this.withChain(cached, withAncestors);
+    }
+    const key = `${peer.pid}:${peer.uid}:${peer.gid}`;
+    const sibling = cached ? undefined : this.byProcess.get(key);
+    if (sibling && usable(sibling) && (await this.attestor.describesConnector(sibling, peer, recheck))) {
+      this.processHitCount++;
+      const reused: Attestation = { ...sibling, peer };
+      this.byConnection.set(peer, reused);
+      return this.withChain(reused, withAncestors);
     }
     this.missCount++;
     const fresh = await this.attestor.attest(peer, { withSha256: opts.withSha256, withAncestors });
     fresh.selectors = this.shared(fresh.selectors);
     this.byConnection.set(peer, fresh);
+    // Kept without the connection's credentials object (its pidfd opener holds the socket).
+    this.byProcess.delete(key);
+    if (this.byProcess.size >= MAX_PROCESSES) this.byProcess.delete(this.byProcess.keys().next().value!);
+    this.byProcess.set(key, { ...fresh, peer: { pid: peer.pid, uid: peer.uid, gid: peer.gid } });
     return fresh;
+  }
+
+  /** `a` with its parent chain when asked for (read again: see below), without it otherwise. */
+  private async withChain(a: Attestation, withAncestors: boolean): Promise<Attestation> {
+    if (!withAncestors) return a.ancestorsKnown ? { ...a, ancestors: [], ancestorsKnown: false } : a;
+    // A grandparent may have exited since (the chain changes above an unchanged parent): walk
+    // it again; this is only asked for while some task is bound with its descendants.
+    return { ...a, ancestors: await this.attestor.ancestorsOf(a.process), ancestorsKnown: true };
   }
 
   private shared(selectors: Selector[]): Selector[] {
@@ -59,8 +88,8 @@ export class AttestationCache {
     return list;
   }
 
-  /** Calls answered from the cache and calls that attested, for metrics and tests. */
-  stats(): { hits: number; misses: number } {
-    return { hits: this.hitCount, misses: this.missCount };
+  /** Calls answered from the connection's attestation, from another connection's of its process, and calls that attested (metrics, tests). */
+  stats(): { hits: number; processHits: number; misses: number } {
+    return { hits: this.hitCount, processHits: this.processHitCount, misses: this.missCount };
   }
 }

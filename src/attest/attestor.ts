@@ -193,6 +193,31 @@ export class Attestor {
     }
   }
 
+  /**
+   * Whether `previous`, made for another connection of the same process, describes the connector
+   * of this one (`peer`), so that a process's later connections are not attested in full again.
+   * The kernel's credentials of this connection must be the ones attested (uid and gid come from
+   * them, never from /proc). stillDescribes proves that the process holding the PID now is the one
+   * attested, unchanged; the connector's pidfd, still live after that, proves the connector holds
+   * the PID now, so it is that process. Without a pidfd (kernel < 6.5) the remaining race is the
+   * one attest() has: a connector that exited before this check, its PID given to the attested
+   * process.
+   */
+  async describesConnector(previous: Attestation, peer: PeerCredentials, recheck: RecheckNeeds = RECHECK_ALL): Promise<boolean> {
+    if (peer.pid !== previous.process.pid || peer.uid !== previous.peer.uid || peer.gid !== previous.peer.gid) return false;
+    let pidfd: number | undefined;
+    try {
+      pidfd = peer.openPidfd?.();
+    } catch {
+      return false; // the connector is gone: attest() refuses it
+    }
+    try {
+      return (await this.stillDescribes(previous, recheck)) && this.pidfdLive(pidfd);
+    } finally {
+      closePidfd(pidfd);
+    }
+  }
+
   /** The parent chain of a process as it is now (see ancestors()); empty when it is gone. */
   async ancestorsOf(ref: ProcessRef): Promise<ProcessRef[]> {
     const stat = await readStat(ref.pid, this.procRoot);
@@ -228,8 +253,11 @@ export class Attestor {
       opts.withSha256 ? this.executableSha256(pid) : Promise.resolve(undefined),
     ]);
 
-    const after = await readProcessRef(pid, this.procRoot);
-    if (!after || after.startTime !== before.startTime || !this.pidfdLive(pidfd)) throw processGone(pid);
+    // With a pidfd, its process not having exited proves the PID was never free since the pin, so
+    // every read above was about it; without one, the start time read again is the check.
+    if (pidfd !== undefined ? !pidfdIsAlive(pidfd) : (await readProcessRef(pid, this.procRoot))?.startTime !== before.startTime) {
+      throw processGone(pid);
+    }
     if (status === undefined || cgroupText === undefined) throw processGone(pid);
     // execve(2) keeps PID and start time: a process that exec'd while we read has a path and a
     // hash of two different programs. Refuse; its next call sees one program.
