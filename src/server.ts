@@ -166,7 +166,6 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     await tasks.endOrphaned(SYSTEM_ACTOR);
     await holders.prune();
     integrity.anchor(ca, audit);
-    const workload = parts.add('workload API', await buildWorkloadApi({ config, logger, refusals, state, holders, issuer, peers, descriptors, metrics, clock }));
     const authorities = new AuthorityService({
       ca,
       audit,
@@ -181,6 +180,9 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     const admin = parts.add('admin API', await buildAdminApi({ config, trustDomain, tcpRoles, clock, logger, peers, descriptors, issuer, services, issuances }));
     const agents = parts.add('agent listener', await buildAgentListener({ config, trustDomain, nodes, state, datastore, issuer, clock, logger }));
     const bundleEndpoint = parts.add('bundle endpoint', await buildBundleEndpoint({ config, trustDomain, clock, logger, ca, issuer }));
+    // Last of the listeners: the other parts' start-up (the admin API's reflection, the console)
+    // would otherwise run while the reconnect storm that the new socket starts is being served.
+    const workload = parts.add('workload API', await buildWorkloadApi({ config, logger, refusals, state, holders, issuer, peers, descriptors, metrics, clock }));
     metrics.watch({ openConnections: () => peers.size, openStreams: () => issuer.hub.size, authorities: () => ca.authorities(), now: () => clock.now(), workloadLimits: workload.limits });
     const ops = parts.add('health and metrics', await startOps({
       health: { listen: config.health.listen, probes: [caProbe(ca, () => clock.now()), datastoreProbe(datastore), socketProbe('workload_api', config.workloadSocket)] },
