@@ -46,6 +46,30 @@ describe('Scheduler', () => {
     await scheduler.stop();
   });
 
+  it('runs the first liveness pass one interval after the one its owner ran at start, not in the first pass', async () => {
+    const clock = new ManualClock();
+    let passes = 0;
+    const work: ScheduledWork = {
+      rotateCa: async () => clock.now() + 3_600_000,
+      expireTasks: async () => undefined,
+      expireEntries: () => undefined,
+      endOrphanedTasks: async () => {
+        passes++;
+      },
+      prune: async () => {},
+      renew: () => undefined,
+      refreshCrls: async () => clock.now() + 600_000,
+    };
+    const ranAt = clock.now();
+    await clock.advance(200);
+    const scheduler = new Scheduler(work, { clock, logger: silentLogger(), livenessIntervalMs: 1000, livenessRanAt: ranAt });
+    expect(await scheduler.tick()).toBe(ranAt + 1000);
+    expect(passes).toBe(0);
+    await clock.advance(800);
+    await scheduler.tick();
+    expect(passes).toBe(1);
+  });
+
   it('prunes (and re-anchors) one interval after start, not in the first pass after a restart', async () => {
     const clock = new ManualClock();
     let prunes = 0;

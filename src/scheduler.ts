@@ -38,9 +38,20 @@ export class Scheduler {
 
   constructor(
     private readonly work: ScheduledWork,
-    private readonly deps: { clock: Clock; logger: Logger; livenessIntervalMs: number },
+    private readonly deps: {
+      clock: Clock;
+      logger: Logger;
+      livenessIntervalMs: number;
+      /**
+       * When the owner last ran a liveness pass itself (the server does at start, before its
+       * Workload API socket appears): the first pass here comes one interval after it, not during
+       * a restart's reconnect storm (it reads /proc for every task whose PID is running).
+       */
+      livenessRanAt?: number;
+    },
   ) {
     this.lastPrune = deps.clock.now();
+    this.lastLiveness = deps.livenessRanAt ?? -Infinity;
   }
 
   start(): void {

@@ -164,6 +164,7 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     // finished tasks whose process is gone stop counting, and the database, CA and audit trail are
     // anchored (synchronous writes and fsyncs that would otherwise stall the storm's first second).
     await tasks.endOrphaned(SYSTEM_ACTOR);
+    const livenessRanAt = clock.now();
     await holders.prune();
     integrity.anchor(ca, audit);
     const authorities = new AuthorityService({
@@ -189,7 +190,7 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
       metrics: { listen: config.metrics.listen, metrics },
       logger: logger.child({ api: 'ops' }),
     }));
-    parts.add('scheduler', buildScheduler({ clock, logger, ca, audit, datastore, state, issuer, tasks, holders, revoker, integrity, livenessIntervalMs: config.tasks.livenessIntervalMs }));
+    parts.add('scheduler', buildScheduler({ clock, logger, ca, audit, datastore, state, issuer, tasks, holders, revoker, integrity, livenessIntervalMs: config.tasks.livenessIntervalMs, livenessRanAt }));
     issuer.federation.start();
     parts.add('federation', { close: () => issuer.federation.stop() });
     // Written once the server is up (the live socket already keeps a second server out), so a

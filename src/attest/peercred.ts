@@ -32,9 +32,20 @@ const UCRED_SIZE = 12; // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 const POLLIN = 0x001;
 
 interface Libc {
-  getsockopt: (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
-  poll: (fds: { fd: number; events: number; revents: number }, nfds: number, timeout: number) => number;
+  getsockopt: (fd: number, level: number, name: number, out: Buffer, len: Buffer) => number;
+  /** fds: one struct pollfd { int fd; short events; short revents; } (8 bytes). */
+  poll: (fds: Buffer, nfds: number, timeout: number) => number;
 }
+
+/**
+ * Memory the calls below pass to the kernel, allocated once: every call is synchronous and this
+ * thread is the only caller, and a reconnect storm makes three of these calls per connection.
+ * (Buffers passed as void* are shared with the callee, not copied and converted like JS arrays
+ * and objects, which cost more than the system calls themselves.)
+ */
+const optionValue = Buffer.alloc(UCRED_SIZE);
+const optionLength = Buffer.alloc(4);
+const pollFd = Buffer.alloc(8);
 
 let libc: Libc | undefined;
 
@@ -49,11 +60,9 @@ function loadLibc(): Libc {
   }
   try {
     const lib = koffi.load('libc.so.6');
-    // Anonymous: koffi type names are process-global, and a module loaded twice must not collide.
-    const pollfd = koffi.struct({ fd: 'int', events: 'short', revents: 'short' });
     libc = {
-      getsockopt: lib.func('int getsockopt(int, int, int, _Out_ void*, _Inout_ uint32_t*)'),
-      poll: lib.func('poll', 'int', [koffi.inout(koffi.pointer(pollfd)), 'unsigned long', 'int']),
+      getsockopt: lib.func('int getsockopt(int, int, int, void*, void*)'),
+      poll: lib.func('int poll(void*, unsigned long, int)'),
     };
     return libc;
   } catch (err) {
@@ -84,18 +93,18 @@ export function readPeerCredentials(socket: Socket): PeerCredentials {
   const { getsockopt } = loadLibc();
   const fd = socketFd(socket);
 
-  const ucred = Buffer.alloc(UCRED_SIZE);
-  const len = [UCRED_SIZE];
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, ucred, len) !== 0) {
+  optionLength.writeUInt32LE(UCRED_SIZE, 0);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, optionValue, optionLength) !== 0) {
     const errno = koffi.errno();
     throw unavailable(`peer credentials: getsockopt(SO_PEERCRED) failed (${errnoName(errno)})`);
   }
-  if (len[0] !== UCRED_SIZE) {
-    throw unavailable(`peer credentials: SO_PEERCRED returned ${String(len[0])} bytes, expected ${UCRED_SIZE}`);
+  const len = optionLength.readUInt32LE(0);
+  if (len !== UCRED_SIZE) {
+    throw unavailable(`peer credentials: SO_PEERCRED returned ${len} bytes, expected ${UCRED_SIZE}`);
   }
-  const pid = ucred.readInt32LE(0);
-  const uid = ucred.readUInt32LE(4);
-  const gid = ucred.readUInt32LE(8);
+  const pid = optionValue.readInt32LE(0);
+  const uid = optionValue.readUInt32LE(4);
+  const gid = optionValue.readUInt32LE(8);
   if (pid <= 0) {
     throw unavailable('peer credentials: the kernel reports no peer process (not a Unix socket, or peer in another PID namespace)');
   }
@@ -112,9 +121,8 @@ export function openPeerPidfd(socket: Socket): number | undefined {
   const { getsockopt } = loadLibc();
   // Throws once the socket is closed: its descriptor number may already name another socket.
   const fd = socketFd(socket);
-  const out = Buffer.alloc(4);
-  const len = [4];
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, out, len) !== 0) {
+  optionLength.writeUInt32LE(4, 0);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, optionValue, optionLength) !== 0) {
     const errno = koffi.errno();
     // Kernels before 6.5 do not know the option; that is the only failure we fall back from.
     if (errno === koffi.os.errno.ENOPROTOOPT || errno === koffi.os.errno.EINVAL) {
@@ -124,8 +132,8 @@ export function openPeerPidfd(socket: Socket): number | undefined {
     // Anything else (ESRCH: the peer is already reaped) means we cannot pin the peer: fail closed.
     throw unavailable(`peer credentials: getsockopt(SO_PEERPIDFD) failed (${errnoName(errno)})`);
   }
-  const pidfd = out.readInt32LE(0);
-  if (len[0] !== 4 || pidfd < 0) {
+  const pidfd = optionValue.readInt32LE(0);
+  if (optionLength.readUInt32LE(0) !== 4 || pidfd < 0) {
     if (pidfd >= 0) closePidfd(pidfd);
     throw unavailable('peer credentials: SO_PEERPIDFD returned no file descriptor');
   }
@@ -143,14 +151,15 @@ export function pidfdIsAlive(pidfd: number): boolean {
   // poll(2) skips negative descriptors and would report "no events": alive. -1 marks a closed pidfd.
   if (!Number.isInteger(pidfd) || pidfd < 0) return false;
   const { poll } = loadLibc();
-  const fds = { fd: pidfd, events: POLLIN, revents: 0 };
+  pollFd.writeInt32LE(pidfd, 0);
+  pollFd.writeInt16LE(POLLIN, 4);
   // A signal arriving during the call makes poll() fail with EINTR even with a zero timeout (the
   // V8 profiler's SIGPROF does so many times a second): that says nothing about the process, so
   // ask again. Any other failure still counts as not alive.
   for (let attempt = 0; attempt < EINTR_RETRIES; attempt++) {
-    fds.revents = 0;
-    const n = poll(fds, 1, 0);
-    if (n >= 0) return n === 0 && fds.revents === 0;
+    pollFd.writeInt16LE(0, 6);
+    const n = poll(pollFd, 1, 0);
+    if (n >= 0) return n === 0 && pollFd.readInt16LE(6) === 0;
     if (koffi.errno() !== koffi.os.errno.EINTR) return false;
   }
   return false;

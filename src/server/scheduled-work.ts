@@ -110,8 +110,9 @@ export class ServerWork implements ScheduledWork {
   }
 }
 
-export function buildScheduler(deps: ScheduledWorkDeps & { livenessIntervalMs: number }): { close(): Promise<void> } {
-  const scheduler = new Scheduler(new ServerWork(deps), { clock: deps.clock, logger: deps.logger, livenessIntervalMs: deps.livenessIntervalMs });
+/** `livenessRanAt`: when start-up ended the orphaned tasks (see Scheduler). */
+export function buildScheduler(deps: ScheduledWorkDeps & { livenessIntervalMs: number; livenessRanAt?: number }): { close(): Promise<void> } {
+  const scheduler = new Scheduler(new ServerWork(deps), { clock: deps.clock, logger: deps.logger, livenessIntervalMs: deps.livenessIntervalMs, livenessRanAt: deps.livenessRanAt });
   // A new task or entry may expire before the next planned wake-up.
   const unfollow = deps.state.onChange(() => scheduler.poke());
   scheduler.start();
