@@ -138,8 +138,32 @@ export function identitiesUnchangedUntil(identities: readonly Identity[], taskBu
   return until;
 }
 
+/**
+ * Identities made per record, once: a record is replaced, never changed, when its entry or task
+ * changes, and every stream and call of the same task or entry resolves to the same identity (a
+ * reconnect storm resolves thousands of callers to a few hundred of them). Identities are never
+ * changed after they are made.
+ */
+const taskIdentities = new WeakMap<TaskRecord, Identity>();
+const entryIdentities = new WeakMap<RegistrationEntry, Identity>();
+
 /** A task's identity (its SVIDs end at the task's end plus the buffer). */
 export function taskIdentity(task: TaskRecord, taskBufferMs: number): Identity {
+  const known = taskIdentities.get(task);
+  if (known && known.notAfterCap === task.expiresAt + taskBufferMs) return known;
+  const identity = makeTaskIdentity(task, taskBufferMs);
+  taskIdentities.set(task, identity);
+  return identity;
+}
+
+/** A registration entry's identity. */
+export function entryIdentity(entry: RegistrationEntry): Identity {
+  let identity = entryIdentities.get(entry);
+  if (!identity) entryIdentities.set(entry, (identity = makeEntryIdentity(entry)));
+  return identity;
+}
+
+function makeTaskIdentity(task: TaskRecord, taskBufferMs: number): Identity {
   return {
     key: taskKey(task.agent, task.id),
     spiffeId: SpiffeId.parse(task.spiffeId),
@@ -155,8 +179,7 @@ export function taskIdentity(task: TaskRecord, taskBufferMs: number): Identity {
   };
 }
 
-/** A registration entry's identity. */
-export function entryIdentity(entry: RegistrationEntry): Identity {
+function makeEntryIdentity(entry: RegistrationEntry): Identity {
   return {
     key: `entry:${entry.id}`,
     spiffeId: SpiffeId.parse(entry.spiffeId),

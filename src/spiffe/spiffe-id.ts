@@ -74,11 +74,16 @@ export class TrustDomain {
 }
 
 export class SpiffeId {
+  /** The ID as text, made once: it keys maps and sets on every stream's recompute. */
+  private readonly text: string;
+
   private constructor(
     readonly trustDomain: TrustDomain,
     /** "" for the trust domain itself, otherwise "/seg/seg". */
     readonly path: string,
-  ) {}
+  ) {
+    this.text = `${SCHEME_PREFIX}${trustDomain.name}${path}`;
+  }
 
   static parse(text: string): SpiffeId {
     const what = `SPIFFE ID "${text.length > 80 ? `${text.slice(0, 80)}...` : text}"`;
@@ -153,7 +158,7 @@ export class SpiffeId {
   }
 
   toString(): string {
-    return `${SCHEME_PREFIX}${this.trustDomain.name}${this.path}`;
+    return this.text;
   }
 
   toJSON(): string {

@@ -3,9 +3,9 @@
  * connection exactly when the clock passes them, never before. Refusal paths against real
  * clients are in test/workload-limits.test.ts.
  */
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
+import net, { type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -129,6 +129,28 @@ describe('WorkloadLimiter timers', () => {
     expect(limiter.stats().refused.descriptors).toBe(1);
     a.client.destroy();
     b.client.destroy();
+  });
+});
+
+describe('DescriptorBudget', () => {
+  /** A stand-in for an accepted socket: the budget only listens for its close. */
+  const socket = () => new EventEmitter() as unknown as Socket;
+
+  it('re-counts /proc/self/fd in proportion to what is open far from the limit, and every 256 accepts near it', () => {
+    let counts = 0;
+    const far = new DescriptorBudget(1_000_000, 64, () => (counts++, 10));
+    for (let i = 0; i < 10_000; i++) {
+      expect(far.level()).toBe('ok');
+      far.track(socket());
+    }
+    // A fixed interval of 256 accepts re-counted 39 times here (reading up to 10,000 entries each).
+    expect(counts - 1).toBe(11);
+
+    counts = 0;
+    const near = new DescriptorBudget(12_000, 1_000, () => (counts++, 10));
+    for (let i = 0; i < 8_000; i++) near.track(socket()); // within 4 reserves of the limit
+    for (let i = 0; i < 1_024; i++) near.level();
+    expect(counts - 1).toBe(4);
   });
 });
 
