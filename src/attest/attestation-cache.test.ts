@@ -17,6 +17,7 @@ import { AttestationCache } from './attestation-cache.js';
 import { Attestor, type Attestation, type RecheckNeeds } from './attestor.js';
 import { cgroup2Mount } from './processes.js';
 import { readPeerCredentials, type PeerCredentials } from './peercred.js';
+import { readProcessRef } from './proc.js';
 import { firstLine, killAll } from './testing.js';
 
 const SLEEP = '/usr/bin/sleep';
@@ -142,6 +143,29 @@ describe('AttestationCache', () => {
     // Each connection keeps its own from then on.
     expect(await cache.attest(secondPeer, { withSha256: false, withAncestors: false })).toBe(second);
     expect(cache.stats()).toEqual({ hits: 1, processHits: 1, misses: 1 });
+  });
+
+  it('recognizes a later connection of a process older than the server without a pidfd, and needs one for a younger process', async () => {
+    const c = await connector();
+    const started = (await readProcessRef(c.child.pid!))!.startTime;
+    /** The connection's credentials, counting the pidfds opened for it. */
+    const counted = (peer: PeerCredentials, opened: { count: number }): PeerCredentials => ({
+      ...peer,
+      openPidfd: () => (opened.count++, peer.openPidfd?.()),
+    });
+    const olderThanServer = new AttestationCache(new Attestor({ logger: silentLogger(), serverStartTime: String(BigInt(started) + 1n) }));
+    const opened = { count: 0 };
+    await olderThanServer.attest(counted(await c.connect(), opened), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    await olderThanServer.attest(counted(await c.connect(), opened), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(olderThanServer.stats()).toEqual({ hits: 0, processHits: 1, misses: 1 });
+    expect(opened.count).toBe(1); // the first connection's attestation pinned its connector; the second needed no pin
+
+    const youngerThanServer = new AttestationCache(new Attestor({ logger: silentLogger(), serverStartTime: started }));
+    const openedToo = { count: 0 };
+    await youngerThanServer.attest(counted(await c.connect(), openedToo), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    await youngerThanServer.attest(counted(await c.connect(), openedToo), { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(youngerThanServer.stats()).toEqual({ hits: 0, processHits: 1, misses: 1 });
+    expect(openedToo.count).toBe(2);
   });
 
   it('attests in full a later connection of a process that executed another program since', async () => {

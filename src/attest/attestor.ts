@@ -95,6 +95,12 @@ export interface AttestorOptions {
   etcRoot?: string;
   /** Executables larger than this get no sha256 selector (logged). Default 256 MiB. */
   sha256MaxBytes?: number;
+  /**
+   * This server process's start time in /proc ticks (field 22 of /proc/self/stat): every
+   * connection it accepts was made later (see describesConnector). Default: read from /proc;
+   * with another procRoot (a fixture tree), unknown, so never relied on.
+   */
+  serverStartTime?: string;
   logger: Logger;
 }
 
@@ -133,9 +139,13 @@ export class Attestor {
   private readonly accounts: AccountNames;
   private readonly hasher: ExecutableHasher;
 
+  private serverStart: Promise<bigint | undefined> | undefined;
+
   constructor(opts: AttestorOptions) {
     this.procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
     this.logger = opts.logger;
+    if (opts.serverStartTime !== undefined) this.serverStart = Promise.resolve(BigInt(opts.serverStartTime));
+    else if (this.procRoot !== DEFAULT_PROC_ROOT) this.serverStart = Promise.resolve(undefined);
     this.accounts = new AccountNames({ etcRoot: opts.etcRoot, logger: opts.logger });
     this.hasher = new ExecutableHasher({ maxBytes: opts.sha256MaxBytes, logger: opts.logger });
   }
@@ -198,13 +208,20 @@ export class Attestor {
    * of this one (`peer`), so that a process's later connections are not attested in full again.
    * The kernel's credentials of this connection must be the ones attested (uid and gid come from
    * them, never from /proc). stillDescribes proves that the process holding the PID now is the one
-   * attested, unchanged; the connector's pidfd, still live after that, proves the connector holds
-   * the PID now, so it is that process. Without a pidfd (kernel < 6.5) the remaining race is the
-   * one attest() has: a connector that exited before this check, its PID given to the attested
-   * process.
+   * attested, unchanged (not reaped since, so it has held the PID since it started). That process
+   * is the connector when either:
+   *  - it started before this server did: the connector called connect() on a socket this server
+   *    created, so later, and at that time the PID was that process's (the usual case after a
+   *    restart: a reconnect storm is made of processes older than the new server), or
+   *  - the connector's pidfd is still live after the check: the connector holds the PID now.
+   * Without a pidfd (kernel < 6.5), for a process younger than the server, the remaining race is
+   * the one attest() has: a connector that exited before this check, its PID given to the
+   * attested process.
    */
   async describesConnector(previous: Attestation, peer: PeerCredentials, recheck: RecheckNeeds = RECHECK_ALL): Promise<boolean> {
     if (peer.pid !== previous.process.pid || peer.uid !== previous.peer.uid || peer.gid !== previous.peer.gid) return false;
+    const serverStart = await this.serverStartTime();
+    if (serverStart !== undefined && BigInt(previous.process.startTime) < serverStart) return this.stillDescribes(previous, recheck);
     let pidfd: number | undefined;
     try {
       pidfd = peer.openPidfd?.();
@@ -216,6 +233,15 @@ export class Attestor {
     } finally {
       closePidfd(pidfd);
     }
+  }
+
+  /** See AttestorOptions.serverStartTime; undefined when it cannot be read (then never relied on). */
+  private serverStartTime(): Promise<bigint | undefined> {
+    this.serverStart ??= readStat(process.pid, this.procRoot).then(
+      (own) => (own ? BigInt(own.startTime) : undefined),
+      () => undefined,
+    );
+    return this.serverStart;
   }
 
   /** The parent chain of a process as it is now (see ancestors()); empty when it is gone. */
