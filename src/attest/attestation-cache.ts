@@ -1,8 +1,8 @@
-import { RECHECK_ALL, type Attestation, type AttestOptions, type Attestor, type RecheckNeeds } from './attestor.js';
+import { RECHECK_ALL, type Attestation, type AttestOptions, type Attestor, type ProcessRef, type RecheckNeeds } from './attestor.js';
 import type { PeerCredentials } from './peercred.js';
 import type { Selector } from '../spiffe/selector.js';
+import { InternPool } from '../common/intern.js';
 
-const SHARED_LISTS = 4096;
 
 /** Processes whose latest attestation is kept for their next connections; the oldest go first beyond this. */
 const MAX_PROCESSES = 16_384;
@@ -29,11 +29,13 @@ export class AttestationCache {
   /** The latest attestation of each process, by PID, uid and gid (without the connection's credentials object). */
   private readonly byProcess = new Map<string, Attestation>();
   /**
-   * Selector lists seen lately, each kept once: every connection of one process (and every process
-   * of one user running one binary) has the same list, and 10,000 connections would otherwise hold
-   * 10,000 copies. Shared lists are frozen; the map is emptied when it grows past SHARED_LISTS.
+   * What attestations of different processes hold alike, each kept once (frozen): every process of
+   * one user running one binary has the same selector list, and siblings the same parent chain;
+   * 10,000 connections would otherwise hold thousands of copies (a parent chain is a dozen objects
+   * and strings). Connections of one process share their process's attestation (byProcess).
    */
-  private readonly selectorLists = new Map<string, Selector[]>();
+  private readonly selectorLists = new InternPool<Selector[]>();
+  private readonly chains = new InternPool<ProcessRef[]>();
   private hitCount = 0;
   private processHitCount = 0;
   private missCount = 0;
@@ -60,6 +62,7 @@ export class AttestationCache {
     this.missCount++;
     const fresh = await this.attestor.attest(peer, { withSha256: opts.withSha256, withAncestors });
     fresh.selectors = this.shared(fresh.selectors);
+    fresh.ancestors = this.sharedChain(fresh.ancestors);
     this.byConnection.set(peer, fresh);
     // Kept without the connection's credentials object (its pidfd opener holds the socket).
     this.byProcess.delete(key);
@@ -73,19 +76,20 @@ export class AttestationCache {
     if (!withAncestors) return a.ancestorsKnown ? { ...a, ancestors: [], ancestorsKnown: false } : a;
     // A grandparent may have exited since (the chain changes above an unchanged parent): walk
     // it again; this is only asked for while some task is bound with its descendants.
-    return { ...a, ancestors: await this.attestor.ancestorsOf(a.process), ancestorsKnown: true };
+    return { ...a, ancestors: this.sharedChain(await this.attestor.ancestorsOf(a.process)), ancestorsKnown: true };
   }
 
   private shared(selectors: Selector[]): Selector[] {
     // JSON, not a joined string: a value may hold any character (an executable's path is the
     // caller's choice), and two different lists must never share a key.
-    const key = JSON.stringify(selectors.map((sel) => [sel.type, sel.value]));
-    const known = this.selectorLists.get(key);
-    if (known) return known;
-    if (this.selectorLists.size >= SHARED_LISTS) this.selectorLists.clear();
-    const list = Object.freeze(selectors.map((sel) => Object.freeze({ ...sel }))) as Selector[];
-    this.selectorLists.set(key, list);
-    return list;
+    return this.selectorLists.intern(JSON.stringify(selectors.map((sel) => [sel.type, sel.value])), () =>
+      Object.freeze(selectors.map((sel) => Object.freeze({ ...sel }))) as Selector[]);
+  }
+
+  private sharedChain(chain: ProcessRef[]): ProcessRef[] {
+    if (chain.length === 0) return chain;
+    return this.chains.intern(chain.map((ref) => `${ref.pid}@${ref.startTime}`).join(' '), () =>
+      Object.freeze(chain.map((ref) => Object.freeze({ pid: ref.pid, startTime: ref.startTime }))) as ProcessRef[]);
   }
 
   /** Calls answered from the connection's attestation, from another connection's of its process, and calls that attested (metrics, tests). */

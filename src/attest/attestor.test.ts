@@ -223,7 +223,7 @@ describe('Attestor on real processes', () => {
     const creds = readPeerCredentials(socket);
     try {
       const attestor = new Attestor({ procRoot, etcRoot: await fakeEtc('etc-pidfd'), logger: silentLogger() });
-      const peer = { pid: 4242, uid: 0, gid: 0, openPidfd: creds.openPidfd };
+      const peer = { pid: 4242, uid: 0, gid: 0, openPidfd: () => creds.openPidfd!() };
       const first = await attestor.attest(peer, { withSha256: false });
       expect(await attestor.stillDescribes(first)).toBe(true);
 

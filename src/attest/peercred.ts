@@ -109,7 +109,21 @@ export function readPeerCredentials(socket: Socket): PeerCredentials {
     throw unavailable('peer credentials: the kernel reports no peer process (not a Unix socket, or peer in another PID namespace)');
   }
 
-  return { pid, uid, gid, openPidfd: () => openPeerPidfd(socket) };
+  return new SocketPeerCredentials(pid, uid, gid, socket);
+}
+
+/** Kept for a connection's life: a method on the class, not a closure per connection. */
+class SocketPeerCredentials implements PeerCredentials {
+  constructor(
+    readonly pid: number,
+    readonly uid: number,
+    readonly gid: number,
+    private readonly socket: Socket,
+  ) {}
+
+  openPidfd(): number | undefined {
+    return openPeerPidfd(this.socket);
+  }
 }
 
 /** false once the kernel answered that it has no SO_PEERPIDFD, so later calls skip the syscall. */

@@ -2,6 +2,7 @@ import { createHash, X509Certificate as NodeX509Certificate } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Clock } from '../common/clock.js';
+import { unpooled } from '../common/buffers.js';
 import { failedPrecondition, internal, invalidArgument, ProblemList, unavailable } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { Secret } from '../common/secret.js';
@@ -478,10 +479,12 @@ export class CertificateAuthority {
       notAfter: validity.notAfter,
       spki,
     });
+    // Its own memory (buffers.ts): cached for the SVID's life, it would otherwise pin a shared 8 KiB slab.
+    const certDer = unpooled(leaf.certDer);
     return {
       spiffeId,
-      certDer: leaf.certDer,
-      chainDer: [leaf.certDer, ...active.ca.chainTail],
+      certDer,
+      chainDer: [certDer, ...active.ca.chainTail],
       serial: leaf.serial,
       notBefore: validity.notBefore,
       notAfter: validity.notAfter,

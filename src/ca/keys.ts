@@ -10,6 +10,7 @@ import {
 } from 'node:crypto';
 import { failedPrecondition, invalidArgument } from '../common/errors.js';
 import { Secret } from '../common/secret.js';
+import { concatUnpooled } from '../common/buffers.js';
 import * as der from './der.js';
 
 /** Key types agentid generates. */
@@ -265,7 +266,8 @@ export function encodeLeafKeyPair(type: KeyType, rawScalar: Buffer, point: Buffe
   // the fixed length ceiling(log2(n)/8), so pad it back.
   const pad = Buffer.alloc(layout.size - rawScalar.length);
   const spki = Buffer.concat([layout.spkiPrefix, point]);
-  const pkcs8 = Buffer.concat([layout.pkcs8Prefix, pad, rawScalar, layout.pkcs8Middle, point]);
+  // Its own memory (buffers.ts): a cached SVID's key would otherwise pin a shared 8 KiB slab.
+  const pkcs8 = concatUnpooled([layout.pkcs8Prefix, pad, rawScalar, layout.pkcs8Middle, point]);
   return { spki, publicPoint: spki.subarray(layout.spkiPrefix.length), pkcs8: new Secret(pkcs8) };
 }
 

@@ -1,4 +1,5 @@
 import type { Clock } from '../common/clock.js';
+import { unpooled } from '../common/buffers.js';
 import { permissionDenied, type AgentIdError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
@@ -89,6 +90,8 @@ interface Subscription extends StreamHandle {
 
 /** One encoded response and the streams that currently hold it. */
 interface SharedResponse {
+  /** Its key in `responses`: every holder keeps this one string, not its own equal copy. */
+  key: string;
   message: Buffer;
   holders: Set<Subscription>;
 }
@@ -401,10 +404,10 @@ export class StreamHub {
     }
     if (computed.key === sub.responseKey) return;
     let shared = this.responses.get(computed.key);
-    if (!shared) this.responses.set(computed.key, (shared = { message: computed.encode(), holders: new Set() }));
+    if (!shared) this.responses.set(computed.key, (shared = { key: computed.key, message: unpooled(computed.encode()), holders: new Set() }));
     this.release(sub);
     shared.holders.add(sub);
-    sub.responseKey = computed.key;
+    sub.responseKey = shared.key;
     const message = shared.message;
     // Versions can move without the content changing (a CA rotation that left the JWT keys alone).
     if (sub.message?.equals(message)) return;

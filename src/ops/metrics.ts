@@ -257,9 +257,12 @@ export class ServerMetrics {
           });
         }
         // Only the first message is timed: then the call's own write is back (a stream open for
-        // days would otherwise keep this wrapper and its closures for nothing).
+        // days would otherwise keep this wrapper and its closures for nothing). Put back by
+        // assignment, not `delete`: deleting a property turns the call object into a dictionary
+        // (about 800 bytes more per open stream).
+        const write = call.write;
         call.write = (...args: unknown[]) => {
-          delete call.write;
+          call.write = write;
           observe();
           return call.write(...args);
         };

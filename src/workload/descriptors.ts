@@ -90,7 +90,7 @@ export class DescriptorBudget {
   /** Counts `socket` until it closes. */
   track(socket: Socket): void {
     this.tracked++;
-    socket.once('close', () => this.tracked--);
+    socket.on('close', () => this.tracked--);
   }
 
   /** Where a new Workload API connection stands (call before tracking it; it is already open). */

@@ -128,7 +128,8 @@ function accept(socket: net.Socket, sockets: Set<net.Socket>, opts: UnixListener
   }
   sockets.add(socket);
   socket.on('error', (err) => opts.logger.debug({ pid: creds.pid, err: err.message }, 'unix listener: connection error'));
-  socket.once('close', () => sockets.delete(socket));
+  // 'on', not 'once': a socket closes once, and once() adds a wrapper and its state per connection.
+  socket.on('close', () => sockets.delete(socket));
   try {
     opts.onConnection(socket, creds);
   } catch (err) {

@@ -22,7 +22,7 @@ export class PeerRegistry {
     Object.defineProperty(socket, 'remoteAddress', { value: tag, configurable: true });
     Object.defineProperty(socket, 'remotePort', { value: undefined, configurable: true });
     this.byTag.set(tag, creds);
-    socket.once('close', () => {
+    socket.on('close', () => {
       this.byTag.delete(tag);
       onClose?.();
     });
