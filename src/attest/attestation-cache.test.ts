@@ -323,4 +323,48 @@ describe('AttestationCache', () => {
     await once(child, 'exit');
     await expect(cache.attest(peer, { withSha256: false, withAncestors: false })).rejects.toMatchObject({ code: 'permission_denied' });
   });
+
+  it('shares what connections of one process hold alike (selectors, process, parent chain, facts), and nothing with another process', async () => {
+    // One process with two connections, and a sibling (same parent chain) with one.
+    const twice = (n: number) => [
+      'import socket, sys',
+      `ss = [socket.socket(socket.AF_UNIX) for _ in range(${n})]`,
+      'for s in ss: s.connect(sys.argv[1])',
+      "print('connected', flush=True)",
+      'sys.stdin.readline()',
+    ].join('\n');
+    const connect = async (n: number) => {
+      const accepted: net.Socket[] = [];
+      const onConnection = (s: net.Socket) => accepted.push(s);
+      server.on('connection', onConnection);
+      const child = spawn('python3', ['-c', twice(n), socketPath], { stdio: ['pipe', 'pipe', 'inherit'] });
+      children.push(child);
+      expect(await firstLine(child)).toBe('connected');
+      while (accepted.length < n) await delay(5);
+      server.off('connection', onConnection);
+      return accepted.map((s) => readPeerCredentials(s));
+    };
+    const [a1, a2] = await connect(2);
+    const [b] = await connect(1);
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const opts = { withSha256: false, withAncestors: true };
+    const [x, y, z] = [await cache.attest(a1!, opts), await cache.attest(a2!, opts), await cache.attest(b!, opts)];
+    expect(cache.stats().misses).toBe(3); // each connection attested once, on its own
+    expect(y).not.toBe(x);
+    expect(y.peer).toBe(a2);
+    expect(y.selectors).toBe(x.selectors);
+    expect(y.process).toBe(x.process);
+    expect(y.ancestors).toBe(x.ancestors);
+    expect(y.facts).toBe(x.facts);
+    expect(x.ancestors[0]?.pid).toBe(process.pid);
+    // The sibling: its own process and facts, the same parent chain (and the same selector list:
+    // same user, same binary, same cgroup).
+    expect(z.process).not.toBe(x.process);
+    expect(z.process.pid).toBe(b!.pid);
+    expect(z.facts).not.toBe(x.facts);
+    expect(z.ancestors).toBe(x.ancestors);
+    expect(z.selectors).toBe(x.selectors);
+    // Shared parts are frozen: nobody can change what another connection holds.
+    expect(Object.isFrozen(x.ancestors) && Object.isFrozen(x.ancestors[0]) && Object.isFrozen(x.facts) && Object.isFrozen(x.process)).toBe(true);
+  });
 });

@@ -1,4 +1,4 @@
-import { createPublicKey, verify, X509Certificate as NodeCert } from 'node:crypto';
+import { createPrivateKey, createPublicKey, verify, X509Certificate as NodeCert } from 'node:crypto';
 import { chmodSync, chownSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -76,6 +76,18 @@ describe('CertificateAuthority: create and load', () => {
     expect(second.describe()).toEqual(first.describe());
     const svid = second.mintX509Svid({ spiffeId: ID, ttlMs: H });
     expect(svid.issuerId).toBe(first.mintX509Svid({ spiffeId: ID, ttlMs: H }).issuerId);
+  });
+
+  it('mints SVIDs whose certificate and key are in memory of their own (a cached SVID keeps no shared Buffer-pool slab alive)', async () => {
+    const { ca } = await openTestCa(dir.path);
+    const ownMemory = (b: Buffer) => b.byteOffset === 0 && b.buffer.byteLength === b.length;
+    for (let i = 0; i < 3; i++) {
+      const svid = ca.mintX509Svid({ spiffeId: ID, ttlMs: H });
+      expect(ownMemory(svid.certDer)).toBe(true);
+      expect(svid.chainDer[0]).toBe(svid.certDer);
+      expect(ownMemory(svid.privateKeyPkcs8.reveal())).toBe(true);
+      expect(new NodeCert(svid.certDer).checkPrivateKey(createPrivateKey({ key: svid.privateKeyPkcs8.reveal(), format: 'der', type: 'pkcs8' }))).toBe(true);
+    }
   });
 
   it('describe() names IDs and dates but holds no key material', async () => {

@@ -411,6 +411,11 @@ describe('StreamHub', () => {
     expect(w.encodes).toMatchObject({ x509: 2, x509Bundles: 2 });
     expect(streams.every((s) => s.raw[1] === streams[0]!.raw[1])).toBe(true);
     expect(bundles.every((s) => s.raw[1] === bundles[0]!.raw[1])).toBe(true);
+    // Held as long as streams hold it: in memory of its own (the encoder's small Buffer is a slice
+    // of a shared 8 KiB pool slab, which it would keep alive), with the same bytes.
+    const held = streams[0]!.raw[1] as Buffer;
+    expect(held.byteOffset === 0 && held.buffer.byteLength === held.length).toBe(true);
+    expect(JSON.parse(held.toString()).crls).toEqual(['crl-2']);
   });
 
   it('a CRL change sweeps every stream after the call, behind marked streams, and a second one restarts the sweep (latest wins)', async () => {
