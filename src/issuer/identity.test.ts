@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
 import { matchEntries } from '../entries/match.js';
-import { identitiesUnchangedUntil, resolveIdentities, taskBindingMatches, taskIdentity, type CallerFacts } from './identity.js';
+import { identitiesUnchangedUntil, resolveIdentities, taskBindingMatches, type CallerFacts } from './identity.js';
 import { cappedTtl, renewalTime } from './renewal.js';
 
 const NOW = Date.UTC(2026, 5, 1);
@@ -159,32 +159,5 @@ describe('identitiesUnchangedUntil', () => {
     const identities = resolveIdentities({ caller: other, matchedEntries: [entry('e1', 'spiffe://td.example/a')], tasks: [], isRevoked: () => false, now: NOW, taskBufferMs: BUFFER });
     expect(identitiesUnchangedUntil(identities, BUFFER)).toBe(Infinity);
     expect(identitiesUnchangedUntil([], BUFFER)).toBe(Infinity);
-  });
-});
-
-describe('taskIdentity', () => {
-  it('is one object per task while the task says the same (every stream of a task holds it), and a new one when it changes', () => {
-    const first = taskIdentity(task({ id: 'shared' }), 30_000);
-    // Another record of the same task (the read model replaces records): the same object.
-    expect(taskIdentity(task({ id: 'shared' }), 30_000)).toBe(first);
-    expect(first).toMatchObject({ key: 'task:coder/shared', hint: 'task:coder/shared', notAfterCap: NOW + 3_600_000 + 30_000, matchedSelectors: ['task:pid:100'] });
-    const changes: [string, Partial<TaskRecord>, number, Record<string, unknown>][] = [
-      ['its end', { expiresAt: NOW + 60_000 }, 30_000, { notAfterCap: NOW + 60_000 + 30_000 }],
-      ['the buffer', {}, 1_000, { notAfterCap: NOW + 3_600_000 + 1_000 }],
-      ['its X.509 TTL', { x509TtlMs: 60_000 }, 30_000, { x509TtlMs: 60_000 }],
-      ['its JWT TTL', { jwtTtlMs: 60_000 }, 30_000, { jwtTtlMs: 60_000 }],
-      ['its binding', { binding: { kind: 'cgroup', path: '/agents/x' } }, 30_000, { matchedSelectors: ['task:cgroup:/agents/x'] }],
-      ['its SPIFFE ID', { spiffeId: 'spiffe://td.example/agent/coder/task/other' }, 30_000, {}],
-    ];
-    let previous = first;
-    for (const [what, over, bufferMs, expected] of changes) {
-      const changed = taskIdentity(task({ id: 'shared', ...over }), bufferMs);
-      expect(changed, what).not.toBe(previous);
-      expect(changed, what).toMatchObject(expected);
-      expect(changed.spiffeId.toString(), what).toBe(over.spiffeId ?? task().spiffeId);
-      previous = changed;
-    }
-    // Another task: its own identity.
-    expect(taskIdentity(task({ id: 'other' }), 30_000).key).toBe('task:coder/other');
   });
 });

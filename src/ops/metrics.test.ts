@@ -30,7 +30,7 @@ describe('ServerMetrics.instrumentWorkload', () => {
       }) as never,
     });
     const call = new FakeCall();
-    (handlers.FetchX509SVID as (c: FakeCall) => void)(call);
+    (handlers.FetchX509SVID as unknown as (c: FakeCall) => void)(call);
     expect(call.write('first')).toBe(true);
     expect(call.write('second')).toBe(true);
     expect(call.written).toEqual(['first', 'second']);
