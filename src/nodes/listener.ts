@@ -79,7 +79,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
   const maxBatch = opts.maxBatch ?? DEFAULT_MAX_BATCH;
   const verifier = clientSvidVerifier({ source: opts.source, trustDomain: opts.trustDomain, roles: [], crls: opts.crls, clock: opts.clock });
   const streams = new Set<SyncStream>();
-  const fanout = new SyncFanout({ revision: () => state.revision, encode: (m) => nodeServiceDefinition().encodeSyncUpdate(m) });
+  const fanout = new SyncFanout({ revision: () => state.revision, encode: (m) => nodeServiceDefinition().encodeSyncUpdate(m), clock: opts.clock });
 
   /** The node a connection's client certificate proves, now; refuses everything else. */
   const nodeOf = (conn: Connection | undefined): string => {

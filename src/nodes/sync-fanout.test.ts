@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../common/clock.js';
 import { authorityFixture, entryFixture, revocationFixture, taskFixture } from '../datastore/conformance.js';
 import type { RegistrationEntry } from '../datastore/types.js';
 import type { StateChange } from '../state/read-model.js';
@@ -13,7 +14,10 @@ function setup(nodes: string[]) {
   const turns: (() => void)[] = [];
   const encoded: SyncUpdateMessage[] = [];
   let revision = 7;
+  const clock = new ManualClock(T0);
   const fanout = new SyncFanout({
+    clock,
+    minIntervalMs: 10,
     revision: () => revision,
     encode: (m) => {
       encoded.push(m);
@@ -29,38 +33,41 @@ function setup(nodes: string[]) {
     fanout.add(s);
     fanout.ready(s);
   }
-  const runTurns = () => {
+  /** Runs the turns due, then lets the interval pass (and whatever waited for it run). */
+  const runTurns = async () => {
     while (turns.length > 0) turns.shift()!();
+    await clock.advance(10);
+    await new Promise((r) => setImmediate(r));
   };
   const received = (s: (typeof streams)[number]) => s.written.map((b) => JSON.parse(b.toString()) as SyncUpdateMessage);
-  return { fanout, streams, runTurns, encoded, received, setRevision: (r: number) => (revision = r), turns };
+  return { fanout, streams, runTurns, encoded, received, setRevision: (r: number) => (revision = r), turns, clock };
 }
 
-describe('SyncFanout: the nodes\' Sync streams', () => {
-  it('writes nothing inside the change listener (the admin call that wrote is answered first); all on a later turn', () => {
+describe('SyncFanout: the nodes\' Sync streams', async () => {
+  it('writes nothing inside the change listener (the admin call that wrote is answered first); all on a later turn', async () => {
     const { fanout, streams, runTurns, turns } = setup(['web-1', 'web-2']);
     fanout.changed([{ kind: 'revocation', spiffeId: 'spiffe://example.org/x', after: revocationFixture({ spiffeId: 'spiffe://example.org/x' }) }]);
     expect(streams.map((s) => s.written.length)).toEqual([0, 0]);
     expect(turns).toHaveLength(1);
-    runTurns();
+    await runTurns();
     expect(streams.map((s) => s.written.length)).toEqual([1, 1]);
   });
 
-  it('a change no node is named in is encoded once and the same bytes go to every stream', () => {
+  it('a change no node is named in is encoded once and the same bytes go to every stream', async () => {
     const nodes = Array.from({ length: 50 }, (_, i) => `web-${i}`);
     const { fanout, streams, runTurns, encoded } = setup(nodes);
     fanout.changed([
       { kind: 'revocation', spiffeId: 'spiffe://example.org/x', after: revocationFixture({ spiffeId: 'spiffe://example.org/x' }) },
       { kind: 'authority', serverId: 'server-a', after: authorityFixture() },
     ]);
-    runTurns();
+    await runTurns();
     expect(encoded).toHaveLength(1);
     const first = streams[0]!.written[0]!;
     for (const s of streams) expect(s.written).toEqual([first]);
     expect(s0(streams[0]!.written)).toMatchObject({ revision: 7, snapshot: false, authorities: [JSON.stringify(authorityFixture())] });
   });
 
-  it('each node gets exactly its authorize.ts share; nodes a batch does not name share one encoding', () => {
+  it('each node gets exactly its authorize.ts share; nodes a batch does not name share one encoding', async () => {
     const nodes = ['web-1', 'web-2', 'web-3', 'web-4'];
     const { fanout, streams, runTurns, encoded, received } = setup(nodes);
     const batch: StateChange[] = [
@@ -73,7 +80,7 @@ describe('SyncFanout: the nodes\' Sync streams', () => {
       { kind: 'node', name: 'web-9' },
     ];
     fanout.changed(batch);
-    runTurns();
+    await runTurns();
     // web-1, web-2, and one for web-3 and web-4 together.
     expect(encoded).toHaveLength(3);
     const viewChanges = batch.filter((c): c is ViewChange => c.kind !== 'node' && c.kind !== 'authority');
@@ -86,23 +93,23 @@ describe('SyncFanout: the nodes\' Sync streams', () => {
     expect(received(streams[1]!)[0]!.deleted_entries).toEqual(['moved']);
   });
 
-  it('sends nothing when a batch holds nothing for a node (nor checks its caller), and nothing to a stream that is no longer admitted', () => {
+  it('sends nothing when a batch holds nothing for a node (nor checks its caller), and nothing to a stream that is no longer admitted', async () => {
     const { fanout, streams, runTurns } = setup(['web-1', 'web-2']);
     fanout.changed([{ kind: 'task', after: taskFixture({ id: 'on-1', node: 'web-1' }) }]);
     fanout.changed([{ kind: 'task', after: taskFixture({ id: 'server-task' }) }]);
-    runTurns();
+    await runTurns();
     expect(streams.map((s) => [s.written.length, s.admits])).toEqual([[1, 1], [0, 0]]);
     streams[1]!.admitted = false;
     fanout.changed([{ kind: 'revocation', spiffeId: 'spiffe://example.org/x', after: revocationFixture({ spiffeId: 'spiffe://example.org/x' }) }]);
-    runTurns();
+    await runTurns();
     expect(streams.map((s) => [s.written.length, s.admits])).toEqual([[2, 2], [0, 1]]);
   });
 
-  it('keeps each batch one message, in order, even when several wait for the same turn (a record may change in both)', () => {
+  it('keeps each batch one message, in order, even when several wait for the same turn (a record may change in both)', async () => {
     const { fanout, streams, runTurns, received } = setup(['web-1']);
     fanout.changed([{ kind: 'entry', before: entry({ id: 'e', node: 'web-1' }), after: entry({ id: 'e', node: 'web-2' }) }]);
     fanout.changed([{ kind: 'entry', before: entry({ id: 'e', node: 'web-2' }), after: entry({ id: 'e', node: 'web-1' }) }]);
-    runTurns();
+    await runTurns();
     const got = received(streams[0]!);
     expect(got.map((m) => [m.deleted_entries, m.entries.map((e) => JSON.parse(e).id)])).toEqual([
       [['e'], []],
@@ -110,24 +117,48 @@ describe('SyncFanout: the nodes\' Sync streams', () => {
     ]);
   });
 
-  it('a stream still reading its snapshot gets every batch from the moment it was added, once it is ready', () => {
+  it('a stream still reading its snapshot gets every batch from the moment it was added, once it is ready', async () => {
     const { fanout, runTurns, received } = setup([]);
     const late = { node: 'web-1', written: [] as Buffer[], admit: () => true, write: (b: Buffer) => late.written.push(b) };
     const r = (id: string): StateChange => ({ kind: 'revocation', spiffeId: id, after: revocationFixture({ spiffeId: id }) });
     fanout.add(late);
     fanout.changed([r('spiffe://example.org/1')]);
-    runTurns();
+    await runTurns();
     fanout.changed([r('spiffe://example.org/2')]);
     expect(late.written).toHaveLength(0);
     fanout.ready(late);
     expect(received(late as never).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1']);
-    runTurns();
+    await runTurns();
     expect(received(late as never).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1', 'spiffe://example.org/2']);
     fanout.remove(late);
     fanout.changed([r('spiffe://example.org/3')]);
-    runTurns();
+    await runTurns();
     expect(late.written).toHaveLength(2);
     expect(fanout.size).toBe(0);
+  });
+
+  it('a change after a quiet spell goes out on the next turn; changes close behind a delivery wait for the interval and go out together', async () => {
+    const { fanout, streams, turns, clock, received } = setup(['web-1']);
+    const r = (id: string): StateChange => ({ kind: 'revocation', spiffeId: id, after: revocationFixture({ spiffeId: id }) });
+    fanout.changed([r('spiffe://example.org/1')]);
+    expect(turns).toHaveLength(1);
+    turns.shift()!();
+    expect(streams[0]!.written).toHaveLength(1);
+    // 4 ms later, and 9 ms later: both wait until 10 ms after the first delivery.
+    await clock.advance(4);
+    fanout.changed([r('spiffe://example.org/2')]);
+    await clock.advance(5);
+    fanout.changed([r('spiffe://example.org/3')]);
+    expect(turns).toHaveLength(0);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(streams[0]!.written).toHaveLength(1);
+    await clock.advance(1);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(received(streams[0]!).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1', 'spiffe://example.org/2', 'spiffe://example.org/3']);
+    // Quiet for the interval: the next change is not held back.
+    await clock.advance(10);
+    fanout.changed([r('spiffe://example.org/4')]);
+    expect(turns).toHaveLength(1);
   });
 });
 

@@ -1,3 +1,4 @@
+import type { Clock } from '../common/clock.js';
 import type { AuthorityRecord } from '../datastore/types.js';
 import type { StateChange } from '../state/read-model.js';
 import { changesByNode, type NodeView, type ViewChange } from './authorize.js';
@@ -10,6 +11,11 @@ import { changesByNode, type NodeView, type ViewChange } from './authorize.js';
  *   emits changes synchronously while that call waits for its write to be visible);
  * - each batch the read model emitted stays one message, in order (a record may change in two
  *   batches; one message never carries two versions of it);
+ * - deliveries are at least minIntervalMs apart: a change after a quiet spell goes out on the next
+ *   turn, changes that follow closely (a task end's deny-list row, then the CRLs re-signed for it
+ *   a few milliseconds later, then the next task's) wait for the interval's end and go out
+ *   together, written in one turn, so HTTP/2 and TLS send each stream's messages in one write
+ *   rather than one write (record, encryption, syscall) per message;
  * - the nodes' shares are computed once per batch (authorize.ts changesByNode: one view for every
  *   node the batch does not name), and each distinct share is encoded once (records to JSON,
  *   message to protobuf), so most changes cost one encoding and one write of the same bytes per
@@ -46,9 +52,15 @@ export interface SyncFanoutDeps {
   revision(): number;
   /** Protobuf encoding of a SyncUpdate. */
   encode(message: SyncUpdateMessage): Buffer;
+  clock: Clock;
+  /** Least time between two deliveries (default DEFAULT_MIN_INTERVAL_MS). */
+  minIntervalMs?: number;
   /** Runs `fn` on a later turn (default: setImmediate). */
   later?: (fn: () => void) => void;
 }
+
+/** A revocation waits at most this long behind the delivery before it (and usually not at all). */
+export const DEFAULT_MIN_INTERVAL_MS = 10;
 
 /** The wire form of a node's share of changes and of authority changes. */
 export function updateMessage(
@@ -81,10 +93,13 @@ export class SyncFanout {
   private readonly waiting = new Map<FanoutStream, (readonly StateChange[])[]>();
   private queued: (readonly StateChange[])[] = [];
   private scheduled = false;
+  private lastFlushAt = -Infinity;
   private readonly later: (fn: () => void) => void;
+  private readonly minIntervalMs: number;
 
   constructor(private readonly deps: SyncFanoutDeps) {
     this.later = deps.later ?? ((fn) => setImmediate(fn));
+    this.minIntervalMs = deps.minIntervalMs ?? DEFAULT_MIN_INTERVAL_MS;
   }
 
   /** A new stream: changes from now on are kept for it until `ready` (its snapshot is written). */
@@ -114,17 +129,20 @@ export class SyncFanout {
     return this.live.size + this.waiting.size;
   }
 
-  /** The read model's change listener: queued, and delivered on a later turn. */
+  /** The read model's change listener: queued, and delivered on a later turn (see minIntervalMs). */
   changed(changes: readonly StateChange[]): void {
     this.queued.push([...changes]);
     if (this.scheduled) return;
     this.scheduled = true;
-    this.later(() => this.flush());
+    const wait = this.lastFlushAt + this.minIntervalMs - this.deps.clock.now();
+    if (wait <= 0) this.later(() => this.flush());
+    else void this.deps.clock.sleep(wait).then(() => this.flush());
   }
 
   /** Delivers everything queued now (also what the scheduled turn does). */
   flush(): void {
     this.scheduled = false;
+    this.lastFlushAt = this.deps.clock.now();
     const batches = this.queued;
     this.queued = [];
     for (const batch of batches) {
