@@ -160,6 +160,35 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
     fanout.changed([r('spiffe://example.org/4')]);
     expect(turns).toHaveLength(1);
   });
+
+  it('within one delivery, a deny-list row or authority record changed again is sent only in its latest version; entries and tasks keep every change', async () => {
+    const { fanout, streams, turns, received, clock } = setup(['web-1']);
+    const x = 'spiffe://example.org/x';
+    // A delivery first, so the next changes wait for the interval together.
+    fanout.changed([{ kind: 'entry', after: entry({ id: 'first' }) }]);
+    turns.shift()!();
+    const v1 = authorityFixture({ updatedAt: T0 + 1 });
+    const v2 = authorityFixture({ updatedAt: T0 + 2 });
+    fanout.changed([
+      { kind: 'authority', serverId: 'server-a', after: v1 },
+      { kind: 'revocation', spiffeId: x, after: revocationFixture({ spiffeId: x }) },
+      { kind: 'entry', before: entry({ id: 'e', node: 'web-1' }), after: entry({ id: 'e', node: 'web-2' }) },
+    ]);
+    fanout.changed([{ kind: 'authority', serverId: 'server-a', after: v2 }]);
+    fanout.changed([
+      { kind: 'revocation', spiffeId: x, before: revocationFixture({ spiffeId: x }) },
+      { kind: 'entry', before: entry({ id: 'e', node: 'web-2' }), after: entry({ id: 'e', node: 'web-2', revision: 2 }) },
+    ]);
+    await clock.advance(10);
+    await new Promise((resolve) => setImmediate(resolve));
+    const [, ...later] = received(streams[0]!);
+    expect(later.map((m) => ({ authorities: m.authorities.map((a) => JSON.parse(a).updatedAt), revocations: m.revocations.length, removed: m.removed_revocations, deleted: m.deleted_entries }))).toEqual([
+      // The entry leaving the node is kept, though the entry changed again later.
+      { authorities: [], revocations: 0, removed: [], deleted: ['e'] },
+      { authorities: [T0 + 2], revocations: 0, removed: [], deleted: [] },
+      { authorities: [], revocations: 0, removed: [x], deleted: [] },
+    ]);
+  });
 });
 
 const s0 = (written: Buffer[]) => JSON.parse(written[0]!.toString()) as SyncUpdateMessage;

@@ -16,6 +16,13 @@ import { changesByNode, type NodeView, type ViewChange } from './authorize.js';
  *   a few milliseconds later, then the next task's) wait for the interval's end and go out
  *   together, written in one turn, so HTTP/2 and TLS send each stream's messages in one write
  *   rather than one write (record, encryption, syscall) per message;
+ * - of the deny-list rows and authority records that changed again within one delivery, only
+ *   the latest version is sent: every node sees every change of those (no per-node filter), so a
+ *   later message replaces the earlier version everywhere anyway. (An authority record carries
+ *   the server's CRLs, tens of KB once many SVIDs are revoked: under a burst of revocations each
+ *   stream gets the newest CRLs once per delivery, not once per re-signing.) Entries and tasks
+ *   are filtered per node, so their every change is kept: dropping a move away from a node
+ *   because the record changed again elsewhere would leave the node holding it.
  * - the nodes' shares are computed once per batch (authorize.ts changesByNode: one view for every
  *   node the batch does not name), and each distinct share is encoded once (records to JSON,
  *   message to protobuf), so most changes cost one encoding and one write of the same bytes per
@@ -143,7 +150,7 @@ export class SyncFanout {
   flush(): void {
     this.scheduled = false;
     this.lastFlushAt = this.deps.clock.now();
-    const batches = this.queued;
+    const batches = withoutSuperseded(this.queued);
     this.queued = [];
     for (const batch of batches) {
       for (const pending of this.waiting.values()) pending.push(batch);
@@ -181,4 +188,24 @@ export class SyncFanout {
       if (bytes && stream.admit(changes)) stream.write(bytes);
     }
   }
+}
+
+/**
+ * The batches with every deny-list row and authority record that a later batch changes again
+ * left out (batches left empty are dropped); order is kept.
+ */
+export function withoutSuperseded(batches: readonly (readonly StateChange[])[]): (readonly StateChange[])[] {
+  const later = new Set<string>();
+  const out: (readonly StateChange[])[] = [];
+  for (let i = batches.length - 1; i >= 0; i--) {
+    const kept = batches[i]!.filter((c) => {
+      const key = c.kind === 'revocation' ? `r\u0000${c.spiffeId}` : c.kind === 'authority' ? `a\u0000${c.serverId}` : undefined;
+      if (key === undefined) return true;
+      if (later.has(key)) return false;
+      later.add(key);
+      return true;
+    });
+    if (kept.length > 0) out.push(kept);
+  }
+  return out.reverse();
 }
