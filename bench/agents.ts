@@ -245,6 +245,8 @@ interface SimMeter {
   wallMs: number;
   loopDelayMaxMs: number;
   loopDelayP99Ms: number;
+  /** Sync messages the simulated nodes received. */
+  messages: number;
 }
 
 /**
@@ -309,6 +311,7 @@ const mergeMeters = (ms: SimMeter[]): SimMeter => ({
   wallMs: Math.max(...ms.map((m) => m.wallMs)),
   loopDelayMaxMs: Math.max(...ms.map((m) => m.loopDelayMaxMs)),
   loopDelayP99Ms: Math.max(...ms.map((m) => m.loopDelayP99Ms)),
+  messages: sum(ms.map((m) => m.messages)),
 });
 
 /** Part 2: a server with `deps.nodes` simulated agents vs one with none. */
@@ -439,7 +442,8 @@ export async function agentsScaleBench(deps: AgentsBenchDeps): Promise<void> {
     deps.addFigure({ bench, name: `server CPU per revocation (call until all ${deps.nodes} Sync streams reached)`, unit: 'ms', samples: revokeCpu });
     deps.addFigure({ bench, name: 'MintX509Svids, all nodes at once (batches of 200)', unit: 'SVIDs/s', samples: [minted.minted / (minted.ms / 1000)] });
     // Who set the pace: the simulators' own CPU and event-loop delay while the figures above were taken.
-    const describe = (m: SimMeter) => `CPU ${m.cpuMs.toFixed(0)} ms in ${m.wallMs.toFixed(0)} ms, loop delay max ${m.loopDelayMaxMs.toFixed(1)} ms (p99 ${m.loopDelayP99Ms.toFixed(1)})`;
+    const describe = (m: SimMeter) =>
+      `CPU ${m.cpuMs.toFixed(0)} ms in ${m.wallMs.toFixed(0)} ms, loop delay max ${m.loopDelayMaxMs.toFixed(1)} ms (p99 ${m.loopDelayP99Ms.toFixed(1)}), ${m.messages} Sync messages`;
     deps.check(`agents at scale: ${deps.nodes} nodes over ${deps.simProcesses} simulator process(es); simulators during each revocation round: ${simRevoke.map(describe).join('; ')}`);
     deps.check(`agents at scale: simulators during each task start + end round: ${simPairs.map(describe).join('; ')}`);
     await sim.close();

@@ -55,6 +55,7 @@ const watches = new Set<Watch>();
 
 function onUpdate(node: SimNode, u: WireSyncUpdate): void {
   const at = wallNow();
+  received++;
   if (u.snapshot) node.snapshot = true;
   node.recent.push({ at, revocations: u.revocations });
   if (node.recent.length > RECENT) node.recent.splice(0, node.recent.length - RECENT);
@@ -72,17 +73,21 @@ function onUpdate(node: SimNode, u: WireSyncUpdate): void {
 const loopDelay = monitorEventLoopDelay({ resolution: 5 });
 loopDelay.enable();
 let meterFrom = { cpu: process.cpuUsage(), at: performance.now() };
+/** Sync messages received (all nodes) since meterStart. */
+let received = 0;
 function meterStart(): void {
   loopDelay.reset();
+  received = 0;
   meterFrom = { cpu: process.cpuUsage(), at: performance.now() };
 }
-function meterRead(): { cpuMs: number; wallMs: number; loopDelayMaxMs: number; loopDelayP99Ms: number } {
+function meterRead(): { cpuMs: number; wallMs: number; loopDelayMaxMs: number; loopDelayP99Ms: number; messages: number } {
   const cpu = process.cpuUsage(meterFrom.cpu);
   return {
     cpuMs: (cpu.user + cpu.system) / 1000,
     wallMs: performance.now() - meterFrom.at,
     loopDelayMaxMs: loopDelay.max / 1e6,
     loopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+    messages: received,
   };
 }
 

@@ -105,7 +105,7 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
     expect(streams.map((s) => [s.written.length, s.admits])).toEqual([[2, 2], [0, 1]]);
   });
 
-  it('keeps each batch one message, in order, even when several wait for the same turn (a record may change in both)', async () => {
+  it('keeps each batch one message, in order, when several wait for the same delivery and an entry changed in two of them', async () => {
     const { fanout, streams, runTurns, received } = setup(['web-1']);
     fanout.changed([{ kind: 'entry', before: entry({ id: 'e', node: 'web-1' }), after: entry({ id: 'e', node: 'web-2' }) }]);
     fanout.changed([{ kind: 'entry', before: entry({ id: 'e', node: 'web-2' }), after: entry({ id: 'e', node: 'web-1' }) }]);
@@ -137,7 +137,7 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
     expect(fanout.size).toBe(0);
   });
 
-  it('a change after a quiet spell goes out on the next turn; changes close behind a delivery wait for the interval and go out together', async () => {
+  it('a change after a quiet spell goes out on the next turn; changes close behind a delivery wait for the interval and go out together, in one message', async () => {
     const { fanout, streams, turns, clock, received } = setup(['web-1']);
     const r = (id: string): StateChange => ({ kind: 'revocation', spiffeId: id, after: revocationFixture({ spiffeId: id }) });
     fanout.changed([r('spiffe://example.org/1')]);
@@ -154,7 +154,11 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
     expect(streams[0]!.written).toHaveLength(1);
     await clock.advance(1);
     await new Promise((resolve) => setImmediate(resolve));
-    expect(received(streams[0]!).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1', 'spiffe://example.org/2', 'spiffe://example.org/3']);
+    // The two that waited share one message.
+    expect(received(streams[0]!).map((m) => m.revocations.map((r) => JSON.parse(r).spiffeId))).toEqual([
+      ['spiffe://example.org/1'],
+      ['spiffe://example.org/2', 'spiffe://example.org/3'],
+    ]);
     // Quiet for the interval: the next change is not held back.
     await clock.advance(10);
     fanout.changed([r('spiffe://example.org/4')]);
@@ -188,6 +192,24 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
       { authorities: [T0 + 2], revocations: 0, removed: [], deleted: [] },
       { authorities: [], revocations: 0, removed: [x], deleted: [] },
     ]);
+  });
+
+  it('merges the batches of one delivery into one message per node when no entry or task changed twice, each node still getting only its share', async () => {
+    const { fanout, streams, runTurns, received, encoded } = setup(['web-1', 'web-2', 'web-3']);
+    const b1: StateChange[] = [{ kind: 'task', before: taskFixture({ id: 't1', node: 'web-1' }), after: taskFixture({ id: 't1', node: 'web-1', state: 'ended' }) }];
+    const b2: StateChange[] = [{ kind: 'revocation', spiffeId: 'spiffe://example.org/t1', after: revocationFixture({ spiffeId: 'spiffe://example.org/t1' }) }];
+    const b3: StateChange[] = [{ kind: 'entry', after: entry({ id: 'e2', node: 'web-2' }) }, { kind: 'authority', serverId: 'server-a', after: authorityFixture() }];
+    fanout.changed(b1);
+    fanout.changed(b2);
+    fanout.changed(b3);
+    await runTurns();
+    // One message per stream; three encodings (web-1's, web-2's, and web-3's as every other node's).
+    expect(streams.map((s) => s.written.length)).toEqual([1, 1, 1]);
+    expect(encoded).toHaveLength(3);
+    const all = [...b1, ...b2, ...b3].filter((c): c is ViewChange => c.kind !== 'node' && c.kind !== 'authority');
+    for (const s of streams) {
+      expect(received(s)).toEqual([updateMessage(changesForNode(s.node, all), { put: [authorityFixture()], removed: [] }, 7, false)]);
+    }
   });
 });
 

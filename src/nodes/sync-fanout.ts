@@ -9,24 +9,22 @@ import { changesByNode, type NodeView, type ViewChange } from './authorize.js';
  * reaches every stream, so the work per change must not be per stream:
  * - it runs on a later turn, never inside the admin call whose write caused it (the read model
  *   emits changes synchronously while that call waits for its write to be visible);
- * - each batch the read model emitted stays one message, in order (a record may change in two
- *   batches; one message never carries two versions of it);
  * - deliveries are at least minIntervalMs apart: a change after a quiet spell goes out on the next
- *   turn, changes that follow closely (a task end's deny-list row, then the CRLs re-signed for it
- *   a few milliseconds later, then the next task's) wait for the interval's end and go out
- *   together, written in one turn, so HTTP/2 and TLS send each stream's messages in one write
- *   rather than one write (record, encryption, syscall) per message;
+ *   turn; changes that follow closely (a task end's deny-list row, the CRLs re-signed for it a
+ *   few milliseconds later, the next task's row) wait for the interval's end and go out together;
  * - of the deny-list rows and authority records that changed again within one delivery, only
  *   the latest version is sent: every node sees every change of those (no per-node filter), so a
- *   later message replaces the earlier version everywhere anyway. (An authority record carries
- *   the server's CRLs, tens of KB once many SVIDs are revoked: under a burst of revocations each
- *   stream gets the newest CRLs once per delivery, not once per re-signing.) Entries and tasks
- *   are filtered per node, so their every change is kept: dropping a move away from a node
- *   because the record changed again elsewhere would leave the node holding it.
- * - the nodes' shares are computed once per batch (authorize.ts changesByNode: one view for every
- *   node the batch does not name), and each distinct share is encoded once (records to JSON,
- *   message to protobuf), so most changes cost one encoding and one write of the same bytes per
- *   stream.
+ *   later version replaces the earlier one everywhere anyway. An authority record carries the
+ *   server's CRLs, tens of KB once many SVIDs are revoked: under a burst of revocations each
+ *   stream gets the newest CRLs once per delivery, not once per re-signing;
+ * - the batches of one delivery become one message per stream when no entry or task changed in
+ *   two of them; otherwise each batch stays one message, in order, because entries and tasks are
+ *   filtered per node and one message must never carry two versions of a record (a move away
+ *   from a node followed by another change elsewhere must still reach it as a deletion);
+ * - the nodes' shares are computed once per message (authorize.ts changesByNode: one view for
+ *   every node the changes do not name), and each distinct share is encoded once (records to
+ *   JSON, message to protobuf): one encoding and one write of the same bytes per stream.
+ * Writes made in one turn leave as one HTTP/2 and TLS write per connection.
  */
 
 /** A SyncUpdate as the proto declares it (records as JSON). */
@@ -67,7 +65,7 @@ export interface SyncFanoutDeps {
 }
 
 /** A revocation waits at most this long behind the delivery before it (and usually not at all). */
-export const DEFAULT_MIN_INTERVAL_MS = 10;
+export const DEFAULT_MIN_INTERVAL_MS = 50;
 
 /** The wire form of a node's share of changes and of authority changes. */
 export function updateMessage(
@@ -150,7 +148,7 @@ export class SyncFanout {
   flush(): void {
     this.scheduled = false;
     this.lastFlushAt = this.deps.clock.now();
-    const batches = withoutSuperseded(this.queued);
+    const batches = coalesce(this.queued);
     this.queued = [];
     for (const batch of batches) {
       for (const pending of this.waiting.values()) pending.push(batch);
@@ -191,10 +189,11 @@ export class SyncFanout {
 }
 
 /**
- * The batches with every deny-list row and authority record that a later batch changes again
- * left out (batches left empty are dropped); order is kept.
+ * What one delivery sends, in order: the batches with every deny-list row and authority record
+ * that a later batch changes again left out (and batches left empty dropped), merged into one
+ * batch when no entry or task appears in two of them.
  */
-export function withoutSuperseded(batches: readonly (readonly StateChange[])[]): (readonly StateChange[])[] {
+export function coalesce(batches: readonly (readonly StateChange[])[]): (readonly StateChange[])[] {
   const later = new Set<string>();
   const out: (readonly StateChange[])[] = [];
   for (let i = batches.length - 1; i >= 0; i--) {
@@ -207,5 +206,17 @@ export function withoutSuperseded(batches: readonly (readonly StateChange[])[]):
     });
     if (kept.length > 0) out.push(kept);
   }
-  return out.reverse();
+  out.reverse();
+  if (out.length < 2) return out;
+  const filtered = new Set<string>();
+  for (const batch of out) {
+    for (const c of batch) {
+      const record = c.kind === 'entry' ? c.after ?? c.before : c.kind === 'task' ? c.after ?? c.before : undefined;
+      if (!record) continue;
+      const key = c.kind === 'entry' ? `e\u0000${(record as { id: string }).id}` : `t\u0000${(record as { agent: string }).agent}\u0000${record.id}`;
+      if (filtered.has(key)) return out;
+      filtered.add(key);
+    }
+  }
+  return [out.flat()];
 }
