@@ -1,5 +1,6 @@
 import type { Logger } from '../common/logger.js';
 import type { IssuanceRecord, IssuanceStore } from './types.js';
+import type { IssuanceJournal } from './issuance-journal.js';
 
 export interface BatchedIssuancesOptions {
   /** Longest a minted SVID waits before its record is written. */
@@ -18,10 +19,13 @@ const DEFAULTS: BatchedIssuancesOptions = { flushIntervalMs: 250, maxBatch: 500,
 /**
  * Issuance records written in batches off the hot path: minting an SVID only queues its record;
  * a timer (or a full batch) writes them in one transaction, so a rotation storm of thousands of
- * SVIDs costs a few commits and no fetch ever waits on the disk. Reads flush first, so revocation
- * (latest notAfter) and CRLs (revoked serials) always see every SVID minted by this server.
- * A crash can lose at most the records of the last interval; the deny list's floor of the longest
- * SVID lifetime (tasks/revocations.ts) covers that.
+ * SVIDs costs a few commits and no fetch ever waits on the datastore. Reads flush first, so
+ * revocation (latest notAfter) and CRLs (revoked serials) always see every SVID minted by this
+ * server. A crash loses the records of the last interval: with a journal (issuance-journal.ts),
+ * X.509 records are also appended there, queue() returns when that is on disk, and the journal is
+ * recorded at the next start, so no certificate handed out after that promise is ever missing from
+ * a CRL. Lost JWT records are covered by the deny list's floor of the longest SVID lifetime
+ * (tasks/revocations.ts).
  */
 export class BatchedIssuances implements IssuanceStore {
   private pending: IssuanceRecord[] = [];
@@ -35,16 +39,24 @@ export class BatchedIssuances implements IssuanceStore {
     private readonly store: IssuanceStore,
     private readonly logger: Logger,
     options: Partial<BatchedIssuancesOptions> = {},
+    private readonly journal?: IssuanceJournal,
   ) {
     this.options = { ...DEFAULTS, ...options };
   }
 
   /** Queues records; never waits. */
   async record(issuances: readonly IssuanceRecord[]): Promise<void> {
-    this.queue(issuances);
+    // Not waited for here; a failed journal write is logged by the journal.
+    void this.queue(issuances)?.catch(() => undefined);
   }
 
-  queue(issuances: readonly IssuanceRecord[]): void {
+  /**
+   * Queues records; with a journal, the Promise (present when they include X.509 records) settles
+   * once those are on disk there: hand their certificates out only after it resolves.
+   */
+  queue(issuances: readonly IssuanceRecord[]): Promise<void> | undefined {
+    const x509 = this.journal ? issuances.filter(isX509) : [];
+    const durable = x509.length > 0 ? this.journal!.append(x509) : undefined;
     this.pending.push(...issuances);
     if (this.pending.length > this.options.maxPending) {
       const excess = this.pending.length - this.options.maxPending;
@@ -56,6 +68,7 @@ export class BatchedIssuances implements IssuanceStore {
       this.timer = setTimeout(() => void this.flush().catch(() => {}), this.options.flushIntervalMs);
       this.timer.unref();
     }
+    return durable;
   }
 
   get pendingCount(): number {
@@ -71,6 +84,7 @@ export class BatchedIssuances implements IssuanceStore {
         const batch = this.pending.splice(0, this.options.maxBatch);
         try {
           await this.store.record(batch);
+          this.journal?.committed(batch.filter(isX509).length);
         } catch (err) {
           // Kept for the next attempt; the caller that needs them (a revocation) sees the error.
           this.pending.unshift(...batch);
@@ -112,3 +126,5 @@ export class BatchedIssuances implements IssuanceStore {
     return this.store.prune(now);
   }
 }
+
+const isX509 = (r: IssuanceRecord) => r.kind === 'x509';

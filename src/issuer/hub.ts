@@ -1,6 +1,6 @@
 import type { Clock } from '../common/clock.js';
 import { unpooled } from '../common/buffers.js';
-import { permissionDenied, type AgentIdError } from '../common/errors.js';
+import { permissionDenied, unavailable, type AgentIdError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { RegistrationEntry, TaskRecord } from '../datastore/types.js';
 import { MIN_REMAINING_MS, type CallerFacts, type Identity } from './identity.js';
@@ -113,7 +113,7 @@ interface Sweep {
 export interface HubDeps {
   identitiesFor: (caller: CallerFacts, now: number) => Identity[];
   /** Where SVIDs come from: the local CA's cache on the server, the pre-fetched store on an agent. */
-  cache: Pick<SvidCache, 'x509For' | 'dueKeys' | 'retain'>;
+  cache: Pick<SvidCache, 'x509For' | 'dueKeys' | 'retain'> & Partial<Pick<SvidCache, 'recorded'>>;
   trust: TrustMaterial;
   encoders: StateEncoders;
   clock: Clock;
@@ -412,7 +412,23 @@ export class StreamHub {
     // Versions can move without the content changing (a CA rotation that left the JWT keys alone).
     if (sub.message?.equals(message)) return;
     sub.message = message;
-    sub.sink.deliver(message);
+    if (computed.recorded === undefined) {
+      sub.sink.deliver(message);
+      return;
+    }
+    // A new certificate goes out once its issuance record is durable (svid-cache.ts recorded()),
+    // unless the stream has moved on to a later message by then (latest wins).
+    computed.recorded.then(
+      () => {
+        if (sub.open && sub.message === message) sub.sink.deliver(message);
+      },
+      (err: unknown) => {
+        if (!sub.open || sub.message !== message) return;
+        this.deps.logger.error({ err, pid: sub.caller.pid }, 'a new SVID\'s issuance could not be recorded; the stream ends');
+        this.drop(sub);
+        sub.sink.end(unavailable('SVID issuance could not be recorded'));
+      },
+    );
   }
 
   /** The stream no longer holds its response; a response nobody holds is forgotten. */
@@ -421,6 +437,18 @@ export class StreamHub {
     if (!shared) return;
     shared.holders.delete(sub);
     if (shared.holders.size === 0) this.responses.delete(sub.responseKey);
+  }
+
+  /** Settles once every one of these SVIDs' issuance records is durable; undefined when they are. */
+  private recorded(svids: readonly { svid: MintedX509 }[]): Promise<unknown> | undefined {
+    const { cache } = this.deps;
+    if (!cache.recorded) return undefined;
+    let waits: Promise<void>[] | undefined;
+    for (const { svid } of svids) {
+      const wait = cache.recorded(svid);
+      if (wait) (waits ??= []).push(wait);
+    }
+    return waits && (waits.length === 1 ? waits[0] : Promise.all(waits));
   }
 
   /** Whether one of the stream's identities is at its end (entry expiry, task end plus buffer). */
@@ -448,7 +476,7 @@ export class StreamHub {
       const key = ['x509', v.x509, v.crl, federation, ...svids.map((s) => `${s.svid.issuerId}/${s.svid.serial}/${s.identity.hint}`)].join('\u0000');
       const encode = () =>
         encoders.x509({ svids, bundle: trust.ownX509Bundle(), crls: trust.crls(), federatedBundles: trust.federatedX509(federatesWith) });
-      return { identities, key, encode };
+      return { identities, key, encode, recorded: this.recorded(svids) };
     }
     if (sub.kind === 'x509-bundles') {
       const key = ['x509-bundles', v.x509, v.crl, federation].join('\u0000');
@@ -471,4 +499,6 @@ interface Computed {
   key: string;
   /** Called only when no stream shares the key yet. */
   encode: () => Buffer;
+  /** Settles once the issuance records of the certificates in it are durable; absent when they are. */
+  recorded?: Promise<unknown>;
 }

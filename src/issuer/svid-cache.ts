@@ -40,7 +40,11 @@ interface CachedJwt {
 
 export interface SvidCacheDeps {
   minter: SvidMinter;
-  recordIssuance: (record: IssuanceRecord) => void;
+  /**
+   * Records a minted SVID's issuance. A Promise means the record is not durable yet: the SVID is
+   * handed out only once it resolves (see recorded()).
+   */
+  recordIssuance: (record: IssuanceRecord) => void | Promise<void>;
   events: IssuanceEvents;
   clock: Clock;
   logger: Logger;
@@ -115,6 +119,8 @@ class CachedSvids<V extends { svid: { spiffeId: string } }> {
  */
 export class SvidCache {
   private readonly x509 = new CachedSvids<CachedX509>();
+  /** X.509-SVIDs whose issuance record is not durable yet, until it is. */
+  private readonly unrecorded = new WeakMap<MintedX509, Promise<void>>();
   private readonly jwt = new CachedSvids<CachedJwt>();
   /**
    * Earliest renewAt of the cached X.509-SVIDs, kept as SVIDs are added (the scheduler asks after
@@ -138,7 +144,7 @@ export class SvidCache {
     }
     const ttlMs = cappedTtl(now, identity.x509TtlMs, identity.notAfterCap);
     const svid = this.deps.minter.mintX509Svid({ spiffeId: identity.spiffeId, ttlMs, dnsNames: identity.dnsNames });
-    this.deps.recordIssuance({
+    const recording = this.deps.recordIssuance({
       kind: 'x509',
       serial: svid.serial,
       spiffeId: svid.spiffeId,
@@ -147,6 +153,11 @@ export class SvidCache {
       notAfter: svid.notAfter,
       task: identity.task ? `${identity.task.agent}/${identity.task.id}` : null,
     });
+    if (recording) {
+      this.unrecorded.set(svid, recording);
+      // Whoever hands the SVID out sees a failure; an SVID never handed out needs no answer.
+      recording.then(() => this.unrecorded.delete(svid), () => undefined);
+    }
     const reason = !cached ? 'new' : cached.fingerprint !== fingerprint ? 'changed' : now >= cached.svid.notAfter ? 'expired' : 'half_life';
     this.deps.events.x509Issued(identity, svid, cause, cached?.svid, reason);
     const renewAt = renewalTime(svid.notBefore, svid.notAfter, this.random());
@@ -155,6 +166,14 @@ export class SvidCache {
     else if (this.earliestRenewal && (this.earliestRenewal.at === undefined || renewAt < this.earliestRenewal.at)) this.earliestRenewal = { at: renewAt };
     this.x509.set(identity.key, { fingerprint, svid, renewAt });
     return svid;
+  }
+
+  /**
+   * Settles once the SVID's issuance record is durable (a CRL can list it after any crash);
+   * undefined when it already is. Rejects when it could not be made durable: do not hand it out.
+   */
+  recorded(svid: MintedX509): Promise<void> | undefined {
+    return this.unrecorded.get(svid);
   }
 
   jwtFor(identity: Identity, audience: string[], cause: MintCause): MintedJwt {

@@ -33,7 +33,11 @@ export interface NodeServiceDeps {
   state: Pick<ReadModel, 'node' | 'entries' | 'activeTask' | 'isRevoked' | 'sync'>;
   minter: NodeMinter;
   /** Issuance records (batched, as for the server's own SVIDs). */
-  recordIssuances: (records: IssuanceRecord[]) => void;
+  /**
+   * Records issuances; a Promise settles once they are durable (server/storage.ts's journal): the
+   * X.509-SVIDs of MintX509Svids are answered only then, so a CRL can list them after any crash.
+   */
+  recordIssuances: (records: IssuanceRecord[]) => void | Promise<void>;
   revoker: Pick<Revoker, 'keepUntilFor' | 'addWithin'>;
   tasks: Pick<TaskService, 'start' | 'end' | 'revoke'>;
   policy: NodePolicy;
@@ -219,7 +223,9 @@ export class NodeService {
       svidExpiresAt: svid.notAfter,
       evictedAt: null,
     });
-    this.deps.recordIssuances([{ kind: 'x509', serial: svid.serial, spiffeId: svid.spiffeId, issuerId: svid.issuerId, issuedAt: now, notAfter: svid.notAfter, task: null }]);
+    // Not waited for (inside the node's transaction): a node SVID is refused by the node's own
+    // record (evicted) on every call, not only by the CRL.
+    void this.deps.recordIssuances([{ kind: 'x509', serial: svid.serial, spiffeId: svid.spiffeId, issuerId: svid.issuerId, issuedAt: now, notAfter: svid.notAfter, task: null }])?.catch(() => undefined);
     return { node, svid };
   }
 
@@ -266,7 +272,7 @@ export class NodeService {
       if (i > 0 && i % YIELD_EVERY === 0) await new Promise<void>((resolve) => setImmediate(resolve));
       results.push(this.mintOne(node, requests[i]!, records));
     }
-    if (records.length > 0) this.deps.recordIssuances(records);
+    if (records.length > 0) await this.deps.recordIssuances(records);
     return results;
   }
 
