@@ -75,7 +75,7 @@ function caller(pid: number, uid: number, opts: { ancestors?: number[]; cgroup?:
  * A hub over a small in-memory world (entries, tasks, deny list, trust versions), with JSON
  * "encoders" that count their calls, and streams that record every message they receive.
  */
-function world(opts: { sliceSize?: number; parents?: Map<number, number[]> } = {}) {
+function world(opts: { sliceSize?: number; parents?: Map<number, number[]>; recordIssuance?: () => void | Promise<void> } = {}) {
   const clock = new ManualClock(T0);
   let serial = 0;
   const events: string[] = [];
@@ -144,7 +144,7 @@ function world(opts: { sliceSize?: number; parents?: Map<number, number[]> } = {
       return processes.map((p) => (opts.parents!.get(p.pid) ?? []).map((a) => ({ pid: a, startTime: `st${a}` })));
     },
   };
-  const cache = new SvidCache({ minter, recordIssuance: () => {}, events: { x509Issued: () => {}, jwtIssued: () => {} }, clock, logger: silentLogger(), random: () => 0 });
+  const cache = new SvidCache({ minter, recordIssuance: opts.recordIssuance ?? (() => {}), events: { x509Issued: () => {}, jwtIssued: () => {} }, clock, logger: silentLogger(), random: () => 0 });
   const hub = new StreamHub({
     identitiesFor: (c, now) =>
       resolveIdentities({
@@ -282,6 +282,27 @@ describe('StreamHub', () => {
     await settled(w.hub);
     expect(counts(all)).toEqual([4, 3, 2, 1, 1]);
     expect(child.messages.at(-1)!.ids).toEqual(['spiffe://td.example/base']);
+  });
+
+  it('hands a new certificate out only once its issuance record is durable, and ends the stream when it cannot be', async () => {
+    const pending: { resolve: () => void; reject: (err: Error) => void }[] = [];
+    const w = world({ recordIssuance: () => new Promise<void>((resolve, reject) => pending.push({ resolve, reject })) });
+    w.entries.set('a', entry('a', ['unix:uid:1000']));
+    w.entries.set('b', entry('b', ['unix:uid:2000']));
+    const durable = w.open('x509', caller(1, 1000));
+    const lost = w.open('x509', caller(2, 2000));
+    expect(pending).toHaveLength(2);
+    expect(counts([durable, lost])).toEqual([0, 0]);
+    pending[0]!.resolve();
+    pending[1]!.reject(new Error('disk gone'));
+    await settled(w.hub);
+    await new Promise((r) => setImmediate(r));
+    expect(counts([durable, lost])).toEqual([1, 0]);
+    expect(durable.messages[0]!.ids).toEqual(['spiffe://td.example/a']);
+    expect(lost.ends.map((e) => e.code)).toEqual(['unavailable']);
+    // The same certificate to another stream: durable already, so at once.
+    const again = w.open('x509', caller(3, 1000));
+    expect(counts([again])).toEqual([1]);
   });
 
   it('reads the parent chains of streams opened without one only when a task bound with descendants appears, and recomputes the streams it covers', async () => {
