@@ -211,6 +211,24 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
       expect(received(s)).toEqual([updateMessage(changesForNode(s.node, all), { put: [authorityFixture()], removed: [] }, 7, false)]);
     }
   });
+
+  it('tasks bound on the server\'s host concern no node: they neither make messages nor keep a delivery\'s batches apart', async () => {
+    const { fanout, streams, turns, clock, received } = setup(['web-1']);
+    const r = (id: string): StateChange => ({ kind: 'revocation', spiffeId: id, after: revocationFixture({ spiffeId: id }) });
+    fanout.changed([r('spiffe://example.org/0')]);
+    turns.shift()!();
+    // Sequential task starts and ends on the server's host, as an orchestrator makes them.
+    for (const id of ['a', 'b']) {
+      fanout.changed([{ kind: 'task', after: taskFixture({ id }) }]);
+      fanout.changed([{ kind: 'task', before: taskFixture({ id }), after: taskFixture({ id, state: 'ended' }) }, r(`spiffe://example.org/${id}`)]);
+    }
+    await clock.advance(50);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(received(streams[0]!).map((m) => [m.tasks.length, m.revocations.map((x) => JSON.parse(x).spiffeId)])).toEqual([
+      [0, ['spiffe://example.org/0']],
+      [0, ['spiffe://example.org/a', 'spiffe://example.org/b']],
+    ]);
+  });
 });
 
 const s0 = (written: Buffer[]) => JSON.parse(written[0]!.toString()) as SyncUpdateMessage;

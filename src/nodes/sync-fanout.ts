@@ -189,15 +189,17 @@ export class SyncFanout {
 }
 
 /**
- * What one delivery sends, in order: the batches with every deny-list row and authority record
- * that a later batch changes again left out (and batches left empty dropped), merged into one
- * batch when no entry or task appears in two of them.
+ * What one delivery sends, in order: the batches without tasks bound on no node (no node's
+ * share) and without every deny-list row and authority record that a later batch changes again
+ * (batches left empty dropped), merged into one batch when no entry or task appears in two of them.
  */
 export function coalesce(batches: readonly (readonly StateChange[])[]): (readonly StateChange[])[] {
   const later = new Set<string>();
   const out: (readonly StateChange[])[] = [];
   for (let i = batches.length - 1; i >= 0; i--) {
     const kept = batches[i]!.filter((c) => {
+      // A task bound on the server's host is in no node's share (authorize.ts).
+      if (c.kind === 'task' && !c.before?.node && !c.after?.node) return false;
       const key = c.kind === 'revocation' ? `r\u0000${c.spiffeId}` : c.kind === 'authority' ? `a\u0000${c.serverId}` : undefined;
       if (key === undefined) return true;
       if (later.has(key)) return false;
