@@ -239,7 +239,9 @@ async function main(): Promise<void> {
 
     // prlimit execs node: the child's pid is the server's.
     const serverPid = server.pid!;
+    const sessions = INSPECT ? await Promise.all([inspector(PORTS.a), inspector(PORTS.bare)]) : undefined;
     const beforeTasks = status(serverPid);
+    const beforeTasksUsage = sessions && (await usageAround(serverPid, sessions[0]));
     const per = Array.from({ length: WORKERS }, (_, i) => Math.floor(STREAMS / WORKERS) + (i < STREAMS % WORKERS ? 1 : 0));
     for (const [i, w] of workers.entries()) {
       const count = Math.floor(IDENTITIES / WORKERS) + (i < IDENTITIES % WORKERS ? 1 : 0);
@@ -250,13 +252,17 @@ async function main(): Promise<void> {
     }
     const afterTasks = status(serverPid);
     console.log(`agentid: ${IDENTITIES} tasks bound: RSS ${beforeTasks.rss} -> ${afterTasks.rss} KiB (the bench's idle sample is taken before this)`);
+    if (beforeTasksUsage) {
+      const after = await usageAround(serverPid, sessions![0]);
+      usageReport('agentid: binding the tasks (per task)', beforeTasksUsage, after, IDENTITIES);
+    }
 
     const openAll = async () => {
       await Promise.all(workers.map((w, i) => w.request('open', { group: 'A', socket, count: per[i], reconnect: false, viaHolders: true }, 300_000)));
       await Promise.all(workers.map((w, i) => w.request('open', { group: 'B', socket: bareSocket, count: per[i], reconnect: false, viaHolders: true }, 300_000)));
     };
     if (INSPECT) {
-      const [sa, sb] = await Promise.all([inspector(PORTS.a), inspector(PORTS.bare)]);
+      const [sa, sb] = sessions!;
       const idle = { a: await usageAround(serverPid, sa), b: await usageAround(bare.pid, sb) };
       await openAll();
       const open = { a: await usageAround(serverPid, sa), b: await usageAround(bare.pid, sb) };

@@ -254,6 +254,30 @@ describe('StreamHub', () => {
     expect(u1001[0]!.messages.at(-1)!.ids).toEqual(['spiffe://td.example/base1', 'spiffe://td.example/x']);
   });
 
+  it('an entry change reaches every stream of callers sharing one selector list object, also after some of them closed', async () => {
+    const w = world();
+    w.entries.set('base', entry('base', ['unix:uid:1000']));
+    // Callers of one process (or one user and binary) share one selector list (attestation-cache.ts).
+    const shared = caller(1, 1000).selectors;
+    const same = [1, 2, 3].map((pid) => w.open('x509', { ...caller(pid, 1000), selectors: shared }));
+    const other = w.open('x509', caller(9, 1000));
+    w.putEntry(entry('x', ['unix:pid:1']));
+    await settled(w.hub);
+    expect(counts([...same, other])).toEqual([2, 2, 2, 1]);
+    // Two of the three close: the list stays filed for the last one, and for nothing once it closes too.
+    same[0]!.unsubscribe();
+    same[1]!.unsubscribe();
+    w.putEntry(entry('y', ['unix:uid:1000', 'unix:pid:1']));
+    await settled(w.hub);
+    expect(counts([...same, other])).toEqual([2, 2, 3, 1]);
+    expect(same[2]!.messages.at(-1)!.ids).toEqual(['spiffe://td.example/base', 'spiffe://td.example/x', 'spiffe://td.example/y']);
+    same[2]!.unsubscribe();
+    w.putEntry(entry('z', ['unix:pid:1']));
+    await settled(w.hub);
+    expect(counts([...same, other])).toEqual([2, 2, 3, 1]);
+    expect(w.hub.size).toBe(1);
+  });
+
   it('a task change reaches its bound process, descendants only when allowed, and its cgroup subtree', async () => {
     const w = world();
     w.entries.set('base', entry('base', ['unix:uid:1000'], { includeTasks: true }));

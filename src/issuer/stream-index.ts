@@ -42,6 +42,8 @@ class MultiMap<K, V> {
 
 const EMPTY: ReadonlySet<never> = new Set();
 
+type SelectorList = CallerFacts['selectors'];
+
 const processKey = (p: { pid: number; startTime: string }) => `${p.pid}@${p.startTime}`;
 
 interface Held {
@@ -70,7 +72,14 @@ const sameHoldings = (a: Held, b: Held) => sameList(a.keys, b.keys) && sameList(
 export class StreamIndex<S extends IndexedStream> {
   /** What each stream holds now. Its selectors are not copied here: the caller's are fixed, and bySelector answers for them. */
   private readonly streams = new Map<S, Held>();
-  private readonly bySelector = new MultiMap<string, S>();
+  /**
+   * Selectors are filed per selector list, not per stream: callers of one process (and of one
+   * user running one binary) share one list object (attestation-cache.ts), so 10,000 streams file
+   * a few lists under their selectors, and each stream once under its list, instead of each stream
+   * under each of its selectors (ten or so). A list nobody shares is simply a group of one.
+   */
+  private readonly bySelector = new MultiMap<string, SelectorList>();
+  private readonly byList = new MultiMap<SelectorList, S>();
   private readonly byProcess = new MultiMap<string, S>();
   private readonly byCgroup = new MultiMap<string, S>();
   private readonly byKey = new MultiMap<string, S>();
@@ -91,7 +100,8 @@ export class StreamIndex<S extends IndexedStream> {
     if (this.streams.has(stream)) return;
     const { caller } = stream;
     this.streams.set(stream, NOTHING_HELD);
-    for (const s of caller.selectors) this.bySelector.add(selectorKey(s), stream);
+    if (!this.byList.has(caller.selectors)) for (const s of caller.selectors) this.bySelector.add(selectorKey(s), caller.selectors);
+    this.byList.add(caller.selectors, stream);
     this.byProcess.add(processKey(caller), stream);
     for (const a of caller.ancestors) this.byProcess.add(processKey(a), stream);
     if (caller.cgroup !== null) this.byCgroup.add(caller.cgroup, stream);
@@ -131,7 +141,8 @@ export class StreamIndex<S extends IndexedStream> {
     this.streams.delete(stream);
     this.unhold(stream, held);
     const { caller } = stream;
-    for (const s of caller.selectors) this.bySelector.delete(selectorKey(s), stream);
+    this.byList.delete(caller.selectors, stream);
+    if (!this.byList.has(caller.selectors)) for (const s of caller.selectors) this.bySelector.delete(selectorKey(s), caller.selectors);
     this.byProcess.delete(processKey(caller), stream);
     for (const a of caller.ancestors) this.byProcess.delete(processKey(a), stream);
     if (caller.cgroup !== null) this.byCgroup.delete(caller.cgroup, stream);
@@ -146,15 +157,15 @@ export class StreamIndex<S extends IndexedStream> {
   affectedByEntry(entry: RegistrationEntry, into: Set<S>): void {
     for (const s of this.byKey.get(`entry:${entry.id}`)) into.add(s);
     if (entry.selectors.length === 0) return;
-    // Every selector is required, so the rarest one's streams are the only candidates.
+    // Every selector is required, so the rarest one's selector lists are the only candidates.
     const keys = entry.selectors.map(selectorKey);
     let candidates = this.bySelector.get(keys[0]!);
     for (const k of keys) {
       const c = this.bySelector.get(k);
       if (c.size < candidates.size) candidates = c;
     }
-    for (const s of candidates) {
-      if (keys.every((k) => this.bySelector.get(k).has(s))) into.add(s);
+    for (const list of candidates) {
+      if (keys.every((k) => this.bySelector.get(k).has(list))) for (const s of this.byList.get(list)) into.add(s);
     }
   }
 
