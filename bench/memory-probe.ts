@@ -289,7 +289,10 @@ async function main(): Promise<void> {
     admin.close();
     for (const w of workers) w.kill();
     bare.kill();
+    // The server's clean stop writes to its data directory: remove that only once it has exited.
+    const exited = new Promise((r) => server.once('exit', r));
     server.kill('SIGTERM');
+    await exited;
     if (keepAt < 0) rmSync(runDir, { recursive: true, force: true });
   }
 }
