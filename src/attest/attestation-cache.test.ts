@@ -32,8 +32,8 @@ const CONNECT_THEN_EXEC = [
   `os.execv('${SLEEP}', ['sleep', '600'])`,
 ].join('\n');
 
-/** Nothing depends on the cgroup or on account names: only the process and its executable are compared. */
-const NOTHING_ELSE: RecheckNeeds = { cgroup: false, accountNames: false };
+/** Some entry uses path: or sha256: selectors; nothing depends on the cgroup or on account names. */
+const NOTHING_ELSE: RecheckNeeds = { executable: true, cgroup: false, accountNames: false };
 const CGROUP_MOUNT = cgroup2Mount();
 /** A cgroup v2 directory this test may create and move its child into (root on a writable hierarchy). */
 const testCgroup = join(CGROUP_MOUNT, `agentid-attest-cache-${process.pid}`);
@@ -250,6 +250,37 @@ describe('AttestationCache', () => {
     expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 2 });
   });
 
+  it('compares the executable only while some entry uses path: or sha256:, and then sees an exec made before', async () => {
+    const { child, peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    const noExecutable: RecheckNeeds = { executable: false, cgroup: false, accountNames: false };
+    const before = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: noExecutable });
+
+    child.stdin!.write('exec\n');
+    while ((await readlink(`/proc/${child.pid}/exe`).catch(() => '')) !== SLEEP) await delay(10);
+
+    // Nothing an entry or task can match changed: the same attestation, without stat(/proc/PID/exe).
+    expect(cache.reuse(peer, { withSha256: false, withAncestors: false, recheck: noExecutable })).toBe(before);
+    expect(await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: noExecutable })).toBe(before);
+    // An entry with a path: selector appears: the exec since the attestation counts at once.
+    expect(cache.reuse(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBeUndefined();
+    const after = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    expect(after.process).toEqual(before.process);
+    expect(paths(after)).toEqual([`unix:path:${SLEEP}`]);
+    expect(cache.stats()).toEqual({ hits: 2, processHits: 0, misses: 2 });
+  });
+
+  it('answers a reused attestation without waiting only when no parent chain is asked for', async () => {
+    const { peer } = await connectedChild();
+    const cache = new AttestationCache(new Attestor({ logger: silentLogger() }));
+    expect(cache.reuse(peer, { withSha256: false, withAncestors: false })).toBeUndefined(); // never attested
+    const first = await cache.attest(peer, { withSha256: false, withAncestors: false });
+    expect(cache.reuse(peer, { withSha256: false, withAncestors: false })).toBe(first);
+    expect(cache.reuse(peer, { withSha256: false, withAncestors: true })).toBeUndefined();
+    expect(cache.reuse(peer, { withSha256: true, withAncestors: false })).toBeUndefined(); // no hash in the cached one
+    expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 1 });
+  });
+
   it('re-attests a process moved to another cgroup when some entry or task depends on cgroups, and only then', async (ctx) => {
     try {
       await mkdir(testCgroup);
@@ -264,7 +295,7 @@ describe('AttestationCache', () => {
       await writeFile(join(testCgroup, 'cgroup.procs'), `${child.pid}\n`);
 
       expect(await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBe(first);
-      const moved = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { cgroup: true, accountNames: false } });
+      const moved = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { executable: true, cgroup: true, accountNames: false } });
       expect(moved.cgroup).toBe(testCgroup.slice(CGROUP_MOUNT.length));
       expect(moved.selectors.map(formatSelector)).toContain(`unix:cgroup:${moved.cgroup}`);
       expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 2 });
@@ -310,7 +341,7 @@ describe('AttestationCache', () => {
     await writeFile(join(etcRoot, 'passwd'), 'superuser:x:0:0::/root:/bin/sh\n');
     // No entry uses a name selector: the old names cannot change what the caller matches.
     expect(await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBe(first);
-    const second = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { cgroup: false, accountNames: true } });
+    const second = await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: { executable: true, cgroup: false, accountNames: true } });
     expect(second.selectors.map(formatSelector)).toContain('unix:user:superuser');
     expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 2 });
   });

@@ -4,6 +4,10 @@ import type { Selector } from '../spiffe/selector.js';
 import { InternPool } from '../common/intern.js';
 
 
+function withoutChain(a: Attestation): Attestation {
+  return a.ancestorsKnown ? { ...a, ancestors: [], ancestorsKnown: false } : a;
+}
+
 /** Processes whose latest attestation is kept for their next connections; the oldest go first beyond this. */
 const MAX_PROCESSES = 16_384;
 
@@ -47,7 +51,7 @@ export class AttestationCache {
     const recheck = opts.recheck ?? RECHECK_ALL;
     const usable = (a: Attestation) => a.facts.withSha256 || !opts.withSha256;
     const cached = this.byConnection.get(peer);
-    if (cached && usable(cached) && (await this.attestor.stillDescribes(cached, recheck))) {
+    if (cached && usable(cached) && this.attestor.stillDescribes(cached, recheck)) {
       this.hitCount++;
       return this.withChain(cached, withAncestors);
     }
@@ -71,9 +75,24 @@ export class AttestationCache {
     return fresh;
   }
 
+  /**
+   * The connection's own attestation when it can be answered without waiting: cached for this
+   * connection, still describing its process (stillDescribes is synchronous), and no parent chain
+   * asked for (a walk reads /proc per ancestor). undefined: call attest(). A repeat call on an
+   * open connection takes this path; attest() compares again what this found stale, and attests.
+   */
+  reuse(peer: PeerCredentials, opts: AttestOptions & { recheck?: RecheckNeeds }): Attestation | undefined {
+    if (opts.withAncestors ?? true) return undefined;
+    const cached = this.byConnection.get(peer);
+    if (!cached || (opts.withSha256 && !cached.facts.withSha256)) return undefined;
+    if (!this.attestor.stillDescribes(cached, opts.recheck ?? RECHECK_ALL)) return undefined;
+    this.hitCount++;
+    return withoutChain(cached);
+  }
+
   /** `a` with its parent chain when asked for (read again: see below), without it otherwise. */
   private async withChain(a: Attestation, withAncestors: boolean): Promise<Attestation> {
-    if (!withAncestors) return a.ancestorsKnown ? { ...a, ancestors: [], ancestorsKnown: false } : a;
+    if (!withAncestors) return withoutChain(a);
     // A grandparent may have exited since (the chain changes above an unchanged parent): walk
     // it again; this is only asked for while some task is bound with its descendants.
     return { ...a, ancestors: this.sharedChain(await this.attestor.ancestorsOf(a.process)), ancestorsKnown: true };

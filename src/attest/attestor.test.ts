@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isAgentIdError } from '../common/errors.js';
 import { createLogger, silentLogger, type Logger } from '../common/logger.js';
 import { formatSelector } from '../spiffe/selector.js';
-import { Attestor, type Attestation } from './attestor.js';
+import { Attestor, recheckNeeds, type Attestation } from './attestor.js';
 import { ExecutableHasher } from './exe-hash.js';
 import { readPeerCredentials, type PeerCredentials } from './peercred.js';
 import { readProcessRef } from './proc.js';
@@ -225,7 +225,7 @@ describe('Attestor on real processes', () => {
       const attestor = new Attestor({ procRoot, etcRoot: await fakeEtc('etc-pidfd'), logger: silentLogger() });
       const peer = { pid: 4242, uid: 0, gid: 0, openPidfd: () => creds.openPidfd!() };
       const first = await attestor.attest(peer, { withSha256: false });
-      expect(await attestor.stillDescribes(first)).toBe(true);
+      expect(attestor.stillDescribes(first)).toBe(true);
 
       await kill(client);
       const err = await attestor.attest(peer, { withSha256: false }).catch((e: unknown) => e);
@@ -396,14 +396,14 @@ describe('Attestor on /proc fixtures', () => {
     await fakeProcess(procRoot, { pid: 4343, startTime: '100' });
     const attestor = new Attestor({ procRoot, etcRoot: await fakeEtc('etc-reuse-after'), logger: silentLogger() });
     const first = await attestor.attest(rootPeer(4343), { withSha256: false });
-    const nothingElse = { cgroup: false, accountNames: false };
-    expect(await attestor.stillDescribes(first, nothingElse)).toBe(true);
+    const nothingElse = { executable: true, cgroup: false, accountNames: false };
+    expect(attestor.stillDescribes(first, nothingElse)).toBe(true);
     // procfs makes a new directory inode for a new process: same PID, same files, same executable.
     await rm(join(procRoot, '4343'), { recursive: true });
     await fakeProcess(procRoot, { pid: 4343, startTime: '100' });
-    expect(await attestor.stillDescribes(first, nothingElse)).toBe(false);
+    expect(attestor.stillDescribes(first, nothingElse)).toBe(false);
     await rm(join(procRoot, '4343'), { recursive: true });
-    expect(await attestor.stillDescribes(first, nothingElse)).toBe(false); // gone
+    expect(attestor.stillDescribes(first, nothingElse)).toBe(false); // gone
   });
 
   it('compares the cgroup and the account files of a reused attestation only when asked to', async () => {
@@ -413,13 +413,13 @@ describe('Attestor on /proc fixtures', () => {
     const attestor = new Attestor({ procRoot, etcRoot, logger: silentLogger() });
     const first = await attestor.attest(rootPeer(4444), { withSha256: false });
     await writeFile(join(procRoot, '4444', 'cgroup'), '0::/agents/a2\n');
-    expect(await attestor.stillDescribes(first, { cgroup: false, accountNames: false })).toBe(true);
-    expect(await attestor.stillDescribes(first, { cgroup: true, accountNames: false })).toBe(false);
-    expect(await attestor.stillDescribes(first)).toBe(false); // the default compares everything
+    expect(attestor.stillDescribes(first, { executable: true, cgroup: false, accountNames: false })).toBe(true);
+    expect(attestor.stillDescribes(first, { executable: true, cgroup: true, accountNames: false })).toBe(false);
+    expect(attestor.stillDescribes(first)).toBe(false); // the default compares everything
     await writeFile(join(procRoot, '4444', 'cgroup'), '0::/agents/a1\n');
     await writeFile(join(etcRoot, 'passwd'), 'superuser:x:0:0::/root:/bin/sh\n');
-    expect(await attestor.stillDescribes(first, { cgroup: true, accountNames: false })).toBe(true);
-    expect(await attestor.stillDescribes(first, { cgroup: false, accountNames: true })).toBe(false);
+    expect(attestor.stillDescribes(first, { executable: true, cgroup: true, accountNames: false })).toBe(true);
+    expect(attestor.stillDescribes(first, { executable: true, cgroup: false, accountNames: true })).toBe(false);
   });
 
   it('path of a deleted binary is left out when no file by that name is the running inode', async () => {
@@ -427,6 +427,19 @@ describe('Attestor on /proc fixtures', () => {
     await fakeProcess(procRoot, { pid: 92, exe: '/nonexistent/agent (deleted)' });
     const a = await new Attestor({ procRoot, etcRoot: await fakeEtc('etc-exe-deleted'), logger: silentLogger() }).attest(rootPeer(92), { withSha256: true });
     expect(values(a).some((v) => v.startsWith('unix:path:') || v.startsWith('unix:sha256:'))).toBe(false);
+  });
+});
+
+describe('recheckNeeds', () => {
+  it.each([
+    { kinds: ['uid'], cgroupTask: false, want: { executable: false, cgroup: false, accountNames: false } },
+    { kinds: ['uid', 'path'], cgroupTask: false, want: { executable: true, cgroup: false, accountNames: false } },
+    { kinds: ['sha256'], cgroupTask: false, want: { executable: true, cgroup: false, accountNames: false } },
+    { kinds: ['cgroup'], cgroupTask: false, want: { executable: false, cgroup: true, accountNames: false } },
+    { kinds: [], cgroupTask: true, want: { executable: false, cgroup: true, accountNames: false } },
+    { kinds: ['supplementary_group'], cgroupTask: false, want: { executable: false, cgroup: false, accountNames: true } },
+  ])('entries using $kinds, a cgroup-bound task: $cgroupTask', ({ kinds, cgroupTask, want }) => {
+    expect(recheckNeeds((kind) => kinds.includes(kind), cgroupTask)).toEqual(want);
   });
 });
 

@@ -14,6 +14,7 @@ import {
   parseCgroupV2,
   parseStatusGroups,
   readProcFile,
+  readProcFileSync,
   readProcessRef,
   readStat,
   type ProcessRef,
@@ -70,22 +71,34 @@ export interface AttestOptions {
   withAncestors?: boolean;
 }
 
-/** What Attestor.stillDescribes compares besides the process and its executable (see there). */
+/** What Attestor.stillDescribes compares besides the process itself (see there). */
 export interface RecheckNeeds {
+  /** Some entry has a path: or sha256: selector (the only selectors the running executable decides). */
+  executable: boolean;
   /** Some entry has a cgroup: selector, or some task is bound to a cgroup. */
   cgroup: boolean;
   /** Some entry has a user:, group: or supplementary_group: selector. */
   accountNames: boolean;
 }
 
-export const RECHECK_ALL: RecheckNeeds = Object.freeze({ cgroup: true, accountNames: true });
+export const RECHECK_ALL: RecheckNeeds = Object.freeze({ executable: true, cgroup: true, accountNames: true });
 
+/** Selector kinds whose values come from the running executable. */
+const EXECUTABLE_KINDS = ['path', 'sha256'];
 /** Selector kinds whose values come from /etc/passwd and /etc/group. */
 const ACCOUNT_NAME_KINDS = ['user', 'group', 'supplementary_group'];
 
-/** What a reused attestation must compare, given the selector kinds entries use and whether some task is bound to a cgroup. */
+/**
+ * What a reused attestation must compare, given the selector kinds entries use and whether some
+ * task is bound to a cgroup. Tasks bind to a process (PID and start time, which execve(2) keeps)
+ * or to a cgroup, never to an executable: only path: and sha256: selectors make an exec matter.
+ */
 export function recheckNeeds(entriesUse: (kind: string) => boolean, anyCgroupTask: boolean): RecheckNeeds {
-  return { cgroup: anyCgroupTask || entriesUse('cgroup'), accountNames: ACCOUNT_NAME_KINDS.some(entriesUse) };
+  return {
+    executable: EXECUTABLE_KINDS.some(entriesUse),
+    cgroup: anyCgroupTask || entriesUse('cgroup'),
+    accountNames: ACCOUNT_NAME_KINDS.some(entriesUse),
+  };
 }
 
 export interface AttestorOptions {
@@ -165,9 +178,9 @@ export class Attestor {
 
   /**
    * Whether `previous` still describes its process, checked on every call that reuses it, so it
-   * must stay cheap (it was most of a cached FetchJWTSVID's time when it read /proc twice). True
-   * means every selector an entry could match, and the cgroup, are as they were; any doubt answers
-   * false (attest again).
+   * must stay cheap: synchronous, a stat(2) or two (it was most of a cached FetchJWTSVID's time
+   * when it read /proc twice). True means every selector an entry could match, and the cgroup,
+   * are as they were; any doubt answers false (attest again).
    *
    * PID reuse (fail closed), in one stat(2) and no pidfd: procfs gives each process its own
    * /proc/PID inode, created when the directory is first looked up, with a fresh inode number
@@ -177,11 +190,21 @@ export class Attestor {
    * So the same (dev, inode, ctime) as at attestation, read after everything else, proves the
    * connector was not reaped before that read, and every earlier read was about it. (The inode
    * may also be replaced while the process lives, when the kernel evicts an unused one: then this
-   * answers false and the caller attests again, which costs time, never safety.) A zombie keeps
-   * its inode but has no executable: the exe comparison below fails for it.
+   * answers false and the caller attests again, which costs time, never safety.)
    *
-   * Exec (fail closed): execve(2) keeps PID and start time but changes the running executable, so
-   * stat(/proc/PID/exe) is compared on every call (one syscall).
+   * Exec (fail closed where it can matter): execve(2) keeps PID and start time but changes the
+   * running executable, which decides the path: and sha256: selectors and nothing else an entry
+   * or task can match (uid and gid come from the socket, fixed at connect; supplementary groups,
+   * the cgroup and a task's process binding outlive an exec). So stat(/proc/PID/exe), the
+   * costlier of the two stats (it reaches the executable's own file system), is compared while
+   * some entry uses those selectors (`recheck.executable`). The exe identity compared is always
+   * the one read at attestation: the first call after an entry starts using path: or sha256:
+   * sees any exec since the connection was attested, however long ago.
+   *
+   * Exit before reaping: a zombie keeps its /proc/PID inode, and has no executable. With the exe
+   * compared, a zombie connector is refused here; without, it is served until it is reaped (as
+   * while it ran: the socket outlived it only in a process it handed the socket to, which SECURITY.md
+   * covers), and its tasks end on the liveness pass, which treats a zombie as gone.
    *
    * What a process or an administrator can change while the process lives is compared only when
    * some entry or task can depend on it (`recheck`): the cgroup (one read) and the account files
@@ -190,11 +213,11 @@ export class Attestor {
    * after an entry or task starts depending on it compares it again. Supplementary groups are not
    * re-read (a process needs CAP_SETGID to change them).
    */
-  async stillDescribes(previous: Attestation, recheck: RecheckNeeds = RECHECK_ALL): Promise<boolean> {
+  stillDescribes(previous: Attestation, recheck: RecheckNeeds = RECHECK_ALL): boolean {
     const { pid } = previous.process;
     try {
-      if (this.executableIdentity(pid) !== previous.facts.exe) return false;
-      if (recheck.cgroup && (await readProcFile(this.procRoot, pid, 'cgroup')) !== previous.facts.cgroupText) return false;
+      if (recheck.executable && this.executableIdentity(pid) !== previous.facts.exe) return false;
+      if (recheck.cgroup && readProcFileSync(this.procRoot, pid, 'cgroup') !== previous.facts.cgroupText) return false;
       if (recheck.accountNames && this.accounts.identity() !== previous.facts.accounts) return false;
       // Last: the connector was still there (not reaped) after the reads above.
       return previous.facts.procEntry !== 'none' && this.procEntryIdentity(pid) === previous.facts.procEntry;

@@ -52,20 +52,36 @@ export function isGoneError(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ESRCH';
 }
 
+function goneOrThrow(err: unknown, pid: number, name: string): undefined {
+  if (isGoneError(err)) return undefined;
+  throw unavailable(`workload attestation: cannot read /proc/${pid}/${name}`, err);
+}
+
 /**
  * Reads a /proc/PID file; undefined when the process is gone. Other failures (EACCES, EIO)
  * throw 'unavailable': we could not look, which is not the same as "nothing there".
  */
 export async function readProcFile(procRoot: string, pid: number, name: string): Promise<string | undefined> {
+  // The kernel's procfs is generated from memory and never waits on a disk: a synchronous read
+  // costs microseconds, where a thread-pool round trip per file made attestation several times
+  // slower. Any other root (test fixtures, possibly FIFOs) is read asynchronously.
+  if (procRoot === DEFAULT_PROC_ROOT) return readProcFileSync(procRoot, pid, name);
   try {
-    const path = join(procRoot, String(pid), name);
-    // The kernel's procfs is generated from memory and never waits on a disk: a synchronous read
-    // costs microseconds, where a thread-pool round trip per file made attestation several times
-    // slower. Any other root (test fixtures, possibly FIFOs) is read asynchronously.
-    return procRoot === DEFAULT_PROC_ROOT ? readFileSync(path, 'utf8') : await readFile(path, 'utf8');
+    return await readFile(join(procRoot, String(pid), name), 'utf8');
   } catch (err) {
-    if (isGoneError(err)) return undefined;
-    throw unavailable(`workload attestation: cannot read /proc/${pid}/${name}`, err);
+    return goneOrThrow(err, pid, name);
+  }
+}
+
+/**
+ * readProcFile without waiting, for the checks of a reused attestation (Attestor.stillDescribes),
+ * whatever the root: those read files attestation already read once.
+ */
+export function readProcFileSync(procRoot: string, pid: number, name: string): string | undefined {
+  try {
+    return readFileSync(join(procRoot, String(pid), name), 'utf8');
+  } catch (err) {
+    return goneOrThrow(err, pid, name);
   }
 }
 

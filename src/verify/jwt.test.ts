@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { fixture, fixtureText, FIXTURE_NOW, JWT_AUDIENCE, reasonOf } from '../../test/fixtures/load.js';
 import { BundleSet, JwtBundle } from './bundle.js';
 import type { VerificationReason } from './errors.js';
-import { MAX_JWT_BYTES, VerifiedSignatures, verifyJwtSvid, type JwtVerifyOptions } from './jwt.js';
+import { JWT_SVID_ALGORITHMS, MAX_JWT_BYTES, VerifiedSignatures, verifyJwtSvid, type JwtVerifyOptions } from './jwt.js';
 
 const exampleJwt = JwtBundle.fromJwkSet('example.org', fixture('jwt/jwt-bundle.json'));
 const bundles = new BundleSet([exampleJwt]);
@@ -121,9 +121,26 @@ describe('VerifiedSignatures (a memo of tokens whose signature verified)', () =>
     expect(reasonOf(() => verifyJwtSvid(forged, bundles, { ...opts, verifiedSignatures: memo }))).toBe('bad_signature');
   });
 
+  it('skips decoding a remembered token (the same frozen claims each time), not the checks that depend on the call', () => {
+    const memo = new VerifiedSignatures();
+    const good = token('jwt-good.txt');
+    const first = verifyJwtSvid(good, bundles, { ...opts, verifiedSignatures: memo });
+    const again = verifyJwtSvid(good, bundles, { ...opts, verifiedSignatures: memo });
+    expect(again.claims).toBe(first.claims);
+    expect(again.spiffeId.toString()).toBe(first.spiffeId.toString());
+    expect(Object.isFrozen(again.claims)).toBe(true);
+    expect(() => {
+      (again.claims as Record<string, unknown>).sub = 'spiffe://example.org/admin';
+    }).toThrow();
+    const alg = String(first.header.alg);
+    const others = JWT_SVID_ALGORITHMS.filter((a) => a !== alg);
+    expect(reasonOf(() => verifyJwtSvid(good, bundles, { ...opts, allowedAlgs: others, verifiedSignatures: memo }))).toBe('bad_alg');
+  });
+
   it('stays within its capacity', () => {
     const memo = new VerifiedSignatures(2);
-    for (const t of ['a', 'b', 'c']) memo.add(t);
+    const decoded = verifyJwtSvid(token('jwt-good.txt'), bundles, opts);
+    for (const t of ['a', 'b', 'c']) memo.add(t, decoded);
     expect(memo.size).toBeLessThanOrEqual(2);
     expect(memo.has('c')).toBe(true);
     expect(() => new VerifiedSignatures(0)).toThrow();

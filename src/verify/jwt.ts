@@ -30,11 +30,14 @@ export interface JwtVerifyOptions {
  * Remembers which whole tokens had a good signature, for a verifier that sees the same token many
  * times (a service checking each request's bearer token). The token string covers header (alg,
  * kid), payload and signature, so the same string verifies the same way against the same key.
- * Use one memo per bundle set and drop it when the bundles change: a key removed from a bundle
- * must stop vouching for tokens at once. Bounded: when full it starts over.
+ * Each is kept with its decoded header, claims and SPIFFE ID (frozen: every caller is handed the
+ * same objects), so a repeat skips the decoding too; every check that depends on the options, the
+ * bundle, the time or revocation still runs. Use one memo per bundle set and drop it when the
+ * bundles change: a key removed from a bundle must stop vouching for tokens at once. Bounded: when
+ * full it starts over.
  */
 export class VerifiedSignatures {
-  private readonly tokens = new Set<string>();
+  private readonly tokens = new Map<string, VerifiedJwtSvid>();
 
   constructor(private readonly capacity = 4096) {
     if (!Number.isSafeInteger(capacity) || capacity <= 0) throw invalidArgument('VerifiedSignatures: capacity must be a positive integer');
@@ -44,14 +47,27 @@ export class VerifiedSignatures {
     return this.tokens.has(token);
   }
 
-  add(token: string): void {
+  get(token: string): VerifiedJwtSvid | undefined {
+    return this.tokens.get(token);
+  }
+
+  /** `token`'s signature verified; `decoded` is what verifyJwtSvid read from it. */
+  add(token: string, decoded: VerifiedJwtSvid): void {
     if (this.tokens.size >= this.capacity) this.tokens.clear();
-    this.tokens.add(token);
+    this.tokens.set(token, Object.freeze({ spiffeId: decoded.spiffeId, claims: deepFreeze(decoded.claims), header: deepFreeze(decoded.header) }));
   }
 
   get size(): number {
     return this.tokens.size;
   }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
 }
 
 export interface VerifiedJwtSvid {
@@ -153,13 +169,22 @@ export function verifyJwtSvid(
   }
   const skew = opts.skewMs ?? DEFAULT_SKEW_MS;
 
-  if (typeof token !== 'string' || token.length === 0) throw refuse('malformed', 'JWT-SVID: token is empty');
-  if (token.length > MAX_JWT_BYTES) throw refuse('malformed', `JWT-SVID: token is longer than ${MAX_JWT_BYTES} bytes`);
-  const parts = token.split('.');
-  if (parts.length !== 3) throw refuse('malformed', 'JWT-SVID: must be a JWS compact serialization with three parts');
-  const [h, p, s] = parts as [string, string, string];
-
-  const header = decodeObject(h, 'header');
+  // A token verified before against these bundles (the memo's promise): its parts are already
+  // decoded and checked for form; what depends on the options, the bundle, the time or
+  // revocation is checked again below.
+  const remembered = opts.verifiedSignatures?.get(token);
+  let parts: [string, string, string] | undefined;
+  let header: Record<string, unknown>;
+  if (remembered) {
+    header = remembered.header as Record<string, unknown>;
+  } else {
+    if (typeof token !== 'string' || token.length === 0) throw refuse('malformed', 'JWT-SVID: token is empty');
+    if (token.length > MAX_JWT_BYTES) throw refuse('malformed', `JWT-SVID: token is longer than ${MAX_JWT_BYTES} bytes`);
+    const split = token.split('.');
+    if (split.length !== 3) throw refuse('malformed', 'JWT-SVID: must be a JWS compact serialization with three parts');
+    parts = split as [string, string, string];
+    header = decodeObject(parts[0], 'header');
+  }
   const alg = header.alg;
   if (typeof alg !== 'string' || !allowed.has(alg)) {
     throw refuse('bad_alg', `JWT-SVID: alg ${JSON.stringify(alg)} is not allowed; allowed: ${[...allowed].join(', ')}`);
@@ -172,14 +197,20 @@ export function verifyJwtSvid(
   const kid = header.kid;
   if (typeof kid !== 'string' || kid === '') throw refuse('no_kid', 'JWT-SVID: header must name its key with "kid"');
 
-  const claims = decodeObject(p, 'payload');
-  if (typeof claims.sub !== 'string') throw refuse('missing_claim', 'JWT-SVID: "sub" claim is required');
+  let claims: Record<string, unknown>;
   let spiffeId: SpiffeId;
-  try {
-    spiffeId = SpiffeId.parse(claims.sub);
-  } catch (err) {
-    const detail = isAgentIdError(err) ? err.message : 'invalid';
-    throw refuse('bad_spiffe_id', `JWT-SVID: "sub" is not a valid SPIFFE ID (${detail})`, err);
+  if (remembered) {
+    claims = remembered.claims as Record<string, unknown>;
+    spiffeId = remembered.spiffeId;
+  } else {
+    claims = decodeObject(parts![1], 'payload');
+    if (typeof claims.sub !== 'string') throw refuse('missing_claim', 'JWT-SVID: "sub" claim is required');
+    try {
+      spiffeId = SpiffeId.parse(claims.sub);
+    } catch (err) {
+      const detail = isAgentIdError(err) ? err.message : 'invalid';
+      throw refuse('bad_spiffe_id', `JWT-SVID: "sub" is not a valid SPIFFE ID (${detail})`, err);
+    }
   }
 
   const td = spiffeId.trustDomain;
@@ -202,13 +233,13 @@ export function verifyJwtSvid(
     throw refuse('bad_alg', `JWT-SVID: key ${kid} is for ${authority.jwk.alg}, the token says ${alg}`);
   }
   if (!keyFits(authority.key, spec)) throw refuse('bad_alg', `JWT-SVID: key ${kid} cannot be used with ${alg}`);
-  const signature = decodePart(s, 'signature');
-  const memo = opts.verifiedSignatures;
-  if (!memo?.has(token)) {
+  if (!remembered) {
+    const [h, p, s] = parts!;
+    const signature = decodePart(s, 'signature');
     if (!checkSignature(spec, Buffer.from(`${h}.${p}`), authority.key, signature)) {
       throw refuse('bad_signature', `JWT-SVID: signature does not verify with key ${kid}`);
     }
-    memo?.add(token);
+    opts.verifiedSignatures?.add(token, { spiffeId, claims, header });
   }
 
   const aud = claims.aud;
@@ -226,5 +257,5 @@ export function verifyJwtSvid(
   if (iat !== undefined && opts.now + skew < iat) throw refuse('issued_in_future', `JWT-SVID: issued in the future (${new Date(iat).toISOString()})`);
 
   if (opts.revoked?.(spiffeId.toString())) throw refuse('revoked', `JWT-SVID: ${spiffeId} is revoked`);
-  return { spiffeId, claims, header };
+  return remembered ?? { spiffeId, claims, header };
 }

@@ -95,11 +95,18 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
     }
     return result;
   };
+  // A reused attestation answered without waiting: a stat or two, not worth a histogram sample
+  // (the attestation histogram times the attestations that read /proc). Not on the agent, whose
+  // afterAttest may have to fetch the caller's SVIDs first.
+  const attestNow = deps.afterAttest
+    ? undefined
+    : (peer: PeerCredentialsLike) => attestations.reuse(peer, deps.attestOptions());
   server.addService(
     service,
     metrics.instrumentWorkload(workloadHandlers({
       peers: deps.peers,
       attest,
+      attestNow,
       hub: deps.hub,
       identities: deps.identities,
       cache: deps.cache,

@@ -44,6 +44,17 @@ async function accepted(): Promise<{ client: net.Socket; socket: net.Socket }> {
   return { client, socket };
 }
 
+describe('WorkloadLimiter server options', () => {
+  it('sets the message size and keepalive limits, and turns grpc-js channelz off (no channelz service reads it)', () => {
+    const limiter = new WorkloadLimiter({ limits, peers: new PeerRegistry(), descriptors: new DescriptorBudget(10_000, 64, () => 10), clock: new ManualClock(0), logger: silentLogger() });
+    expect(limiter.serverOptions()).toMatchObject({
+      'grpc.max_receive_message_length': limits.maxMessageBytes,
+      'grpc.keepalive_time_ms': limits.keepaliveTimeMs,
+      'grpc.enable_channelz': 0,
+    });
+  });
+});
+
 describe('WorkloadLimiter timers', () => {
   it('closes a connection that starts no call at first_request_timeout, not before', async () => {
     const clock = new ManualClock();

@@ -28,6 +28,11 @@ export interface WorkloadDeps {
   peers: PeerRegistry;
   /** streaming: the result is kept for a long-lived stream. */
   attest: (peer: PeerCredentialsLike, call: { streaming: boolean }) => Promise<AttestationResult>;
+  /**
+   * The connection's earlier attestation when it is reusable now and can be told without waiting
+   * (see AttestationCache.reuse); undefined: `attest`. Absent: always `attest`.
+   */
+  attestNow?: (peer: PeerCredentialsLike) => AttestationResult | undefined;
   hub: StreamHub;
   /**
    * The caller's identities for a unary call (empty: none); `connection` is the same object for
@@ -123,6 +128,11 @@ class OpenStream extends LatestWinsWriter implements StreamSink {
   }
 }
 
+/** f(value), now or once value settles. */
+function after<T, R>(value: T | Promise<T>, f: (v: T) => R | Promise<R>): R | Promise<R> {
+  return value instanceof Promise ? value.then(f) : f(value);
+}
+
 /** SPIRE's rule: exactly one value, exactly "true"; checked before anything else happens. */
 function checkSecurityHeader(metadata: grpc.Metadata): void {
   const values = metadata.get(SECURITY_HEADER);
@@ -141,24 +151,34 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     return a;
   };
 
-  async function attestCaller(call: { getPeer(): string }, method: string, streaming = false): Promise<Caller & { connection: object }> {
+  type AttestedCaller = Caller & { connection: object };
+
+  function callerOf(peer: PeerCredentialsLike, a: AttestationResult): AttestedCaller {
+    return {
+      connection: peer,
+      pid: a.process.pid,
+      uid: a.peer.uid,
+      startTime: a.process.startTime,
+      ancestors: a.ancestors,
+      ancestorsKnown: a.ancestorsKnown,
+      cgroup: a.cgroup,
+      selectors: a.selectors,
+    };
+  }
+
+  function peerOf(call: { getPeer(): string }, method: string): PeerCredentialsLike {
     const peer = deps.peers.lookup(call.getPeer());
     if (!peer) {
       deps.onRefused(undefined, method, 'no peer credentials');
       throw unavailable('workload attestation failed');
     }
+    return peer;
+  }
+
+  async function attestCaller(call: { getPeer(): string }, method: string, streaming = false, known?: PeerCredentialsLike): Promise<AttestedCaller> {
+    const peer = known ?? peerOf(call, method);
     try {
-      const a = await deps.attest(peer, { streaming });
-      return {
-        connection: peer,
-        pid: a.process.pid,
-        uid: a.peer.uid,
-        startTime: a.process.startTime,
-        ancestors: a.ancestors,
-        ancestorsKnown: a.ancestorsKnown,
-        cgroup: a.cgroup,
-        selectors: a.selectors,
-      };
+      return callerOf(peer, await deps.attest(peer, { streaming }));
     } catch (err) {
       deps.onRefused(peer, method, err instanceof AgentIdError ? err.message : 'attestation error');
       logger.warn({ err, pid: peer.pid, uid: peer.uid }, 'attestation failed');
@@ -166,9 +186,79 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     }
   }
 
+  /** A unary call's caller: without waiting when its connection's attestation is reused as it is (the usual repeat call). */
+  function unaryCaller(call: { getPeer(): string }, method: string): AttestedCaller | Promise<AttestedCaller> {
+    const peer = peerOf(call, method);
+    const reused = deps.attestNow?.(peer);
+    return reused ? callerOf(peer, reused) : attestCaller(call, method, false, peer);
+  }
+
   function refuseNoIdentity(caller: Caller, method: string): never {
     deps.onRefused(caller, method, `no identity for selectors ${caller.selectors.map(formatSelector).join(' ')}`);
     throw permissionDenied('no identity issued');
+  }
+
+  function fetchJwtSvid(caller: AttestedCaller, audience: string[], audienceKey: string, wanted: string | undefined): Buffer | Promise<Buffer> {
+    const connection = answersOf(caller.connection);
+    connection.auditedAudience = audienceKey;
+    let identities = deps.identities(caller.connection, caller);
+    if (identities.length === 0) refuseNoIdentity(caller, 'FetchJWTSVID');
+    if (wanted !== undefined) {
+      identities = identities.filter((i) => i.spiffeId.toString() === wanted);
+      if (identities.length === 0) {
+        deps.onRefused(caller, 'FetchJWTSVID', `not entitled to ${wanted}`);
+        throw permissionDenied(`no identity issued for ${wanted}`);
+      }
+    }
+    const minted = identities.map((identity) => deps.cache.jwtFor(identity, audience, caller));
+    // An agent's minter is its server, so a token may arrive later; the server's own cache answers at once (no await).
+    if (minted.some((j) => j instanceof Promise)) return Promise.all(minted).then((jwts) => jwtSvidResponse(connection, identities, jwts));
+    return jwtSvidResponse(connection, identities, minted as MintedJwt[]);
+  }
+
+  function jwtSvidResponse(connection: ConnectionAnswers, identities: Identity[], jwts: readonly MintedJwt[]): Buffer {
+    // The same identities given the same cached tokens: the same bytes as last time.
+    const last = connection.fetch;
+    if (last && last.identities === identities && last.jwts.length === jwts.length && last.jwts.every((j, i) => j === jwts[i])) return last.response;
+    const response = encode.fetchJwtSvid({
+      svids: jwts.map((jwt, i) => ({ spiffe_id: jwt.spiffeId, svid: jwt.token.reveal(), hint: identities[i]!.hint })),
+    });
+    connection.fetch = { identities, jwts, response };
+    return response;
+  }
+
+  function validateJwtSvid(caller: AttestedCaller, token: string, audience: string): Buffer {
+    if (deps.identities(caller.connection, caller).length === 0) refuseNoIdentity(caller, 'ValidateJWTSVID');
+    let result;
+    try {
+      result = deps.validateJwt(token, audience);
+    } catch (err) {
+      // As SPIRE does: any token that fails validation is the caller's bad argument.
+      throw invalidArgument(err instanceof AgentIdError ? err.message : 'JWT-SVID is not valid');
+    }
+    // Validated again just now; the answer (its SPIFFE ID and claims) comes from the token alone.
+    const connection = answersOf(caller.connection);
+    const last = connection.validate;
+    if (last && last.token === token && last.spiffeId === result.spiffeId) return last.response;
+    const response = encode.validateJwtSvid({ spiffe_id: result.spiffeId, claims: toStruct(result.claims) });
+    connection.validate = { token, spiffeId: result.spiffeId, response };
+    return response;
+  }
+
+  /**
+   * Runs a unary call's work and answers it: at once when the work needed no waiting (a repeat
+   * call on an open connection), else when its Promise settles. Errors become gRPC statuses.
+   */
+  function answer(callback: grpc.sendUnaryData<unknown>, method: string, work: () => Buffer | Promise<Buffer>): void {
+    let result: Buffer | Promise<Buffer>;
+    try {
+      result = work();
+    } catch (err) {
+      callback(toGrpcError(err, logger, { method }));
+      return;
+    }
+    if (result instanceof Promise) result.then((res) => callback(null, res), (err: unknown) => callback(toGrpcError(err, logger, { method })));
+    else callback(null, result);
   }
 
   /** Streams write the hub's pre-encoded responses (see workloadServiceDefinition). */
@@ -200,7 +290,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     FetchJWTBundles: stream('jwt-bundles', 'FetchJWTBundles'),
 
     FetchJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string[]; spiffe_id: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      (async () => {
+      answer(callback, 'FetchJWTSVID', () => {
         checkSecurityHeader(call.metadata);
         const audience = call.request.audience.filter((a) => a.length > 0);
         if (audience.length === 0) throw invalidArgument('audience must be specified');
@@ -220,60 +310,17 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
             throw invalidArgument(`invalid requested SPIFFE ID: ${(err as Error).message}`);
           }
         }
-        const caller = await attestCaller(call, 'FetchJWTSVID');
-        const connection = answersOf(caller.connection);
-        connection.auditedAudience = audienceKey;
-        let identities = deps.identities(caller.connection, caller);
-        if (identities.length === 0) refuseNoIdentity(caller, 'FetchJWTSVID');
-        if (wanted !== undefined) {
-          identities = identities.filter((i) => i.spiffeId.toString() === wanted);
-          if (identities.length === 0) {
-            deps.onRefused(caller, 'FetchJWTSVID', `not entitled to ${wanted}`);
-            throw permissionDenied(`no identity issued for ${wanted}`);
-          }
-        }
-        const minted = identities.map((identity) => deps.cache.jwtFor(identity, audience, caller));
-        // An agent's minter is its server, so a token may arrive later; the server's own cache answers at once (no await).
-        const jwts = minted.some((j) => j instanceof Promise) ? await Promise.all(minted) : (minted as MintedJwt[]);
-        // The same identities given the same cached tokens: the same bytes as last time.
-        const last = connection.fetch;
-        if (last && last.identities === identities && last.jwts.length === jwts.length && last.jwts.every((j, i) => j === jwts[i])) return last.response;
-        const response = encode.fetchJwtSvid({
-          svids: jwts.map((jwt, i) => ({ spiffe_id: jwt.spiffeId, svid: jwt.token.reveal(), hint: identities[i]!.hint })),
-        });
-        connection.fetch = { identities, jwts, response };
-        return response;
-      })().then(
-        (res) => callback(null, res),
-        (err) => callback(toGrpcError(err, logger, { method: 'FetchJWTSVID' })),
-      );
+        return after(unaryCaller(call, 'FetchJWTSVID'), (caller) => fetchJwtSvid(caller, audience, audienceKey, wanted));
+      });
     }) as grpc.handleUnaryCall<unknown, unknown>,
 
     ValidateJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string; svid: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      (async () => {
+      answer(callback, 'ValidateJWTSVID', () => {
         checkSecurityHeader(call.metadata);
         if (!call.request.audience) throw invalidArgument('audience must be specified');
         if (!call.request.svid) throw invalidArgument('svid must be specified');
-        const caller = await attestCaller(call, 'ValidateJWTSVID');
-        if (deps.identities(caller.connection, caller).length === 0) refuseNoIdentity(caller, 'ValidateJWTSVID');
-        let result;
-        try {
-          result = deps.validateJwt(call.request.svid, call.request.audience);
-        } catch (err) {
-          // As SPIRE does: any token that fails validation is the caller's bad argument.
-          throw invalidArgument(err instanceof AgentIdError ? err.message : 'JWT-SVID is not valid');
-        }
-        // Validated again just now; the answer (its SPIFFE ID and claims) comes from the token alone.
-        const connection = answersOf(caller.connection);
-        const last = connection.validate;
-        if (last && last.token === call.request.svid && last.spiffeId === result.spiffeId) return last.response;
-        const response = encode.validateJwtSvid({ spiffe_id: result.spiffeId, claims: toStruct(result.claims) });
-        connection.validate = { token: call.request.svid, spiffeId: result.spiffeId, response };
-        return response;
-      })().then(
-        (res) => callback(null, res),
-        (err) => callback(toGrpcError(err, logger, { method: 'ValidateJWTSVID' })),
-      );
+        return after(unaryCaller(call, 'ValidateJWTSVID'), (caller) => validateJwtSvid(caller, call.request.svid, call.request.audience));
+      });
     }) as grpc.handleUnaryCall<unknown, unknown>,
   };
 }

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import * as grpc from '@grpc/grpc-js';
 
 /*
@@ -26,8 +27,6 @@ type MessageRules = ReadonlyMap<number, FieldRule>;
 export class MalformedRequest {
   constructor(readonly reason: string) {}
 }
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Reads a base-128 varint at `pos`; undefined when truncated or longer than 10 bytes. */
 function readVarint(buf: Buffer, pos: number): { value: number; next: number } | undefined {
@@ -79,13 +78,8 @@ export function malformation(bytes: Buffer, rules: MessageRules): string | undef
         if (!len) return 'truncated length';
         const end = len.next + len.value;
         if (end > bytes.length) return 'truncated length-delimited field';
-        if (rule) {
-          try {
-            utf8.decode(bytes.subarray(len.next, end));
-          } catch {
-            return `field ${rule.name}: not valid UTF-8`;
-          }
-        }
+        // isUtf8 checks in place, without building the string the decoder builds next.
+        if (rule && !isUtf8(bytes.subarray(len.next, end))) return `field ${rule.name}: not valid UTF-8`;
         pos = end;
         break;
       }
