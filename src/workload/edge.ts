@@ -17,7 +17,7 @@ import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import type { DescriptorBudget } from './descriptors.js';
 import { WorkloadLimiter } from './limits.js';
 import { listenUnixWithPeerCreds } from './listener.js';
-import { SELF_LIMITED_STREAMS, workloadHandlers, type AttestationResult, type WorkloadDeps } from './service.js';
+import { SELF_LIMITED_METHODS, workloadHandlers, type AttestationResult, type WorkloadDeps } from './service.js';
 
 /**
  * The Workload API edge, shared by the server's own socket and by `agentid agent` (design.md:
@@ -85,7 +85,7 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
   const attestations = new AttestationCache(new Attestor({ logger, sha256MaxBytes: deps.sha256MaxBytes }));
   const limiter = new WorkloadLimiter({ limits: deps.limits, peers: deps.peers, descriptors: deps.descriptors, clock: deps.clock, logger: logger.child({ api: 'workload' }) });
   const service = strictRequests(workloadServiceDefinition());
-  const selfLimited = new Set(SELF_LIMITED_STREAMS.map((name) => service[name]!.path));
+  const selfLimited = new Set(SELF_LIMITED_METHODS.map((name) => service[name]!.path));
   const server = new grpc.Server({ ...limiter.serverOptions(), interceptors: [limiter.interceptor(selfLimited)] });
   const attestOnly = metrics.timeAttestation((peer: PeerCredentialsLike) => attestations.attest(peer, deps.attestOptions()));
   const attest = async (peer: PeerCredentialsLike): Promise<AttestationResult> => {
@@ -113,7 +113,7 @@ export async function startWorkloadEdge(deps: WorkloadEdgeDeps): Promise<Workloa
       validateJwt: deps.validateJwt,
       onRefused: deps.onRefused,
       logger: logger.child({ api: 'workload' }),
-      streamLimits: limiter,
+      callLimits: limiter,
     })),
   );
   addReflection(server, 'spiffe/workload/workload.proto');

@@ -78,8 +78,8 @@ interface Connection {
   idleSince: number;
 }
 
-/** An admitted stream's connection, opaque outside the limiter. */
-export type StreamTicket = object;
+/** An admitted call's connection, opaque outside the limiter. */
+export type CallTicket = object;
 
 /** Limits fixed when the server starts (gRPC server options, the descriptor budget): a SIGHUP cannot change them. */
 export const RESTART_ONLY_LIMITS: readonly (keyof WorkloadLimits)[] = ['maxMessageBytes', 'keepaliveTimeMs', 'keepaliveTimeoutMs', 'descriptorReserve'];
@@ -198,7 +198,7 @@ export class WorkloadLimiter {
    */
   interceptor(checkedByHandler: ReadonlySet<string> = new Set()): grpc.ServerInterceptor {
     return (method, call) => {
-      // These handlers call admitStream/streamEnded themselves: no interceptor layer kept per stream.
+      // These handlers call admit/finished themselves: no interceptor layer kept per stream, none built per unary call.
       // grpc-js chains interceptors through the call interface alone, so the call itself may be handed on.
       if (checkedByHandler.has(method.path)) return call as grpc.ServerInterceptingCall;
       const conn = this.byTag.get(call.getPeer());
@@ -247,30 +247,31 @@ export class WorkloadLimiter {
   }
 
   /**
-   * The interceptor's checks, for a stream handler that runs them itself (see interceptor): the
-   * call is charged to its uid, its metadata and request are checked, in the interceptor's order.
-   * Admitted: a ticket to give back to streamEnded exactly once when the stream ends.
+   * The interceptor's checks, for a handler that runs them itself (see interceptor): the call is
+   * charged to its uid, its metadata and request are checked, in the interceptor's order.
+   * Admitted: a ticket to give back to finished() exactly once when the call ends.
    */
-  admitStream(peer: string, metadata: grpc.Metadata, request: unknown): { ticket: StreamTicket | undefined } | { refused: { code: grpc.status; details: string } } {
+  admit(peer: string, metadata: grpc.Metadata, request: unknown, streaming: boolean): { ticket: CallTicket | undefined } | { refused: { code: grpc.status; details: string } } {
     const conn = this.byTag.get(peer);
     if (conn) {
-      const refusal = this.admitCall(conn, true);
+      const refusal = this.admitCall(conn, streaming);
       if (refusal !== undefined) return { refused: { code: grpc.status.RESOURCE_EXHAUSTED, details: refusal } };
       if (headerListBytes(metadata) > this.limits.maxHeaderListBytes) {
-        this.callEnded(conn, true);
+        this.callEnded(conn, streaming);
         this.refuse('headers');
         return { refused: { code: grpc.status.RESOURCE_EXHAUSTED, details: `request metadata larger than ${this.limits.maxHeaderListBytes} bytes` } };
       }
     }
     if (request instanceof MalformedRequest) {
-      if (conn) this.callEnded(conn, true);
+      if (conn) this.callEnded(conn, streaming);
       return { refused: { code: grpc.status.INVALID_ARGUMENT, details: `malformed request: ${request.reason}` } };
     }
     return { ticket: conn };
   }
 
-  streamEnded(ticket: StreamTicket | undefined): void {
-    if (ticket) this.callEnded(ticket as Connection, true);
+  /** An admitted call ended (a stream closed, a unary call answered; `streaming` as admitted): its slot is free again. */
+  finished(ticket: CallTicket | undefined, streaming: boolean): void {
+    if (ticket) this.callEnded(ticket as Connection, streaming);
   }
 
   stats(): LimitCounters {

@@ -10,7 +10,7 @@ import type { MintCause } from '../issuer/svid-cache.js';
 import type { Identity } from '../issuer/identity.js';
 import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import { LatestWinsWriter } from './latest-writer.js';
-import type { StreamTicket, WorkloadLimiter } from './limits.js';
+import type { CallTicket, WorkloadLimiter } from './limits.js';
 import { toStruct, unaryEncoders } from './encode.js';
 import type { MintedJwt } from '../issuer/svid-cache.js';
 
@@ -45,14 +45,17 @@ export interface WorkloadDeps {
   onRefused: (peer: { pid: number; uid: number } | undefined, method: string, reason: string) => void;
   logger: Logger;
   /**
-   * The Workload API limits, run by the stream handlers themselves (the interceptor lets these
-   * methods through: see WorkloadLimiter.interceptor). Absent: streams are not limited here.
+   * The Workload API limits, run by these handlers themselves (the interceptor lets their methods
+   * through: see WorkloadLimiter.interceptor). Absent: calls are not limited here.
    */
-  streamLimits?: Pick<WorkloadLimiter, 'admitStream' | 'streamEnded'>;
+  callLimits?: Pick<WorkloadLimiter, 'admit' | 'finished'>;
 }
 
-/** The streaming methods whose handlers run the limits themselves (with streamLimits). */
-export const SELF_LIMITED_STREAMS = ['FetchX509SVID', 'FetchX509Bundles', 'FetchJWTBundles'] as const;
+/**
+ * The methods whose handlers run the limits themselves (with callLimits): a stream keeps no
+ * interceptor layer for its life, and a unary call builds none.
+ */
+export const SELF_LIMITED_METHODS = ['FetchX509SVID', 'FetchX509Bundles', 'FetchJWTBundles', 'FetchJWTSVID', 'ValidateJWTSVID'] as const;
 
 const SECURITY_HEADER = 'workload.spiffe.io';
 /** Limits on FetchJWTSVID audiences: each becomes part of a token and of an audit line. */
@@ -94,8 +97,8 @@ class OpenStream extends LatestWinsWriter implements StreamSink {
     private readonly hub: StreamHub,
     private readonly method: string,
     private readonly logger: Logger,
-    private readonly limits: WorkloadDeps['streamLimits'],
-    private readonly ticket: StreamTicket | undefined,
+    private readonly limits: WorkloadDeps['callLimits'],
+    private readonly ticket: CallTicket | undefined,
   ) {
     super(call);
     (call as { [OPEN_STREAM]?: OpenStream })[OPEN_STREAM] = this;
@@ -120,7 +123,7 @@ class OpenStream extends LatestWinsWriter implements StreamSink {
   finish(err?: unknown): void {
     if (this.done) return;
     this.done = true;
-    this.limits?.streamEnded(this.ticket);
+    this.limits?.finished(this.ticket, true);
     if (this.handle) this.hub.unsubscribe(this.handle);
     this.handle = undefined;
     this.close();
@@ -249,27 +252,36 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
    * Runs a unary call's work and answers it: at once when the work needed no waiting (a repeat
    * call on an open connection), else when its Promise settles. Errors become gRPC statuses.
    */
-  function answer(callback: grpc.sendUnaryData<unknown>, method: string, work: () => Buffer | Promise<Buffer>): void {
+  function answer(call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>, method: string, work: () => Buffer | Promise<Buffer>): void {
+    const admission = deps.callLimits?.admit(call.getPeer(), call.metadata, call.request, false) ?? { ticket: undefined };
+    if ('refused' in admission) {
+      callback(Object.assign(new Error(admission.refused.details), admission.refused));
+      return;
+    }
+    const done = (err: Parameters<grpc.sendUnaryData<unknown>>[0], res?: Buffer) => {
+      deps.callLimits?.finished(admission.ticket, false);
+      callback(err, res);
+    };
     let result: Buffer | Promise<Buffer>;
     try {
       result = work();
     } catch (err) {
-      callback(toGrpcError(err, logger, { method }));
+      done(toGrpcError(err, logger, { method }));
       return;
     }
-    if (result instanceof Promise) result.then((res) => callback(null, res), (err: unknown) => callback(toGrpcError(err, logger, { method })));
-    else callback(null, result);
+    if (result instanceof Promise) result.then((res) => done(null, res), (err: unknown) => done(toGrpcError(err, logger, { method })));
+    else done(null, result);
   }
 
   /** Streams write the hub's pre-encoded responses (see workloadServiceDefinition). */
   function stream(kind: 'x509' | 'x509-bundles' | 'jwt-bundles', method: string): grpc.handleServerStreamingCall<unknown, unknown> {
     return (call) => {
-      const admission = deps.streamLimits?.admitStream(call.getPeer(), call.metadata, call.request) ?? { ticket: undefined };
+      const admission = deps.callLimits?.admit(call.getPeer(), call.metadata, call.request, true) ?? { ticket: undefined };
       if ('refused' in admission) {
         call.emit('error', Object.assign(new Error(admission.refused.details), admission.refused));
         return;
       }
-      const open = new OpenStream(call, hub, method, logger, deps.streamLimits, admission.ticket);
+      const open = new OpenStream(call, hub, method, logger, deps.callLimits, admission.ticket);
       (async () => {
         checkSecurityHeader(call.metadata);
         const caller = await attestCaller(call, method, true);
@@ -290,7 +302,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     FetchJWTBundles: stream('jwt-bundles', 'FetchJWTBundles'),
 
     FetchJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string[]; spiffe_id: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      answer(callback, 'FetchJWTSVID', () => {
+      answer(call, callback, 'FetchJWTSVID', () => {
         checkSecurityHeader(call.metadata);
         const audience = call.request.audience.filter((a) => a.length > 0);
         if (audience.length === 0) throw invalidArgument('audience must be specified');
@@ -315,7 +327,7 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     }) as grpc.handleUnaryCall<unknown, unknown>,
 
     ValidateJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string; svid: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      answer(callback, 'ValidateJWTSVID', () => {
+      answer(call, callback, 'ValidateJWTSVID', () => {
         checkSecurityHeader(call.metadata);
         if (!call.request.audience) throw invalidArgument('audience must be specified');
         if (!call.request.svid) throw invalidArgument('svid must be specified');
