@@ -174,8 +174,10 @@ async function measure(pid: number, dir: string): Promise<Memory> {
 function report(name: string, idle: Memory, open: Memory, connections: number): Map<string, number> {
   const per = (a: number, b: number) => ((b - a) / connections).toFixed(2);
   console.log(`\n${name}: per connection (${connections}), KiB`);
-  console.log(`  RSS growth (as the bench samples it): ${per(idle.rssKiB, open.rssKiB)}   anon: ${per(idle.anonKiB, open.anonKiB)}`);
-  console.log(`  RSS growth, each sample right after a full GC (snapshot): ${per(idle.afterGcRssKiB, open.afterGcRssKiB)}   anon: ${per(idle.afterGcAnonKiB, open.afterGcAnonKiB)}`);
+  // The idle snapshot itself grows RSS (its own buffers), so these RSS figures overstate both servers'
+  // growth; compare them only with each other, or use --inspect for RSS (no snapshots).
+  console.log(`  RSS growth (inflated by the idle snapshot; see --inspect): ${per(idle.rssKiB, open.rssKiB)}   anon: ${per(idle.anonKiB, open.anonKiB)}`);
+  console.log(`  RSS growth, each sample right after its snapshot: ${per(idle.afterGcRssKiB, open.afterGcRssKiB)}   anon: ${per(idle.afterGcAnonKiB, open.afterGcAnonKiB)}`);
   console.log(`  live JS heap growth (snapshot): ${((open.heapBytes - idle.heapBytes) / 1024 / connections).toFixed(2)}`);
   const diff = new Map<string, number>();
   for (const [k, v] of open.heap) diff.set(k, v.bytes - (idle.heap.get(k)?.bytes ?? 0));
