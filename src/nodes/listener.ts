@@ -215,7 +215,8 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
     fanout.add(stream);
     try {
       // The head first: what is written while the lists are read also arrives as a change
-      // (re-sending a record is harmless: the agent replaces it).
+      // (a record sent twice is harmless: the agent replaces it; sync-fanout.ts skips what the
+      // snapshot is known to hold).
       const revision = Math.max(await datastore.changes.head(), state.revision);
       const [entries, tasks, revocations, authorities] = await Promise.all([
         datastore.entries.list(),
@@ -225,7 +226,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
       ]);
       if (!open) return;
       stream.send(updateMessage(snapshotForNode(node, { entries, tasks, revocations }), { put: authorities, removed: [] }, revision, true));
-      fanout.ready(stream);
+      fanout.ready(stream, revision);
       logger.debug({ node, revision }, 'agent sync: snapshot sent');
     } catch (err) {
       stream.end(toGrpcError(err, logger, { method: 'Sync', node }));

@@ -31,7 +31,7 @@ function setup(nodes: string[]) {
   });
   for (const s of streams) {
     fanout.add(s);
-    fanout.ready(s);
+    fanout.ready(s, 0);
   }
   /** Runs the turns due, then lets the interval pass (and whatever waited for it run). */
   const runTurns = async () => {
@@ -118,7 +118,7 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
   });
 
   it('a stream still reading its snapshot gets every batch from the moment it was added, once it is ready', async () => {
-    const { fanout, runTurns, received } = setup([]);
+    const { fanout, runTurns, received } = setup([]); // every change at revision 7; the snapshot below read at 6
     const late = { node: 'web-1', written: [] as Buffer[], admit: () => true, write: (b: Buffer) => late.written.push(b) };
     const r = (id: string): StateChange => ({ kind: 'revocation', spiffeId: id, after: revocationFixture({ spiffeId: id }) });
     fanout.add(late);
@@ -126,7 +126,7 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
     await runTurns();
     fanout.changed([r('spiffe://example.org/2')]);
     expect(late.written).toHaveLength(0);
-    fanout.ready(late);
+    fanout.ready(late, 6);
     expect(received(late as never).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1']);
     await runTurns();
     expect(received(late as never).map((m) => JSON.parse(m.revocations[0]!).spiffeId)).toEqual(['spiffe://example.org/1', 'spiffe://example.org/2']);
@@ -135,6 +135,29 @@ describe('SyncFanout: the nodes\' Sync streams', async () => {
     await runTurns();
     expect(late.written).toHaveLength(2);
     expect(fanout.size).toBe(0);
+  });
+
+  it('a new stream is not sent again what its snapshot holds (changes applied by its revision), sent or still queued; newer ones follow', async () => {
+    const { fanout, runTurns, received, setRevision, streams } = setup(['web-2']);
+    const r = (id: string): StateChange => ({ kind: 'revocation', spiffeId: id, after: revocationFixture({ spiffeId: id }) });
+    const ids = (s: { written: Buffer[] }) => received(s as never).flatMap((m) => m.revocations.map((x) => JSON.parse(x).spiffeId as string));
+    const late = { node: 'web-1', written: [] as Buffer[], admit: () => true, write: (b: Buffer) => late.written.push(b) };
+    fanout.add(late);
+    setRevision(8);
+    fanout.changed([r('spiffe://example.org/sent-while-reading')]);
+    await runTurns();
+    setRevision(9);
+    fanout.changed([r('spiffe://example.org/queued-in-snapshot')]);
+    setRevision(10);
+    fanout.changed([r('spiffe://example.org/queued-after-snapshot')]);
+    fanout.ready(late, 9); // the snapshot: read with the feed at 9
+    await runTurns();
+    expect(ids(late)).toEqual(['spiffe://example.org/queued-after-snapshot']);
+    expect(ids(streams[0]!)).toEqual(['spiffe://example.org/sent-while-reading', 'spiffe://example.org/queued-in-snapshot', 'spiffe://example.org/queued-after-snapshot']);
+    setRevision(11);
+    fanout.changed([r('spiffe://example.org/later')]);
+    await runTurns();
+    expect(ids(late)).toEqual(['spiffe://example.org/queued-after-snapshot', 'spiffe://example.org/later']);
   });
 
   it('a change after a quiet spell goes out on the next turn; changes close behind a delivery wait for the interval and go out together, in one message', async () => {

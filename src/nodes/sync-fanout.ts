@@ -92,11 +92,19 @@ export function updateMessage(
 const isEmpty = (m: SyncUpdateMessage) =>
   m.entries.length + m.deleted_entries.length + m.tasks.length + m.revocations.length + m.removed_revocations.length + m.authorities.length + m.removed_authorities.length === 0;
 
+/** One read-model change listener call, with the revision the read model had then applied. */
+interface Batch {
+  changes: readonly StateChange[];
+  revision: number;
+}
+
 export class SyncFanout {
   /** Streams whose snapshot is written, and streams still reading theirs (with the changes they will need). */
   private readonly live = new Set<FanoutStream>();
-  private readonly waiting = new Map<FanoutStream, (readonly StateChange[])[]>();
-  private queued: (readonly StateChange[])[] = [];
+  private readonly waiting = new Map<FanoutStream, Batch[]>();
+  /** Streams made ready since the last delivery, with their snapshot's revision. */
+  private readonly snapshotAt = new Map<FanoutStream, number>();
+  private queued: Batch[] = [];
   private scheduled = false;
   private lastFlushAt = -Infinity;
   private readonly later: (fn: () => void) => void;
@@ -113,21 +121,25 @@ export class SyncFanout {
   }
 
   /**
-   * The stream's snapshot is written: the changes since `add` follow at once (re-sending what
-   * the snapshot already held is harmless: the agent replaces records).
+   * The stream's snapshot, read after the change feed stood at `snapshotRevision`, is written.
+   * Batches the read model had applied by then are in the snapshot (its lists were read later), so
+   * they are not sent again, whether they went to the other streams while the snapshot was read
+   * or wait for the next delivery; the rest follow, in order.
    */
-  ready(stream: FanoutStream): void {
+  ready(stream: FanoutStream, snapshotRevision: number): void {
     const pending = this.waiting.get(stream);
     if (pending === undefined) return;
     this.waiting.delete(stream);
     this.live.add(stream);
-    // Batches still queued reach it with the next flush; these ones went to the others already.
-    for (const batch of pending) this.deliver(batch, [stream]);
+    if (this.queued.some((b) => b.revision <= snapshotRevision)) this.snapshotAt.set(stream, snapshotRevision);
+    const newer = pending.filter((b) => b.revision > snapshotRevision);
+    for (const changes of coalesce(newer.map((b) => b.changes))) this.deliver(changes, [stream]);
   }
 
   remove(stream: FanoutStream): void {
     this.waiting.delete(stream);
     this.live.delete(stream);
+    this.snapshotAt.delete(stream);
   }
 
   get size(): number {
@@ -136,7 +148,7 @@ export class SyncFanout {
 
   /** The read model's change listener: queued, and delivered on a later turn (see minIntervalMs). */
   changed(changes: readonly StateChange[]): void {
-    this.queued.push([...changes]);
+    this.queued.push({ changes: [...changes], revision: this.deps.revision() });
     if (this.scheduled) return;
     this.scheduled = true;
     const wait = this.lastFlushAt + this.minIntervalMs - this.deps.clock.now();
@@ -148,12 +160,17 @@ export class SyncFanout {
   flush(): void {
     this.scheduled = false;
     this.lastFlushAt = this.deps.clock.now();
-    const batches = coalesce(this.queued);
+    const queued = this.queued;
     this.queued = [];
-    for (const batch of batches) {
-      for (const pending of this.waiting.values()) pending.push(batch);
-      this.deliver(batch, [...this.live]);
+    for (const pending of this.waiting.values()) pending.push(...queued);
+    // Streams whose snapshot already holds some of these batches get only the newer ones.
+    const covered = this.snapshotAt;
+    const everyone = covered.size === 0 ? [...this.live] : [...this.live].filter((s) => !covered.has(s));
+    for (const changes of coalesce(queued.map((b) => b.changes))) this.deliver(changes, everyone);
+    for (const [stream, revision] of covered) {
+      for (const changes of coalesce(queued.filter((b) => b.revision > revision).map((b) => b.changes))) this.deliver(changes, [stream]);
     }
+    covered.clear();
   }
 
   private deliver(changes: readonly StateChange[], streams: readonly FanoutStream[]): void {

@@ -114,7 +114,9 @@ describe('agentid server --health-listen --metrics-listen (one process, one addr
     expect(sum(after, 'agentid_svids_issued_total', { kind: 'x509' })).toBe(sum(before, 'agentid_svids_issued_total', { kind: 'x509' }) + 1);
     expect(sum(after, 'agentid_svids_issued_total', { kind: 'jwt' })).toBe(sum(before, 'agentid_svids_issued_total', { kind: 'jwt' }) + 1);
     expect(sum(after, 'agentid_first_svid_seconds_count')).toBeGreaterThan(sum(before, 'agentid_first_svid_seconds_count'));
-    expect(sum(after, 'agentid_attestation_seconds_count')).toBeGreaterThanOrEqual(sum(before, 'agentid_attestation_seconds_count') + 3);
+    // One full attestation at least: this process's later calls and connections reuse it
+    // (attest/attestation-cache.ts), and a reuse is not an attestation to time.
+    expect(sum(after, 'agentid_attestation_seconds_count')).toBeGreaterThanOrEqual(sum(before, 'agentid_attestation_seconds_count') + 1);
     expect(sum(after, 'agentid_attestation_refusals_total', { method: 'FetchX509SVID', reason: 'no_identity' })).toBe(1);
     expect(sum(after, 'agentid_datastore_write_seconds_count', { op: 'entries.create' })).toBe(1);
     expect(sum(after, 'agentid_audit_write_seconds_count', { durable: 'true' })).toBeGreaterThan(sum(before, 'agentid_audit_write_seconds_count', { durable: 'true' }));
