@@ -1,9 +1,13 @@
 /**
  * The issuance journal on real files: what a crash left in it is recorded at the next open (a
  * record already in the datastore and a torn last line are skipped), appends resolve once written,
- * and the file is emptied once everything in it is in the datastore.
+ * and the file is emptied once everything in it is in the datastore. The pipelined group commit is
+ * checked on a real file whose syncs the test holds and releases: a second batch is written and
+ * synced while the first sync runs, no append resolves before a sync that started after its write
+ * returned, a third batch waits for a free sync slot, and a failed sync fails the batch whose sync
+ * overlapped it.
  */
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +15,58 @@ import { silentLogger } from '../common/logger.js';
 import { issuanceFixture } from './conformance.js';
 import { createMemoryDatastore } from './memory.js';
 import { BatchedIssuances } from './batched-issuances.js';
-import { IssuanceJournal } from './issuance-journal.js';
+import { IssuanceJournal, type JournalFile } from './issuance-journal.js';
+
+/** A held datasync: the real sync runs only when the test releases it (or fails it). */
+interface HeldSync {
+  /** The file's contents when the sync was called. */
+  contents: string;
+  release(): void;
+  fail(err: Error): void;
+}
+
+/** Wraps the journal's real file so that every datasync after open() waits for the test. */
+function holdingSyncs(held: HeldSync[], path: string) {
+  return (file: FileHandle): JournalFile => ({
+    readFile: () => file.readFile(),
+    write: (data: Buffer) => file.write(data),
+    truncate: (length: number) => file.truncate(length),
+    close: () => file.close(),
+    datasync: async () => {
+      if (!opened.has(path)) {
+        opened.add(path);
+        return file.datasync();
+      }
+      const contents = await readFile(path, 'utf8');
+      await new Promise<void>((resolve, reject) =>
+        held.push({ contents, release: resolve, fail: reject }),
+      );
+      await file.datasync();
+    },
+  });
+}
+
+/** Journals whose open() (which syncs once, unheld) is over. */
+const opened = new Set<string>();
+
+/** Settles pending I/O callbacks and microtasks. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** Tracks a promise's outcome without awaiting it. */
+function track(p: Promise<void>): { state: 'pending' | 'resolved' | 'rejected' } {
+  const t = { state: 'pending' as 'pending' | 'resolved' | 'rejected' };
+  p.then(
+    () => (t.state = 'resolved'),
+    () => (t.state = 'rejected'),
+  );
+  return t;
+}
+
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 5));
+}
 
 let dir: string;
 beforeAll(async () => {
@@ -54,6 +109,95 @@ describe('IssuanceJournal', () => {
 
     // Once the batch is in the datastore, the journal starts over.
     await batched.flush();
+    await journal.close();
+    expect((await stat(path)).size).toBe(0);
+  });
+
+  it('syncs the next batch while a sync runs, and resolves each append only after a sync that started after its write', async () => {
+    const path = join(dir, 'pipelined.journal');
+    const held: HeldSync[] = [];
+    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), holdingSyncs(held, path));
+    // open() empties the file and syncs once.
+    const a = track(journal.append([issuanceFixture({ serial: 'a' })]));
+    await until(() => held.length === 1);
+    const syncA = held[0]!;
+    expect(syncA.contents).toContain('"serial":"a"');
+
+    // While A's sync runs, B is written and its own sync starts without waiting for A's.
+    const b = track(journal.append([issuanceFixture({ serial: 'b' })]));
+    await until(() => held.length === 2);
+    const syncB = held[1]!;
+    expect(syncB.contents).toContain('"serial":"b"');
+
+    // Two syncs in flight: C is neither written nor synced until one returns.
+    const c = track(journal.append([issuanceFixture({ serial: 'c' })]));
+    await settle();
+    expect(held.length).toBe(2);
+    expect(await readFile(path, 'utf8')).not.toContain('"serial":"c"');
+    expect([a.state, b.state, c.state]).toEqual(['pending', 'pending', 'pending']);
+
+    // B's sync returns first: B is durable, A is not yet (its own sync still runs).
+    syncB.release();
+    await until(() => b.state !== 'pending');
+    expect(b.state).toBe('resolved');
+    expect(a.state).toBe('pending');
+    // The freed slot goes to C.
+    await until(() => held.length === 3);
+    expect(held[2]!.contents).toContain('"serial":"c"');
+    expect(c.state).toBe('pending');
+
+    syncA.release();
+    held[2]!.release();
+    await until(() => a.state !== 'pending' && c.state !== 'pending');
+    expect([a.state, c.state]).toEqual(['resolved', 'resolved']);
+    await journal.close();
+  });
+
+  it('fails the batch whose sync failed and the one whose sync overlapped it, and keeps working after', async () => {
+    const path = join(dir, 'failing.journal');
+    const held: HeldSync[] = [];
+    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), holdingSyncs(held, path));
+    const a = track(journal.append([issuanceFixture({ serial: 'a' })]));
+    await until(() => held.length === 1);
+    const b = track(journal.append([issuanceFixture({ serial: 'b' })]));
+    await until(() => held.length === 2);
+    const [syncA, syncB] = held.splice(0);
+
+    syncA!.fail(new Error('EIO'));
+    await until(() => a.state !== 'pending');
+    expect(a.state).toBe('rejected');
+    // B's sync started before A's failed: whatever it returns, B is not trusted.
+    syncB!.release();
+    await until(() => b.state !== 'pending');
+    expect(b.state).toBe('rejected');
+
+    // A sync that starts after the failure counts again.
+    const c = track(journal.append([issuanceFixture({ serial: 'c' })]));
+    await until(() => held.length === 1);
+    held.shift()!.release();
+    await until(() => c.state !== 'pending');
+    expect(c.state).toBe('resolved');
+    await journal.close();
+  });
+
+  it('empties the file only when nothing is being written or synced', async () => {
+    const path = join(dir, 'truncate.journal');
+    const held: HeldSync[] = [];
+    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), holdingSyncs(held, path));
+    const a = track(journal.append([issuanceFixture({ serial: 'a' })]));
+    await until(() => held.length === 1);
+    const b = track(journal.append([issuanceFixture({ serial: 'b' })]));
+    await until(() => held.length === 2);
+    // Both records reach the datastore while B's sync still runs: B's record must stay in the file
+    // until that sync is over (a truncate now would sync an empty file and hand out B undurable).
+    journal.committed(2);
+    held.shift()!.release();
+    await until(() => a.state === 'resolved');
+    await settle();
+    expect(await readFile(path, 'utf8')).toContain('"serial":"b"');
+    held.shift()!.release();
+    await until(() => b.state === 'resolved');
+    await until(() => held.length === 0);
     await journal.close();
     expect((await stat(path)).size).toBe(0);
   });

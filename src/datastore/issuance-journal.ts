@@ -17,23 +17,56 @@ import type { IssuanceRecord, IssuanceStore } from './types.js';
  * do not matter; certificates already handed out are only stopped by the CRL.)
  *
  * How: each record is appended here and a delivery that carries its certificate waits until the
- * journal is fdatasync'ed (issuer/hub.ts). Writes and syncs run on libuv's thread pool, one at a
- * time: records that arrive while a sync is in flight go out together in the next one (group
- * commit), so a storm of thousands of new SVIDs costs a few dozen syncs, none of them on the event
- * loop. At start the server records what the journal holds into the datastore (a record already
- * there is skipped), then empties it; while running, the journal is emptied whenever every record
- * appended to it has been committed to the datastore.
+ * journal is fdatasync'ed (issuer/hub.ts). Writes and syncs run on libuv's thread pool. Records
+ * are written in batches, one write at a time; each written batch is synced, and its waiters are
+ * resolved when that sync (which started after their write completed) returns. Up to two syncs are
+ * in flight (pipelined group commit): records that arrive while a sync runs are written and their
+ * own sync starts at once, instead of waiting for the running one first, so a record waits about
+ * one sync, not up to two; a storm of thousands of new SVIDs still costs a few dozen syncs, none of
+ * them on the event loop. A failed sync fails its batch and every batch whose sync overlapped it
+ * (after a writeback error, a concurrent sync may return success for pages that were lost): their
+ * certificates are not handed out. At start the server records what the journal holds into the
+ * datastore (a record already there is skipped), then empties it; while running, the journal is
+ * emptied whenever every record appended to it has been committed to the datastore and nothing is
+ * being written or synced.
  */
+/** The file operations the journal uses (a FileHandle; tests wrap one to hold syncs). */
+export interface JournalFile {
+  readFile(): Promise<Buffer>;
+  write(data: Buffer): Promise<unknown>;
+  datasync(): Promise<void>;
+  truncate(length: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A written batch whose sync is running. */
+interface SyncingBatch {
+  waiters: Waiter[];
+  /** A sync that overlapped this one failed: do not trust this one's success. */
+  doomed: boolean;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** Syncs in flight at once: one running plus the next batch's, which need not wait for it. */
+const MAX_SYNCS_IN_FLIGHT = 2;
+
 export class IssuanceJournal {
   private queued: Buffer[] = [];
-  private waiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
-  private running = false;
+  private waiters: Waiter[] = [];
+  private writing = false;
+  private truncating = false;
+  private readonly syncing = new Set<SyncingBatch>();
   private appended = 0;
   private committedCount = 0;
   private closed = false;
+  private idle: (() => void)[] = [];
 
   private constructor(
-    private readonly file: FileHandle,
+    private readonly file: JournalFile,
     private readonly logger: Logger,
   ) {}
 
@@ -42,8 +75,13 @@ export class IssuanceJournal {
    * into `store`, and empties it. A last line cut short by a crash is not a record: its write never
    * completed, so nothing was handed out for it.
    */
-  static async open(path: string, store: Pick<IssuanceStore, 'record'>, logger: Logger): Promise<IssuanceJournal> {
-    const file = await open(path, constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+  static async open(
+    path: string,
+    store: Pick<IssuanceStore, 'record'>,
+    logger: Logger,
+    wrapFile: (file: FileHandle) => JournalFile = (file) => file,
+  ): Promise<IssuanceJournal> {
+    const file = wrapFile(await open(path, constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600));
     try {
       const text = (await file.readFile()).toString('utf8');
       const lines = text.split('\n');
@@ -80,52 +118,91 @@ export class IssuanceJournal {
     this.queued.push(Buffer.from(records.map((r) => `${JSON.stringify(r)}\n`).join(''), 'utf8'));
     this.appended += records.length;
     const durable = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
-    if (!this.running) void this.run();
+    this.pump();
     return durable;
   }
 
   /** `count` more of the appended records are committed to the datastore. */
   committed(count: number): void {
     this.committedCount += count;
-    if (this.committedCount === this.appended && !this.running) void this.run();
+    this.pump();
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    while (this.running) await new Promise((resolve) => setImmediate(resolve));
+    while (this.busy()) await new Promise<void>((resolve) => this.idle.push(resolve));
     await this.file.close();
   }
 
-  /** One write and one sync at a time; the journal is emptied once everything in it is in the datastore. */
-  private async run(): Promise<void> {
-    this.running = true;
+  private busy(): boolean {
+    return this.writing || this.truncating || this.syncing.size > 0 || this.queued.length > 0;
+  }
+
+  /** Starts what can start now: the next write (while a sync slot is free), or emptying the file. */
+  private pump(): void {
+    if (this.writing || this.truncating) return;
+    if (this.queued.length > 0) {
+      if (this.syncing.size < MAX_SYNCS_IN_FLIGHT) void this.writeAndSync();
+      return;
+    }
+    if (this.syncing.size > 0) return;
+    // Every record written here is in the datastore and nothing is in flight: start over.
+    if (this.committedCount === this.appended && this.appended > 0) {
+      void this.truncate();
+      return;
+    }
+    for (const wake of this.idle.splice(0)) wake();
+  }
+
+  private async writeAndSync(): Promise<void> {
+    const data = Buffer.concat(this.queued.splice(0));
+    const batch: SyncingBatch = { waiters: this.waiters.splice(0), doomed: false };
+    this.writing = true;
     try {
-      for (;;) {
-        if (this.queued.length > 0) {
-          const data = Buffer.concat(this.queued.splice(0));
-          const waiters = this.waiters.splice(0);
-          try {
-            await this.file.write(data);
-            await this.file.datasync();
-            for (const w of waiters) w.resolve();
-          } catch (err) {
-            this.logger.error({ err }, 'issuance journal: write failed; the certificates waiting for it are not handed out');
-            for (const w of waiters) w.reject(err);
-          }
-          continue;
-        }
-        // Every record written here is in the datastore: start over (checked after any write above).
-        if (this.committedCount === this.appended && this.appended > 0) {
-          this.appended = 0;
-          this.committedCount = 0;
-          await this.file.truncate(0);
-        }
-        if (this.queued.length === 0) return;
-      }
+      await this.file.write(data);
+    } catch (err) {
+      this.writing = false;
+      this.fail(batch, err);
+      this.pump();
+      return;
+    }
+    this.writing = false;
+    // The sync starts only now, after the write completed: it covers these records.
+    this.syncing.add(batch);
+    const synced = this.file.datasync();
+    this.pump(); // the next batch may be written while this sync runs
+    try {
+      await synced;
+    } catch (err) {
+      this.syncing.delete(batch);
+      for (const overlapping of this.syncing) overlapping.doomed = true;
+      this.fail(batch, err);
+      this.pump();
+      return;
+    }
+    this.syncing.delete(batch);
+    if (batch.doomed) this.fail(batch, new Error('a sync that overlapped this one failed'));
+    else for (const w of batch.waiters) w.resolve();
+    this.pump();
+  }
+
+  private fail(batch: SyncingBatch, err: unknown): void {
+    this.logger.error({ err }, 'issuance journal: write failed; the certificates waiting for it are not handed out');
+    for (const w of batch.waiters) w.reject(err);
+  }
+
+  private async truncate(): Promise<void> {
+    this.truncating = true;
+    // Records appended from here on are written after the truncate (pump waits for it).
+    this.appended = 0;
+    this.committedCount = 0;
+    try {
+      await this.file.truncate(0);
     } catch (err) {
       this.logger.error({ err }, 'issuance journal: could not be emptied');
     } finally {
-      this.running = false;
+      this.truncating = false;
     }
+    this.pump();
   }
 }
