@@ -201,4 +201,32 @@ describe('IssuanceJournal', () => {
     await journal.close();
     expect((await stat(path)).size).toBe(0);
   });
+
+  it('after a write cut short, the next record starts on its own line and is recovered', async () => {
+    const path = join(dir, 'torn.journal');
+    let cutNext = false;
+    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), (file: FileHandle): JournalFile => ({
+      readFile: () => file.readFile(),
+      truncate: (length: number) => file.truncate(length),
+      close: () => file.close(),
+      datasync: () => file.datasync(),
+      write: async (data: Buffer) => {
+        if (!cutNext) return file.write(data);
+        cutNext = false;
+        // Half the line reaches the file, then the disk is full.
+        await file.write(data.subarray(0, data.length >> 1));
+        throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+      },
+    }));
+    cutNext = true;
+    await expect(journal.append([issuanceFixture({ serial: 'torn' })])).rejects.toThrow(/no space/);
+    await journal.append([issuanceFixture({ serial: 'after' })]);
+
+    const after = createMemoryDatastore();
+    const copy = join(dir, 'torn-copy.journal');
+    await writeFile(copy, await readFile(path));
+    await (await IssuanceJournal.open(copy, after.issuances, silentLogger())).close();
+    expect((await after.issuances.listForSpiffeId(issuanceFixture().spiffeId)).map((r) => r.serial)).toEqual(['after']);
+    await journal.close();
+  });
 });

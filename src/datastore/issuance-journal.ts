@@ -54,6 +54,8 @@ interface Waiter {
 /** Syncs in flight at once: one running plus the next batch's, which need not wait for it. */
 const MAX_SYNCS_IN_FLIGHT = 2;
 
+const NEWLINE = Buffer.from('\n');
+
 export class IssuanceJournal {
   private queued: Buffer[] = [];
   private waiters: Waiter[] = [];
@@ -64,6 +66,11 @@ export class IssuanceJournal {
   private committedCount = 0;
   private closed = false;
   private idle: (() => void)[] = [];
+  /**
+   * A write failed and may have left part of a line: the next write starts on a new line, or the
+   * first record after it would be read back glued to the torn one and skipped at recovery.
+   */
+  private tornLine = false;
 
   private constructor(
     private readonly file: JournalFile,
@@ -155,18 +162,20 @@ export class IssuanceJournal {
   }
 
   private async writeAndSync(): Promise<void> {
-    const data = Buffer.concat(this.queued.splice(0));
+    const data = Buffer.concat(this.tornLine ? [NEWLINE, ...this.queued.splice(0)] : this.queued.splice(0));
     const batch: SyncingBatch = { waiters: this.waiters.splice(0), doomed: false };
     this.writing = true;
     try {
       await this.file.write(data);
     } catch (err) {
       this.writing = false;
+      this.tornLine = true;
       this.fail(batch, err);
       this.pump();
       return;
     }
     this.writing = false;
+    this.tornLine = false;
     // The sync starts only now, after the write completed: it covers these records.
     this.syncing.add(batch);
     const synced = this.file.datasync();
