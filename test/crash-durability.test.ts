@@ -6,11 +6,10 @@
  * never acknowledged.)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AdminClient } from '../src/cli/admin-client.js';
-import { spawnCli } from './support/cli.js';
+import { startServerProcess } from './support/cli.js';
 import { makeTempDir } from './support/server.js';
 
 const TD = 'crash.example';
@@ -28,20 +27,7 @@ describe('SIGKILL under load', { timeout: 600_000 }, () => {
     for (const c of children) c.kill('SIGKILL');
   });
 
-  async function start(): Promise<{ child: ChildProcess; admin: AdminClient; output: () => string }> {
-    const child = spawnCli(['server', '--config', configFile]);
-    children.push(child);
-    let output = '';
-    child.stdout!.on('data', (d) => (output += d));
-    child.stderr!.on('data', (d) => (output += d));
-    const pidFile = join(dataDir, 'server.pid');
-    for (let i = 0; ; i++) {
-      if (existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() === String(child.pid)) break;
-      if (child.exitCode !== null || i > 1200) throw new Error(`server did not start: ${output}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return { child, admin: new AdminClient(join(dataDir, 'admin.sock')), output: () => output };
-  }
+  const start = () => startServerProcess(configFile, dataDir, children);
 
   it(`keeps every acknowledged entry, task and revocation across ${KILLS} SIGKILLs`, async () => {
     const entries = new Set<string>();

@@ -7,13 +7,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AdminClient } from '../src/cli/admin-client.js';
 import { WorkloadApiClient } from '../src/client/workload-client.js';
 import { x509 } from '../src/ca/x509-lib.js';
-import { REPO, spawnCli } from './support/cli.js';
+import { REPO, startServerProcess } from './support/cli.js';
 import { makeTempDir } from './support/server.js';
 
 const TD = 'journal.example';
@@ -38,20 +37,7 @@ describe('issuance records and a crash', { timeout: 120_000 }, () => {
     }
   });
 
-  async function start(): Promise<{ child: ChildProcess; admin: AdminClient }> {
-    const child = spawnCli(['server', '--config', configFile]);
-    children.push(child);
-    let output = '';
-    child.stdout!.on('data', (d) => (output += d));
-    child.stderr!.on('data', (d) => (output += d));
-    const pidFile = join(dataDir, 'server.pid');
-    for (let i = 0; ; i++) {
-      if (existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() === String(child.pid)) break;
-      if (child.exitCode !== null || i > 1200) throw new Error(`server did not start: ${output}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return { child, admin: new AdminClient(join(dataDir, 'admin.sock')) };
-  }
+  const start = () => startServerProcess(configFile, dataDir, children);
 
   it('a certificate handed out just before a SIGKILL is on the CRL once its task is revoked after the restart', async () => {
     const first = await start();

@@ -6,6 +6,7 @@ import type { Clock } from '../common/clock.js';
 import { AgentIdError, unavailable } from '../common/errors.js';
 import { fromGrpcStatus } from '../common/grpc-errors.js';
 import { loadProto } from '../common/proto.js';
+import type { SyncUpdateMessage } from '../nodes/sync-fanout.js';
 import type { Secret } from '../common/secret.js';
 import { toPem } from '../common/der.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
@@ -23,18 +24,8 @@ export interface WireNodeSvid {
   expires_at: number;
   trust_bundle: Buffer[];
 }
-export interface WireSyncUpdate {
-  snapshot: boolean;
-  revision: number;
-  entries: string[];
-  deleted_entries: string[];
-  tasks: string[];
-  revocations: string[];
-  removed_revocations: string[];
-  authorities: string[];
-  removed_authorities: string[];
-  evicted: boolean;
-}
+/** A SyncUpdate as the proto declares it (records as JSON): the server's own type. */
+export type WireSyncUpdate = SyncUpdateMessage;
 export interface WireX509SvidRequest {
   entry_id: string;
   task_agent: string;

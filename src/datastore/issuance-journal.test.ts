@@ -25,13 +25,21 @@ interface HeldSync {
   fail(err: Error): void;
 }
 
-/** Wraps the journal's real file so that every datasync after open() waits for the test. */
-function holdingSyncs(held: HeldSync[], path: string) {
-  return (file: FileHandle): JournalFile => ({
+/** The journal's real file, with some of its operations replaced. */
+function fileWith(file: FileHandle, replaced: Partial<JournalFile>): JournalFile {
+  return {
     readFile: () => file.readFile(),
     write: (data: Buffer) => file.write(data),
     truncate: (length: number) => file.truncate(length),
     close: () => file.close(),
+    datasync: () => file.datasync(),
+    ...replaced,
+  };
+}
+
+/** Wraps the journal's real file so that every datasync after open() waits for the test. */
+function holdingSyncs(held: HeldSync[], path: string) {
+  return (file: FileHandle): JournalFile => fileWith(file, {
     datasync: async () => {
       if (!opened.has(path)) {
         opened.add(path);
@@ -44,6 +52,19 @@ function holdingSyncs(held: HeldSync[], path: string) {
       await file.datasync();
     },
   });
+}
+
+/** A journal on `name` whose syncs the test holds, with record a appended, then b, and both syncs running. */
+async function twoSyncsRunning(name: string) {
+  const path = join(dir, name);
+  const held: HeldSync[] = [];
+  const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), holdingSyncs(held, path));
+  const a = track(journal.append([issuanceFixture({ serial: 'a' })]));
+  await until(() => held.length === 1);
+  // While A's sync runs, B is written and its own sync starts without waiting for A's.
+  const b = track(journal.append([issuanceFixture({ serial: 'b' })]));
+  await until(() => held.length === 2);
+  return { path, held, journal, a, b };
 }
 
 /** Journals whose open() (which syncs once, unheld) is over. */
@@ -114,19 +135,10 @@ describe('IssuanceJournal', () => {
   });
 
   it('syncs the next batch while a sync runs, and resolves each append only after a sync that started after its write', async () => {
-    const path = join(dir, 'pipelined.journal');
-    const held: HeldSync[] = [];
-    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), holdingSyncs(held, path));
-    // open() empties the file and syncs once.
-    const a = track(journal.append([issuanceFixture({ serial: 'a' })]));
-    await until(() => held.length === 1);
-    const syncA = held[0]!;
+    const { path, held, journal, a, b } = await twoSyncsRunning('pipelined.journal');
+    const [syncA, syncB] = [held[0]!, held[1]!];
     expect(syncA.contents).toContain('"serial":"a"');
-
-    // While A's sync runs, B is written and its own sync starts without waiting for A's.
-    const b = track(journal.append([issuanceFixture({ serial: 'b' })]));
-    await until(() => held.length === 2);
-    const syncB = held[1]!;
+    expect(syncA.contents).not.toContain('"serial":"b"');
     expect(syncB.contents).toContain('"serial":"b"');
 
     // Two syncs in flight: C is neither written nor synced until one returns.
@@ -154,13 +166,7 @@ describe('IssuanceJournal', () => {
   });
 
   it('fails the batch whose sync failed and the one whose sync overlapped it, and keeps working after', async () => {
-    const path = join(dir, 'failing.journal');
-    const held: HeldSync[] = [];
-    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), holdingSyncs(held, path));
-    const a = track(journal.append([issuanceFixture({ serial: 'a' })]));
-    await until(() => held.length === 1);
-    const b = track(journal.append([issuanceFixture({ serial: 'b' })]));
-    await until(() => held.length === 2);
+    const { held, journal, a, b } = await twoSyncsRunning('failing.journal');
     const [syncA, syncB] = held.splice(0);
 
     syncA!.fail(new Error('EIO'));
@@ -181,13 +187,7 @@ describe('IssuanceJournal', () => {
   });
 
   it('empties the file only when nothing is being written or synced', async () => {
-    const path = join(dir, 'truncate.journal');
-    const held: HeldSync[] = [];
-    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), holdingSyncs(held, path));
-    const a = track(journal.append([issuanceFixture({ serial: 'a' })]));
-    await until(() => held.length === 1);
-    const b = track(journal.append([issuanceFixture({ serial: 'b' })]));
-    await until(() => held.length === 2);
+    const { path, held, journal, a, b } = await twoSyncsRunning('truncate.journal');
     // Both records reach the datastore while B's sync still runs: B's record must stay in the file
     // until that sync is over (a truncate now would sync an empty file and hand out B undurable).
     journal.committed(2);
@@ -205,11 +205,7 @@ describe('IssuanceJournal', () => {
   it('after a write cut short, the next record starts on its own line and is recovered', async () => {
     const path = join(dir, 'torn.journal');
     let cutNext = false;
-    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), (file: FileHandle): JournalFile => ({
-      readFile: () => file.readFile(),
-      truncate: (length: number) => file.truncate(length),
-      close: () => file.close(),
-      datasync: () => file.datasync(),
+    const journal = await IssuanceJournal.open(path, createMemoryDatastore().issuances, silentLogger(), (file) => fileWith(file, {
       write: async (data: Buffer) => {
         if (!cutNext) return file.write(data);
         cutNext = false;

@@ -4,32 +4,6 @@ import type { Logger } from '../common/logger.js';
 import { isAgentIdError } from '../common/errors.js';
 import type { IssuanceRecord, IssuanceStore } from './types.js';
 
-/**
- * A write-ahead journal of X.509 issuance records, so that no SVID is handed out before its record
- * is on disk, without an fsync on the event loop.
- *
- * Why: a CRL lists the serials of a revoked SPIFFE ID's certificates, and the serials come only
- * from issuance records. Records reach the datastore in batches (datastore/batched-issuances.ts),
- * so a crash (SIGKILL, power loss) lost the last batch: a certificate handed out just before it
- * had no record, and revoking its SPIFFE ID after the restart left it off the CRL, so a verifier
- * that checks CRLs kept accepting it until it expired. (The deny list, which JWT-SVIDs and new
- * issuance are checked against, keeps an ID at least the longest SVID lifetime, so lost JWT records
- * do not matter; certificates already handed out are only stopped by the CRL.)
- *
- * How: each record is appended here and a delivery that carries its certificate waits until the
- * journal is fdatasync'ed (issuer/hub.ts). Writes and syncs run on libuv's thread pool. Records
- * are written in batches, one write at a time; each written batch is synced, and its waiters are
- * resolved when that sync (which started after their write completed) returns. Up to two syncs are
- * in flight (pipelined group commit): records that arrive while a sync runs are written and their
- * own sync starts at once, instead of waiting for the running one first, so a record waits about
- * one sync, not up to two; a storm of thousands of new SVIDs still costs a few dozen syncs, none of
- * them on the event loop. A failed sync fails its batch and every batch whose sync overlapped it
- * (after a writeback error, a concurrent sync may return success for pages that were lost): their
- * certificates are not handed out. At start the server records what the journal holds into the
- * datastore (a record already there is skipped), then empties it; while running, the journal is
- * emptied whenever every record appended to it has been committed to the datastore and nothing is
- * being written or synced.
- */
 /** The file operations the journal uses (a FileHandle; tests wrap one to hold syncs). */
 export interface JournalFile {
   readFile(): Promise<Buffer>;
@@ -56,6 +30,32 @@ const MAX_SYNCS_IN_FLIGHT = 2;
 
 const NEWLINE = Buffer.from('\n');
 
+/**
+ * A write-ahead journal of X.509 issuance records, so that no SVID is handed out before its record
+ * is on disk, without an fsync on the event loop.
+ *
+ * Why: a CRL lists the serials of a revoked SPIFFE ID's certificates, and the serials come only
+ * from issuance records. Records reach the datastore in batches (datastore/batched-issuances.ts),
+ * so a crash (SIGKILL, power loss) lost the last batch: a certificate handed out just before it
+ * had no record, and revoking its SPIFFE ID after the restart left it off the CRL, so a verifier
+ * that checks CRLs kept accepting it until it expired. (The deny list, which JWT-SVIDs and new
+ * issuance are checked against, keeps an ID at least the longest SVID lifetime, so lost JWT records
+ * do not matter; certificates already handed out are only stopped by the CRL.)
+ *
+ * How: each record is appended here and a delivery that carries its certificate waits until the
+ * journal is fdatasync'ed (issuer/hub.ts). Writes and syncs run on libuv's thread pool. Records
+ * are written in batches, one write at a time; each written batch is synced, and its waiters are
+ * resolved when that sync (which started after their write completed) returns. Up to two syncs are
+ * in flight (pipelined group commit): records that arrive while a sync runs are written and their
+ * own sync starts at once, instead of waiting for the running one first, so a record waits about
+ * one sync, not up to two; a storm of thousands of new SVIDs still costs a few dozen syncs, none of
+ * them on the event loop. A failed sync fails its batch and every batch whose sync overlapped it
+ * (after a writeback error, a concurrent sync may return success for pages that were lost): their
+ * certificates are not handed out. At start the server records what the journal holds into the
+ * datastore (a record already there is skipped), then empties it; while running, the journal is
+ * emptied whenever every record appended to it has been committed to the datastore and nothing is
+ * being written or synced.
+ */
 export class IssuanceJournal {
   private queued: Buffer[] = [];
   private waiters: Waiter[] = [];

@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { AdminClient } from '../../src/cli/admin-client.js';
 
 export const REPO = join(import.meta.dirname, '..', '..');
 export const CLI = join(REPO, 'src', 'cli', 'main.ts');
@@ -29,4 +31,23 @@ export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; wrap?: (
 export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
   const argv = cliArgv(...args);
   return spawn(argv[0]!, argv.slice(1), { cwd: REPO, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/**
+ * `agentid server --config FILE` as a child process (added to `children`), once it has written its
+ * pid file in `dataDir` (its sockets are up); `output()` is what it printed so far.
+ */
+export async function startServerProcess(configFile: string, dataDir: string, children: ChildProcess[]): Promise<{ child: ChildProcess; admin: AdminClient; output: () => string }> {
+  const child = spawnCli(['server', '--config', configFile]);
+  children.push(child);
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  const pidFile = join(dataDir, 'server.pid');
+  for (let i = 0; ; i++) {
+    if (existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() === String(child.pid)) break;
+    if (child.exitCode !== null || i > 1200) throw new Error(`server did not start: ${output}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { child, admin: new AdminClient(join(dataDir, 'admin.sock')), output: () => output };
 }
