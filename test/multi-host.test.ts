@@ -230,6 +230,9 @@ describe.skipIf(!netnsAvailable())('a server and per-host agents on separate hos
     mkdirSync(stubs);
     const gen = spawnSync(PYTHON, ['-m', 'grpc_tools.protoc', '-I', 'proto', `--python_out=${stubs}`, `--grpc_python_out=${stubs}`, 'proto/spiffe/workload/workload.proto'], { cwd: REPO, encoding: 'utf8' });
     if (gen.status !== 0) throw new Error(`grpc_tools.protoc failed: ${gen.stderr}`);
+    // The outage test above restarted the server and waited for agent A only: B may still be in
+    // its reconnect backoff, and a JWT-SVID (minted by the server) is rightly UNAVAILABLE until then.
+    await waitFor('agent B to report ready', () => (readiness(hostB) === '200' ? true : undefined), 60_000);
     const out = await new Promise<string>((resolve, reject) => {
       const child = hostB.spawn(PYTHON, [join(REPO, 'test', 'support', 'python_workload_client.py'), stubs, agentSocket('b'), 'https://hosts.example/api'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
