@@ -13,6 +13,7 @@ import {
   isGoneError,
   parseCgroupV2,
   parseStatusGroups,
+  procEntryIdentity,
   readProcFile,
   readProcFileSync,
   readProcessRef,
@@ -358,12 +359,7 @@ export class Attestor {
 
   /** See stillDescribes: which /proc/PID inode the kernel has for this PID now; "none" when there is none. */
   private procEntryIdentity(pid: number): string {
-    try {
-      const st = statSync(join(this.procRoot, String(pid)), { bigint: true });
-      return `${st.dev}:${st.ino}:${st.ctimeNs}`;
-    } catch {
-      return 'none';
-    }
+    return procEntryIdentity(this.procRoot, pid);
   }
 
   /**

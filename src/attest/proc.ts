@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { unavailable } from '../common/errors.js';
@@ -110,6 +110,21 @@ export async function readProcessRef(pid: number, procRoot: string = DEFAULT_PRO
 export async function isAlive(ref: ProcessRef, procRoot: string = DEFAULT_PROC_ROOT): Promise<boolean> {
   const now = await readProcessRef(ref.pid, procRoot);
   return now !== undefined && now.startTime === ref.startTime;
+}
+
+/**
+ * Which /proc/PID directory the kernel has for this PID now, as "dev:ino:ctime"; "none" when
+ * there is none. procfs makes a new inode for each process's directory, so while this string stays
+ * the same the PID has not been reaped and handed to another process. One stat, no file read.
+ * A zombie keeps its directory: this says nothing about whether the process still runs.
+ */
+export function procEntryIdentity(procRoot: string, pid: number): string {
+  try {
+    const st = statSync(join(procRoot, String(pid)), { bigint: true });
+    return `${st.dev}:${st.ino}:${st.ctimeNs}`;
+  } catch {
+    return 'none';
+  }
 }
 
 /** Supplementary group IDs from the "Groups:" line of /proc/PID/status (may be empty). */
