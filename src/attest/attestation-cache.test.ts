@@ -14,7 +14,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../common/logger.js';
 import { formatSelector } from '../spiffe/selector.js';
 import { AttestationCache } from './attestation-cache.js';
-import { Attestor, type Attestation, type RecheckNeeds } from './attestor.js';
+import { Attestor, RECHECK_ALL, type Attestation, type RecheckNeeds } from './attestor.js';
 import { cgroup2Mount } from './processes.js';
 import { readPeerCredentials, type PeerCredentials } from './peercred.js';
 import { readProcessRef } from './proc.js';
@@ -279,6 +279,31 @@ describe('AttestationCache', () => {
     expect(cache.reuse(peer, { withSha256: false, withAncestors: true })).toBeUndefined();
     expect(cache.reuse(peer, { withSha256: true, withAncestors: false })).toBeUndefined(); // no hash in the cached one
     expect(cache.stats()).toEqual({ hits: 1, processHits: 0, misses: 1 });
+  });
+
+  it('checks a process once for the calls of its connections in one turn of the event loop, and again in the next turn', async () => {
+    const c = await connector();
+    const attestor = new Attestor({ logger: silentLogger() });
+    let checks = 0;
+    const stillDescribes = attestor.stillDescribes.bind(attestor);
+    attestor.stillDescribes = (a, recheck) => (checks++, stillDescribes(a, recheck));
+    const cache = new AttestationCache(attestor);
+    const peers = [await c.connect(), await c.connect(), await c.connect()];
+    for (const peer of peers) await cache.attest(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE });
+    await new Promise(setImmediate);
+    checks = 0;
+    for (const peer of peers) expect(cache.reuse(peer, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBeDefined();
+    expect(checks).toBe(1);
+    // More checks than were confirmed: checked again.
+    expect(cache.reuse(peers[0]!, { withSha256: false, withAncestors: false, recheck: RECHECK_ALL })).toBeDefined();
+    expect(checks).toBe(2);
+    // Later turns: the process exec()s another program (a copy of its interpreter), and the next call sees it.
+    const python = join(dir, 'python-copy-2');
+    await copyFile(await readlink(`/proc/${c.child.pid}/exe`), python);
+    await chmod(python, 0o755);
+    await c.send(`exec ${python}`);
+    expect(cache.reuse(peers[1]!, { withSha256: false, withAncestors: false, recheck: NOTHING_ELSE })).toBeUndefined();
+    expect(checks).toBe(3);
   });
 
   it('re-attests a process moved to another cgroup when some entry or task depends on cgroups, and only then', async (ctx) => {

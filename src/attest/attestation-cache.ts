@@ -1,4 +1,4 @@
-import { RECHECK_ALL, type Attestation, type AttestOptions, type Attestor, type ProcessRef, type RecheckNeeds } from './attestor.js';
+import { RECHECK_ALL, type Attestation, type AttestOptions, type Attestor, type ProcessFacts, type ProcessRef, type RecheckNeeds } from './attestor.js';
 import type { PeerCredentials } from './peercred.js';
 import type { Selector } from '../spiffe/selector.js';
 import { InternPool } from '../common/intern.js';
@@ -6,6 +6,11 @@ import { InternPool } from '../common/intern.js';
 
 function withoutChain(a: Attestation): Attestation {
   return a.ancestorsKnown ? { ...a, ancestors: [], ancestorsKnown: false } : a;
+}
+
+/** The checks of a RecheckNeeds as bits (the process's /proc entry is always checked). */
+function recheckMask(r: RecheckNeeds): number {
+  return (r.executable ? 1 : 0) | (r.cgroup ? 2 : 0) | (r.accountNames ? 4 : 0);
 }
 
 /** Processes whose latest attestation is kept for their next connections; the oldest go first beyond this. */
@@ -40,6 +45,16 @@ export class AttestationCache {
    */
   private readonly selectorLists = new InternPool<Selector[]>();
   private readonly chains = new InternPool<ProcessRef[]>();
+  /**
+   * Processes (by their facts, shared by all their connections) that stillDescribes() confirmed
+   * in this turn of the event loop, with the checks made (recheckMask): their other calls in the
+   * same turn are not checked again. Sixteen connections of one busy process whose calls arrive
+   * together cost one check, not sixteen. Forgotten at the turn's end (setImmediate), so a
+   * confirmation is never older than the loop iteration that answers with it (see SECURITY.md,
+   * "Several calls in one turn of the event loop").
+   */
+  private readonly confirmedThisTurn = new Map<ProcessFacts, number>();
+  private turnEndArmed = false;
   private hitCount = 0;
   private processHitCount = 0;
   private missCount = 0;
@@ -51,7 +66,7 @@ export class AttestationCache {
     const recheck = opts.recheck ?? RECHECK_ALL;
     const usable = (a: Attestation) => a.facts.withSha256 || !opts.withSha256;
     const cached = this.byConnection.get(peer);
-    if (cached && usable(cached) && this.attestor.stillDescribes(cached, recheck)) {
+    if (cached && usable(cached) && this.stillDescribes(cached, recheck)) {
       this.hitCount++;
       return this.withChain(cached, withAncestors);
     }
@@ -85,9 +100,26 @@ export class AttestationCache {
     if (opts.withAncestors ?? true) return undefined;
     const cached = this.byConnection.get(peer);
     if (!cached || (opts.withSha256 && !cached.facts.withSha256)) return undefined;
-    if (!this.attestor.stillDescribes(cached, opts.recheck ?? RECHECK_ALL)) return undefined;
+    if (!this.stillDescribes(cached, opts.recheck ?? RECHECK_ALL)) return undefined;
     this.hitCount++;
     return withoutChain(cached);
+  }
+
+  /** Attestor.stillDescribes, at most once per process and turn of the event loop (see confirmedThisTurn). */
+  private stillDescribes(a: Attestation, recheck: RecheckNeeds): boolean {
+    const wanted = recheckMask(recheck);
+    const made = this.confirmedThisTurn.get(a.facts);
+    if (made !== undefined && (made & wanted) === wanted) return true;
+    if (!this.attestor.stillDescribes(a, recheck)) return false;
+    this.confirmedThisTurn.set(a.facts, (made ?? 0) | wanted);
+    if (!this.turnEndArmed) {
+      this.turnEndArmed = true;
+      setImmediate(() => {
+        this.turnEndArmed = false;
+        this.confirmedThisTurn.clear();
+      });
+    }
+    return true;
   }
 
   /** `a` with its parent chain when asked for (read again: see below), without it otherwise. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { malformation } from './strict-input.js';
+import { workloadServiceDefinition } from './encode.js';
+import { malformation, MalformedRequest, strictRequests } from './strict-input.js';
 
 /** JWTSVIDRequest's rules: repeated string audience = 1; string spiffe_id = 2. */
 const JWT_SVID_REQUEST = new Map([
@@ -36,5 +37,18 @@ describe('strict Workload API request bytes', () => {
     ['a singular field sent twice', '12 01 61  12 01 62', /spiffe_id: sent more than once/],
   ])('refuses %s', (_name, bytes, reason) => {
     expect(malformation(hex(bytes), JWT_SVID_REQUEST)).toMatch(reason);
+  });
+
+  it('answers a repeated request with the same frozen decoding, and checks any other bytes again', () => {
+    const decode = strictRequests(workloadServiceDefinition()).FetchJWTSVID!.requestDeserialize;
+    const bytes = hex('0a 01 61  0a 01 62');
+    const first = decode(bytes) as { audience: string[] };
+    expect(first.audience).toEqual(['a', 'b']);
+    expect(Object.isFrozen(first) && Object.isFrozen(first.audience)).toBe(true);
+    expect(decode(Buffer.from(bytes))).toBe(first);
+    // The remembered bytes are a copy: the receive buffer they came from may be reused.
+    bytes.write('0d010203', 'hex');
+    expect(decode(bytes)).toBeInstanceOf(MalformedRequest);
+    expect(decode(hex('0a 01 61'))).toEqual({ audience: ['a'], spiffe_id: '' });
   });
 });
