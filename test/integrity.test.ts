@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { spawnCli } from './support/cli.js';
 import { makeTempDir } from './support/server.js';
 import { AdminClient } from '../src/cli/admin-client.js';
+import { recordHash } from '../src/audit/canonical.js';
 
 const td = 'integrity.example';
 
@@ -151,6 +152,43 @@ describe('fail-closed start-up (real server process)', { timeout: 180_000 }, () 
     writeFileSync(auditFile, saved, { mode: 0o600 });
     const restored = await run();
     expect(restored.code, restored.output).toBe(0);
+  });
+
+  it('finds the anchored record inside a longer trail (a start after a crash), and refuses a trail whose record there differs', async () => {
+    const saved = readFileSync(auditFile);
+    const records = saved.toString('utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown> & { seq: number; prev: string; hash: string });
+    const anchored = (JSON.parse(readFileSync(join(dataDir, 'integrity.json'), 'utf8')) as { auditSeq: number }).auditSeq;
+    const at = records.findIndex((r) => r.seq === anchored);
+    expect(at).toBeGreaterThanOrEqual(0);
+    /** The records from index `from` on, each given `change` and chained again (valid hashes). */
+    const rechained = (from: number, change: (r: Record<string, unknown>) => void) => {
+      const out = records.map((r) => ({ ...r }));
+      for (let i = from; i < out.length; i++) {
+        const { hash: _old, ...rest } = out[i]!;
+        if (i > 0) rest.prev = out[i - 1]!.hash;
+        change(rest);
+        out[i] = { ...rest, hash: recordHash(rest as typeof rest & { prev: string }) } as (typeof out)[number];
+      }
+      return out;
+    };
+    /** `list` and one more valid record after it: written after the anchor, as before a crash. */
+    const appended = (list: typeof records) => {
+      const last = list.at(-1)!;
+      const next = { seq: last.seq + 1, time: new Date().toISOString(), type: 'server.started', prev: last.hash };
+      return [...list, { ...next, hash: recordHash(next) }];
+    };
+    const write = (list: object[]) => writeFileSync(auditFile, list.map((r) => `${JSON.stringify(r)}\n`).join(''), { mode: 0o600 });
+
+    // Longer, every hash valid, but the anchored record is another one (its time changed).
+    write(appended(rechained(at, (r) => (r.time = new Date(0).toISOString()))));
+    const replaced = await run();
+    expect(replaced.code).not.toBe(0);
+    expect(replaced.output).toMatch(new RegExp(`the audit trail .* was replaced \\(record ${anchored} is not the anchored one\\)`));
+
+    // The real records and one written after the anchor: the anchored record is found, and it starts.
+    write(appended(records));
+    const longer = await run();
+    expect(longer.code, longer.output).toBe(0);
   });
 
   it('refuses to start after files were deleted under a running server that was then killed', async () => {

@@ -217,7 +217,13 @@ function writeDbAnchors(dbFile: string | null, anchors: Anchors): void {
 /** hash of record `seq` of the trail: the head itself when it is that record, else read from the file. */
 function hashAt(file: string, seq: number, head: { seq: number; hash: string }): string | undefined {
   if (head.seq === seq) return head.hash;
+  // Only a line that spells the field as the writer does is parsed and its hash recomputed: a
+  // start after a crash read every record of a long trail that way (seconds before the socket
+  // appeared). A line that writes the number otherwise (`5.0`, a space) is not the anchored one
+  // as written, so the trail is reported as replaced: fail closed.
+  const spelled = new RegExp(`"seq":${seq}(?![0-9.eE])`);
   for (const line of auditLines(file)) {
+    if (!spelled.test(line.text)) continue;
     const parsed = parseAuditLine(line.text);
     if ('record' in parsed && parsed.record.seq === seq) return parsed.record.hash;
   }
