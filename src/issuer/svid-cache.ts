@@ -128,6 +128,8 @@ export class SvidCache {
    */
   private earliestRenewal: { at: number | undefined } | undefined = { at: undefined };
   private generation = 0;
+  /** fingerprint() per identity object (never changed once built: a change builds a new one), for this generation. */
+  private readonly fingerprints = new WeakMap<Identity, { generation: number; value: string }>();
   private readonly random: () => number;
 
   constructor(private readonly deps: SvidCacheDeps) {
@@ -178,7 +180,7 @@ export class SvidCache {
 
   jwtFor(identity: Identity, audience: string[], cause: MintCause): MintedJwt {
     const now = this.deps.clock.now();
-    const key = `${this.fingerprint(identity)}|${[...audience].sort().join('\u0000')}`;
+    const key = `${this.fingerprint(identity)}|${audienceKey(audience)}`;
     const cached = this.jwt.get(key);
     if (cached && now < cached.renewAt) return cached.svid;
     const ttlMs = cappedTtl(now, identity.jwtTtlMs, identity.notAfterCap);
@@ -248,7 +250,9 @@ export class SvidCache {
   }
 
   private fingerprint(identity: Identity): string {
-    return [
+    const known = this.fingerprints.get(identity);
+    if (known?.generation === this.generation) return known.value;
+    const value = [
       this.generation,
       identity.key,
       identity.spiffeId.toString(),
@@ -257,5 +261,16 @@ export class SvidCache {
       identity.notAfterCap ?? '',
       identity.dnsNames.join(','),
     ].join('|');
+    this.fingerprints.set(identity, { generation: this.generation, value });
+    return value;
   }
 }
+
+/** The audiences of a JWT-SVID as part of its cache key: order does not matter. */
+function audienceKey(audience: readonly string[]): string {
+  let key = audienceKeys.get(audience);
+  if (key === undefined) audienceKeys.set(audience, (key = [...audience].sort().join('\u0000')));
+  return key;
+}
+/** By audience list: a repeated FetchJWTSVID request brings the same list (workload/service.ts). */
+const audienceKeys = new WeakMap<readonly string[], string>();

@@ -70,8 +70,6 @@ const MAX_AUDIENCE_LENGTH = 1024;
  * only the encoding of an identical answer is reused.
  */
 interface ConnectionAnswers {
-  /** The last audience list (JSON) that passed the audit-safety check. */
-  auditedAudience?: string;
   fetch?: { identities: readonly Identity[]; jwts: readonly MintedJwt[]; response: Buffer };
   validate?: { token: string; spiffeId: string; response: Buffer };
 }
@@ -134,6 +132,42 @@ class OpenStream extends LatestWinsWriter implements StreamSink {
 /** f(value), now or once value settles. */
 function after<T, R>(value: T | Promise<T>, f: (v: T) => R | Promise<R>): R | Promise<R> {
   return value instanceof Promise ? value.then(f) : f(value);
+}
+
+interface JwtSvidRequest {
+  audience: string[];
+  /** The SPIFFE ID asked for, normalized; undefined: every identity of the caller. */
+  wanted: string | undefined;
+}
+
+/**
+ * Checked requests, by the request object: a repeated request arrives as the same frozen object
+ * (strict-input.ts remembers the last one decoded), so it is checked once, not on every call.
+ */
+const checkedJwtSvidRequests = new WeakMap<object, JwtSvidRequest>();
+
+/** A FetchJWTSVID request's audience and SPIFFE ID, or INVALID_ARGUMENT. */
+function jwtSvidRequest(request: { audience: string[]; spiffe_id: string }): JwtSvidRequest {
+  const known = checkedJwtSvidRequests.get(request);
+  if (known) return known;
+  const audience = request.audience.filter((a) => a.length > 0);
+  if (audience.length === 0) throw invalidArgument('audience must be specified');
+  if (audience.length > MAX_AUDIENCES || audience.some((a) => a.length > MAX_AUDIENCE_LENGTH)) {
+    throw invalidArgument(`audience: at most ${MAX_AUDIENCES} values of at most ${MAX_AUDIENCE_LENGTH} characters`);
+  }
+  // Audiences go into the audit trail with the issuance: refuse what it would refuse.
+  assertAuditableInput({ type: 'svid.issued', audience }, 'audience');
+  let wanted: string | undefined;
+  if (request.spiffe_id) {
+    try {
+      wanted = SpiffeId.parse(request.spiffe_id).toString();
+    } catch (err) {
+      throw invalidArgument(`invalid requested SPIFFE ID: ${(err as Error).message}`);
+    }
+  }
+  const checked = { audience, wanted };
+  checkedJwtSvidRequests.set(request, checked);
+  return checked;
 }
 
 /** SPIRE's rule: exactly one value, exactly "true"; checked before anything else happens. */
@@ -201,9 +235,8 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     throw permissionDenied('no identity issued');
   }
 
-  function fetchJwtSvid(caller: AttestedCaller, audience: string[], audienceKey: string, wanted: string | undefined): Buffer | Promise<Buffer> {
+  function fetchJwtSvid(caller: AttestedCaller, audience: string[], wanted: string | undefined): Buffer | Promise<Buffer> {
     const connection = answersOf(caller.connection);
-    connection.auditedAudience = audienceKey;
     let identities = deps.identities(caller.connection, caller);
     if (identities.length === 0) refuseNoIdentity(caller, 'FetchJWTSVID');
     if (wanted !== undefined) {
@@ -304,25 +337,8 @@ export function workloadHandlers(deps: WorkloadDeps): grpc.UntypedServiceImpleme
     FetchJWTSVID: ((call: grpc.ServerUnaryCall<{ audience: string[]; spiffe_id: string }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       answer(call, callback, 'FetchJWTSVID', () => {
         checkSecurityHeader(call.metadata);
-        const audience = call.request.audience.filter((a) => a.length > 0);
-        if (audience.length === 0) throw invalidArgument('audience must be specified');
-        if (audience.length > MAX_AUDIENCES || audience.some((a) => a.length > MAX_AUDIENCE_LENGTH)) {
-          throw invalidArgument(`audience: at most ${MAX_AUDIENCES} values of at most ${MAX_AUDIENCE_LENGTH} characters`);
-        }
-        // Audiences go into the audit trail with the issuance: refuse what it would refuse.
-        const audienceKey = JSON.stringify(audience);
-        const peer = deps.peers.lookup(call.getPeer());
-        const remembered = peer && answers.get(peer);
-        if (remembered?.auditedAudience !== audienceKey) assertAuditableInput({ type: 'svid.issued', audience }, 'audience');
-        let wanted: string | undefined;
-        if (call.request.spiffe_id) {
-          try {
-            wanted = SpiffeId.parse(call.request.spiffe_id).toString();
-          } catch (err) {
-            throw invalidArgument(`invalid requested SPIFFE ID: ${(err as Error).message}`);
-          }
-        }
-        return after(unaryCaller(call, 'FetchJWTSVID'), (caller) => fetchJwtSvid(caller, audience, audienceKey, wanted));
+        const { audience, wanted } = jwtSvidRequest(call.request);
+        return after(unaryCaller(call, 'FetchJWTSVID'), (caller) => fetchJwtSvid(caller, audience, wanted));
       });
     }) as grpc.handleUnaryCall<unknown, unknown>,
 
