@@ -165,6 +165,8 @@ function jwtSvidRequest(request: { audience: string[]; spiffe_id: string }): Jwt
       throw invalidArgument(`invalid requested SPIFFE ID: ${(err as Error).message}`);
     }
   }
+  // Shared by every call that repeats the request (and a cache key by identity in svid-cache.ts).
+  Object.freeze(audience);
   const checked = { audience, wanted };
   checkedJwtSvidRequests.set(request, checked);
   return checked;
