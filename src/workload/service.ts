@@ -65,7 +65,7 @@ const MAX_AUDIENCE_LENGTH = 1024;
 /**
  * What the last unary calls on one connection answered, so that a caller asking the same again
  * (the usual pattern: a token before each outgoing request, a check of each incoming one) gets the
- * same bytes without another audit-safety scan or protobuf encoding. Every check that decides the
+ * same bytes without another protobuf encoding. Every check that decides the
  * answer (attestation, identities, the JWT cache, token validation) still runs on every call;
  * only the encoding of an identical answer is reused.
  */
