@@ -897,7 +897,9 @@ class StreamsBench {
         let pid: number;
         let profiling: ReturnType<typeof startProfile> | undefined;
         if (side === 'a') {
-          await a.kill('SIGKILL');
+          // With --cpu-prof, the uncounted warm-up stops the server cleanly, so that its profile of
+          // everything before the storm is written (SIGKILL would lose it).
+          await a.kill(round < 0 && o.cpuProfDir ? 'SIGTERM' : 'SIGKILL');
           const appeared = socketAppears(socket, oldInode, limitMs);
           const started = a.start();
           pid = a.pid;
