@@ -5,14 +5,7 @@
  * that is off unless configured.
  * Precedence: flags > environment > file > these defaults.
  */
-
-export function deepFreeze<T>(value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const member of Object.values(value)) deepFreeze(member);
-  }
-  return value;
-}
+import { deepFreeze } from '../common/freeze.js';
 
 export const DEFAULTS = deepFreeze({
   /** Trust domain of every SPIFFE ID issued. The default is for development: set your own. env AGENTID_TRUST_DOMAIN, flag --trust-domain. */

@@ -7,7 +7,8 @@ import { internal, invalidArgument, ProblemList } from '../common/errors.js';
 import { Secret } from '../common/secret.js';
 import { parsePostgresUrl } from '../datastore/postgres-url.js';
 import { SpiffeId, TrustDomain } from '../spiffe/spiffe-id.js';
-import { DEFAULTS, deepFreeze } from './defaults.js';
+import { deepFreeze } from '../common/freeze.js';
+import { DEFAULTS } from './defaults.js';
 import type {
   AdminRole,
   BundleProfile,

@@ -1,5 +1,6 @@
 import { constants, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { invalidArgument, isAgentIdError } from '../common/errors.js';
+import { deepFreeze } from '../common/freeze.js';
 import { SpiffeId } from '../spiffe/spiffe-id.js';
 import { JwtBundle, type JwtBundleSource } from './bundle.js';
 import { refuse } from './errors.js';
@@ -60,14 +61,6 @@ export class VerifiedSignatures {
   get size(): number {
     return this.tokens.size;
   }
-}
-
-function deepFreeze<T>(value: T): T {
-  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
-  }
-  return value;
 }
 
 export interface VerifiedJwtSvid {

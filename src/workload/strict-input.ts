@@ -1,5 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import * as grpc from '@grpc/grpc-js';
+import { deepFreeze } from '../common/freeze.js';
 
 /*
  * protobufjs decodes leniently: a known field sent with the wrong wire type, a truncated message
@@ -112,14 +113,6 @@ function rulesOf(definition: grpc.MethodDefinition<unknown, unknown>): MessageRu
 
 /** Larger requests are decoded every time (a remembered one is copied out of grpc-js's buffer). */
 const MAX_REMEMBERED_REQUEST_BYTES = 4096;
-
-function deepFreeze<T>(value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    for (const v of Object.values(value)) deepFreeze(v);
-    Object.freeze(value);
-  }
-  return value;
-}
 
 /**
  * A copy of `service` whose request decoders check the bytes first; the Workload API's interceptor
