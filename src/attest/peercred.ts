@@ -155,17 +155,17 @@ export function openPeerPidfd(socket: Socket): number | undefined {
 }
 
 /**
- * True while the process behind the pidfd has not exited. poll() reports POLLIN once it exits
- * (a zombie counts as exited: it can no longer use anything we hand it). An invalid pidfd
- * (POLLNVAL) or a failing poll counts as not alive: callers use this to fail closed.
- */
-/**
  * On a loaded machine the profiler's signals interrupted poll() 16 times in a row (2 refusals of a
  * live peer in 8 runs of test/support/pidfd-under-profiler.ts beside 7 other profiled processes;
  * none in 16 such runs with this bound). Each attempt is one syscall of about a microsecond.
  */
 const EINTR_RETRIES = 1000;
 
+/**
+ * True while the process behind the pidfd has not exited. poll() reports POLLIN once it exits
+ * (a zombie counts as exited: it can no longer use anything we hand it). An invalid pidfd
+ * (POLLNVAL) or a failing poll counts as not alive: callers use this to fail closed.
+ */
 export function pidfdIsAlive(pidfd: number): boolean {
   // poll(2) skips negative descriptors and would report "no events": alive. -1 marks a closed pidfd.
   if (!Number.isInteger(pidfd) || pidfd < 0) return false;

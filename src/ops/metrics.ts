@@ -252,22 +252,16 @@ export class ServerMetrics {
             callback(err, value, trailer, flags);
           });
         }
-        let observed = false;
-        const observe = () => {
-          if (observed) return;
-          observed = true;
-          const elapsed = seconds(t0);
-          timer.observe(elapsed);
-          if (isX509) this.firstSvid.observe(elapsed);
-        };
         // Only the first message is timed: then the call's own write is back (a stream open for
-        // days would otherwise keep this wrapper and its closures for nothing). Put back by
-        // assignment, not `delete`: deleting a property turns the call object into a dictionary
-        // (about 800 bytes more per open stream).
+        // days would otherwise keep this wrapper and its closures for nothing), so it runs once.
+        // Put back by assignment, not `delete`: deleting a property turns the call object into a
+        // dictionary (about 800 bytes more per open stream).
         const write = call.write;
         call.write = (...args: unknown[]) => {
           call.write = write;
-          observe();
+          const elapsed = seconds(t0);
+          timer.observe(elapsed);
+          if (isX509) this.firstSvid.observe(elapsed);
           return call.write(...args);
         };
         return fn(call);
