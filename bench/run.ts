@@ -254,7 +254,12 @@ function cpuMs(pid: number): number {
  * client processes and identity holders), without the servers under test: whether the clients,
  * not the server, set a figure's pace.
  */
-function clientsCpuMs(servers: number[]): number {
+/** CPU time of the benchmark's client processes, split by depth below it: worker processes (1), holder relays (2), holders (3). */
+interface ClientsCpu {
+  total: number;
+  byDepth: number[];
+}
+function clientsCpuMs(servers: number[]): ClientsCpu {
   const parent = new Map<number, number>();
   const cpu = new Map<number, number>();
   for (const name of readdirSync('/proc')) {
@@ -269,17 +274,25 @@ function clientsCpuMs(servers: number[]): number {
     }
   }
   const skip = new Set(servers);
-  const ours = (pid: number): boolean => {
-    for (let p: number | undefined = pid; p !== undefined && p > 1; p = parent.get(p)) {
-      if (skip.has(p)) return false;
-      if (p === process.pid) return pid !== process.pid;
+  /** How far below this process `pid` is (0: not one of its clients). */
+  const depth = (pid: number): number => {
+    let d = 0;
+    for (let p: number | undefined = pid; p !== undefined && p > 1; p = parent.get(p), d++) {
+      if (skip.has(p)) return 0;
+      if (p === process.pid) return d;
     }
-    return false;
+    return 0;
   };
-  let total = 0;
-  for (const [pid, ms] of cpu) if (ours(pid)) total += ms;
-  return total;
+  const result: ClientsCpu = { total: 0, byDepth: [0, 0, 0, 0] };
+  for (const [pid, ms] of cpu) {
+    const d = Math.min(depth(pid), 3);
+    if (d === 0) continue;
+    result.total += ms;
+    result.byDepth[d]! += ms;
+  }
+  return result;
 }
+
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 
 interface ProcStats {
@@ -938,10 +951,12 @@ class StreamsBench {
             await sleep(500);
           }
         }
-        const clientsMs = clientsCpuMs([a.pid, this.bareRef.bare.pid]) - clientsBefore;
+        const clientsAfter = clientsCpuMs([a.pid, this.bareRef.bare.pid]);
+        const clientsMs = clientsAfter.total - clientsBefore.total;
+        const [, workersMs, relaysMs, holdersMs] = clientsAfter.byDepth.map((ms, d) => ms - clientsBefore.byDepth[d]!);
         if (profiling) writeFileSync(join(o.cpuProfDir!, `storm-${roundName}.cpuprofile`), JSON.stringify(await (await profiling).stop()));
         const cpuSamples = side === 'a' ? stormCpu.a : stormCpu.b;
-        process.stderr.write(`  storm round ${roundName} ${side === 'a' ? 'agentid' : 'bare'}: ${samples.at(-1)!.toFixed(0)} ms, server CPU ${cpuSamples.at(-1)!.toFixed(0)} ms, clients CPU ${clientsMs.toFixed(0)} ms\n`);
+        process.stderr.write(`  storm round ${roundName} ${side === 'a' ? 'agentid' : 'bare'}: ${samples.at(-1)!.toFixed(0)} ms, server CPU ${cpuSamples.at(-1)!.toFixed(0)} ms, clients CPU ${clientsMs.toFixed(0)} ms (workers ${workersMs!.toFixed(0)}, holder relays ${relaysMs!.toFixed(0)}, holders ${holdersMs!.toFixed(0)})\n`);
         if (round < 0) {
           samples.pop();
           cpuSamples.pop();
