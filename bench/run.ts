@@ -360,7 +360,8 @@ class AgentidServer {
   /**
    * The server's configuration: defaults, except the per-uid Workload API limits, raised to the
    * server-wide ones because every benchmark client runs as root (one uid standing in for the
-   * thousands of agents, each of its own uid, that a real host would have).
+   * thousands of agents, each of its own uid, that a real host would have), and the agent
+   * listener's Attest limit per address (every simulated node attests from 127.0.0.1).
    */
   private configFile(): string {
     const file = join(dirname(this.dataDir), `${this.name}.yaml`);
@@ -375,7 +376,9 @@ class AgentidServer {
         `  max_connections_per_uid: ${NOFILE}`,
         '  max_streams_per_uid: 30000',
         '  requests_per_second_per_uid: 10000',
-        ...(this.agentPort ? ['agents:', `  listen: "127.0.0.1:${this.agentPort}"`] : []),
+        // Every simulated node attests from 127.0.0.1, a hundred at once: one address standing in
+        // for a hundred hosts, as the one uid does for the Workload API clients.
+        ...(this.agentPort ? ['agents:', `  listen: "127.0.0.1:${this.agentPort}"`, '  attest_per_minute_per_address: 1000000'] : []),
         '',
       ].join('\n'),
     );

@@ -184,7 +184,7 @@ export async function startServer(config: Config, deps: ServerDeps): Promise<Run
     // Last of the listeners: the other parts' start-up (the admin API's reflection, the console)
     // would otherwise run while the reconnect storm that the new socket starts is being served.
     const workload = parts.add('workload API', await buildWorkloadApi({ config, logger, refusals, state, holders, issuer, peers, descriptors, metrics, clock }));
-    metrics.watch({ openConnections: () => peers.size, openStreams: () => issuer.hub.size, authorities: () => ca.authorities(), now: () => clock.now(), workloadLimits: workload.limits });
+    metrics.watch({ openConnections: () => peers.size, openStreams: () => issuer.hub.size, authorities: () => ca.authorities(), now: () => clock.now(), workloadLimits: workload.limits, attestRefusals: agents.attestRefusals });
     const ops = parts.add('health and metrics', await startOps({
       health: { listen: config.health.listen, probes: [caProbe(ca, () => clock.now()), datastoreProbe(datastore), socketProbe('workload_api', config.workloadSocket)] },
       metrics: { listen: config.metrics.listen, metrics },

@@ -115,6 +115,13 @@ describe('agentid agent (against a stand-in node API over TLS)', () => {
     await expect(agent({ joinToken: token })).rejects.toThrow(/node attestation failed: join token unknown or already used/);
   });
 
+  it('waits out the server\'s Attest rate limit (RESOURCE_EXHAUSTED) and attests on a later try', async () => {
+    fake.attestBusy = 2;
+    const a = await agent({ joinToken: fake.joinToken('n-busy') });
+    expect(a.spiffeId).toBe(`spiffe://${fake.trustDomain}/agentid/node/n-busy`);
+    expect(fake.calls.filter((c) => c === 'Attest')).toHaveLength(3);
+  });
+
   it('keeps its own audit trail: its run, and every Workload API refusal on this host, hash-chained', async () => {
     // No entry matches this process: the agent refuses it, and says so in its trail.
     const a = await agent({ joinToken: fake.joinToken('n1') });

@@ -24,7 +24,8 @@ export interface TlsGrpcOptions<C> {
   /** Adds the services; the given function finds a call's admitted connection. */
   register(server: grpc.Server, connectionOf: (call: { getPeer(): string }) => C | undefined): void;
   /** Judges a fresh connection by its client chain (maybe empty): what to keep for its calls, or undefined to refuse it. */
-  admit(chain: Buffer[], peer: string): C | undefined;
+  /** `address`: the peer's IP address as the socket reports it (undefined once the socket is gone). */
+  admit(chain: Buffer[], peer: string, address: string | undefined): C | undefined;
   /** For log lines: "admin mTLS", "agent listener". */
   name: string;
   logger: Logger;
@@ -100,7 +101,7 @@ export async function startTlsGrpcListener<C>(opts: TlsGrpcOptions<C>): Promise<
   server.on('secureConnection', (socket: tls.TLSSocket) => {
     // The key format grpc-js's getPeer() produces for this socket.
     const key = socket.remotePort ? `${socket.remoteAddress}:${socket.remotePort}` : String(socket.remoteAddress);
-    const value = opts.admit(peerChainDer(socket), key);
+    const value = opts.admit(peerChainDer(socket), key, socket.remoteAddress);
     if (value === undefined) {
       // No error argument: nothing listens for 'error' on a server socket after the handshake.
       socket.destroy();

@@ -403,12 +403,14 @@ async function obtainNodeIdentity(config: AgentConfig, files: NodeIdentityFiles,
       logger.info({ node: identity.node, via: config.x509pop ? 'x509pop' : 'join_token' }, 'agent: node attested');
       return identity;
     } catch (err) {
-      // Only an unreachable server is worth waiting for; a refused token or certificate is final.
-      if (!isAgentIdError(err, 'unavailable') || clock.now() - started > ATTEST_RETRY_LIMIT_MS) {
+      // An unreachable server, or one whose Attest rate limit this address is over, is worth
+      // waiting for; a refused token or certificate is final.
+      const transient = isAgentIdError(err, 'unavailable') || isAgentIdError(err, 'resource_exhausted');
+      if (!transient || clock.now() - started > ATTEST_RETRY_LIMIT_MS) {
         throw err instanceof AgentIdError ? new AgentIdError(err.code, `node attestation failed: ${err.message}`) : err;
       }
       const delay = Math.min(5000, 250 * 2 ** attempt);
-      logger.warn({ err: err.message, retryInMs: delay }, 'agent: server unreachable for attestation; retrying');
+      logger.warn({ err: err.message, retryInMs: delay }, 'agent: attestation not possible yet (server unreachable or busy); retrying');
       await new Promise((r) => setTimeout(r, delay));
     } finally {
       client.close();

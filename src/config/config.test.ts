@@ -238,6 +238,7 @@ describe('bad input names the problem', () => {
     ['cgroup-root-relative', 'tasks:\n  cgroup_root: agents\n', 'tasks.cgroup_root: "agents" must be an absolute cgroup path'],
     ['cgroup-root-dotdot', 'tasks:\n  cgroup_root: /agents/../x\n', 'tasks.cgroup_root: "/agents/../x" must be an absolute cgroup path'],
     ['zero-duration', 'tasks:\n  liveness_interval: 0s\n', 'tasks.liveness_interval: must be greater than zero'],
+    ['zero-attest-rate', 'agents:\n  attest_per_minute_per_address: 0\n', 'agents.attest_per_minute_per_address: must be an integer from 1 to 1000000'],
     ['log-format-xml', 'log: { format: xml }\n', 'log.format: must be one of json, pretty, auto'],
     ['section-not-a-mapping', 'log: verbose\n', 'log: must be a mapping'],
     ['rsa-ca-key', 'ca: { key_type: rsa-2048 }\n', 'ca.key_type: must be one of ec-p256, ec-p384'],

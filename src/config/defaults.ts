@@ -140,6 +140,12 @@ export const DEFAULTS = deepFreeze({
     listen: null as string | null,
     /** Lifetime of node SVIDs (spiffe://<td>/agentid/node/<name>); agents renew at half-life. An evicted node's SVID is refused at once regardless. */
     node_svid_ttl: '1h',
+    /**
+     * Attest calls (the only call a peer makes without a credential) per minute from one source
+     * address, IPv6 counted per /64: a burst of this many, refilled evenly. Over it: RESOURCE_EXHAUSTED,
+     * counted (metrics), not audited. Raise it when many hosts attest from behind one NAT address.
+     */
+    attest_per_minute_per_address: 60,
     x509pop: {
       /** PEM CA certificates whose host certificates may attest (node name = subject CN). null: x509pop is refused, join tokens only. */
       ca_bundle: null as string | null,

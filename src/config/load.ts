@@ -75,7 +75,7 @@ const SHAPE: Shape = {
   attest: { sha256_max_bytes: true },
   health: { listen: true },
   metrics: { listen: true },
-  agents: { listen: true, node_svid_ttl: true, x509pop: { ca_bundle: true } },
+  agents: { listen: true, node_svid_ttl: true, attest_per_minute_per_address: true, x509pop: { ca_bundle: true } },
   limits: {
     max_header_list_bytes: true, max_message_bytes: true, first_request_timeout: true, idle_timeout: true,
     keepalive_time: true, keepalive_timeout: true, max_connections_per_uid: true, max_connections: true,
@@ -535,6 +535,7 @@ function build(raw: Raw, c: Checker, env: Record<string, string | undefined>, ui
     agents: agentsRaw && {
       listen: agentsRaw.listen === null ? null : c.hostPort(agentsRaw.listen, 'agents.listen'),
       nodeSvidTtlMs: c.duration(agentsRaw.node_svid_ttl, 'agents.node_svid_ttl'),
+      attestPerMinutePerAddress: c.int(agentsRaw.attest_per_minute_per_address, 'agents.attest_per_minute_per_address', 1, 1_000_000),
       x509pop: x509popRaw && { caBundle: c.optionalPath(x509popRaw.ca_bundle, 'agents.x509pop.ca_bundle') },
     },
   };

@@ -113,6 +113,7 @@ export interface Config {
     /** null: off. */
     readonly listen: HostPort | null;
     readonly nodeSvidTtlMs: number;
+    readonly attestPerMinutePerAddress: number;
     readonly x509pop: { readonly caBundle: string | null };
   };
 }

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
-import { invalidArgument, permissionDenied } from '../common/errors.js';
+import { invalidArgument, permissionDenied, resourceExhausted } from '../common/errors.js';
 import { toGrpcError } from '../common/grpc-errors.js';
 import type { Logger } from '../common/logger.js';
 import { loadProto } from '../common/proto.js';
@@ -10,6 +10,7 @@ import { parseNodeSpiffeId, type SpiffeId, type TrustDomain } from '../spiffe/sp
 import type { X509SvidSource } from '../verify/tls.js';
 import { clientSvidVerifier } from '../admin/client-verify.js';
 import { startTlsGrpcListener } from '../admin/tls-grpc.js';
+import { AttestRateLimiter, type AttestRefusals } from './attest-limiter.js';
 import { snapshotForNode } from './authorize.js';
 import type { IssuedNodeSvid, NodeService } from './service.js';
 import { SyncFanout, updateMessage, type FanoutStream, type SyncUpdateMessage } from './sync-fanout.js';
@@ -36,6 +37,8 @@ export interface AgentListenerOptions {
   datastore: Pick<Datastore, 'entries' | 'tasks' | 'revocations' | 'authorities' | 'changes'>;
   /** Most requests of one MintX509Svids call (a bigger batch is refused, the agent splits it). */
   maxBatch?: number;
+  /** Attest calls per minute from one source address (agents.attest_per_minute_per_address; attest-limiter.ts). */
+  attestPerMinute: number;
   clock: Clock;
   logger: Logger;
 }
@@ -44,12 +47,16 @@ export interface AgentListener {
   readonly port: number;
   /** Open Sync streams (for tests and metrics). */
   streams(): number;
+  /** Attest calls refused by the rate limit since start, by cause (counted, not audited). */
+  attestRefusals(): AttestRefusals;
   close(): Promise<void>;
 }
 
 interface Connection {
   chain: Buffer[];
   peer: string;
+  /** The peer's IP address, which Attest attempts are charged to. */
+  address: string | undefined;
 }
 
 let nodeService: { definition: grpc.ServiceDefinition; encodeSyncUpdate: (m: SyncUpdateMessage | { snapshot: boolean; revision: number; evicted: boolean }) => Buffer } | undefined;
@@ -66,6 +73,8 @@ function nodeServiceDefinition(): NonNullable<typeof nodeService> {
 }
 
 const DEFAULT_MAX_BATCH = 1000;
+/** Refusals by the Attest rate limit are logged in aggregate, at most once per this interval. */
+const ATTEST_REFUSAL_LOG_INTERVAL_MS = 60_000;
 
 interface SyncStream extends FanoutStream {
   conn: Connection;
@@ -80,6 +89,18 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
   const verifier = clientSvidVerifier({ source: opts.source, trustDomain: opts.trustDomain, roles: [], crls: opts.crls, clock: opts.clock });
   const streams = new Set<SyncStream>();
   const fanout = new SyncFanout({ revision: () => state.revision, encode: (m) => nodeServiceDefinition().encodeSyncUpdate(m), clock: opts.clock });
+  const attestLimiter = new AttestRateLimiter(opts.attestPerMinute, opts.clock);
+  let attestRefusalLoggedAt = -Infinity;
+  /** Refuses an Attest over the source's rate before it reaches the datastore or the audit trail. */
+  const chargeAttest = (conn: Connection): void => {
+    if (attestLimiter.admit(conn.address)) return;
+    const now = opts.clock.now();
+    if (now - attestRefusalLoggedAt >= ATTEST_REFUSAL_LOG_INTERVAL_MS) {
+      attestRefusalLoggedAt = now;
+      logger.warn({ address: conn.address, refused: { ...attestLimiter.refused }, perMinute: opts.attestPerMinute }, 'agent listener: Attest attempts refused by the rate limit (logged at most once a minute)');
+    }
+    throw resourceExhausted(`too many Attest attempts from this address (limit ${opts.attestPerMinute} a minute); retry later`);
+  };
 
   /** The node a connection's client certificate proves, now; refuses everything else. */
   const nodeOf = (conn: Connection | undefined): string => {
@@ -126,6 +147,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
   const handlers = (connectionOf: (call: Call) => Connection | undefined): grpc.UntypedServiceImplementation => ({
     Attest: unary('Attest', connectionOf, async (req, conn) => {
       if (!conn) throw permissionDenied('no TLS connection');
+      chargeAttest(conn);
       const spki = Buffer.from(req.public_key ?? []);
       const issued = req.join_token
         ? await nodes.attestWithJoinToken(req.join_token, spki, conn.peer)
@@ -256,7 +278,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
       name: 'agent listener',
       logger,
       // Every connection is admitted: Attest needs none; the other calls check the node SVID themselves.
-      admit: (chain, peer) => ({ chain, peer }),
+      admit: (chain, peer, address) => ({ chain, peer, address }),
       register: (server, connectionOf) => server.addService(nodeServiceDefinition().definition, handlers(connectionOf)),
     });
   } catch (err) {
@@ -267,6 +289,7 @@ export async function startAgentListener(opts: AgentListenerOptions): Promise<Ag
   return {
     port: bound.port,
     streams: () => streams.size,
+    attestRefusals: () => ({ ...attestLimiter.refused }),
     async close() {
       stopFollowing();
       for (const s of [...streams]) s.end({ code: grpc.status.UNAVAILABLE, details: 'server shutting down' });

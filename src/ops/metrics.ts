@@ -43,6 +43,8 @@ export interface MetricsSources {
   now(): number;
   /** Workload API limits (workload/limits.ts): refusals by limit, connections closed by its timers. */
   workloadLimits?(): { refused: Record<string, number>; closed: Record<string, number> };
+  /** The agent listener's Attest rate limit (nodes/attest-limiter.ts): refusals by cause. */
+  attestRefusals?(): { rate: number; sources: number };
 }
 
 export class ServerMetrics {
@@ -84,6 +86,16 @@ export class ServerMetrics {
       collect() {
         this.reset();
         for (const [kind, n] of Object.entries(self.sources?.workloadLimits?.().refused ?? {})) this.inc({ kind }, n);
+      },
+    });
+    new Counter({
+      name: 'agentid_agent_attest_refusals_total',
+      help: 'Attest calls on the agent listener refused by its rate limit: a source over its rate, or a new source while the table of sources was full',
+      labelNames: ['cause'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [cause, n] of Object.entries(self.sources?.attestRefusals?.() ?? {})) this.inc({ cause }, n);
       },
     });
     new Counter({

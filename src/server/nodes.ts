@@ -12,6 +12,7 @@ import type { TaskService } from '../tasks/service.js';
 import type { TrustDomain } from '../spiffe/spiffe-id.js';
 import { NodeService } from '../nodes/service.js';
 import { startAgentListener } from '../nodes/listener.js';
+import type { AttestRefusals } from '../nodes/attest-limiter.js';
 import type { Logger } from '../common/logger.js';
 import type { Issuer } from './issuer.js';
 
@@ -69,7 +70,7 @@ export async function buildAgentListener(deps: {
   issuer: Issuer;
   clock: Clock;
   logger: Logger;
-}): Promise<{ port: number | undefined; close(): Promise<void> | void }> {
+}): Promise<{ port: number | undefined; attestRefusals?(): AttestRefusals; close(): Promise<void> | void }> {
   const listen = deps.config.agents.listen;
   if (listen === null) return { port: undefined, close: () => undefined };
   const listener = await startAgentListener({
@@ -80,8 +81,9 @@ export async function buildAgentListener(deps: {
     nodes: deps.nodes,
     state: deps.state,
     datastore: deps.datastore,
+    attestPerMinute: deps.config.agents.attestPerMinutePerAddress,
     clock: deps.clock,
     logger: deps.logger,
   });
-  return { port: listener.port, close: () => listener.close() };
+  return { port: listener.port, attestRefusals: () => listener.attestRefusals(), close: () => listener.close() };
 }

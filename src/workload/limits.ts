@@ -7,6 +7,7 @@ import type { PeerCredentialsLike, PeerRegistry } from './peers.js';
 import type { DescriptorBudget } from './descriptors.js';
 import { unreadBytes } from './unread.js';
 import { MalformedRequest } from './strict-input.js';
+import { TokenBucket } from '../common/token-bucket.js';
 
 const ignore = (): void => undefined;
 
@@ -37,34 +38,6 @@ interface UidUsage {
   connections: number;
   streams: number;
   bucket: TokenBucket;
-}
-
-/** Up to `rate` tokens, refilled continuously at `rate` per second. */
-class TokenBucket {
-  private tokens: number;
-  private at: number;
-
-  constructor(
-    private readonly rate: number,
-    now: number,
-  ) {
-    this.tokens = rate;
-    this.at = now;
-  }
-
-  take(now: number): boolean {
-    if (now > this.at) {
-      this.tokens = Math.min(this.rate, this.tokens + ((now - this.at) * this.rate) / 1000);
-      this.at = now;
-    }
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
-  }
-
-  full(now: number): boolean {
-    return this.tokens + ((now - this.at) * this.rate) / 1000 >= this.rate;
-  }
 }
 
 interface Connection {

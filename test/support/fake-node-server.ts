@@ -60,6 +60,8 @@ export class FakeNodeServer {
   readonly publicKeysSeen: Buffer[] = [];
   readonly minted: { node: string; spiffeId: string; serial: string }[] = [];
   readonly calls: string[] = [];
+  /** Attest calls still to be answered RESOURCE_EXHAUSTED (as the server's rate limit would) before one is served. */
+  attestBusy = 0;
 
   constructor(private readonly opts: FakeNodeServerOptions = {}) {
     this.trustDomain = opts.trustDomain ?? 'fake.example';
@@ -186,6 +188,10 @@ export class FakeNodeServer {
       };
     return {
       Attest: unary('Attest', async (req) => {
+        if (this.attestBusy > 0) {
+          this.attestBusy--;
+          throw Object.assign(new Error('too many Attest attempts from this address'), { code: grpc.status.RESOURCE_EXHAUSTED });
+        }
         const node = this.tokens.get(req.join_token);
         if (!node) throw Object.assign(new Error('join token unknown or already used'), { code: grpc.status.PERMISSION_DENIED });
         this.tokens.delete(req.join_token);

@@ -11,13 +11,14 @@ import { toPem } from '../../src/verify/der.js';
 export class NodeClient {
   readonly raw: grpc.Client & Record<string, Function>;
 
-  constructor(port: number, rootsDer: readonly Buffer[], client?: { chainPem: string; keyPem: string }) {
+  /** `host`: where to connect (an IPv6 address in brackets: "[::1]"). */
+  constructor(port: number, rootsDer: readonly Buffer[], client?: { chainPem: string; keyPem: string }, host = '127.0.0.1') {
     const Ctor = (loadProto('agentid/node/v1/node.proto') as any).agentid.node.v1.AgentIdNode as grpc.ServiceClientConstructor;
     const roots = Buffer.from(rootsDer.map((d) => toPem(d, 'CERTIFICATE')).join(''));
     const creds = grpc.credentials.createSsl(roots, client ? Buffer.from(client.keyPem) : null, client ? Buffer.from(client.chainPem) : null, {
       checkServerIdentity: () => undefined,
     });
-    this.raw = new Ctor(`127.0.0.1:${port}`, creds, { 'grpc.use_local_subchannel_pool': 1 }) as any;
+    this.raw = new Ctor(`${host}:${port}`, creds, { 'grpc.use_local_subchannel_pool': 1 }) as any;
   }
 
   call<T = any>(method: string, request: object): Promise<T> {
