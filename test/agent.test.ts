@@ -140,6 +140,33 @@ describe('agentid agent (against a stand-in node API over TLS)', () => {
     expect((records[1] as { reason: string }).reason).toMatch(/^FetchX509SVID: no identity/);
   });
 
+  it('serves /metrics with --metrics-listen: its Workload API figures and whether the link to the server is up', async () => {
+    fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
+    const a = await agent({ joinToken: fake.joinToken('n1'), metricsListen: '127.0.0.1:0' });
+    const scrape = async () => (await fetch(new URL('/metrics', a.metricsUrl!))).text();
+    await waitFor(async () => /^agentid_agent_server_connected 1$/m.test(await scrape()), 10_000, 'the link gauge at 1');
+
+    const client = new WorkloadApiClient({ socketPath: a.workloadSocket });
+    const ac = new AbortController();
+    const watching = client.watchX509Context(() => undefined, () => undefined, ac.signal).catch(() => undefined);
+    try {
+      const open = await waitFor(async () => {
+        const text = await scrape();
+        return /^agentid_streams_open 1$/m.test(text) && text;
+      }, 10_000, 'one open stream in the metrics');
+      expect(open).toMatch(/^agentid_fetch_seconds_count\{method="FetchX509SVID"\} 1$/m);
+      expect(open).toMatch(/^agentid_process_cpu_seconds_total /m);
+    } finally {
+      ac.abort();
+      await watching;
+      client.close();
+    }
+
+    // The server goes away: the agent keeps serving and says it is cut off.
+    await fake.stop();
+    await waitFor(async () => /^agentid_agent_server_connected 0$/m.test(await scrape()), 10_000, 'the link gauge at 0');
+  });
+
   it('drops a revoked identity from open streams as soon as the revocation arrives on the Sync stream', async () => {
     fake.putEntry(entry('e1', `spiffe://${fake.trustDomain}/svc/one`));
     fake.putEntry(entry('e2', `spiffe://${fake.trustDomain}/svc/two`));

@@ -23,6 +23,7 @@ import { attestationNeeds, startWorkloadEdge, taskAncestry } from '../workload/e
 import { PeerRegistry } from '../workload/peers.js';
 import { DescriptorBudget, raiseOpenFileLimit } from '../workload/descriptors.js';
 import { listenUnixWithPeerCreds } from '../workload/listener.js';
+import { Gauge } from 'prom-client';
 import { ServerMetrics, socketProbe, startOps } from '../ops/index.js';
 import { Lifecycle } from '../server/lifecycle.js';
 import { ensureDataDir } from '../server/data-dir.js';
@@ -51,6 +52,8 @@ export interface RunningAgent {
   adminSocket: string;
   /** http://host:port serving /live and /ready, when --health-listen is set. */
   healthUrl: string | undefined;
+  /** http://host:port serving /metrics, when --metrics-listen is set. */
+  metricsUrl: string | undefined;
   node: string;
   spiffeId: string;
   /** True while the Sync stream to the server is up. */
@@ -193,6 +196,15 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
     const peers = new PeerRegistry();
     const descriptors = new DescriptorBudget(raiseOpenFileLimit(logger).soft, config.limits.descriptorReserve);
     const metrics = new ServerMetrics();
+    audit.observe(metrics.auditObserver);
+    new Gauge({
+      name: 'agentid_agent_server_connected',
+      help: '1 while the agent holds a live Sync stream to an agentid server, else 0 (it serves what it holds meanwhile)',
+      registers: [metrics.registry],
+      collect() {
+        this.set(link?.connected ? 1 : 0);
+      },
+    });
     const workload = parts.add('workload API', await startWorkloadEdge({
       socketPath: config.workloadSocket,
       limits: config.limits,
@@ -282,6 +294,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       void link!.firstSync.then(() => (clearTimeout(timer), resolve()));
     });
 
+    // No CA of its own: the authority expiry gauge stays empty on an agent.
+    metrics.watch({ openConnections: () => peers.size, openStreams: () => hub.size, authorities: () => [], now: () => clock.now(), workloadLimits: workload.limits });
     const expiryTick = setInterval(() => {
       svids.dropExpired();
       hub.changed({ kind: 'expiry' });
@@ -291,7 +305,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
     livenessTick.unref();
     parts.add('timers', { close: () => (clearInterval(expiryTick), clearInterval(livenessTick)) });
 
-    const ops = parts.add('health', await startOps({
+    const ops = parts.add('health and metrics', await startOps({
       health: {
         listen: config.healthListen,
         probes: [
@@ -299,7 +313,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
           socketProbe('workload_api', config.workloadSocket),
         ],
       },
-      metrics: { listen: null, metrics },
+      metrics: { listen: config.metricsListen, metrics },
       logger: logger.child({ api: 'ops' }),
     }));
 
@@ -311,6 +325,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps): Promise<
       workloadSocket: workload.socket,
       adminSocket: admin.socket,
       healthUrl: ops.healthUrl,
+      metricsUrl: ops.metricsUrl,
       node: identity.node,
       spiffeId: identity.spiffeId.toString(),
       connected: () => link!.connected,

@@ -25,6 +25,8 @@ export interface AgentConfig {
   /** Local uids holding the admin role on the agent's admin socket (any namespace). */
   adminUids: number[];
   healthListen: HostPort | null;
+  /** Prometheus /metrics (the Workload API figures of this host, and the link to the server); may equal healthListen. */
+  metricsListen: HostPort | null;
   logLevel: LogLevel;
   /** Same meaning as the server's tasks.buffer: the last task SVIDs may outlive the task by this much. */
   taskBufferMs: number;
@@ -43,10 +45,11 @@ export interface AgentFlags {
   socket?: string;
   adminSocket?: string;
   healthListen?: string;
+  metricsListen?: string;
   logLevel?: string;
 }
 
-const FILE_KEYS = new Set(['data_dir', 'server', 'join_token', 'trust_bundle', 'x509pop', 'socket', 'admin_socket', 'orchestrators', 'admin_uids', 'health_listen', 'log_level', 'task_buffer']);
+const FILE_KEYS = new Set(['data_dir', 'server', 'join_token', 'trust_bundle', 'x509pop', 'socket', 'admin_socket', 'orchestrators', 'admin_uids', 'health_listen', 'metrics_listen', 'log_level', 'task_buffer']);
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
 
 function hostPort(text: string, what: string, problems: ProblemList): HostPort | undefined {
@@ -99,6 +102,8 @@ export function loadAgentConfig(flags: AgentFlags, opts: { cwd?: string; uid?: n
   const server = serverText === undefined ? (problems.add('--server HOST:PORT (or server in the config file) is required'), undefined) : hostPort(serverText, '--server', problems);
   const healthText = flags.healthListen ?? fromFile('health_listen');
   const healthListen = healthText === undefined ? null : (hostPort(healthText, '--health-listen', problems) ?? null);
+  const metricsText = flags.metricsListen ?? fromFile('metrics_listen');
+  const metricsListen = metricsText === undefined ? null : (hostPort(metricsText, '--metrics-listen', problems) ?? null);
   const joinTokenText = flags.joinToken ?? fromFile('join_token');
   const x509 = file.x509pop as { cert?: unknown; key?: unknown } | undefined;
   const certFile = path(flags.x509popCert, '') ?? (typeof x509?.cert === 'string' ? resolve(base, x509.cert) : undefined);
@@ -144,6 +149,7 @@ export function loadAgentConfig(flags: AgentFlags, opts: { cwd?: string; uid?: n
     orchestrators,
     adminUids,
     healthListen,
+    metricsListen,
     logLevel,
     taskBufferMs,
     limits: defaults.limits,

@@ -11,7 +11,7 @@ export function registerAgentCommand(program: Command): void {
   program
     .command('agent')
     .description('run a per-host agent: the Workload API on this host, identities from an agentid server (SIGINT/SIGTERM stop it)')
-    .option('--config <file>', 'agent YAML config file (keys: data_dir, server, join_token, trust_bundle, x509pop {cert, key}, socket, admin_socket, orchestrators, admin_uids, health_listen, log_level, task_buffer)')
+    .option('--config <file>', 'agent YAML config file (keys: data_dir, server, join_token, trust_bundle, x509pop {cert, key}, socket, admin_socket, orchestrators, admin_uids, health_listen, metrics_listen, log_level, task_buffer)')
     .option('--data-dir <dir>', 'agent data directory: node key and SVID, replica, sockets')
     .option('--server <host:port>', 'the server\'s agent listener (agentid server --agent-listen)')
     .option('--join-token <token>', 'one-time join token (agentid token generate --node NAME); only needed until the node has an SVID (env AGENTID_JOIN_TOKEN)')
@@ -21,6 +21,7 @@ export function registerAgentCommand(program: Command): void {
     .option('--socket <path>', 'Workload API socket (default <data-dir>/workload.sock)')
     .option('--admin-socket <path>', 'admin socket for agentid run on this host (default <data-dir>/admin.sock)')
     .option('--health-listen <host:port>', 'serve GET /live and /ready (ready only while connected to the server)')
+    .option('--metrics-listen <host:port>', 'serve GET /metrics (Prometheus) here; may equal --health-listen')
     .option('--log-level <level>', 'log level (trace, debug, info, warn, error)')
     .action(async (flags: AgentFlags) => {
       const config = loadAgentConfig({ ...flags, joinToken: flags.joinToken ?? process.env.AGENTID_JOIN_TOKEN });
