@@ -65,6 +65,12 @@ describe('nodes: admin API and CLI', () => {
     expect(show.stderr).toMatch(/node nope not found/);
     const evict = await runCli(['node', 'evict', 'nope'], { env: env() });
     expect(evict.stderr).toMatch(/node nope not found/);
+    const grant = await runCli(['node', 'task-agents', 'nope', 'coder'], { env: env() });
+    expect(grant.code).toBe(1);
+    expect(grant.stderr).toMatch(/node nope not found/);
+    const nobody = await runCli(['node', 'task-agents', 'nope', 'coder'], { env: env(), wrap: (argv) => ({ command: 'setpriv', args: ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--', ...argv] }) });
+    expect(nobody.code).toBe(1);
+    expect(nobody.stderr).not.toMatch(/not found/);
   });
 
   it('an entry limited to a node never matches on the server\'s own socket; without --node it does', async () => {

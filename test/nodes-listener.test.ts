@@ -139,6 +139,35 @@ describe('nodes: the agent listener', () => {
     expect(mint).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
   });
 
+  it('x509pop: a node starts with no task namespaces; an admin grants and narrows them (audited), and a re-attestation keeps them', async () => {
+    const viaHost = async () => {
+      const key = agentKey();
+      const svid = await client({ chainPem: trusted.certPem, keyPem: trusted.keyPem }).call('Attest', { public_key: key.spki });
+      return client({ chainPem: chainPem(svid.cert_chain), keyPem: key.keyPem });
+    };
+    const start = (node: NodeClient, id: string) =>
+      node.call('StartTask', { agent: 'coder', id, pid: 4194310, start_time: '99', caller_uid: 1000, ttl_seconds: 300 }).then((r) => JSON.parse(r.task), (e: grpc.ServiceError) => e);
+    let node = await viaHost();
+    expect(await start(node, 'pop-1')).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+
+    const granted = await t.admin.call('SetNodeTaskAgents', { name: 'host-x', task_agents: ['coder', 'coder'], reason: 'SEC-9 approved' });
+    expect(granted.task_agents).toEqual(['coder']);
+    expect(await start(node, 'pop-1')).toMatchObject({ node: 'host-x', agent: 'coder' });
+    node = await viaHost();
+    expect((await t.admin.call('GetNode', { name: 'host-x' })).task_agents).toEqual(['coder']);
+    expect(await start(node, 'pop-2')).toMatchObject({ node: 'host-x', agent: 'coder' });
+
+    await t.admin.call('SetNodeTaskAgents', { name: 'host-x', task_agents: [] });
+    expect(await start(node, 'pop-3')).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+    const bad = await t.admin.call('SetNodeTaskAgents', { name: 'host-x', task_agents: ['a/b'] }).catch((e: Error) => e);
+    expect(bad).toMatchObject({ code: 'invalid_argument' });
+    const events = readAuditEvents(t.config.audit.file).filter((e) => e.type === 'node.task_agents_set');
+    expect(events).toMatchObject([
+      { node: 'host-x', task_agents: ['coder'], previous_task_agents: [], reason: 'SEC-9 approved', by: 'uid:0 (admin)', outcome: 'ok' },
+      { node: 'host-x', task_agents: [], previous_task_agents: ['coder'] },
+    ]);
+  });
+
   it('every call but Attest needs a node SVID', async () => {
     for (const [method, req] of [['RenewNodeSvid', { public_key: agentKey().spki }], ['MintX509Svids', { requests: [] }], ['MintJwtSvid', { entry_id: 'x', audience: ['a'] }]] as const) {
       const err = await client().call(method, req).catch((e: grpc.ServiceError) => e);

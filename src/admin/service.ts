@@ -256,5 +256,6 @@ function nodeHandlers(nodes: NodeService, admin: AdminHandler): grpc.UntypedServ
     ListNodes: admin('ListNodes', async () => ({ nodes: (await nodes.list()).map(nodeToWire) })),
     GetNode: admin('GetNode', async (req) => nodeToWire(await nodes.get(req.name))),
     EvictNode: admin('EvictNode', async (req, actor) => nodeToWire((await nodes.evict(req.name, req.reason, actor)).node)),
+    SetNodeTaskAgents: admin('SetNodeTaskAgents', async (req, actor) => nodeToWire(await nodes.setTaskAgents(req.name, req.task_agents ?? [], req.reason ?? '', actor))),
   };
 }

@@ -198,7 +198,7 @@ export interface NodeEvent extends Common {
    * node.attestation_refused is written at once but fsynced in batches, like attestation.refused:
    * any peer that reaches the agent listener can cause one.
    */
-  type: 'node.join_token_created' | 'node.attested' | 'node.attestation_refused' | 'node.svid_renewed' | 'node.evicted';
+  type: 'node.join_token_created' | 'node.attested' | 'node.attestation_refused' | 'node.svid_renewed' | 'node.evicted' | 'node.task_agents_set';
   node: string;
   spiffe_id?: string;
   attestation?: 'join_token' | 'x509pop';
@@ -207,7 +207,9 @@ export interface NodeEvent extends Common {
   /** Join token expiry, or the node SVID's notAfter; written as an ISO-8601 string. */
   expires_at?: number;
   task_agents?: string[];
-  /** Refusals: why. Evictions: the operator's reason. */
+  /** node.task_agents_set: the list it replaced. */
+  previous_task_agents?: string[];
+  /** Refusals: why. Evictions and grants: the operator's reason. */
   reason?: string;
   by?: string;
   peer?: string;
@@ -294,6 +296,7 @@ export const DURABLE_EVENT_TYPES: ReadonlySet<AuditEventType> = new Set<AuditEve
   'node.attested',
   'node.svid_renewed',
   'node.evicted',
+  'node.task_agents_set',
   'agent.started',
   'agent.stopped',
   'agent.evicted',

@@ -63,4 +63,14 @@ export function registerNodeCommands(program: Command): void {
         const n = await c.call('EvictNode', { name, reason: flags.reason ?? '' });
         emit(!!flags.json, n, () => `${n.name}: ${n.state}`);
       }));
+  withJson(withAdminSocket(node.command('task-agents')))
+    .argument('<name>')
+    .argument('[agents...]', 'the agent namespaces whose tasks the node may start (the whole list; none: it may start no tasks)')
+    .option('--reason <reason>', 'why (recorded in the audit trail)')
+    .description('set the agent namespaces a node may start tasks for (an x509pop node has none until set)')
+    .action((name: string, agents: string[], flags: CommonFlags & { reason?: string }) =>
+      withAdmin(flags, async (c) => {
+        const n = await c.call('SetNodeTaskAgents', { name, task_agents: agents, reason: flags.reason ?? '' });
+        emit(!!flags.json, n, () => `${n.name}: task agents ${n.task_agents.length > 0 ? n.task_agents.join(', ') : '(none)'}`);
+      }));
 }

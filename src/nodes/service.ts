@@ -106,6 +106,32 @@ export class NodeService {
   }
 
   /**
+   * Replaces the agent namespaces whose tasks a node may forward (join tokens set them at
+   * attestation; this is how an x509pop node gets any, and how a grant is widened or narrowed).
+   * Tasks already started keep running; the list is checked at each forwarded start.
+   */
+  async setTaskAgents(name: string, taskAgents: readonly string[], reason: string, actor: Actor): Promise<NodeRecord> {
+    if (actor.role !== 'admin') throw permissionDenied('node task-agents: requires the admin role');
+    const agents = [...new Set(taskAgents)];
+    const problems = agents.filter((a) => !SEGMENT.test(a) || a === '.' || a === '..').map((a) => `task agent "${a.slice(0, 70)}" must be a SPIFFE ID path segment`);
+    if (problems.length > 0) throw invalidArgument(problems.join('; '));
+    const why = reason.trim();
+    const updated = await this.deps.datastore.transaction(async (tx) => {
+      const fresh = await tx.nodes.get(name);
+      if (!fresh) throw notFound(`node ${name} not found`);
+      if (fresh.state === 'evicted') throw failedPrecondition(`node ${name} is evicted`);
+      const record = await tx.nodes.put({ ...fresh, taskAgents: agents });
+      this.deps.audit.append({
+        type: 'node.task_agents_set', outcome: 'ok', actor: auditActor(actor), node: name, spiffe_id: fresh.spiffeId,
+        task_agents: agents, previous_task_agents: fresh.taskAgents, ...(why ? { reason: why } : {}), by: describeActor(actor),
+      });
+      return record;
+    });
+    await this.deps.state.sync();
+    return updated;
+  }
+
+  /**
    * Evicts a node: its record says evicted, its SPIFFE ID goes on the deny list (its node SVID is
    * refused at once, on every call and by every CRL consumer), and every active task bound on it
    * is revoked. The agent's Sync stream is told and closed by the listener (it follows the node
