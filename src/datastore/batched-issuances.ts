@@ -1,3 +1,4 @@
+import { isAgentIdError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { IssuanceRecord, IssuanceStore } from './types.js';
 import type { IssuanceJournal } from './issuance-journal.js';
@@ -8,8 +9,11 @@ export interface BatchedIssuancesOptions {
   /** A batch this large is written at once. */
   maxBatch: number;
   /**
-   * Records kept while the datastore cannot take them (it is down); beyond this the oldest are
-   * dropped and counted. The deny list's floor of the longest SVID lifetime covers lost records.
+   * Records kept in memory while the datastore cannot take them (it is down); beyond this the
+   * oldest are dropped and counted. With a journal, a dropped X.509 record is still in the
+   * journal file: only its serial is kept, and it is read back from the file and recorded once the
+   * datastore takes writes again. Lost JWT records are covered by the deny list's floor of the
+   * longest SVID lifetime.
    */
   maxPending: number;
 }
@@ -32,8 +36,15 @@ export class BatchedIssuances implements IssuanceStore {
   private timer: NodeJS.Timeout | undefined;
   private writing: Promise<void> = Promise.resolve();
   private readonly options: BatchedIssuancesOptions;
-  /** Records dropped because the datastore was unavailable for too long. */
+  /** Records dropped from memory because the datastore was unavailable for too long. */
   dropped = 0;
+  /**
+   * Serials of dropped X.509 records that only the journal holds: recorded from it when the
+   * datastore is back (until then a CRL would miss them if their SPIFFE ID were revoked).
+   */
+  private readonly journalOnly = new Set<string>();
+  /** `dropped` when it was last logged. */
+  private droppedLoggedAt = 0;
 
   constructor(
     private readonly store: IssuanceStore,
@@ -59,9 +70,18 @@ export class BatchedIssuances implements IssuanceStore {
     const durable = x509.length > 0 ? this.journal!.append(x509) : undefined;
     this.pending.push(...issuances);
     if (this.pending.length > this.options.maxPending) {
-      const excess = this.pending.length - this.options.maxPending;
-      this.pending.splice(0, excess);
-      this.dropped += excess;
+      const excess = this.pending.splice(0, this.pending.length - this.options.maxPending);
+      this.dropped += excess.length;
+      if (this.journal) for (const r of excess) if (isX509(r)) this.journalOnly.add(r.serial);
+      // Logged at the first drop and then each time the count doubles: drops happen on every
+      // mint while an outage lasts, and this module keeps no clock.
+      if (this.dropped >= this.droppedLoggedAt * 2) {
+        this.droppedLoggedAt = this.dropped;
+        this.logger.error(
+          { dropped: this.dropped, journalOnly: this.journalOnly.size, maxPending: this.options.maxPending },
+          'issuance records: the datastore has been unavailable too long; the oldest records are no longer kept in memory (X.509 ones are read back from the journal once it is back; JWT ones are covered by the deny list)',
+        );
+      }
     }
     if (this.pending.length >= this.options.maxBatch) void this.flush().catch(() => {});
     else if (!this.timer) {
@@ -96,9 +116,36 @@ export class BatchedIssuances implements IssuanceStore {
           throw err;
         }
       }
+      if (this.journalOnly.size > 0) await this.recordJournalOnly();
     });
     this.writing = run.catch(() => {});
     return run;
+  }
+
+  /**
+   * Records the dropped X.509 records from the journal file (the datastore took the last batch,
+   * so it is back), then counts them committed so that the journal can be emptied again. A serial
+   * not in the file is one whose journal write failed: its certificate was never handed out.
+   */
+  private async recordJournalOnly(): Promise<void> {
+    const wanted = this.journalOnly;
+    // A record dropped right after it was queued may not be in the file yet.
+    await this.journal!.written();
+    const found = (await this.journal!.readBack()).filter((r) => r.kind === 'x509' && wanted.has(r.serial));
+    for (let i = 0; i < found.length; i += this.options.maxBatch) {
+      const chunk = found.slice(i, i + this.options.maxBatch);
+      try {
+        await this.store.record(chunk);
+      } catch (err) {
+        if (!isAgentIdError(err, 'already_exists')) throw err;
+        // A batch whose commit went through although its caller saw an error: record the rest.
+        for (const r of chunk) await this.store.record([r]).catch((e) => { if (!isAgentIdError(e, 'already_exists')) throw e; });
+      }
+    }
+    const count = wanted.size;
+    wanted.clear();
+    this.logger.warn({ recovered: found.length, dropped: count }, 'issuance records dropped during the datastore outage were recorded from the journal');
+    this.journal!.committed(count);
   }
 
   async listForSpiffeId(spiffeId: string): Promise<IssuanceRecord[]> {

@@ -7,6 +7,7 @@
  * returned, a third batch waits for a free sync slot, and a failed sync fails the batch whose sync
  * overlapped it.
  */
+import { statSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +17,7 @@ import { issuanceFixture } from './conformance.js';
 import { createMemoryDatastore } from './memory.js';
 import { BatchedIssuances } from './batched-issuances.js';
 import { IssuanceJournal, type JournalFile } from './issuance-journal.js';
+import type { IssuanceRecord } from './types.js';
 
 /** A held datasync: the real sync runs only when the test releases it (or fails it). */
 interface HeldSync {
@@ -223,6 +225,72 @@ describe('IssuanceJournal', () => {
     await writeFile(copy, await readFile(path));
     await (await IssuanceJournal.open(copy, after.issuances, silentLogger())).close();
     expect((await after.issuances.listForSpiffeId(issuanceFixture().spiffeId)).map((r) => r.serial)).toEqual(['after']);
+    await journal.close();
+  });
+
+  it('records dropped from memory during a long datastore outage are read back from the journal once it is back', async () => {
+    const path = join(dir, 'outage.journal');
+    const ds = createMemoryDatastore();
+    let down = false;
+    const store = {
+      ...ds.issuances,
+      record: async (records: readonly IssuanceRecord[]) => {
+        if (down) throw new Error('datastore unavailable');
+        return ds.issuances.record(records);
+      },
+    };
+    const journal = await IssuanceJournal.open(path, store, silentLogger());
+    const batched = new BatchedIssuances(store, silentLogger(), { flushIntervalMs: 60_000, maxBatch: 2, maxPending: 3 }, journal);
+    const serials = (await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId)).map((r) => r.serial);
+    expect(serials).toEqual([]);
+
+    down = true;
+    for (const serial of ['x1', 'x2', 'x3', 'x4', 'x5']) await batched.queue([issuanceFixture({ serial })]);
+    batched.queue([issuanceFixture({ kind: 'jwt', serial: 'j1' })]);
+    // Only the newest three are still in memory; x1, x2 and x3 are only in the journal now.
+    expect(batched.pendingCount).toBe(3);
+    expect(batched.dropped).toBe(3);
+    await expect(batched.flush()).rejects.toThrow(/unavailable/);
+
+    down = false;
+    await batched.flush();
+    const stored = await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId);
+    expect(stored.filter((r) => r.kind === 'x509').map((r) => r.serial).sort()).toEqual(['x1', 'x2', 'x3', 'x4', 'x5']);
+    // Everything the journal held is in the datastore: it is emptied again.
+    await until(() => statSync(path).size === 0);
+    await journal.close();
+  });
+
+  it('reads a dropped record back only after its journal write has finished', async () => {
+    const path = join(dir, 'slow-write.journal');
+    const ds = createMemoryDatastore();
+    let down = true;
+    const store = {
+      ...ds.issuances,
+      record: async (records: readonly IssuanceRecord[]) => {
+        if (down) throw new Error('datastore unavailable');
+        return ds.issuances.record(records);
+      },
+    };
+    let gate: (() => void) | undefined;
+    const journal = await IssuanceJournal.open(path, store, silentLogger(), (file) => fileWith(file, {
+      write: async (data: Buffer) => {
+        if (data.includes('"slow"')) await new Promise<void>((resolve) => (gate = resolve));
+        return file.write(data);
+      },
+    }));
+    const batched = new BatchedIssuances(store, silentLogger(), { flushIntervalMs: 60_000, maxBatch: 10, maxPending: 1 }, journal);
+    const slow = batched.queue([issuanceFixture({ serial: 'slow' })])!;
+    await until(() => gate !== undefined);
+    const next = batched.queue([issuanceFixture({ serial: 'next' })])!;
+    expect(batched.dropped).toBe(1);
+    down = false;
+    const flushed = batched.flush();
+    await settle();
+    gate!();
+    await Promise.all([flushed, slow, next]);
+    const stored = await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId);
+    expect(stored.map((r) => r.serial).sort()).toEqual(['next', 'slow']);
     await journal.close();
   });
 });

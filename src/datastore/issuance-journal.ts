@@ -64,6 +64,11 @@ export class IssuanceJournal {
   private readonly syncing = new Set<SyncingBatch>();
   private appended = 0;
   private committedCount = 0;
+  /** Records in `queued`, not yet handed to a write. */
+  private queuedRecords = 0;
+  /** Appended records whose write has finished (written, or failed and never handed out). */
+  private settled = 0;
+  private settleWaiters: { through: number; wake: () => void }[] = [];
   private closed = false;
   private idle: (() => void)[] = [];
   /**
@@ -75,6 +80,7 @@ export class IssuanceJournal {
   private constructor(
     private readonly file: JournalFile,
     private readonly logger: Logger,
+    private readonly path: string,
   ) {}
 
   /**
@@ -112,7 +118,7 @@ export class IssuanceJournal {
       if (recovered > 0) logger.warn({ path, recovered }, 'issuance journal: records the last run had not written to the datastore were recorded now');
       await file.truncate(0);
       await file.datasync();
-      return new IssuanceJournal(file, logger);
+      return new IssuanceJournal(file, logger, path);
     } catch (err) {
       await file.close();
       throw err;
@@ -124,9 +130,50 @@ export class IssuanceJournal {
     if (this.closed) return Promise.reject(new Error('issuance journal is closed'));
     this.queued.push(Buffer.from(records.map((r) => `${JSON.stringify(r)}\n`).join(''), 'utf8'));
     this.appended += records.length;
+    this.queuedRecords += records.length;
     const durable = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
     this.pump();
     return durable;
+  }
+
+  /**
+   * The records whose lines are complete in the file now, read back from its start through a
+   * separate read-only descriptor (the journal's own one always sits at the end: it appends).
+   */
+  async readBack(): Promise<IssuanceRecord[]> {
+    const reader = await open(this.path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    let text: string;
+    try {
+      text = (await reader.readFile()).toString('utf8');
+    } finally {
+      await reader.close();
+    }
+    const lines = text.split('\n');
+    lines.pop(); // after the last newline: empty, or a write in progress
+    const records: IssuanceRecord[] = [];
+    for (const line of lines) {
+      try {
+        records.push(JSON.parse(line) as IssuanceRecord);
+      } catch {
+        // A line cut short by a failed write: its certificate was never handed out.
+      }
+    }
+    return records;
+  }
+
+  /** Resolves once every record appended so far has been written to the file (or its write failed). */
+  written(): Promise<void> {
+    const through = this.appended;
+    if (this.settled >= through) return Promise.resolve();
+    return new Promise((wake) => this.settleWaiters.push({ through, wake }));
+  }
+
+  private settle(count: number): void {
+    this.settled += count;
+    const due = this.settleWaiters.filter((w) => w.through <= this.settled);
+    if (due.length === 0) return;
+    this.settleWaiters = this.settleWaiters.filter((w) => w.through > this.settled);
+    for (const w of due) w.wake();
   }
 
   /** `count` more of the appended records are committed to the datastore. */
@@ -164,17 +211,21 @@ export class IssuanceJournal {
   private async writeAndSync(): Promise<void> {
     const data = Buffer.concat(this.tornLine ? [NEWLINE, ...this.queued.splice(0)] : this.queued.splice(0));
     const batch: SyncingBatch = { waiters: this.waiters.splice(0), doomed: false };
+    const records = this.queuedRecords;
+    this.queuedRecords = 0;
     this.writing = true;
     try {
       await this.file.write(data);
     } catch (err) {
       this.writing = false;
+      this.settle(records);
       this.tornLine = true;
       this.fail(batch, err);
       this.pump();
       return;
     }
     this.writing = false;
+    this.settle(records);
     this.tornLine = false;
     // The sync starts only now, after the write completed: it covers these records.
     this.syncing.add(batch);
@@ -205,6 +256,7 @@ export class IssuanceJournal {
     // Records appended from here on are written after the truncate (pump waits for it).
     this.appended = 0;
     this.committedCount = 0;
+    this.settled = 0;
     try {
       await this.file.truncate(0);
     } catch (err) {
