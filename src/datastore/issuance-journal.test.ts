@@ -5,7 +5,8 @@
  * checked on a real file whose syncs the test holds and releases: a second batch is written and
  * synced while the first sync runs, no append resolves before a sync that started after its write
  * returned, a third batch waits for a free sync slot, and a failed sync fails the batch whose sync
- * overlapped it.
+ * overlapped it. Records the batcher let go of during a long datastore outage are read back from
+ * the journal, once their write has finished, and recorded when the datastore is back.
  */
 import { statSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
@@ -85,6 +86,20 @@ function track(p: Promise<void>): { state: 'pending' | 'resolved' | 'rejected' }
     () => (t.state = 'rejected'),
   );
   return t;
+}
+
+/** A memory datastore whose issuance writes fail while `outage.down` is set. */
+function storeWithOutage() {
+  const ds = createMemoryDatastore();
+  const outage = { down: false };
+  const store = {
+    ...ds.issuances,
+    record: async (records: readonly IssuanceRecord[]) => {
+      if (outage.down) throw new Error('datastore unavailable');
+      return ds.issuances.record(records);
+    },
+  };
+  return { ds, store, outage };
 }
 
 async function until(cond: () => boolean): Promise<void> {
@@ -230,21 +245,11 @@ describe('IssuanceJournal', () => {
 
   it('records dropped from memory during a long datastore outage are read back from the journal once it is back', async () => {
     const path = join(dir, 'outage.journal');
-    const ds = createMemoryDatastore();
-    let down = false;
-    const store = {
-      ...ds.issuances,
-      record: async (records: readonly IssuanceRecord[]) => {
-        if (down) throw new Error('datastore unavailable');
-        return ds.issuances.record(records);
-      },
-    };
+    const { ds, store, outage } = storeWithOutage();
     const journal = await IssuanceJournal.open(path, store, silentLogger());
     const batched = new BatchedIssuances(store, silentLogger(), { flushIntervalMs: 60_000, maxBatch: 2, maxPending: 3 }, journal);
-    const serials = (await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId)).map((r) => r.serial);
-    expect(serials).toEqual([]);
 
-    down = true;
+    outage.down = true;
     for (const serial of ['x1', 'x2', 'x3', 'x4', 'x5']) await batched.queue([issuanceFixture({ serial })]);
     batched.queue([issuanceFixture({ kind: 'jwt', serial: 'j1' })]);
     // Only the newest three are still in memory; x1, x2 and x3 are only in the journal now.
@@ -252,7 +257,7 @@ describe('IssuanceJournal', () => {
     expect(batched.dropped).toBe(3);
     await expect(batched.flush()).rejects.toThrow(/unavailable/);
 
-    down = false;
+    outage.down = false;
     await batched.flush();
     const stored = await ds.issuances.listForSpiffeId(issuanceFixture().spiffeId);
     expect(stored.filter((r) => r.kind === 'x509').map((r) => r.serial).sort()).toEqual(['x1', 'x2', 'x3', 'x4', 'x5']);
@@ -263,15 +268,8 @@ describe('IssuanceJournal', () => {
 
   it('reads a dropped record back only after its journal write has finished', async () => {
     const path = join(dir, 'slow-write.journal');
-    const ds = createMemoryDatastore();
-    let down = true;
-    const store = {
-      ...ds.issuances,
-      record: async (records: readonly IssuanceRecord[]) => {
-        if (down) throw new Error('datastore unavailable');
-        return ds.issuances.record(records);
-      },
-    };
+    const { ds, store, outage } = storeWithOutage();
+    outage.down = true;
     let gate: (() => void) | undefined;
     const journal = await IssuanceJournal.open(path, store, silentLogger(), (file) => fileWith(file, {
       write: async (data: Buffer) => {
@@ -284,7 +282,7 @@ describe('IssuanceJournal', () => {
     await until(() => gate !== undefined);
     const next = batched.queue([issuanceFixture({ serial: 'next' })])!;
     expect(batched.dropped).toBe(1);
-    down = false;
+    outage.down = false;
     const flushed = batched.flush();
     await settle();
     gate!();

@@ -96,18 +96,9 @@ export class IssuanceJournal {
   ): Promise<IssuanceJournal> {
     const file = wrapFile(await open(path, constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600));
     try {
-      const text = (await file.readFile()).toString('utf8');
-      const lines = text.split('\n');
-      lines.pop(); // after the last newline: empty, or a torn write
+      const records = parseLines((await file.readFile()).toString('utf8'), () => logger.warn({ path }, 'issuance journal: unreadable line skipped'));
       let recovered = 0;
-      for (const line of lines) {
-        let record: IssuanceRecord;
-        try {
-          record = JSON.parse(line) as IssuanceRecord;
-        } catch {
-          logger.warn({ path }, 'issuance journal: unreadable line skipped');
-          continue;
-        }
+      for (const record of records) {
         try {
           await store.record([record]);
           recovered++;
@@ -148,17 +139,8 @@ export class IssuanceJournal {
     } finally {
       await reader.close();
     }
-    const lines = text.split('\n');
-    lines.pop(); // after the last newline: empty, or a write in progress
-    const records: IssuanceRecord[] = [];
-    for (const line of lines) {
-      try {
-        records.push(JSON.parse(line) as IssuanceRecord);
-      } catch {
-        // A line cut short by a failed write: its certificate was never handed out.
-      }
-    }
-    return records;
+    // A line cut short by a failed write is skipped: its certificate was never handed out.
+    return parseLines(text, () => undefined);
   }
 
   /** Resolves once every record appended so far has been written to the file (or its write failed). */
@@ -266,4 +248,22 @@ export class IssuanceJournal {
     }
     this.pump();
   }
+}
+
+/**
+ * The records of a journal's complete lines. What follows the last newline is a write in progress
+ * or one a crash cut short: nothing was handed out for it. An unreadable line goes to `skipped`.
+ */
+function parseLines(text: string, skipped: () => void): IssuanceRecord[] {
+  const lines = text.split('\n');
+  lines.pop();
+  const records: IssuanceRecord[] = [];
+  for (const line of lines) {
+    try {
+      records.push(JSON.parse(line) as IssuanceRecord);
+    } catch {
+      skipped();
+    }
+  }
+  return records;
 }
