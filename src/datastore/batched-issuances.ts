@@ -128,7 +128,8 @@ export class BatchedIssuances implements IssuanceStore {
    * not in the file is one whose journal write failed: its certificate was never handed out.
    */
   private async recordJournalOnly(): Promise<void> {
-    const wanted = this.journalOnly;
+    // Records dropped while this runs are left for the next flush.
+    const wanted = new Set(this.journalOnly);
     // A record dropped right after it was queued may not be in the file yet.
     await this.journal!.written();
     const found = (await this.journal!.readBack()).filter((r) => r.kind === 'x509' && wanted.has(r.serial));
@@ -142,10 +143,9 @@ export class BatchedIssuances implements IssuanceStore {
         for (const r of chunk) await this.store.record([r]).catch((e) => { if (!isAgentIdError(e, 'already_exists')) throw e; });
       }
     }
-    const count = wanted.size;
-    wanted.clear();
-    this.logger.warn({ recovered: found.length, dropped: count }, 'issuance records dropped during the datastore outage were recorded from the journal');
-    this.journal!.committed(count);
+    for (const serial of wanted) this.journalOnly.delete(serial);
+    this.logger.warn({ recovered: found.length, dropped: wanted.size }, 'issuance records dropped during the datastore outage were recorded from the journal');
+    this.journal!.committed(wanted.size);
   }
 
   async listForSpiffeId(spiffeId: string): Promise<IssuanceRecord[]> {
