@@ -1,6 +1,7 @@
 import { createPrivateKey } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { Gauge } from 'prom-client';
 import * as grpc from '@grpc/grpc-js';
 import type { Clock } from '../common/clock.js';
 import { AgentIdError, failedPrecondition, isAgentIdError, permissionDenied, unavailable } from '../common/errors.js';
@@ -23,7 +24,6 @@ import { attestationNeeds, startWorkloadEdge, taskAncestry } from '../workload/e
 import { PeerRegistry } from '../workload/peers.js';
 import { DescriptorBudget, raiseOpenFileLimit } from '../workload/descriptors.js';
 import { listenUnixWithPeerCreds } from '../workload/listener.js';
-import { Gauge } from 'prom-client';
 import { ServerMetrics, socketProbe, startOps } from '../ops/index.js';
 import { Lifecycle } from '../server/lifecycle.js';
 import { ensureDataDir } from '../server/data-dir.js';

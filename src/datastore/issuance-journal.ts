@@ -152,6 +152,7 @@ export class IssuanceJournal {
 
   private settle(count: number): void {
     this.settled += count;
+    if (this.settleWaiters.length === 0) return;
     const due = this.settleWaiters.filter((w) => w.through <= this.settled);
     if (due.length === 0) return;
     this.settleWaiters = this.settleWaiters.filter((w) => w.through > this.settled);
