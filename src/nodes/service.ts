@@ -58,6 +58,13 @@ const TOKEN_PATTERN = /^[A-Za-z0-9_-]{43}$/;
 export const DEFAULT_JOIN_TOKEN_TTL_MS = 3_600_000;
 export const MAX_JOIN_TOKEN_TTL_MS = 7 * 86_400_000;
 const SEGMENT = /^[a-zA-Z0-9._-]+$/;
+
+/** Agent namespaces a node may start tasks for, without repeats; each must be a SPIFFE ID path segment. */
+function taskAgentList(agents: readonly string[], problems: ProblemList): string[] {
+  const unique = [...new Set(agents)];
+  for (const a of unique) if (!SEGMENT.test(a) || a === '.' || a === '..') problems.add(`task agent "${a.slice(0, 70)}" must be a SPIFFE ID path segment`);
+  return unique;
+}
 const YIELD_EVERY = 64;
 
 /**
@@ -76,8 +83,7 @@ export class NodeService {
     const ttlMs = input.ttlMs ?? DEFAULT_JOIN_TOKEN_TTL_MS;
     if (!Number.isSafeInteger(ttlMs) || ttlMs < 1000) problems.add('ttl must be at least one second');
     if (ttlMs > MAX_JOIN_TOKEN_TTL_MS) problems.add(`ttl must be at most ${MAX_JOIN_TOKEN_TTL_MS / 86_400_000} days`);
-    const taskAgents = [...new Set(input.taskAgents ?? [])];
-    for (const a of taskAgents) if (!SEGMENT.test(a) || a === '.' || a === '..') problems.add(`task agent "${a.slice(0, 70)}" must be a SPIFFE ID path segment`);
+    const taskAgents = taskAgentList(input.taskAgents ?? [], problems);
     problems.throwIfAny('join token');
     const existing = await this.deps.datastore.nodes.get(input.node);
     if (existing?.state === 'evicted') throw failedPrecondition(`node ${input.node} was evicted; attest the host under another name`);
@@ -112,9 +118,9 @@ export class NodeService {
    */
   async setTaskAgents(name: string, taskAgents: readonly string[], reason: string, actor: Actor): Promise<NodeRecord> {
     if (actor.role !== 'admin') throw permissionDenied('node task-agents: requires the admin role');
-    const agents = [...new Set(taskAgents)];
-    const problems = agents.filter((a) => !SEGMENT.test(a) || a === '.' || a === '..').map((a) => `task agent "${a.slice(0, 70)}" must be a SPIFFE ID path segment`);
-    if (problems.length > 0) throw invalidArgument(problems.join('; '));
+    const problems = new ProblemList();
+    const agents = taskAgentList(taskAgents, problems);
+    problems.throwIfAny('node task-agents');
     const why = reason.trim();
     const updated = await this.deps.datastore.transaction(async (tx) => {
       const fresh = await tx.nodes.get(name);
